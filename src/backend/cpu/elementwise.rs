@@ -1,0 +1,80 @@
+//! Dropout (Philox masks regenerated in the backward pass) and exact-erf GELU.
+
+use crate::rng::philox_uniform;
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 14;
+
+/// Multiplies `x[i]` by `0` or `1/(1-p)` with the mask of (`seed`, `stream`, i).
+pub fn dropout_apply(x: &mut [f32], p: f32, seed: u64, stream: u64) {
+    if p <= 0.0 {
+        return;
+    }
+    let scale = 1.0 / (1.0 - p);
+    x.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+        let base = (c * CHUNK) as u64;
+        for (i, v) in chunk.iter_mut().enumerate() {
+            let keep = philox_uniform(seed, stream, base + i as u64) >= p;
+            *v = if keep { *v * scale } else { 0.0 };
+        }
+    });
+}
+
+#[inline]
+pub fn gelu(x: f32) -> f32 {
+    let xd = x as f64;
+    (0.5 * xd * (1.0 + libm::erf(xd * std::f64::consts::FRAC_1_SQRT_2))) as f32
+}
+
+#[inline]
+pub fn gelu_grad(x: f32) -> f32 {
+    let xd = x as f64;
+    let cdf = 0.5 * (1.0 + libm::erf(xd * std::f64::consts::FRAC_1_SQRT_2));
+    let pdf = (-0.5 * xd * xd).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    (cdf + xd * pdf) as f32
+}
+
+pub fn gelu_fwd(x: &[f32], y: &mut [f32]) {
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(yc, xc)| {
+        for (o, &v) in yc.iter_mut().zip(xc) {
+            *o = gelu(v);
+        }
+    });
+}
+
+pub fn gelu_bwd(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(
+        |(dc, (xc, gc))| {
+            for ((o, &v), &g) in dc.iter_mut().zip(xc).zip(gc) {
+                *o = g * gelu_grad(v);
+            }
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_grad_matches_finite_difference() {
+        for &x in &[-3.0f32, -1.0, -0.3, 0.0, 0.5, 2.0] {
+            let h = 1e-3f64;
+            let fd = (gelu((x as f64 + h) as f32) as f64 - gelu((x as f64 - h) as f32) as f64) / (2.0 * h);
+            assert!((fd - gelu_grad(x) as f64).abs() < 2e-3, "x={x}");
+        }
+        assert!((gelu(1.0) - 0.841_344_7).abs() < 1e-6);
+    }
+
+    #[test]
+    fn dropout_rate_and_scale() {
+        let mut x = vec![1.0f32; 100_000];
+        dropout_apply(&mut x, 0.1, 42, 7);
+        let zeros = x.iter().filter(|&&v| v == 0.0).count();
+        assert!((zeros as f64 / 1e5 - 0.1).abs() < 0.01);
+        assert!(x.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
+        let mut y = vec![1.0f32; 100_000];
+        dropout_apply(&mut y, 0.1, 42, 7);
+        assert_eq!(x, y);
+    }
+}

@@ -1,0 +1,217 @@
+//! The CPU backend: f32, multi-threaded (rayon), GEMMs through the `gemm` crate.
+//!
+//! It is the reference every CUDA kernel is tested against, and a real backend that trains and
+//! samples small models. Each kernel family lives in its own file as plain slice functions, so a
+//! CUDA parity test can call the CPU twin directly.
+
+pub mod adamw;
+pub mod attention;
+pub mod elementwise;
+pub mod embed;
+pub mod layernorm;
+pub mod linear;
+pub mod vocab;
+
+use super::{AdamW, AttnShape, Backend, Dropout, RowStats};
+use anyhow::Result;
+
+#[derive(Clone, Debug, Default)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+
+    /// Sets the size of the worker pool (0 = one per core). Call before any work.
+    pub fn set_threads(n: usize) {
+        if n > 0 {
+            let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+        }
+    }
+}
+
+impl Backend for CpuBackend {
+    type Buf = Vec<f32>;
+    type IBuf = Vec<i32>;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn zeros(&self, n: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; n])
+    }
+    fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
+        Ok(data.to_vec())
+    }
+    fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+        Ok(buf.clone())
+    }
+    fn upload_i32(&self, data: &[i32]) -> Result<Vec<i32>> {
+        Ok(data.to_vec())
+    }
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+    fn fill_zero(&self, buf: &mut Vec<f32>) -> Result<()> {
+        buf.fill(0.0);
+        Ok(())
+    }
+    fn copy(&self, src: &Vec<f32>, dst: &mut Vec<f32>) -> Result<()> {
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+    fn add_assign(&self, dst: &mut Vec<f32>, src: &Vec<f32>) -> Result<()> {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d += s;
+        }
+        Ok(())
+    }
+
+    fn linear_fwd(&self, x: &Vec<f32>, w: &Vec<f32>, bias: Option<&Vec<f32>>, y: &mut Vec<f32>, m: usize, n: usize, k: usize) -> Result<()> {
+        linear::linear_fwd(x, w, bias.map(|b| b.as_slice()), y, m, n, k);
+        Ok(())
+    }
+
+    fn linear_bwd(
+        &self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        dy: &Vec<f32>,
+        dx: Option<&mut Vec<f32>>,
+        dw: &mut Vec<f32>,
+        db: Option<&mut Vec<f32>>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        linear::linear_bwd(x, w, dy, dx.map(|d| d.as_mut_slice()), dw, db.map(|d| d.as_mut_slice()), m, n, k);
+        Ok(())
+    }
+
+    fn embed_fwd(&self, ids: &Vec<i32>, pos_ids: &Vec<i32>, word: &Vec<f32>, pos: &Vec<f32>, typ: &Vec<f32>, out: &mut Vec<f32>, tokens: usize, hidden: usize) -> Result<()> {
+        embed::embed_fwd(ids, pos_ids, word, pos, typ, out, tokens, hidden);
+        Ok(())
+    }
+
+    fn embed_bwd(&self, ids: &Vec<i32>, pos_ids: &Vec<i32>, dout: &Vec<f32>, dword: &mut Vec<f32>, dpos: &mut Vec<f32>, dtyp: &mut Vec<f32>, tokens: usize, hidden: usize) -> Result<()> {
+        embed::embed_bwd(ids, pos_ids, dout, dword, dpos, dtyp, tokens, hidden);
+        Ok(())
+    }
+
+    fn dropout_fwd(&self, x: &mut Vec<f32>, drop: Dropout, stream: u64) -> Result<()> {
+        elementwise::dropout_apply(x, drop.p, drop.seed, stream);
+        Ok(())
+    }
+    fn dropout_bwd(&self, dx: &mut Vec<f32>, drop: Dropout, stream: u64) -> Result<()> {
+        elementwise::dropout_apply(dx, drop.p, drop.seed, stream);
+        Ok(())
+    }
+    fn gelu_fwd(&self, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        elementwise::gelu_fwd(x, y);
+        Ok(())
+    }
+    fn gelu_bwd(&self, x: &Vec<f32>, dy: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
+        elementwise::gelu_bwd(x, dy, dx);
+        Ok(())
+    }
+
+    fn add_layernorm_fwd(
+        &self,
+        x: &Vec<f32>,
+        residual: Option<&Vec<f32>>,
+        sum: Option<&mut Vec<f32>>,
+        gamma: &Vec<f32>,
+        beta: &Vec<f32>,
+        out: &mut Vec<f32>,
+        mean: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        layernorm::add_layernorm_fwd(x, residual.map(|r| r.as_slice()), sum.map(|s| s.as_mut_slice()), gamma, beta, out, mean, rstd, rows, cols, eps);
+        Ok(())
+    }
+
+    fn layernorm_bwd(
+        &self,
+        x: &Vec<f32>,
+        dout: &Vec<f32>,
+        gamma: &Vec<f32>,
+        mean: &Vec<f32>,
+        rstd: &Vec<f32>,
+        dx: &mut Vec<f32>,
+        accumulate: bool,
+        dgamma: &mut Vec<f32>,
+        dbeta: &mut Vec<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        layernorm::layernorm_bwd(x, dout, gamma, mean, rstd, dx, accumulate, dgamma, dbeta, rows, cols);
+        Ok(())
+    }
+
+    fn attention_fwd(&self, q: &Vec<f32>, k: &Vec<f32>, v: &Vec<f32>, key_mask: &Vec<i32>, out: &mut Vec<f32>, lse: &mut Vec<f32>, shape: AttnShape, drop: Dropout, stream: u64) -> Result<()> {
+        attention::attention_fwd(q, k, v, key_mask, out, lse, shape, drop, stream);
+        Ok(())
+    }
+
+    fn attention_bwd(
+        &self,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        key_mask: &Vec<i32>,
+        out: &Vec<f32>,
+        lse: &Vec<f32>,
+        dout: &Vec<f32>,
+        dq: &mut Vec<f32>,
+        dk: &mut Vec<f32>,
+        dv: &mut Vec<f32>,
+        shape: AttnShape,
+        drop: Dropout,
+        stream: u64,
+    ) -> Result<()> {
+        attention::attention_bwd(q, k, v, key_mask, out, lse, dout, dq, dk, dv, shape, drop, stream);
+        Ok(())
+    }
+
+    fn gather_rows(&self, x: &Vec<f32>, rows: &Vec<i32>, out: &mut Vec<f32>, n_rows: usize, cols: usize) -> Result<()> {
+        for (r, &src) in rows[..n_rows].iter().enumerate() {
+            out[r * cols..][..cols].copy_from_slice(&x[src as usize * cols..][..cols]);
+        }
+        Ok(())
+    }
+
+    fn scatter_add_rows(&self, dout: &Vec<f32>, rows: &Vec<i32>, dx: &mut Vec<f32>, n_rows: usize, cols: usize) -> Result<()> {
+        for (r, &dst) in rows[..n_rows].iter().enumerate() {
+            let d = &mut dx[dst as usize * cols..][..cols];
+            for (a, b) in d.iter_mut().zip(&dout[r * cols..][..cols]) {
+                *a += b;
+            }
+        }
+        Ok(())
+    }
+
+    fn cross_entropy_fwd_bwd(&self, logits: &mut Vec<f32>, targets: &Vec<i32>, weights: &[f32], rows: usize, vocab: usize, valid_vocab: usize, label_smoothing: f32) -> Result<Vec<f32>> {
+        Ok(vocab::cross_entropy_fwd_bwd(logits, targets, weights, rows, vocab, valid_vocab, label_smoothing))
+    }
+
+    fn vocab_pick(&self, logits: &Vec<f32>, rows: usize, vocab: usize, valid_vocab: usize, forbid: &[i32], temperature: f32, gumbel_seed: Option<u64>) -> Result<RowStats> {
+        Ok(vocab::vocab_pick(logits, rows, vocab, valid_vocab, forbid, temperature, gumbel_seed))
+    }
+
+    fn sum_squares(&self, x: &Vec<f32>) -> Result<f64> {
+        Ok(adamw::sum_squares(x))
+    }
+    fn scale(&self, x: &mut Vec<f32>, s: f32) -> Result<()> {
+        x.iter_mut().for_each(|v| *v *= s);
+        Ok(())
+    }
+    fn adamw(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, hp: AdamW, lr: f32, step: u64) -> Result<()> {
+        adamw::adamw(param, grad, m, v, hp, lr, step);
+        Ok(())
+    }
+}

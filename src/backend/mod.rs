@@ -1,0 +1,315 @@
+//! The `Backend` interface: every op the XLM-R model and the diffusion objective need.
+//!
+//! The model (`crate::model::xlmr`) is written once against this trait. Tensors are opaque, flat
+//! buffers; shapes travel as arguments, llm.c style, so a backend is free to store them in any
+//! precision (the CPU backend keeps f32; the CUDA backend keeps bf16 activations and weights with
+//! f32 master copies). All matrices are row-major. Weights follow the PyTorch `nn.Linear` layout
+//! `[out_features, in_features]`.
+//!
+//! Each op has one CPU implementation in `cpu/` (the reference) and, where a GPU build exists, a
+//! CUDA twin in `cuda/` that is tested against it.
+
+pub mod cpu;
+pub mod cuda;
+
+use anyhow::Result;
+
+/// Dropout settings for one forward pass. `seed` and the per-call `stream` id select a counter-based
+/// (Philox) random stream, so the backward pass regenerates exactly the same mask without storing it,
+/// and the CPU and CUDA backends draw identical masks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dropout {
+    pub p: f32,
+    pub seed: u64,
+}
+
+impl Dropout {
+    pub fn off() -> Self {
+        Dropout { p: 0.0, seed: 0 }
+    }
+    pub fn active(&self) -> bool {
+        self.p > 0.0
+    }
+}
+
+/// Shape of one attention call: `batch` sequences of `seq` tokens, `heads` heads of `head_dim`.
+/// Q, K, V and the output are `[batch, seq, heads * head_dim]` (the natural output of the linear
+/// projections, no transposes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttnShape {
+    pub fn hidden(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    pub fn tokens(&self) -> usize {
+        self.batch * self.seq
+    }
+}
+
+/// Per-row results of a pass over the vocabulary, used by the sampler.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RowStats {
+    /// Chosen token per row (argmax, or the Gumbel-max sample when sampling).
+    pub token: Vec<i32>,
+    /// log-softmax of the chosen token (at the given temperature).
+    pub logprob: Vec<f32>,
+}
+
+pub trait Backend {
+    /// Float storage (activations, parameters, gradients).
+    type Buf;
+    /// Integer storage (token ids, positions, masks, row indices).
+    type IBuf;
+
+    fn name(&self) -> String;
+
+    // ---- memory ------------------------------------------------------------------------------
+    /// A zero-filled buffer of `n` floats.
+    fn zeros(&self, n: usize) -> Result<Self::Buf>;
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    fn upload_i32(&self, data: &[i32]) -> Result<Self::IBuf>;
+    fn len(&self, buf: &Self::Buf) -> usize;
+    fn fill_zero(&self, buf: &mut Self::Buf) -> Result<()>;
+    /// `dst = src` (same length).
+    fn copy(&self, src: &Self::Buf, dst: &mut Self::Buf) -> Result<()>;
+    /// `dst += src` (same length).
+    fn add_assign(&self, dst: &mut Self::Buf, src: &Self::Buf) -> Result<()>;
+
+    // ---- dense layers -------------------------------------------------------------------------
+    /// `y[m,n] = x[m,k] · w[n,k]ᵀ (+ bias[n])`.
+    fn linear_fwd(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        y: &mut Self::Buf,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()>;
+
+    /// Backward of `linear_fwd`: `dx = dy · w` (overwrites `dx` when given), `dw += dyᵀ · x`,
+    /// `db += Σ_rows dy`. Parameter gradients accumulate so micro-batches can be summed.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_bwd(
+        &self,
+        x: &Self::Buf,
+        w: &Self::Buf,
+        dy: &Self::Buf,
+        dx: Option<&mut Self::Buf>,
+        dw: &mut Self::Buf,
+        db: Option<&mut Self::Buf>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()>;
+
+    // ---- embeddings ---------------------------------------------------------------------------
+    /// `out[i] = word[ids[i]] + pos[pos_ids[i]] + typ[0]`, rows of `hidden`.
+    #[allow(clippy::too_many_arguments)]
+    fn embed_fwd(
+        &self,
+        ids: &Self::IBuf,
+        pos_ids: &Self::IBuf,
+        word: &Self::Buf,
+        pos: &Self::Buf,
+        typ: &Self::Buf,
+        out: &mut Self::Buf,
+        tokens: usize,
+        hidden: usize,
+    ) -> Result<()>;
+
+    /// Scatter-add of `dout` into the three embedding tables' gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn embed_bwd(
+        &self,
+        ids: &Self::IBuf,
+        pos_ids: &Self::IBuf,
+        dout: &Self::Buf,
+        dword: &mut Self::Buf,
+        dpos: &mut Self::Buf,
+        dtyp: &mut Self::Buf,
+        tokens: usize,
+        hidden: usize,
+    ) -> Result<()>;
+
+    // ---- elementwise --------------------------------------------------------------------------
+    /// In-place inverted dropout with the mask of (`drop.seed`, `stream`); a no-op when off.
+    fn dropout_fwd(&self, x: &mut Self::Buf, drop: Dropout, stream: u64) -> Result<()>;
+    /// Applies the same mask (and scale) to a gradient, in place.
+    fn dropout_bwd(&self, dx: &mut Self::Buf, drop: Dropout, stream: u64) -> Result<()>;
+    /// Exact-erf GELU: `y = gelu(x)`.
+    fn gelu_fwd(&self, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
+    /// `dx = dy · gelu'(x)` (overwrites dx).
+    fn gelu_bwd(&self, x: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
+
+    // ---- layer norm ---------------------------------------------------------------------------
+    /// Fused residual add + LayerNorm over rows of `cols`:
+    /// `sum = x + residual` (or `x`), `out = LN(sum)·gamma + beta`.
+    /// `sum` (when `residual` is given), `mean` and `rstd` are saved for the backward pass.
+    #[allow(clippy::too_many_arguments)]
+    fn add_layernorm_fwd(
+        &self,
+        x: &Self::Buf,
+        residual: Option<&Self::Buf>,
+        sum: Option<&mut Self::Buf>,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+        out: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()>;
+
+    /// Backward of LayerNorm given its input `x` (the residual sum) and saved statistics:
+    /// `dx = ∂/∂x` (overwrites, or adds to `dx` when `accumulate`), `dgamma += …`, `dbeta += …`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_bwd(
+        &self,
+        x: &Self::Buf,
+        dout: &Self::Buf,
+        gamma: &Self::Buf,
+        mean: &Self::Buf,
+        rstd: &Self::Buf,
+        dx: &mut Self::Buf,
+        accumulate: bool,
+        dgamma: &mut Self::Buf,
+        dbeta: &mut Self::Buf,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()>;
+
+    // ---- attention ----------------------------------------------------------------------------
+    /// Bidirectional attention with a key-padding mask (`key_mask[b*seq + j] != 0` = real key).
+    /// Writes `out` and the per-(batch, head, query) log-sum-exp of the scaled scores, `lse`
+    /// (`[batch, heads, seq]`), which the backward pass uses to recompute probabilities.
+    /// Attention-probability dropout uses stream `stream`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_fwd(
+        &self,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        key_mask: &Self::IBuf,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        shape: AttnShape,
+        drop: Dropout,
+        stream: u64,
+    ) -> Result<()>;
+
+    /// Backward of `attention_fwd`; overwrites `dq`, `dk`, `dv`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd(
+        &self,
+        q: &Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        key_mask: &Self::IBuf,
+        out: &Self::Buf,
+        lse: &Self::Buf,
+        dout: &Self::Buf,
+        dq: &mut Self::Buf,
+        dk: &mut Self::Buf,
+        dv: &mut Self::Buf,
+        shape: AttnShape,
+        drop: Dropout,
+        stream: u64,
+    ) -> Result<()>;
+
+    // ---- rows ---------------------------------------------------------------------------------
+    /// `out[r] = x[rows[r]]` for rows of `cols`.
+    fn gather_rows(
+        &self,
+        x: &Self::Buf,
+        rows: &Self::IBuf,
+        out: &mut Self::Buf,
+        n_rows: usize,
+        cols: usize,
+    ) -> Result<()>;
+    /// `dx[rows[r]] += dout[r]` (rows are distinct).
+    fn scatter_add_rows(
+        &self,
+        dout: &Self::Buf,
+        rows: &Self::IBuf,
+        dx: &mut Self::Buf,
+        n_rows: usize,
+        cols: usize,
+    ) -> Result<()>;
+
+    // ---- vocabulary ---------------------------------------------------------------------------
+    /// Weighted softmax cross-entropy over `rows` rows of `vocab` logits, only the first
+    /// `valid_vocab` columns taking part (the rest count as -inf). Returns per-row
+    /// `CE(row) = logsumexp - logit[target]` (optionally label-smoothed) and overwrites `logits`
+    /// with `d(Σ_r weight_r · CE_r)/d logits`.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_fwd_bwd(
+        &self,
+        logits: &mut Self::Buf,
+        targets: &Self::IBuf,
+        weights: &[f32],
+        rows: usize,
+        vocab: usize,
+        valid_vocab: usize,
+        label_smoothing: f32,
+    ) -> Result<Vec<f32>>;
+
+    /// Per row of `vocab` logits, with `forbid` ids and columns past `valid_vocab` excluded:
+    /// pick the argmax, or, with `gumbel_seed`, a sample from `softmax(logits / temperature)`
+    /// (Gumbel-max with noise from stream (`gumbel_seed`, row)). Returns the chosen id and its
+    /// log-softmax value at temperature 1, the confidence the RDM sampler ranks (method.md §4.3).
+    #[allow(clippy::too_many_arguments)]
+    fn vocab_pick(
+        &self,
+        logits: &Self::Buf,
+        rows: usize,
+        vocab: usize,
+        valid_vocab: usize,
+        forbid: &[i32],
+        temperature: f32,
+        gumbel_seed: Option<u64>,
+    ) -> Result<RowStats>;
+
+    // ---- optimizer ----------------------------------------------------------------------------
+    /// Σ x² over a buffer (for the global gradient norm).
+    fn sum_squares(&self, x: &Self::Buf) -> Result<f64>;
+    /// `x *= s`.
+    fn scale(&self, x: &mut Self::Buf, s: f32) -> Result<()>;
+    /// One decoupled-weight-decay Adam update of `param` given `grad` and moments `m`, `v`
+    /// (PyTorch `AdamW` semantics; `step` is 1-based, for bias correction).
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(
+        &self,
+        param: &mut Self::Buf,
+        grad: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        hp: AdamW,
+        lr: f32,
+        step: u64,
+    ) -> Result<()>;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl Default for AdamW {
+    /// The paper's settings (method.md §3.1).
+    fn default() -> Self {
+        AdamW { beta1: 0.9, beta2: 0.98, eps: 1e-8, weight_decay: 0.01 }
+    }
+}

@@ -1,0 +1,5 @@
+//! dlm-engine: train and sample reparameterized absorbing discrete diffusion language models
+//! (RDM, Ye et al. 2023) on XLM-R backbones, with a CPU reference backend and CUDA kernels.
+
+pub mod backend;
+pub mod rng;

@@ -2,4 +2,6 @@
 //! (RDM, Ye et al. 2023) on XLM-R backbones, with a CPU reference backend and CUDA kernels.
 
 pub mod backend;
+pub mod cli;
+pub mod model;
 pub mod rng;

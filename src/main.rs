@@ -1,3 +1,18 @@
-fn main() {
-    println!("dlm-engine");
+use clap::Parser;
+use dlm_engine::cli::{self, Cli};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line for the user; the chain of causes joined, never a backtrace.
+            let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");
+            eprintln!("error: {msg}");
+            // Exit codes: 0 success, 2 any reported error (bad input, bad checkpoint, I/O),
+            // 101 only for a bug (a panic).
+            ExitCode::from(2)
+        }
+    }
 }

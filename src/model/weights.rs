@@ -1,0 +1,1 @@
+//! safetensors loading by HF tensor names.

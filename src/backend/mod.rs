@@ -126,7 +126,8 @@ pub trait Backend {
         hidden: usize,
     ) -> Result<()>;
 
-    /// Scatter-add of `dout` into the three embedding tables' gradients.
+    /// Scatter-add of `dout` into the three embedding tables' gradients. Like `nn.Embedding`
+    /// with `padding_idx`, rows of the word and position tables at `padding_idx` get no gradient.
     #[allow(clippy::too_many_arguments)]
     fn embed_bwd(
         &self,
@@ -138,6 +139,7 @@ pub trait Backend {
         dtyp: &mut Self::Buf,
         tokens: usize,
         hidden: usize,
+        padding_idx: i32,
     ) -> Result<()>;
 
     // ---- elementwise --------------------------------------------------------------------------

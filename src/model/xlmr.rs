@@ -1,42 +1,238 @@
-//! XLMRobertaForMaskedLM / XLMRobertaXLForMaskedLM: parameters, forward and backward.
+//! XLMRobertaForMaskedLM (post-LN) and XLMRobertaXLForMaskedLM (pre-LN): forward and backward,
+//! written once against `Backend`.
+//!
+//! The encoder runs on every token; the MLM head runs only on the rows asked for (masked
+//! positions in training, target slots in sampling), gathered BEFORE the head.
 
-use super::{Batch, LossRows, ModelConfig, PickOpts};
-use crate::backend::{Backend, Dropout, RowStats};
-use anyhow::Result;
+use super::config::{Arch, ModelConfig};
+use super::weights;
+use super::{Batch, LossRows, PickOpts};
+use crate::backend::{AttnShape, Backend, Dropout, RowStats};
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
 use std::path::Path;
 
-/// One named parameter with its gradient (allocated on first use of `loss_and_grad`).
-pub struct Param<B: Backend> {
-    /// HF name without the `roberta.` prefix handling: e.g. `roberta.encoder.layer.0.attention.self.query.weight`.
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub value: B::Buf,
-    pub grad: Option<B::Buf>,
+#[derive(Clone, Copy)]
+struct Linear {
+    w: usize,
+    b: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Norm {
+    g: usize,
+    b: usize,
+}
+
+/// Parameter indices of one encoder layer. Post-LN uses `attn_ln`/`ffn_ln` after each residual;
+/// pre-LN uses them before each block.
+#[derive(Clone, Copy)]
+struct Layer {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    ffn_in: Linear,
+    ffn_out: Linear,
+    attn_ln: Norm,
+    ffn_ln: Norm,
+}
+
+#[derive(Clone, Copy)]
+struct Index {
+    word: usize,
+    pos: usize,
+    typ: usize,
+    emb_ln: Option<Norm>,
+    final_ln: Option<Norm>,
+    head_dense: Linear,
+    head_ln: Norm,
+    head_bias: usize,
+    decoder: Option<usize>,
+}
+
+/// Activations of one layer saved for the backward pass.
+struct LayerActs<B: Backend> {
+    /// Pre-LN only: LN_attn(x) and its statistics.
+    a_in: B::Buf,
+    a_mean: B::Buf,
+    a_rstd: B::Buf,
+    q: B::Buf,
+    k: B::Buf,
+    v: B::Buf,
+    ctx: B::Buf,
+    lse: B::Buf,
+    /// Attention output after the dense projection and dropout.
+    attn: B::Buf,
+    /// Post-LN: x + attn (LN1 input). Pre-LN: h1 = x + attn.
+    s1: B::Buf,
+    mean1: B::Buf,
+    rstd1: B::Buf,
+    /// Post-LN: LN1 output. Pre-LN: LN_ffn(h1).
+    h1: B::Buf,
+    f1: B::Buf,
+    g: B::Buf,
+    f2: B::Buf,
+    /// Post-LN only: h1 + f2 (LN2 input) and its statistics.
+    s2: B::Buf,
+    mean2: B::Buf,
+    rstd2: B::Buf,
+}
+
+/// Everything a forward pass over one batch shape keeps: reused across calls of the same shape.
+struct Encoder<B: Backend> {
+    batch: usize,
+    seq: usize,
+    ids: B::IBuf,
+    pos_ids: B::IBuf,
+    key_mask: B::IBuf,
+    /// Embedding sum (post-LN: LN input).
+    emb: B::Buf,
+    emb_mean: B::Buf,
+    emb_rstd: B::Buf,
+    /// `hs[l]` is the input of layer l; `hs[L]` the last layer's output.
+    hs: Vec<B::Buf>,
+    layers: Vec<LayerActs<B>>,
+    /// Pre-LN: the final encoder LayerNorm output and statistics.
+    out: B::Buf,
+    out_mean: B::Buf,
+    out_rstd: B::Buf,
+}
+
+/// The head's activations on `rows` gathered rows.
+struct Head<B: Backend> {
+    rows: usize,
+    idx: B::IBuf,
+    x: B::Buf,
+    d1: B::Buf,
+    g1: B::Buf,
+    z: B::Buf,
+    mean: B::Buf,
+    rstd: B::Buf,
+    logits: B::Buf,
 }
 
 pub struct XlmR<B: Backend> {
     backend: B,
     cfg: ModelConfig,
-    params: Vec<Param<B>>,
+    names: Vec<String>,
+    shapes: Vec<Vec<usize>>,
+    values: Vec<B::Buf>,
+    grads: Vec<B::Buf>,
+    ix: Index,
+    layers: Vec<Layer>,
+    enc: Option<Encoder<B>>,
 }
+
+/// Dropout stream ids: one per site and layer, so no two sites share a mask.
+fn stream(layer: usize, site: u64) -> u64 {
+    (layer as u64 + 1) * 16 + site
+}
+const S_EMB: u64 = 0;
+const S_ATTN_PROBS: u64 = 1;
+const S_ATTN_OUT: u64 = 2;
+const S_FFN_OUT: u64 = 3;
 
 impl<B: Backend> XlmR<B> {
     /// Loads `config.json` and `model.safetensors` from an HF checkpoint directory.
     pub fn load(backend: B, dir: &Path) -> Result<Self> {
-        let _ = (backend, dir);
-        todo!()
+        if !dir.is_dir() {
+            bail!("{}: model directory not found", dir.display());
+        }
+        let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+        let wpath = dir.join("model.safetensors");
+        if !wpath.is_file() {
+            bail!("{}: missing (expected the model weights in safetensors format)", wpath.display());
+        }
+        let tensors = weights::read_safetensors(&wpath)?;
+        let (params, untied) = weights::resolve(&cfg, tensors, &wpath.display().to_string())?;
+        Self::from_params(backend, cfg, params, untied)
     }
 
-    /// A randomly initialised model (HF's init: normal(0, 0.02) weights, zero biases, unit LN).
+    /// A randomly initialised model with HF's init: normal(0, 0.02) weights and embeddings (the
+    /// padding rows zero), zero biases, unit LayerNorms.
     pub fn random(backend: B, cfg: ModelConfig, seed: u64) -> Result<Self> {
-        let _ = (backend, cfg, seed);
-        todo!()
+        let mut rng = crate::rng::Rng::new(seed, 0x1417);
+        let params = weights::param_specs(&cfg, false)
+            .into_iter()
+            .map(|(name, shape)| {
+                let n: usize = shape.iter().product();
+                let data = if name.ends_with("LayerNorm.weight") || name.ends_with("layer_norm.weight") {
+                    vec![1.0; n]
+                } else if shape.len() == 1 {
+                    vec![0.0; n]
+                } else {
+                    let mut d: Vec<f32> = (0..n).map(|_| 0.02 * rng.normal()).collect();
+                    if name.ends_with("word_embeddings.weight") || name.ends_with("position_embeddings.weight") {
+                        let h = shape[1];
+                        d[cfg.pad_id as usize * h..][..h].fill(0.0);
+                    }
+                    d
+                };
+                (name, shape, data)
+            })
+            .collect();
+        Self::from_params(backend, cfg, params, false)
     }
 
-    /// Writes `config.json` and `model.safetensors` (f32, HF names, tied decoder omitted).
+    fn from_params(backend: B, cfg: ModelConfig, params: Vec<(String, Vec<usize>, Vec<f32>)>, untied: bool) -> Result<Self> {
+        let pos: HashMap<&str, usize> = params.iter().enumerate().map(|(i, p)| (p.0.as_str(), i)).collect();
+        let at = |n: &str| -> Result<usize> { pos.get(n).copied().with_context(|| format!("internal: parameter `{n}` missing")) };
+        let lin = |p: &str| -> Result<Linear> { Ok(Linear { w: at(&format!("{p}.weight"))?, b: at(&format!("{p}.bias"))? }) };
+        let norm = |p: &str| -> Result<Norm> { Ok(Norm { g: at(&format!("{p}.weight"))?, b: at(&format!("{p}.bias"))? }) };
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let l = format!("roberta.encoder.layer.{i}");
+            let (attn_ln, ffn_ln) = match cfg.arch {
+                Arch::PostLn => (norm(&format!("{l}.attention.output.LayerNorm"))?, norm(&format!("{l}.output.LayerNorm"))?),
+                Arch::PreLn => (norm(&format!("{l}.attention.self_attn_layer_norm"))?, norm(&format!("{l}.LayerNorm"))?),
+            };
+            layers.push(Layer {
+                q: lin(&format!("{l}.attention.self.query"))?,
+                k: lin(&format!("{l}.attention.self.key"))?,
+                v: lin(&format!("{l}.attention.self.value"))?,
+                o: lin(&format!("{l}.attention.output.dense"))?,
+                ffn_in: lin(&format!("{l}.intermediate.dense"))?,
+                ffn_out: lin(&format!("{l}.output.dense"))?,
+                attn_ln,
+                ffn_ln,
+            });
+        }
+        let ix = Index {
+            word: at("roberta.embeddings.word_embeddings.weight")?,
+            pos: at("roberta.embeddings.position_embeddings.weight")?,
+            typ: at("roberta.embeddings.token_type_embeddings.weight")?,
+            emb_ln: if cfg.arch == Arch::PostLn { Some(norm("roberta.embeddings.LayerNorm")?) } else { None },
+            final_ln: if cfg.arch == Arch::PreLn { Some(norm("roberta.encoder.LayerNorm")?) } else { None },
+            head_dense: lin("lm_head.dense")?,
+            head_ln: norm("lm_head.layer_norm")?,
+            head_bias: at("lm_head.bias")?,
+            decoder: if untied { Some(at("lm_head.decoder.weight")?) } else { None },
+        };
+        let mut names = Vec::new();
+        let mut shapes = Vec::new();
+        let mut values = Vec::new();
+        for (n, s, d) in params {
+            values.push(backend.upload(&d)?);
+            names.push(n);
+            shapes.push(s);
+        }
+        Ok(XlmR { backend, cfg, names, shapes, values, grads: Vec::new(), ix, layers, enc: None })
+    }
+
+    /// Writes `config.json` and `model.safetensors` (f32, HF names; a tied decoder is omitted,
+    /// as `save_pretrained` does).
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let _ = dir;
-        todo!()
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        let mut cfg = self.cfg.to_json();
+        cfg["tie_word_embeddings"] = serde_json::Value::Bool(self.ix.decoder.is_none());
+        crate::util::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+        let data = self.values.iter().map(|v| self.backend.download(v)).collect::<Result<Vec<_>>>()?;
+        let tensors: Vec<(&str, &[usize], &[f32])> =
+            (0..data.len()).map(|i| (self.names[i].as_str(), self.shapes[i].as_slice(), data[i].as_slice())).collect();
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        weights::write_safetensors(&dir.join("model.safetensors"), &tensors, Some(meta))
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -47,41 +243,503 @@ impl<B: Backend> XlmR<B> {
         &self.backend
     }
 
-    /// All parameters in a fixed order (the order of HF's `named_parameters`).
-    pub fn params(&self) -> &[Param<B>] {
-        &self.params
+    /// Parameter names and shapes, in HF `named_parameters()` order.
+    pub fn param_names(&self) -> &[String] {
+        &self.names
     }
 
-    pub fn params_mut(&mut self) -> &mut [Param<B>] {
-        &mut self.params
+    pub fn param_shapes(&self) -> &[Vec<usize>] {
+        &self.shapes
     }
 
-    /// Logits (`[rows.len(), vocab_size]`, row-major) at the flat positions `rows` of `batch`.
-    pub fn logits(&mut self, batch: &Batch, rows: &[i32]) -> Result<Vec<f32>> {
-        let _ = (batch, rows);
-        todo!()
+    pub fn param_count(&self) -> usize {
+        self.shapes.iter().map(|s| s.iter().product::<usize>()).sum()
     }
 
-    /// The sampler's pick (token and its log-prob) at the flat positions `rows`.
-    pub fn pick(&mut self, batch: &Batch, rows: &[i32], opts: &PickOpts) -> Result<RowStats> {
-        let _ = (batch, rows, opts);
-        todo!()
+    /// Parameter values and their gradients (empty until the first `loss_and_grad`).
+    pub fn values_and_grads(&mut self) -> (&mut [B::Buf], &[B::Buf]) {
+        (&mut self.values, &self.grads)
     }
 
-    /// Forward and backward of `Σ_r weight_r · CE(logits[rows[r]], targets[r])`; gradients
-    /// accumulate into each `Param::grad` (call `zero_grads` between optimizer steps).
-    /// Returns the weighted sum of the per-row losses.
-    pub fn loss_and_grad(&mut self, batch: &Batch, loss: &LossRows, dropout: Dropout, label_smoothing: f32) -> Result<f32> {
-        let _ = (batch, loss, dropout, label_smoothing);
-        todo!()
+    pub fn values(&self) -> &[B::Buf] {
+        &self.values
+    }
+
+    pub fn grads(&self) -> &[B::Buf] {
+        &self.grads
+    }
+
+    /// Replaces the value of parameter `i` (used when restoring checkpoints).
+    pub fn set_value(&mut self, i: usize, data: &[f32]) -> Result<()> {
+        let n: usize = self.shapes[i].iter().product();
+        if data.len() != n {
+            bail!("parameter `{}`: {} values given, expected {n}", self.names[i], data.len());
+        }
+        self.values[i] = self.backend.upload(data)?;
+        Ok(())
     }
 
     pub fn zero_grads(&mut self) -> Result<()> {
-        for p in &mut self.params {
-            if let Some(g) = p.grad.as_mut() {
-                self.backend.fill_zero(g)?;
+        for g in &mut self.grads {
+            self.backend.fill_zero(g)?;
+        }
+        Ok(())
+    }
+
+    fn ensure_grads(&mut self) -> Result<()> {
+        if self.grads.is_empty() {
+            for s in &self.shapes {
+                self.grads.push(self.backend.zeros(s.iter().product())?);
             }
         }
         Ok(())
     }
+
+    fn decoder(&self) -> usize {
+        self.ix.decoder.unwrap_or(self.ix.word)
+    }
+
+    fn check_batch(&self, batch: &Batch) -> Result<()> {
+        if batch.ids.len() != batch.tokens() {
+            bail!("batch: {} ids for {}×{}", batch.ids.len(), batch.batch, batch.seq);
+        }
+        if batch.seq > self.cfg.max_seq_len() {
+            bail!("sequence of {} tokens is longer than the model's maximum of {}", batch.seq, self.cfg.max_seq_len());
+        }
+        if let Some(&bad) = batch.ids.iter().find(|&&t| t < 0 || t as usize >= self.cfg.vocab_size) {
+            bail!("token id {bad} is outside the model's vocabulary of {}", self.cfg.vocab_size);
+        }
+        Ok(())
+    }
+
+    fn alloc_encoder(&self, batch: &Batch) -> Result<Encoder<B>> {
+        let be = &self.backend;
+        let (n, h, f) = (batch.tokens(), self.cfg.hidden, self.cfg.intermediate);
+        let nh = self.cfg.heads;
+        let pre = self.cfg.arch == Arch::PreLn;
+        let z = |k: usize| be.zeros(k);
+        let mut layers = Vec::with_capacity(self.cfg.layers);
+        for _ in 0..self.cfg.layers {
+            layers.push(LayerActs {
+                a_in: z(if pre { n * h } else { 0 })?,
+                a_mean: z(if pre { n } else { 0 })?,
+                a_rstd: z(if pre { n } else { 0 })?,
+                q: z(n * h)?,
+                k: z(n * h)?,
+                v: z(n * h)?,
+                ctx: z(n * h)?,
+                lse: z(batch.batch * nh * batch.seq)?,
+                attn: z(n * h)?,
+                s1: z(n * h)?,
+                mean1: z(n)?,
+                rstd1: z(n)?,
+                h1: z(n * h)?,
+                f1: z(n * f)?,
+                g: z(n * f)?,
+                f2: z(n * h)?,
+                s2: z(if pre { 0 } else { n * h })?,
+                mean2: z(if pre { 0 } else { n })?,
+                rstd2: z(if pre { 0 } else { n })?,
+            });
+        }
+        Ok(Encoder {
+            batch: batch.batch,
+            seq: batch.seq,
+            ids: be.upload_i32(&[])?,
+            pos_ids: be.upload_i32(&[])?,
+            key_mask: be.upload_i32(&[])?,
+            emb: z(n * h)?,
+            emb_mean: z(n)?,
+            emb_rstd: z(n)?,
+            hs: (0..=self.cfg.layers).map(|_| z(n * h)).collect::<Result<_>>()?,
+            layers,
+            out: z(if pre { n * h } else { 0 })?,
+            out_mean: z(if pre { n } else { 0 })?,
+            out_rstd: z(if pre { n } else { 0 })?,
+        })
+    }
+
+    /// Runs the encoder over `batch`, keeping every activation for a backward pass.
+    fn encode(&mut self, batch: &Batch, drop: Dropout) -> Result<()> {
+        self.check_batch(batch)?;
+        let reuse = matches!(&self.enc, Some(e) if e.batch == batch.batch && e.seq == batch.seq);
+        if !reuse {
+            self.enc = Some(self.alloc_encoder(batch)?);
+        }
+        let mut enc = self.enc.take().expect("encoder workspace");
+        let r = self.encode_into(&mut enc, batch, drop);
+        self.enc = Some(enc);
+        r
+    }
+
+    fn encode_into(&self, enc: &mut Encoder<B>, batch: &Batch, drop: Dropout) -> Result<()> {
+        let _range = nvtx::range!("encoder");
+        let be = &self.backend;
+        let cfg = &self.cfg;
+        let (n, h, f) = (batch.tokens(), cfg.hidden, cfg.intermediate);
+        let eps = cfg.layer_norm_eps;
+        let v = &self.values;
+        let hidden_drop = Dropout { p: if drop.active() { cfg.hidden_dropout } else { 0.0 }, seed: drop.seed };
+        let attn_drop = Dropout { p: if drop.active() { cfg.attention_dropout } else { 0.0 }, seed: drop.seed };
+
+        // Padding-aware positions (HF create_position_ids_from_input_ids) and the key mask.
+        let pad = cfg.pad_id;
+        let mut pos_ids = Vec::with_capacity(n);
+        let mut key_mask = Vec::with_capacity(n);
+        for row in batch.ids.chunks(batch.seq) {
+            let mut c = 0;
+            for &t in row {
+                let real = t != pad;
+                c += real as i32;
+                pos_ids.push(if real { c + pad } else { pad });
+                key_mask.push(real as i32);
+            }
+        }
+        enc.ids = be.upload_i32(&batch.ids)?;
+        enc.pos_ids = be.upload_i32(&pos_ids)?;
+        enc.key_mask = be.upload_i32(&key_mask)?;
+
+        be.embed_fwd(&enc.ids, &enc.pos_ids, &v[self.ix.word], &v[self.ix.pos], &v[self.ix.typ], &mut enc.emb, n, h)?;
+        match self.ix.emb_ln {
+            Some(ln) => be.add_layernorm_fwd(&enc.emb, None, None, &v[ln.g], &v[ln.b], &mut enc.hs[0], &mut enc.emb_mean, &mut enc.emb_rstd, n, h, eps)?,
+            None => be.copy(&enc.emb, &mut enc.hs[0])?,
+        }
+        be.dropout_fwd(&mut enc.hs[0], hidden_drop, S_EMB)?;
+
+        let shape = AttnShape { batch: batch.batch, seq: batch.seq, heads: cfg.heads, head_dim: cfg.head_dim() };
+        for (li, (layer, a)) in self.layers.iter().zip(enc.layers.iter_mut()).enumerate() {
+            let _r = nvtx::range!("layer {}", li);
+            let (before, after) = enc.hs.split_at_mut(li + 1);
+            let x = &before[li];
+            let out = &mut after[0];
+            let attn_in: &B::Buf = if cfg.arch == Arch::PreLn {
+                be.add_layernorm_fwd(x, None, None, &v[layer.attn_ln.g], &v[layer.attn_ln.b], &mut a.a_in, &mut a.a_mean, &mut a.a_rstd, n, h, eps)?;
+                &a.a_in
+            } else {
+                x
+            };
+            be.linear_fwd(attn_in, &v[layer.q.w], Some(&v[layer.q.b]), &mut a.q, n, h, h)?;
+            be.linear_fwd(attn_in, &v[layer.k.w], Some(&v[layer.k.b]), &mut a.k, n, h, h)?;
+            be.linear_fwd(attn_in, &v[layer.v.w], Some(&v[layer.v.b]), &mut a.v, n, h, h)?;
+            be.attention_fwd(&a.q, &a.k, &a.v, &enc.key_mask, &mut a.ctx, &mut a.lse, shape, attn_drop, stream(li, S_ATTN_PROBS))?;
+            be.linear_fwd(&a.ctx, &v[layer.o.w], Some(&v[layer.o.b]), &mut a.attn, n, h, h)?;
+            be.dropout_fwd(&mut a.attn, hidden_drop, stream(li, S_ATTN_OUT))?;
+            match cfg.arch {
+                Arch::PostLn => {
+                    be.add_layernorm_fwd(&a.attn, Some(x), Some(&mut a.s1), &v[layer.attn_ln.g], &v[layer.attn_ln.b], &mut a.h1, &mut a.mean1, &mut a.rstd1, n, h, eps)?;
+                    be.linear_fwd(&a.h1, &v[layer.ffn_in.w], Some(&v[layer.ffn_in.b]), &mut a.f1, n, f, h)?;
+                    be.gelu_fwd(&a.f1, &mut a.g)?;
+                    be.linear_fwd(&a.g, &v[layer.ffn_out.w], Some(&v[layer.ffn_out.b]), &mut a.f2, n, h, f)?;
+                    be.dropout_fwd(&mut a.f2, hidden_drop, stream(li, S_FFN_OUT))?;
+                    be.add_layernorm_fwd(&a.f2, Some(&a.h1), Some(&mut a.s2), &v[layer.ffn_ln.g], &v[layer.ffn_ln.b], out, &mut a.mean2, &mut a.rstd2, n, h, eps)?;
+                }
+                Arch::PreLn => {
+                    be.copy(x, &mut a.s1)?;
+                    be.add_assign(&mut a.s1, &a.attn)?;
+                    be.add_layernorm_fwd(&a.s1, None, None, &v[layer.ffn_ln.g], &v[layer.ffn_ln.b], &mut a.h1, &mut a.mean1, &mut a.rstd1, n, h, eps)?;
+                    be.linear_fwd(&a.h1, &v[layer.ffn_in.w], Some(&v[layer.ffn_in.b]), &mut a.f1, n, f, h)?;
+                    be.gelu_fwd(&a.f1, &mut a.g)?;
+                    // XL/XXL have no dropout after the FFN output projection.
+                    be.linear_fwd(&a.g, &v[layer.ffn_out.w], Some(&v[layer.ffn_out.b]), &mut a.f2, n, h, f)?;
+                    be.copy(&a.s1, out)?;
+                    be.add_assign(out, &a.f2)?;
+                }
+            }
+        }
+        if let Some(ln) = self.ix.final_ln {
+            let last = &enc.hs[cfg.layers];
+            be.add_layernorm_fwd(last, None, None, &v[ln.g], &v[ln.b], &mut enc.out, &mut enc.out_mean, &mut enc.out_rstd, n, h, eps)?;
+        }
+        Ok(())
+    }
+
+    /// The encoder's final hidden states (after the final LN for pre-LN models).
+    fn encoder_output<'a>(&self, enc: &'a Encoder<B>) -> &'a B::Buf {
+        if self.ix.final_ln.is_some() {
+            &enc.out
+        } else {
+            &enc.hs[self.cfg.layers]
+        }
+    }
+
+    /// MLM head on the flat positions `rows`: dense → GELU → LN → decoder + bias.
+    fn head_forward(&self, rows: &[i32]) -> Result<Head<B>> {
+        let _range = nvtx::range!("lm_head");
+        let be = &self.backend;
+        let enc = self.enc.as_ref().expect("encode first");
+        let (r, h, vsz) = (rows.len(), self.cfg.hidden, self.cfg.vocab_size);
+        let n = enc.batch * enc.seq;
+        if let Some(&bad) = rows.iter().find(|&&x| x < 0 || x as usize >= n) {
+            bail!("row {bad} is outside the batch of {n} positions");
+        }
+        let v = &self.values;
+        let mut hd = Head {
+            rows: r,
+            idx: be.upload_i32(rows)?,
+            x: be.zeros(r * h)?,
+            d1: be.zeros(r * h)?,
+            g1: be.zeros(r * h)?,
+            z: be.zeros(r * h)?,
+            mean: be.zeros(r)?,
+            rstd: be.zeros(r)?,
+            logits: be.zeros(r * vsz)?,
+        };
+        be.gather_rows(self.encoder_output(enc), &hd.idx, &mut hd.x, r, h)?;
+        let dn = self.ix.head_dense;
+        be.linear_fwd(&hd.x, &v[dn.w], Some(&v[dn.b]), &mut hd.d1, r, h, h)?;
+        be.gelu_fwd(&hd.d1, &mut hd.g1)?;
+        let ln = self.ix.head_ln;
+        be.add_layernorm_fwd(&hd.g1, None, None, &v[ln.g], &v[ln.b], &mut hd.z, &mut hd.mean, &mut hd.rstd, r, h, self.cfg.layer_norm_eps)?;
+        be.linear_fwd(&hd.z, &v[self.decoder()], Some(&v[self.ix.head_bias]), &mut hd.logits, r, vsz, h)?;
+        Ok(hd)
+    }
+
+    /// Logits (`[rows.len(), vocab_size]`, row-major) at the flat positions `rows` of `batch`.
+    pub fn logits(&mut self, batch: &Batch, rows: &[i32]) -> Result<Vec<f32>> {
+        self.encode(batch, Dropout::off())?;
+        let hd = self.head_forward(rows)?;
+        self.backend.download(&hd.logits)
+    }
+
+    /// The sampler's pick (token and its log-prob) at the flat positions `rows`.
+    pub fn pick(&mut self, batch: &Batch, rows: &[i32], opts: &PickOpts) -> Result<RowStats> {
+        self.encode(batch, Dropout::off())?;
+        let hd = self.head_forward(rows)?;
+        let v = self.cfg.vocab_size;
+        self.backend.vocab_pick(&hd.logits, rows.len(), v, self.valid_vocab(), &opts.forbid, opts.temperature, opts.sample_seed)
+    }
+
+    /// Ids the model may emit: XL/XXL carry 250880 rows for a 250002-id tokenizer, and the rows
+    /// past the tokenizer must never be chosen (method.md §1.1).
+    pub fn valid_vocab(&self) -> usize {
+        if self.cfg.vocab_size == 250880 {
+            250002
+        } else {
+            self.cfg.vocab_size
+        }
+    }
+
+    /// Forward and backward of `Σ_r weight_r · CE(logits[rows[r]], targets[r])`; gradients
+    /// accumulate into the parameter gradients (call `zero_grads` between optimizer steps).
+    /// Returns the weighted sum of the per-row losses.
+    pub fn loss_and_grad(&mut self, batch: &Batch, loss: &LossRows, drop: Dropout, label_smoothing: f32) -> Result<f32> {
+        if loss.rows.len() != loss.targets.len() || loss.rows.len() != loss.weights.len() {
+            bail!("loss rows, targets and weights differ in length");
+        }
+        self.ensure_grads()?;
+        self.encode(batch, drop)?;
+        let mut hd = self.head_forward(&loss.rows)?;
+        let be = &self.backend;
+        let (r, vsz) = (loss.rows.len(), self.cfg.vocab_size);
+        let targets = be.upload_i32(&loss.targets)?;
+        let per_row = be.cross_entropy_fwd_bwd(&mut hd.logits, &targets, &loss.weights, r, vsz, self.valid_vocab(), label_smoothing)?;
+        let total: f64 = per_row.iter().zip(&loss.weights).map(|(l, w)| (*l as f64) * (*w as f64)).sum();
+        let dhidden = self.head_backward(&hd)?;
+        self.encoder_backward(dhidden, drop)?;
+        Ok(total as f32)
+    }
+
+    /// Backward of the head; returns d(encoder output), `[tokens, hidden]`.
+    fn head_backward(&mut self, hd: &Head<B>) -> Result<B::Buf> {
+        let _range = nvtx::range!("lm_head backward");
+        let be = &self.backend;
+        let (r, h, vsz) = (hd.rows, self.cfg.hidden, self.cfg.vocab_size);
+        let dec = self.decoder();
+        let v = &self.values;
+        let g = &mut self.grads;
+        let mut dz = be.zeros(r * h)?;
+        {
+            let (gd, gb) = two_mut(g, dec, self.ix.head_bias);
+            be.linear_bwd(&hd.z, &v[dec], &hd.logits, Some(&mut dz), gd, Some(gb), r, vsz, h)?;
+        }
+        let mut dg1 = be.zeros(r * h)?;
+        let ln = self.ix.head_ln;
+        {
+            let (gg, gb) = two_mut(g, ln.g, ln.b);
+            be.layernorm_bwd(&hd.g1, &dz, &v[ln.g], &hd.mean, &hd.rstd, &mut dg1, false, gg, gb, r, h)?;
+        }
+        let mut dd1 = be.zeros(r * h)?;
+        be.gelu_bwd(&hd.d1, &dg1, &mut dd1)?;
+        let dn = self.ix.head_dense;
+        let mut dx = be.zeros(r * h)?;
+        {
+            let (gw, gb) = two_mut(g, dn.w, dn.b);
+            be.linear_bwd(&hd.x, &v[dn.w], &dd1, Some(&mut dx), gw, Some(gb), r, h, h)?;
+        }
+        let enc = self.enc.as_ref().expect("encode first");
+        let mut dout = be.zeros(enc.batch * enc.seq * h)?;
+        be.scatter_add_rows(&dx, &hd.idx, &mut dout, r, h)?;
+        Ok(dout)
+    }
+
+    fn encoder_backward(&mut self, mut dcur: B::Buf, drop: Dropout) -> Result<()> {
+        let _range = nvtx::range!("encoder backward");
+        let enc = self.enc.take().expect("encode first");
+        let r = self.encoder_backward_with(&enc, &mut dcur, drop);
+        self.enc = Some(enc);
+        r
+    }
+
+    fn encoder_backward_with(&mut self, enc: &Encoder<B>, dcur: &mut B::Buf, drop: Dropout) -> Result<()> {
+        let be = &self.backend;
+        let cfg = &self.cfg;
+        let (n, h, f) = (enc.batch * enc.seq, cfg.hidden, cfg.intermediate);
+        let v = &self.values;
+        let g = &mut self.grads;
+        let hidden_drop = Dropout { p: if drop.active() { cfg.hidden_dropout } else { 0.0 }, seed: drop.seed };
+        let attn_drop = Dropout { p: if drop.active() { cfg.attention_dropout } else { 0.0 }, seed: drop.seed };
+        let shape = AttnShape { batch: enc.batch, seq: enc.seq, heads: cfg.heads, head_dim: cfg.head_dim() };
+
+        // Scratch buffers shared by all layers.
+        let mut t_h1 = be.zeros(n * h)?;
+        let mut t_h2 = be.zeros(n * h)?;
+        let mut t_f1 = be.zeros(n * f)?;
+        let mut t_f2 = be.zeros(n * f)?;
+        let (mut dq, mut dk, mut dv) = (be.zeros(n * h)?, be.zeros(n * h)?, be.zeros(n * h)?);
+        let mut dctx = be.zeros(n * h)?;
+
+        if let Some(ln) = self.ix.final_ln {
+            let (gg, gb) = two_mut(g, ln.g, ln.b);
+            be.layernorm_bwd(&enc.hs[cfg.layers], dcur, &v[ln.g], &enc.out_mean, &enc.out_rstd, &mut t_h1, false, gg, gb, n, h)?;
+            be.copy(&t_h1, dcur)?;
+        }
+
+        for li in (0..cfg.layers).rev() {
+            let _r = nvtx::range!("layer {} backward", li);
+            let layer = self.layers[li];
+            let a = &enc.layers[li];
+            let x = &enc.hs[li];
+            // On entry dcur = d(layer output); on exit dcur = d(layer input).
+            match cfg.arch {
+                Arch::PostLn => {
+                    // out = LN2(h1 + drop(f2))
+                    let ds2 = &mut t_h1;
+                    {
+                        let (gg, gb) = two_mut(g, layer.ffn_ln.g, layer.ffn_ln.b);
+                        be.layernorm_bwd(&a.s2, dcur, &v[layer.ffn_ln.g], &a.mean2, &a.rstd2, ds2, false, gg, gb, n, h)?;
+                    }
+                    let df2 = &mut t_h2;
+                    be.copy(ds2, df2)?;
+                    be.dropout_bwd(df2, hidden_drop, stream(li, S_FFN_OUT))?;
+                    {
+                        let (gw, gb) = two_mut(g, layer.ffn_out.w, layer.ffn_out.b);
+                        be.linear_bwd(&a.g, &v[layer.ffn_out.w], df2, Some(&mut t_f1), gw, Some(gb), n, h, f)?;
+                    }
+                    be.gelu_bwd(&a.f1, &t_f1, &mut t_f2)?;
+                    {
+                        let (gw, gb) = two_mut(g, layer.ffn_in.w, layer.ffn_in.b);
+                        be.linear_bwd(&a.h1, &v[layer.ffn_in.w], &t_f2, Some(dcur), gw, Some(gb), n, f, h)?;
+                    }
+                    // dh1 = ds2 + ffn path (in dcur)
+                    be.add_assign(dcur, &t_h1)?;
+                    // h1 = LN1(x + drop(attn))
+                    {
+                        let (gg, gb) = two_mut(g, layer.attn_ln.g, layer.attn_ln.b);
+                        be.layernorm_bwd(&a.s1, dcur, &v[layer.attn_ln.g], &a.mean1, &a.rstd1, &mut t_h1, false, gg, gb, n, h)?;
+                    }
+                    // t_h1 = ds1: flows to x directly and through the attention block.
+                    be.copy(&t_h1, &mut t_h2)?;
+                    be.dropout_bwd(&mut t_h2, hidden_drop, stream(li, S_ATTN_OUT))?;
+                    Self::attention_block_backward(be, v, g, layer, a, x, &enc.key_mask, &t_h2, &mut dctx, &mut dq, &mut dk, &mut dv, dcur, shape, attn_drop, li)?;
+                    be.add_assign(dcur, &t_h1)?;
+                }
+                Arch::PreLn => {
+                    // out = h1 + W2·gelu(W1·LN_ffn(h1) + b1) + b2
+                    {
+                        let (gw, gb) = two_mut(g, layer.ffn_out.w, layer.ffn_out.b);
+                        be.linear_bwd(&a.g, &v[layer.ffn_out.w], dcur, Some(&mut t_f1), gw, Some(gb), n, h, f)?;
+                    }
+                    be.gelu_bwd(&a.f1, &t_f1, &mut t_f2)?;
+                    {
+                        let (gw, gb) = two_mut(g, layer.ffn_in.w, layer.ffn_in.b);
+                        be.linear_bwd(&a.h1, &v[layer.ffn_in.w], &t_f2, Some(&mut t_h1), gw, Some(gb), n, f, h)?;
+                    }
+                    {
+                        let (gg, gb) = two_mut(g, layer.ffn_ln.g, layer.ffn_ln.b);
+                        be.layernorm_bwd(&a.s1, &t_h1, &v[layer.ffn_ln.g], &a.mean1, &a.rstd1, dcur, true, gg, gb, n, h)?;
+                    }
+                    // dcur = d(h1); h1 = x + drop(O·attn(LN_attn(x)))
+                    be.copy(dcur, &mut t_h2)?;
+                    be.dropout_bwd(&mut t_h2, hidden_drop, stream(li, S_ATTN_OUT))?;
+                    Self::attention_block_backward(be, v, g, layer, a, &a.a_in, &enc.key_mask, &t_h2, &mut dctx, &mut dq, &mut dk, &mut dv, &mut t_h1, shape, attn_drop, li)?;
+                    let (gg, gb) = two_mut(g, layer.attn_ln.g, layer.attn_ln.b);
+                    be.layernorm_bwd(x, &t_h1, &v[layer.attn_ln.g], &a.a_mean, &a.a_rstd, dcur, true, gg, gb, n, h)?;
+                }
+            }
+        }
+
+        // Embeddings.
+        be.dropout_bwd(dcur, hidden_drop, S_EMB)?;
+        let demb: &B::Buf = match self.ix.emb_ln {
+            Some(ln) => {
+                let (gg, gb) = two_mut(g, ln.g, ln.b);
+                be.layernorm_bwd(&enc.emb, dcur, &v[ln.g], &enc.emb_mean, &enc.emb_rstd, &mut t_h1, false, gg, gb, n, h)?;
+                &t_h1
+            }
+            None => dcur,
+        };
+        let (gw, gp, gt) = three_mut(g, self.ix.word, self.ix.pos, self.ix.typ);
+        be.embed_bwd(&enc.ids, &enc.pos_ids, demb, gw, gp, gt, n, h, cfg.pad_id)?;
+        Ok(())
+    }
+
+    /// Backward of `attn = O · attention(Q x, K x, V x)` given `dattn`; writes d(x) into `dx`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_block_backward(
+        be: &B,
+        v: &[B::Buf],
+        g: &mut [B::Buf],
+        layer: Layer,
+        a: &LayerActs<B>,
+        x: &B::Buf,
+        key_mask: &B::IBuf,
+        dattn: &B::Buf,
+        dctx: &mut B::Buf,
+        dq: &mut B::Buf,
+        dk: &mut B::Buf,
+        dv: &mut B::Buf,
+        dx: &mut B::Buf,
+        shape: AttnShape,
+        attn_drop: Dropout,
+        li: usize,
+    ) -> Result<()> {
+        let (n, h) = (shape.tokens(), shape.hidden());
+        {
+            let (gw, gb) = two_mut(g, layer.o.w, layer.o.b);
+            be.linear_bwd(&a.ctx, &v[layer.o.w], dattn, Some(dctx), gw, Some(gb), n, h, h)?;
+        }
+        be.attention_bwd(&a.q, &a.k, &a.v, key_mask, &a.ctx, &a.lse, dctx, dq, dk, dv, shape, attn_drop, stream(li, S_ATTN_PROBS))?;
+        // dx = dq·Wq + dk·Wk + dv·Wv; `dctx` is free again and serves as scratch.
+        {
+            let (gw, gb) = two_mut(g, layer.q.w, layer.q.b);
+            be.linear_bwd(x, &v[layer.q.w], dq, Some(dx), gw, Some(gb), n, h, h)?;
+        }
+        for (lin, d) in [(layer.k, &*dk), (layer.v, &*dv)] {
+            let (gw, gb) = two_mut(g, lin.w, lin.b);
+            be.linear_bwd(x, &v[lin.w], d, Some(dctx), gw, Some(gb), n, h, h)?;
+            be.add_assign(dx, dctx)?;
+        }
+        Ok(())
+    }
+}
+
+/// Two distinct mutable elements of a slice.
+fn two_mut<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
+    assert_ne!(i, j);
+    if i < j {
+        let (a, b) = v.split_at_mut(j);
+        (&mut a[i], &mut b[0])
+    } else {
+        let (a, b) = v.split_at_mut(i);
+        (&mut b[0], &mut a[j])
+    }
+}
+
+/// Three distinct mutable elements of a slice.
+fn three_mut<T>(v: &mut [T], i: usize, j: usize, k: usize) -> (&mut T, &mut T, &mut T) {
+    assert!(i != j && j != k && i != k);
+    let p = v.as_mut_ptr();
+    assert!(i < v.len() && j < v.len() && k < v.len());
+    // SAFETY: the indices are distinct and in bounds, so the references never alias.
+    unsafe { (&mut *p.add(i), &mut *p.add(j), &mut *p.add(k)) }
 }

@@ -33,15 +33,20 @@ pub fn embed_bwd(
     dtyp: &mut [f32],
     tokens: usize,
     hidden: usize,
+    padding_idx: i32,
 ) {
     for i in 0..tokens {
         let g = &dout[i * hidden..][..hidden];
-        let w = ids[i] as usize * hidden;
-        let p = pos_ids[i] as usize * hidden;
         for c in 0..hidden {
-            dword[w + c] += g[c];
-            dpos[p + c] += g[c];
             dtyp[c] += g[c];
+        }
+        if ids[i] != padding_idx {
+            let w = &mut dword[ids[i] as usize * hidden..][..hidden];
+            w.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+        }
+        if pos_ids[i] != padding_idx {
+            let p = &mut dpos[pos_ids[i] as usize * hidden..][..hidden];
+            p.iter_mut().zip(g).for_each(|(a, b)| *a += b);
         }
     }
 }

@@ -95,8 +95,8 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn embed_bwd(&self, ids: &Vec<i32>, pos_ids: &Vec<i32>, dout: &Vec<f32>, dword: &mut Vec<f32>, dpos: &mut Vec<f32>, dtyp: &mut Vec<f32>, tokens: usize, hidden: usize) -> Result<()> {
-        embed::embed_bwd(ids, pos_ids, dout, dword, dpos, dtyp, tokens, hidden);
+    fn embed_bwd(&self, ids: &Vec<i32>, pos_ids: &Vec<i32>, dout: &Vec<f32>, dword: &mut Vec<f32>, dpos: &mut Vec<f32>, dtyp: &mut Vec<f32>, tokens: usize, hidden: usize, padding_idx: i32) -> Result<()> {
+        embed::embed_bwd(ids, pos_ids, dout, dword, dpos, dtyp, tokens, hidden, padding_idx);
         Ok(())
     }
 

@@ -2,7 +2,9 @@
 //! (RDM, Ye et al. 2023) on XLM-R backbones, with a CPU reference backend and CUDA kernels.
 
 pub mod backend;
+pub mod diffusion;
 pub mod cli;
 pub mod model;
 pub mod rng;
+pub mod train;
 pub mod util;

@@ -256,9 +256,13 @@ impl<B: Backend> XlmR<B> {
         self.shapes.iter().map(|s| s.iter().product::<usize>()).sum()
     }
 
-    /// Parameter values and their gradients (empty until the first `loss_and_grad`).
-    pub fn values_and_grads(&mut self) -> (&mut [B::Buf], &[B::Buf]) {
-        (&mut self.values, &self.grads)
+    /// Calls `f(backend, i, value, grad)` for every parameter (after a `loss_and_grad`).
+    pub fn for_each_param_mut(&mut self, mut f: impl FnMut(&B, usize, &mut B::Buf, &mut B::Buf) -> Result<()>) -> Result<()> {
+        self.ensure_grads()?;
+        for (i, (v, g)) in self.values.iter_mut().zip(self.grads.iter_mut()).enumerate() {
+            f(&self.backend, i, v, g)?;
+        }
+        Ok(())
     }
 
     pub fn values(&self) -> &[B::Buf] {

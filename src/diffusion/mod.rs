@@ -1,0 +1,3 @@
+//! The discrete diffusion parts: training noise and loss weights (`noise`).
+
+pub mod noise;

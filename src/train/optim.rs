@@ -1,0 +1,117 @@
+//! AdamW over every model parameter, with global gradient-norm clipping and a skipped step when
+//! the gradients are not finite.
+
+use crate::backend::{AdamW, Backend};
+use crate::model::XlmR;
+use anyhow::{bail, Result};
+use std::path::Path;
+
+pub struct Optimizer<B: Backend> {
+    pub hp: AdamW,
+    /// Number of updates applied so far (1-based bias correction uses `step + 1`).
+    pub step: u64,
+    m: Vec<B::Buf>,
+    v: Vec<B::Buf>,
+}
+
+/// What one `update` did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UpdateInfo {
+    /// Global L2 norm of the gradients before clipping.
+    pub grad_norm: f64,
+    /// True when the norm was NaN/inf and nothing was changed.
+    pub skipped: bool,
+}
+
+impl<B: Backend> Optimizer<B> {
+    pub fn new(model: &XlmR<B>, hp: AdamW) -> Result<Self> {
+        let be = model.backend();
+        let mut m = Vec::new();
+        let mut v = Vec::new();
+        for s in model.param_shapes() {
+            let n = s.iter().product();
+            m.push(be.zeros(n)?);
+            v.push(be.zeros(n)?);
+        }
+        Ok(Optimizer { hp, step: 0, m, v })
+    }
+
+    /// Clips the gradients to `max_norm` (PyTorch `clip_grad_norm_` semantics) and applies one
+    /// AdamW update with learning rate `lr`.
+    pub fn update(&mut self, model: &mut XlmR<B>, lr: f32, max_norm: Option<f32>) -> Result<UpdateInfo> {
+        let be = model.backend();
+        let mut sq = 0.0f64;
+        for g in model.grads() {
+            sq += be.sum_squares(g)?;
+        }
+        let norm = sq.sqrt();
+        if !norm.is_finite() {
+            return Ok(UpdateInfo { grad_norm: norm, skipped: true });
+        }
+        let clip = match max_norm {
+            Some(mx) if mx > 0.0 => {
+                let c = mx as f64 / (norm + 1e-6);
+                (c < 1.0).then_some(c as f32)
+            }
+            _ => None,
+        };
+        self.step += 1;
+        let step = self.step;
+        let hp = self.hp;
+        // Clipping scales the gradients in place; they are zeroed before the next step anyway.
+        let (m, v) = (&mut self.m, &mut self.v);
+        model.for_each_param_mut(|be, i, value, grad| {
+            if let Some(c) = clip {
+                be.scale(grad, c)?;
+            }
+            be.adamw(value, grad, &mut m[i], &mut v[i], hp, lr, step)
+        })?;
+        Ok(UpdateInfo { grad_norm: norm, skipped: false })
+    }
+
+    /// The moments as named f32 tensors (`exp_avg.<name>`, `exp_avg_sq.<name>`).
+    pub fn state_tensors(&self, model: &XlmR<B>) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+        let be = model.backend();
+        let mut out = Vec::new();
+        for (i, name) in model.param_names().iter().enumerate() {
+            let shape = model.param_shapes()[i].clone();
+            out.push((format!("exp_avg.{name}"), shape.clone(), be.download(&self.m[i])?));
+            out.push((format!("exp_avg_sq.{name}"), shape, be.download(&self.v[i])?));
+        }
+        Ok(out)
+    }
+
+    pub fn save(&self, model: &XlmR<B>, path: &Path) -> Result<()> {
+        let t = self.state_tensors(model)?;
+        let refs: Vec<(&str, &[usize], &[f32])> = t.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())).collect();
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("step".to_string(), self.step.to_string());
+        crate::model::weights::write_safetensors(path, &refs, Some(meta))
+    }
+
+    pub fn load(&mut self, model: &XlmR<B>, path: &Path) -> Result<()> {
+        let file = path.display().to_string();
+        let mut t = crate::model::weights::read_safetensors(path)?;
+        let be = model.backend();
+        for (i, name) in model.param_names().iter().enumerate() {
+            let n: usize = model.param_shapes()[i].iter().product();
+            for (prefix, dst) in [("exp_avg", &mut self.m[i]), ("exp_avg_sq", &mut self.v[i])] {
+                let key = format!("{prefix}.{name}");
+                let Some(x) = t.remove(&key) else { bail!("{file}: missing tensor `{key}`") };
+                if x.data.len() != n {
+                    bail!("{file}: tensor `{key}` has {} values, expected {n}", x.data.len());
+                }
+                *dst = be.upload(&x.data)?;
+            }
+        }
+        let bytes = std::fs::read(path)?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
+        self.step = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("step"))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("{file}: metadata field `step` is missing"))?;
+        Ok(())
+    }
+}

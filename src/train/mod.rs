@@ -1,4 +1,8 @@
 //! Diffusive adaptation: the training loop and what it needs.
 
+pub mod checkpoint;
 pub mod optim;
 pub mod schedule;
+pub mod trainer;
+
+pub use trainer::{AdamWSettings, BatchSource, Summary, TrainConfig, Trainer};

@@ -1,0 +1,101 @@
+//! Checkpoints: the model in the HF layout plus everything needed to resume exactly
+//! (optimizer moments, step, data position, RNG state), written atomically: into a temporary
+//! directory first, then renamed into place.
+
+use super::optim::Optimizer;
+use crate::backend::Backend;
+use crate::model::XlmR;
+use crate::rng::Rng;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const STATE_FILE: &str = "trainer_state.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+/// Everything besides weights and moments that a resumed run needs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    /// Optimizer updates done.
+    pub step: u64,
+    /// The noise RNG (timesteps and masks).
+    pub rng: Rng,
+    /// Opaque position of the data sampler.
+    pub data: serde_json::Value,
+    pub tokens_seen: u64,
+    pub skipped_steps: u64,
+    pub elapsed_secs: f64,
+    /// The settings the run was started with (informational; the CLI re-applies them).
+    pub settings: serde_json::Value,
+}
+
+/// Writes `dir` (replacing any previous one) with config.json, model.safetensors, tokenizer.json
+/// (copied from `tokenizer`), optimizer.safetensors and trainer_state.json.
+pub fn save<B: Backend>(dir: &Path, model: &XlmR<B>, opt: &Optimizer<B>, state: &TrainerState, tokenizer: &Path) -> Result<()> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("{}: cannot create", parent.display()))?;
+    let name = dir.file_name().with_context(|| format!("{}: not a directory path", dir.display()))?;
+    let tmp = parent.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).ok();
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
+    model.save(&tmp)?;
+    std::fs::copy(tokenizer, tmp.join("tokenizer.json")).with_context(|| format!("{}: cannot copy the tokenizer", tokenizer.display()))?;
+    for extra in ["training_defaults.json"] {
+        let src = tokenizer.with_file_name(extra);
+        if src.is_file() {
+            std::fs::copy(&src, tmp.join(extra)).ok();
+        }
+    }
+    opt.save(model, &tmp.join(OPTIMIZER_FILE))?;
+    crate::util::write_atomic(&tmp.join(STATE_FILE), serde_json::to_string_pretty(state)?.as_bytes())?;
+    crate::util::replace_dir(&tmp, dir)
+}
+
+pub fn load_state(dir: &Path) -> Result<TrainerState> {
+    let p = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read (is this a dlm-engine checkpoint?)", p.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a valid trainer state", p.display()))
+}
+
+/// Resolves `--resume PATH`: a checkpoint directory, or a run directory whose newest checkpoint
+/// (by step) is taken.
+pub fn resolve_resume(path: &Path) -> Result<PathBuf> {
+    if path.join(STATE_FILE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let mut best: Option<(u64, PathBuf)> = None;
+    let entries = std::fs::read_dir(path).with_context(|| format!("{}: cannot read the run directory", path.display()))?;
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.join(STATE_FILE).is_file() {
+            let st = load_state(&p)?;
+            if best.as_ref().is_none_or(|(s, _)| st.step > *s) {
+                best = Some((st.step, p));
+            }
+        }
+    }
+    match best {
+        Some((_, p)) => Ok(p),
+        None => bail!("{}: no checkpoint found (expected a directory with {STATE_FILE})", path.display()),
+    }
+}
+
+/// Removes all but the newest `keep` `checkpoint-*` directories of a run.
+pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
+    let mut cps: Vec<(u64, PathBuf)> = std::fs::read_dir(run_dir)?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    cps.sort();
+    while cps.len() > keep {
+        let (_, p) = cps.remove(0);
+        std::fs::remove_dir_all(&p).ok();
+    }
+    Ok(())
+}

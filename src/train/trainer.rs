@@ -1,0 +1,261 @@
+//! The diffusive-adaptation loop: batches → coupled noise → forward/backward → AdamW, with
+//! accumulation, schedules, stop by steps or time, progress, metrics JSONL, checkpoints and
+//! exact resume.
+
+use super::checkpoint::{self, TrainerState};
+use super::optim::Optimizer;
+use super::schedule::Schedule;
+use crate::backend::{AdamW, Backend, Dropout};
+use crate::diffusion::noise::{self, Reweighting, Seq};
+use crate::model::XlmR;
+use crate::rng::{philox_u32, Rng};
+use anyhow::{bail, Result};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where training batches come from. Its position is saved in checkpoints.
+pub trait BatchSource {
+    /// The next batch of clean sequences.
+    fn next_batch(&mut self) -> Result<Vec<Seq>>;
+    fn state(&self) -> serde_json::Value;
+    fn restore(&mut self, state: &serde_json::Value) -> Result<()>;
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainConfig {
+    pub lr: f32,
+    pub schedule: Schedule,
+    pub warmup_steps: u64,
+    pub max_steps: Option<u64>,
+    #[serde(skip)]
+    pub max_time: Option<Duration>,
+    /// Micro-batches per optimizer update.
+    pub accumulate: usize,
+    pub clip_norm: f32,
+    pub adamw: AdamWSettings,
+    /// Dropout during training (hidden and attention); 0 turns it off.
+    pub dropout: f32,
+    /// Number of diffusion timesteps T.
+    pub timesteps: u32,
+    pub reweighting: Reweighting,
+    pub label_smoothing: f32,
+    pub seed: u64,
+    pub save_every: u64,
+    pub keep_checkpoints: usize,
+    pub eval_every: u64,
+    pub log_every: u64,
+    pub out_dir: PathBuf,
+    pub progress: bool,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct AdamWSettings {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl From<AdamWSettings> for AdamW {
+    fn from(a: AdamWSettings) -> Self {
+        AdamW { beta1: a.beta1, beta2: a.beta2, eps: a.eps, weight_decay: a.weight_decay }
+    }
+}
+
+/// One line of the metrics file.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepLog {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f32,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+    pub skipped_steps: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub steps: u64,
+    pub final_loss: f64,
+    pub elapsed_s: f64,
+    pub checkpoint: PathBuf,
+    pub stopped_by: String,
+    /// Loss of every update, in order (the resume test compares these).
+    #[serde(skip)]
+    pub losses: Vec<f64>,
+}
+
+/// Called every `eval_every` steps with the model; returns metrics to log (e.g. exact match).
+pub type Validator<'a, B> = dyn FnMut(&mut XlmR<B>) -> Result<serde_json::Value> + 'a;
+
+pub struct Trainer<'a, B: Backend> {
+    pub cfg: TrainConfig,
+    pub model: XlmR<B>,
+    pub tokenizer_path: PathBuf,
+    pub data: &'a mut dyn BatchSource,
+    pub validator: Option<Box<Validator<'a, B>>>,
+    pub pad: i32,
+    pub mask: i32,
+}
+
+fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
+    ((philox_u32(seed, 0xD0, step * 1024 + micro as u64) as u64) << 32) | philox_u32(seed, 0xD1, step * 1024 + micro as u64) as u64
+}
+
+impl<'a, B: Backend> Trainer<'a, B> {
+    /// Runs until `max_steps` or `max_time`, whichever comes first; resumes from `resume` when
+    /// given (a checkpoint directory written by an earlier run).
+    pub fn run(&mut self, resume: Option<&Path>) -> Result<Summary> {
+        let cfg = self.cfg.clone();
+        if cfg.max_steps.is_none() && cfg.max_time.is_none() {
+            bail!("give --max-steps or --max-time (or both): training needs a stopping point");
+        }
+        let mut opt = Optimizer::new(&self.model, cfg.adamw.into())?;
+        let mut state = TrainerState {
+            step: 0,
+            rng: Rng::new(cfg.seed, 0x7157),
+            data: self.data.state(),
+            tokens_seen: 0,
+            skipped_steps: 0,
+            elapsed_secs: 0.0,
+            settings: serde_json::to_value(&cfg)?,
+        };
+        if let Some(dir) = resume {
+            state = checkpoint::load_state(dir)?;
+            opt.load(&self.model, &dir.join(checkpoint::OPTIMIZER_FILE))?;
+            self.data.restore(&state.data)?;
+            if opt.step != state.step {
+                bail!("{}: optimizer step {} disagrees with trainer step {}", dir.display(), opt.step, state.step);
+            }
+        }
+        std::fs::create_dir_all(&cfg.out_dir)?;
+        let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(cfg.out_dir.join("metrics.jsonl"))?;
+        let total = cfg.max_steps.unwrap_or(u64::MAX);
+        let bar = self.progress_bar(&cfg, state.step);
+        let start = Instant::now();
+        let base_elapsed = state.elapsed_secs;
+        let mut losses = Vec::new();
+        let mut window = (0.0f64, 0u64, 0u64, Instant::now()); // loss sum, count, tokens, since
+        let stopped_by;
+        loop {
+            if state.step >= total {
+                stopped_by = "max-steps".to_string();
+                break;
+            }
+            if let Some(t) = cfg.max_time {
+                if start.elapsed() >= t {
+                    stopped_by = "max-time".to_string();
+                    break;
+                }
+            }
+            let lr = cfg.schedule.lr(cfg.lr, state.step, cfg.warmup_steps, total);
+            self.model.zero_grads()?;
+            let mut step_loss = 0.0f64;
+            let mut step_tokens = 0u64;
+            for micro in 0..cfg.accumulate {
+                let rows = self.data.next_batch()?;
+                let noised = noise::q_sample_coupled(
+                    &rows,
+                    self.pad,
+                    self.mask,
+                    cfg.timesteps,
+                    cfg.reweighting,
+                    1.0 / cfg.accumulate as f32,
+                    &mut state.rng,
+                );
+                let drop = if cfg.dropout > 0.0 { Dropout { p: cfg.dropout, seed: dropout_seed(cfg.seed, state.step, micro) } } else { Dropout::off() };
+                step_loss += self.model.loss_and_grad(&noised.batch, &noised.loss, drop, cfg.label_smoothing)? as f64;
+                step_tokens += rows.iter().map(|r| r.ids.len() as u64).sum::<u64>();
+            }
+            let info = opt.update(&mut self.model, lr, Some(cfg.clip_norm))?;
+            state.step += 1;
+            state.tokens_seen += step_tokens;
+            if info.skipped || !step_loss.is_finite() {
+                state.skipped_steps += 1;
+            }
+            losses.push(step_loss);
+            window.0 += step_loss;
+            window.1 += 1;
+            window.2 += step_tokens;
+            state.elapsed_secs = base_elapsed + start.elapsed().as_secs_f64();
+            if let Some(b) = &bar {
+                b.set_position(state.step);
+                let tps = window.2 as f64 / window.3.elapsed().as_secs_f64().max(1e-9);
+                b.set_message(format!("loss {step_loss:.4}  {tps:.0} tok/s  lr {lr:.2e}"));
+            }
+            if state.step % cfg.log_every == 0 || state.step == total {
+                let secs = window.3.elapsed().as_secs_f64().max(1e-9);
+                let log = StepLog {
+                    step: state.step,
+                    loss: window.0 / window.1 as f64,
+                    lr,
+                    grad_norm: info.grad_norm,
+                    tokens_per_s: window.2 as f64 / secs,
+                    elapsed_s: state.elapsed_secs,
+                    skipped_steps: state.skipped_steps,
+                };
+                writeln!(metrics, "{}", serde_json::to_string(&log)?)?;
+                let line = format!(
+                    "step {:>6}  loss {:.4}  lr {:.2e}  grad-norm {:.3}  {:.0} tok/s",
+                    log.step, log.loss, log.lr, log.grad_norm, log.tokens_per_s
+                );
+                match &bar {
+                    Some(b) => b.println(line),
+                    None => eprintln!("{line}"),
+                }
+                window = (0.0, 0, 0, Instant::now());
+            }
+            if cfg.eval_every > 0 && state.step % cfg.eval_every == 0 {
+                self.validate(&mut metrics, state.step, bar.as_ref())?;
+            }
+            if cfg.save_every > 0 && state.step % cfg.save_every == 0 && state.step < total {
+                state.data = self.data.state();
+                let dir = cfg.out_dir.join(format!("checkpoint-{}", state.step));
+                checkpoint::save(&dir, &self.model, &opt, &state, &self.tokenizer_path)?;
+                checkpoint::prune(&cfg.out_dir, cfg.keep_checkpoints)?;
+            }
+        }
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        state.data = self.data.state();
+        state.elapsed_secs = base_elapsed + start.elapsed().as_secs_f64();
+        let dir = cfg.out_dir.join("final");
+        checkpoint::save(&dir, &self.model, &opt, &state, &self.tokenizer_path)?;
+        let final_loss = losses.iter().rev().take(cfg.log_every as usize).sum::<f64>() / losses.len().clamp(1, cfg.log_every as usize) as f64;
+        Ok(Summary { steps: state.step, final_loss, elapsed_s: state.elapsed_secs, checkpoint: dir, stopped_by, losses })
+    }
+
+    fn validate(&mut self, metrics: &mut std::fs::File, step: u64, bar: Option<&indicatif::ProgressBar>) -> Result<()> {
+        if let Some(v) = self.validator.as_mut() {
+            let result = v(&mut self.model)?;
+            let line = serde_json::json!({ "step": step, "valid": result });
+            writeln!(metrics, "{line}")?;
+            let msg = format!("step {step:>6}  valid {result}");
+            match bar {
+                Some(b) => b.println(msg),
+                None => eprintln!("{msg}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn progress_bar(&self, cfg: &TrainConfig, at: u64) -> Option<indicatif::ProgressBar> {
+        if !cfg.progress || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return None;
+        }
+        let len = cfg.max_steps.unwrap_or(0);
+        let b = indicatif::ProgressBar::new(len);
+        let style = if len > 0 {
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}"
+        } else {
+            "{spinner} [{elapsed_precise}] {pos} steps  {per_sec}  {msg}"
+        };
+        b.set_style(indicatif::ProgressStyle::with_template(style).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()));
+        b.set_position(at);
+        Some(b)
+    }
+}

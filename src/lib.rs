@@ -2,6 +2,7 @@
 //! (RDM, Ye et al. 2023) on XLM-R backbones, with a CPU reference backend and CUDA kernels.
 
 pub mod backend;
+pub mod demo;
 pub mod diffusion;
 pub mod cli;
 pub mod model;

@@ -1,6 +1,6 @@
 //! Dropout (Philox masks regenerated in the backward pass) and exact-erf GELU.
 
-use crate::rng::philox_uniform;
+use crate::rng::philox4x32;
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
@@ -11,27 +11,32 @@ pub fn dropout_apply(x: &mut [f32], p: f32, seed: u64, stream: u64) {
         return;
     }
     let scale = 1.0 / (1.0 - p);
+    // CHUNK is a multiple of 4, so each Philox block (4 numbers) is computed once.
     x.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
         let base = (c * CHUNK) as u64;
-        for (i, v) in chunk.iter_mut().enumerate() {
-            let keep = philox_uniform(seed, stream, base + i as u64) >= p;
-            *v = if keep { *v * scale } else { 0.0 };
+        for (q, quad) in chunk.chunks_mut(4).enumerate() {
+            let idx = base + 4 * q as u64;
+            let block = idx >> 2;
+            let r = philox4x32([block as u32, (block >> 32) as u32, stream as u32, (stream >> 32) as u32], [seed as u32, (seed >> 32) as u32]);
+            for (lane, v) in quad.iter_mut().enumerate() {
+                let u = (r[lane] >> 8) as f32 * (1.0 / 16_777_216.0);
+                *v = if u >= p { *v * scale } else { 0.0 };
+            }
         }
     });
 }
 
+/// Exact-erf GELU in f32, as PyTorch computes it.
 #[inline]
 pub fn gelu(x: f32) -> f32 {
-    let xd = x as f64;
-    (0.5 * xd * (1.0 + libm::erf(xd * std::f64::consts::FRAC_1_SQRT_2))) as f32
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 #[inline]
 pub fn gelu_grad(x: f32) -> f32 {
-    let xd = x as f64;
-    let cdf = 0.5 * (1.0 + libm::erf(xd * std::f64::consts::FRAC_1_SQRT_2));
-    let pdf = (-0.5 * xd * xd).exp() / (2.0 * std::f64::consts::PI).sqrt();
-    (cdf + xd * pdf) as f32
+    let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+    let pdf = (-0.5 * x * x).exp() * 0.398_942_3;
+    cdf + x * pdf
 }
 
 pub fn gelu_fwd(x: &[f32], y: &mut [f32]) {
@@ -76,5 +81,10 @@ mod tests {
         let mut y = vec![1.0f32; 100_000];
         dropout_apply(&mut y, 0.1, 42, 7);
         assert_eq!(x, y);
+        // Element i uses number i of the Philox stream, as the CUDA kernel does.
+        for i in [0usize, 1, 2, 3, 4, 5, 99_999] {
+            let keep = crate::rng::philox_uniform(42, 7, i as u64) >= 0.1;
+            assert_eq!(x[i] != 0.0, keep, "element {i}");
+        }
     }
 }

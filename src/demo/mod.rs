@@ -1,0 +1,3 @@
+//! `dlm-engine demo`: the embedded default job (task generator in `task`).
+
+pub mod task;

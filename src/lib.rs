@@ -3,5 +3,6 @@
 
 pub mod backend;
 pub mod cli;
+pub mod metrics;
 pub mod model;
 pub mod rng;

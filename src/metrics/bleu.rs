@@ -123,6 +123,8 @@ impl BleuStats {
             return result(0.0, precisions);
         }
         let mut smooth = 1.0f64;
+        // Indexing keeps the three per-order arrays visibly in lockstep.
+        #[allow(clippy::needless_range_loop)]
         for n in 0..MAX_ORDER {
             let (correct, total) = (self.correct[n], self.total[n]);
             // No n-grams of this order at all: this and the higher precisions stay 0, which

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod demo;
 pub mod diffusion;
 pub mod cli;
+pub mod metrics;
 pub mod model;
 pub mod rng;
 pub mod train;

@@ -20,18 +20,23 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Score hypotheses against references: BLEU (as sacreBLEU), ROUGE-L or exact match.
+    #[command(long_about = crate::cli::eval::LONG_ABOUT)]
+    Eval(crate::cli::eval::Args),
     /// Predict the tokens at each <mask> of a text (the Hugging Face fill-mask pipeline).
     FillMask(crate::cli::fill_mask::Args),
     /// Write a randomly initialised model (config.json, model.safetensors, tokenizer.json).
     Init(crate::cli::init::Args),
 }
 
+pub mod eval;
 pub mod fill_mask;
 pub mod init;
 
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Eval(a) => eval::run(a),
         Command::FillMask(a) => fill_mask::run(a),
         Command::Init(a) => init::run(a),
     }

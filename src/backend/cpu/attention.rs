@@ -6,17 +6,28 @@
 //! `((b·heads + h)·seq + i)·seq + j` of stream (`seed`, `stream`).
 
 use crate::backend::{AttnShape, Dropout};
-use crate::rng::philox_uniform;
+use crate::rng::philox4x32;
 use rayon::prelude::*;
 
-#[inline]
-fn keep_scale(drop: Dropout, stream: u64, idx: u64) -> f32 {
+/// Dropout scales (0 or 1/(1-p)) of the `out.len()` consecutive probabilities starting at
+/// element `start` of the Philox stream, computing each 4-number Philox block once.
+fn fill_keep(drop: Dropout, stream: u64, start: u64, out: &mut [f32]) {
     if !drop.active() {
-        1.0
-    } else if philox_uniform(drop.seed, stream, idx) >= drop.p {
-        1.0 / (1.0 - drop.p)
-    } else {
-        0.0
+        out.fill(1.0);
+        return;
+    }
+    let scale = 1.0 / (1.0 - drop.p);
+    let key = [drop.seed as u32, (drop.seed >> 32) as u32];
+    let mut block = u64::MAX;
+    let mut r = [0u32; 4];
+    for (j, o) in out.iter_mut().enumerate() {
+        let idx = start + j as u64;
+        if idx >> 2 != block {
+            block = idx >> 2;
+            r = philox4x32([block as u32, (block >> 32) as u32, stream as u32, (stream >> 32) as u32], key);
+        }
+        let u = (r[(idx & 3) as usize] >> 8) as f32 * (1.0 / 16_777_216.0);
+        *o = if u >= drop.p { scale } else { 0.0 };
     }
 }
 
@@ -48,6 +59,7 @@ pub fn attention_fwd(
             let mask = &key_mask[b * t..][..t];
             let base = b * t * hid;
             let mut p = vec![0.0f32; t];
+            let mut keep = vec![1.0f32; t];
             for h in 0..nh {
                 for i in 0..t {
                     let qi = &q[base + i * hid + h * d..][..d];
@@ -68,12 +80,12 @@ pub fn attention_fwd(
                     lb[h * t + i] = mx + den.ln();
                     let o = &mut ob[i * hid + h * d..][..d];
                     o.fill(0.0);
-                    let row_idx = (((b * nh + h) * t + i) * t) as u64;
+                    fill_keep(drop, stream, (((b * nh + h) * t + i) * t) as u64, &mut keep);
                     for j in 0..t {
                         if p[j] == 0.0 {
                             continue;
                         }
-                        let w = p[j] / den * keep_scale(drop, stream, row_idx + j as u64);
+                        let w = p[j] / den * keep[j];
                         if w == 0.0 {
                             continue;
                         }
@@ -117,6 +129,7 @@ pub fn attention_bwd(
             dvb.fill(0.0);
             let mask = &key_mask[b * t..][..t];
             let base = b * t * hid;
+            let mut keep = vec![1.0f32; t];
             for h in 0..nh {
                 for i in 0..t {
                     let off_i = i * hid + h * d;
@@ -125,7 +138,7 @@ pub fn attention_bwd(
                     // D_i = dO_i · O_i = Σ_j p_ij dp_ij, with or without dropout.
                     let di = dot(doi, &out[base + off_i..][..d]);
                     let l = lse[(b * nh + h) * t + i];
-                    let row_idx = (((b * nh + h) * t + i) * t) as u64;
+                    fill_keep(drop, stream, (((b * nh + h) * t + i) * t) as u64, &mut keep);
                     for j in 0..t {
                         if mask[j] == 0 {
                             continue;
@@ -134,7 +147,7 @@ pub fn attention_bwd(
                         let kj = &k[base + off_j..][..d];
                         let vj = &v[base + off_j..][..d];
                         let pij = (dot(qi, kj) * scale - l).exp();
-                        let ks = keep_scale(drop, stream, row_idx + j as u64);
+                        let ks = keep[j];
                         let dpij = dot(doi, vj) * ks;
                         let pw = pij * ks;
                         if pw != 0.0 {

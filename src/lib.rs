@@ -3,5 +3,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod data;
 pub mod model;
 pub mod rng;
+pub mod tokenizer;

@@ -2,11 +2,13 @@
 //! (RDM, Ye et al. 2023) on XLM-R backbones, with a CPU reference backend and CUDA kernels.
 
 pub mod backend;
+pub mod cli;
+pub mod data;
 pub mod demo;
 pub mod diffusion;
-pub mod cli;
 pub mod metrics;
 pub mod model;
 pub mod rng;
+pub mod tokenizer;
 pub mod train;
 pub mod util;

@@ -27,11 +27,14 @@ pub enum Command {
     FillMask(crate::cli::fill_mask::Args),
     /// Write a randomly initialised model (config.json, model.safetensors, tokenizer.json).
     Init(crate::cli::init::Args),
+    /// Tokenizer tools (`tokenizer train`: a Unigram tokenizer in XLM-R layout from JSONL data).
+    Tokenizer(crate::cli::tokenizer::Args),
 }
 
 pub mod eval;
 pub mod fill_mask;
 pub mod init;
+pub mod tokenizer;
 
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -39,5 +42,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::FillMask(a) => fill_mask::run(a),
         Command::Init(a) => init::run(a),
+        Command::Tokenizer(a) => tokenizer::run(a),
     }
 }

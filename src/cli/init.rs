@@ -1,9 +1,78 @@
-//! `dlm-engine init`.
+//! `dlm-engine init`: a randomly initialised model in the Hugging Face layout.
+
+use crate::backend::cpu::CpuBackend;
+use crate::model::{ModelConfig, XlmR};
+use crate::tokenizer::Tok;
+use crate::train::defaults::TrainingDefaults;
+use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
+use std::path::PathBuf;
 
 #[derive(ClapArgs, Debug)]
-pub struct Args {}
+#[command(group(clap::ArgGroup::new("shape").required(true).args(["config", "preset"])))]
+pub struct Args {
+    /// An HF config.json giving the model's shape.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A named shape: base, large, xl, xxl (real XLM-R shapes), tiny, tiny-xl, small, micro, micro-xl.
+    /// The vocabulary size is taken from the tokenizer.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// tokenizer.json to pair with the model (e.g. from `dlm-engine tokenizer train`).
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// Output directory (config.json, model.safetensors, tokenizer.json, training_defaults.json).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Replace an existing non-empty output directory.
+    #[arg(long)]
+    pub force: bool,
+}
 
-pub fn run(_a: Args) -> anyhow::Result<()> {
-    anyhow::bail!("init: not implemented yet")
+pub fn run(a: Args) -> Result<()> {
+    let tok = Tok::load(&a.tokenizer)?;
+    let cfg = match (&a.config, &a.preset) {
+        (Some(path), _) => {
+            let cfg = ModelConfig::from_file(path)?;
+            if cfg.vocab_size < tok.vocab_size() {
+                bail!(
+                    "{}: field `vocab_size` ({}) is smaller than the tokenizer's {} ids ({})",
+                    path.display(),
+                    cfg.vocab_size,
+                    tok.vocab_size(),
+                    a.tokenizer.display()
+                );
+            }
+            cfg
+        }
+        (None, Some(name)) => {
+            let mut cfg = ModelConfig::preset(name)?;
+            cfg.vocab_size = tok.vocab_size();
+            cfg
+        }
+        (None, None) => unreachable!("clap requires --config or --preset"),
+    };
+    if a.out.exists() && a.out.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) && !a.force {
+        bail!("{}: already exists and is not empty (use --force to replace it)", a.out.display());
+    }
+    let model = XlmR::random(CpuBackend::new(), cfg.clone(), a.seed)?;
+    let parent = a.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let tmp = parent.join(format!(".init-tmp-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    model.save(&tmp)?;
+    tok.save(tmp.join("tokenizer.json"))?;
+    TrainingDefaults::from_scratch().save(&tmp)?;
+    crate::util::replace_dir(&tmp, &a.out).with_context(|| format!("{}: cannot write the model", a.out.display()))?;
+    eprintln!(
+        "wrote {} ({} parameters, {} layers, hidden {}, vocab {})",
+        a.out.display(),
+        model.param_count(),
+        cfg.layers,
+        cfg.hidden,
+        cfg.vocab_size
+    );
+    Ok(())
 }

@@ -33,6 +33,7 @@ pub enum Command {
 
 pub mod eval;
 pub mod fill_mask;
+pub mod device;
 pub mod init;
 pub mod tokenizer;
 

@@ -1,6 +1,7 @@
 //! The RDM training noise (method.md §3): coupled timesteps, nested absorbing masks over the
 //! maskable slots (target tokens and the final `</s>`), the doubled batch and the loss weights.
 
+pub use crate::data::layout::Example as Seq;
 use crate::model::{Batch, LossRows};
 use crate::rng::Rng;
 use anyhow::{bail, Result};
@@ -37,13 +38,6 @@ impl Reweighting {
             Reweighting::Constant => steps as f32,
         }
     }
-}
-
-/// One training example: `[<s>] src tgt [</s>]` and the length of its fixed prefix (`<s>` + source).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Seq {
-    pub ids: Vec<i32>,
-    pub src_len: usize,
 }
 
 /// A noised, doubled batch ready for `XlmR::loss_and_grad`.

@@ -1,6 +1,7 @@
 //! Diffusive adaptation: the training loop and what it needs.
 
 pub mod checkpoint;
+pub mod defaults;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;

@@ -259,3 +259,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
         Some(b)
     }
 }
+
+impl BatchSource for crate::data::batch::ExampleBatches {
+    fn next_batch(&mut self) -> Result<Vec<Seq>> {
+        Ok(crate::data::batch::ExampleBatches::next_batch(self))
+    }
+    fn state(&self) -> serde_json::Value {
+        serde_json::to_value(crate::data::batch::ExampleBatches::state(self)).unwrap_or_default()
+    }
+    fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
+        let s = serde_json::from_value(state.clone()).map_err(|e| anyhow::anyhow!("checkpoint data position is not valid: {e}"))?;
+        crate::data::batch::ExampleBatches::restore(self, s)
+    }
+}

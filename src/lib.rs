@@ -3,5 +3,6 @@
 
 pub mod backend;
 pub mod cli;
+pub mod diffusion;
 pub mod model;
 pub mod rng;

@@ -1,0 +1,12 @@
+//! Discrete diffusion on top of the model: the RDM sampler (method.md §4).
+//!
+//! - `strategy`: decoding strategy strings, schedules and the masked count k.
+//! - `step`: the per-canvas update rules of one denoising step.
+//! - `sampler`: canvases, batching, random streams, the `Denoiser` trait and `generate`.
+
+pub mod sampler;
+pub mod step;
+pub mod strategy;
+
+pub use sampler::{generate, Denoiser, Generated, PickGroup, SamplerConfig, SpecialIds};
+pub use strategy::{Remask, Schedule, Strategy};

@@ -164,6 +164,48 @@ pub fn clean_up_tokenization_spaces(text: &str) -> String {
 /// The smallest vocabulary `train_unigram` accepts: the five special tokens plus "▁".
 pub const MIN_TRAIN_VOCAB: usize = 6;
 
+/// Fills the vocabulary up to `target` pieces with the most frequent whole words.
+///
+/// Why: the Unigram trainer seeds its candidates with substrings that occur at least twice among
+/// the DISTINCT words of the corpus, so on a small corpus (few distinct words) no whole word is
+/// ever a candidate and the result is close to character level, far below the requested size.
+/// Each added word gets the log of its relative frequency as its score, which makes the Viterbi
+/// segmentation prefer it to a chain of character pieces. On a large corpus the trainer already
+/// reaches the requested size and nothing is added.
+fn add_whole_words(tok: &mut Tokenizer, counts: std::collections::HashMap<String, u64>, target: usize) -> Result<()> {
+    use tokenizers::{Model, ModelWrapper, Normalizer, PreTokenizer};
+    let ModelWrapper::Unigram(model) = tok.get_model() else { return Ok(()) };
+    let mut vocab: Vec<(String, f64)> = model.iter().cloned().collect();
+    if vocab.len() >= target {
+        return Ok(());
+    }
+    let unk = model.token_to_id(UNK).map(|i| i as usize);
+    let mut pieces: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for (word, c) in counts {
+        let mut ns = tokenizers::NormalizedString::from(word.as_str());
+        if let Some(n) = tok.get_normalizer() {
+            n.normalize(&mut ns).map_err(|e| anyhow!("normalizer failed on {word:?}: {e}"))?;
+        }
+        let mut pre = tokenizers::PreTokenizedString::from(ns.get());
+        if let Some(p) = tok.get_pre_tokenizer() {
+            p.pre_tokenize(&mut pre).map_err(|e| anyhow!("pre-tokenizer failed on {word:?}: {e}"))?;
+        }
+        for (piece, _, _) in pre.get_splits(tokenizers::OffsetReferential::Original, tokenizers::OffsetType::Char) {
+            *pieces.entry(piece.to_string()).or_insert(0) += c;
+        }
+    }
+    let known: std::collections::HashSet<String> = vocab.iter().map(|v| v.0.clone()).collect();
+    let total: u64 = pieces.values().sum();
+    let mut cands: Vec<(String, u64)> = pieces.into_iter().filter(|(p, _)| !known.contains(p) && p.chars().count() > 1).collect();
+    cands.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    for (p, c) in cands.into_iter().take(target - vocab.len()) {
+        vocab.push((p, (c as f64 / total as f64).ln()));
+    }
+    let m = Unigram::from(vocab, unk, false).map_err(|e| anyhow!("cannot rebuild the Unigram model: {e}"))?;
+    tok.with_model(m);
+    Ok(())
+}
+
 /// Trains an XLM-R-shaped Unigram tokenizer on `texts`.
 ///
 /// Shape (chosen so XLM-R code paths run unchanged on it):
@@ -207,7 +249,16 @@ where
         .build()
         .map_err(|e| anyhow!("cannot configure the Unigram trainer: {e}"))?
         .into();
-    tok.train(&mut trainer, texts).map_err(|e| anyhow!("tokenizer training failed: {e}"))?;
+    // Count whole words on the way through (the trainer may read from several threads).
+    let words = std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new());
+    let counted = texts.inspect(|t| {
+        let mut w = words.lock().unwrap_or_else(|e| e.into_inner());
+        for word in t.split_whitespace() {
+            *w.entry(word.to_string()).or_insert(0) += 1;
+        }
+    });
+    tok.train(&mut trainer, counted).map_err(|e| anyhow!("tokenizer training failed: {e}"))?;
+    add_whole_words(&mut tok, words.into_inner().unwrap_or_else(|e| e.into_inner()), vocab_size - 1)?;
 
     tok.add_special_tokens([AddedToken::from(MASK, true).lstrip(true)])
         .map_err(|e| anyhow!("cannot add {MASK}: {e}"))?;

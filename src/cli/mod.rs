@@ -20,6 +20,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The embedded default job: make a small task, train a tokenizer and a tiny model on the
+    /// CPU, sample held-out examples and report exact match (about 4 minutes on 2 cores).
+    Demo(crate::demo::Args),
     /// Score hypotheses against references: BLEU (as sacreBLEU), ROUGE-L or exact match.
     #[command(long_about = crate::cli::eval::LONG_ABOUT)]
     Eval(crate::cli::eval::Args),
@@ -29,20 +32,29 @@ pub enum Command {
     Init(crate::cli::init::Args),
     /// Tokenizer tools (`tokenizer train`: a Unigram tokenizer in XLM-R layout from JSONL data).
     Tokenizer(crate::cli::tokenizer::Args),
+    /// Diffusive adaptation: finetune a masked LM with the RDM objective on JSONL pairs.
+    Train(crate::cli::train::Args),
+    /// Generate with iterative top-k confidence unmasking (the RDM sampler).
+    Sample(crate::cli::sample::Args),
 }
 
+pub mod device;
 pub mod eval;
 pub mod fill_mask;
-pub mod device;
 pub mod init;
+pub mod sample;
 pub mod tokenizer;
+pub mod train;
 
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(a) => crate::demo::run(a),
         Command::Eval(a) => eval::run(a),
         Command::FillMask(a) => fill_mask::run(a),
         Command::Init(a) => init::run(a),
         Command::Tokenizer(a) => tokenizer::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Sample(a) => sample::run(a),
     }
 }

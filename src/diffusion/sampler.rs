@@ -295,6 +295,17 @@ fn finalize(c: Canvas, special: SpecialIds) -> Result<Generated> {
     Ok(Generated { tokens: kept.iter().map(|&j| c.slots.tokens[j]).collect(), score, steps: c.history })
 }
 
+impl<B: crate::backend::Backend> Denoiser for crate::model::XlmR<B> {
+    fn pick(&mut self, batch: &Batch, rows: &[i32], opts: &PickOpts) -> Result<RowStats> {
+        crate::model::XlmR::pick(self, batch, rows, opts)
+    }
+
+    fn pick_groups(&mut self, batch: &Batch, groups: &[PickGroup]) -> Result<Vec<RowStats>> {
+        let g: Vec<(&[i32], &PickOpts)> = groups.iter().map(|g| (g.rows.as_slice(), &g.opts)).collect();
+        self.pick_many(batch, &g)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

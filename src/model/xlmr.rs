@@ -507,10 +507,24 @@ impl<B: Backend> XlmR<B> {
 
     /// The sampler's pick (token and its log-prob) at the flat positions `rows`.
     pub fn pick(&mut self, batch: &Batch, rows: &[i32], opts: &PickOpts) -> Result<RowStats> {
+        Ok(self.pick_many(batch, &[(rows, opts)])?.remove(0))
+    }
+
+    /// Several picks over one batch with one encoder pass: each group of rows with its own
+    /// options (sampling gives every example its own seed).
+    pub fn pick_many(&mut self, batch: &Batch, groups: &[(&[i32], &PickOpts)]) -> Result<Vec<RowStats>> {
         self.encode(batch, Dropout::off())?;
-        let hd = self.head_forward(rows)?;
         let v = self.cfg.vocab_size;
-        self.backend.vocab_pick(&hd.logits, rows.len(), v, self.valid_vocab(), &opts.forbid, opts.temperature, opts.sample_seed)
+        groups
+            .iter()
+            .map(|(rows, opts)| {
+                if rows.is_empty() {
+                    return Ok(RowStats::default());
+                }
+                let hd = self.head_forward(rows)?;
+                self.backend.vocab_pick(&hd.logits, rows.len(), v, self.valid_vocab(), &opts.forbid, opts.temperature, opts.sample_seed)
+            })
+            .collect()
     }
 
     /// Ids the model may emit: XL/XXL carry 250880 rows for a 250002-id tokenizer, and the rows

@@ -44,12 +44,12 @@ impl TrainingDefaults {
     /// Settings for a small model trained from scratch (what `dlm-engine demo` uses).
     pub fn from_scratch() -> Self {
         TrainingDefaults {
-            lr: 2e-3,
+            lr: 1e-3,
             schedule: "linear".into(),
             warmup_steps: Some(100),
             dropout: 0.1,
             label_smoothing: 0.1,
-            max_tokens: 2048,
+            max_tokens: 1024,
             weight_decay: 0.01,
             clip_norm: 1.0,
             note: "from-scratch settings written by `dlm-engine init` (tuned on the demo task)".into(),

@@ -1,0 +1,236 @@
+//! `dlm-engine sample`: generate with the RDM sampler from JSONL records or prompts, write one
+//! JSON line per input, and score the hypotheses when targets are given.
+
+use super::device::{dispatch, Device, Job};
+use crate::backend::Backend;
+use crate::data::jsonl::{read_jsonl, JsonlOptions, Keys};
+use crate::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
+use crate::diffusion::Strategy;
+use crate::metrics::{self, Metric, Tokenize};
+use crate::model::XlmR;
+use crate::tokenizer::Tok;
+use anyhow::{bail, Result};
+use clap::Args as ClapArgs;
+use serde::Serialize;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(ClapArgs, Debug, Clone)]
+pub struct Args {
+    /// Model directory (config.json, model.safetensors, tokenizer.json), e.g. `RUN/final`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL inputs: {"src": ..., "tgt": ...} or {"inputs": ..., "targets": ...}; the target is
+    /// optional unless `--length oracle`.
+    #[arg(long, conflicts_with = "prompt", required_unless_present = "prompt")]
+    pub input: Option<PathBuf>,
+    /// A prompt to complete (repeatable); needs a fixed `--length`.
+    #[arg(long)]
+    pub prompt: Vec<String>,
+    /// Where to write the JSON lines (default: standard output).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Denoising steps K.
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// reparam-{uncond,cond}-{deterministic,stochastic<c>}-{cosine,linear}, cmlm or ar.
+    #[arg(long, default_value = "reparam-uncond-deterministic-cosine")]
+    pub strategy: String,
+    /// Sample tokens from softmax(logits / T) instead of taking the argmax.
+    #[arg(long)]
+    pub sample: bool,
+    /// Softmax temperature T for `--sample`.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Target length: `oracle` (from each record's target) or a number of tokens.
+    #[arg(long, default_value = "oracle")]
+    pub length: String,
+    /// Examples per forward batch.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the canvas of every step (drafting, then revising) to standard error.
+    #[arg(long)]
+    pub show_steps: bool,
+    /// Add `steps` (the target token ids after every step, <mask> included) to each output line.
+    #[arg(long)]
+    pub save_steps: bool,
+    /// Metric printed when targets are present (exact match is always printed too).
+    #[arg(long, value_enum, default_value_t = Metric::Bleu)]
+    pub metric: Metric,
+    /// BLEU tokenizer.
+    #[arg(long, value_enum, default_value_t = Tokenize::Tok13a)]
+    pub tokenize: Tokenize,
+    /// Lowercase hypotheses and references before scoring (as the paper's code does).
+    #[arg(long)]
+    pub lowercase: bool,
+    #[arg(long, requires = "tgt_key")]
+    pub src_key: Option<String>,
+    #[arg(long, requires = "src_key")]
+    pub tgt_key: Option<String>,
+    /// Skip and count malformed input lines instead of stopping at the first one.
+    #[arg(long)]
+    pub skip_bad_lines: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// CPU worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// One input to generate from.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub src: String,
+    pub tgt: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Output {
+    pub src: String,
+    pub hyp: String,
+    pub score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tgt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<Vec<i32>>>,
+}
+
+/// How to decode, independent of where the inputs come from.
+#[derive(Clone, Debug)]
+pub struct DecodeOptions {
+    pub sampler: SamplerConfig,
+    /// `None` = oracle length from the target.
+    pub length: Option<usize>,
+    pub batch_size: usize,
+    pub show_steps: bool,
+}
+
+pub fn special_ids(tok: &Tok) -> SpecialIds {
+    SpecialIds { bos: tok.bos(), pad: tok.pad(), eos: tok.eos(), mask: tok.mask() }
+}
+
+/// Builds canvases for `reqs`, runs the sampler and detokenises. Prompts too long for the model
+/// are cut from the left (after `<s>`), as the reference layout does.
+pub fn decode<B: Backend>(model: &mut XlmR<B>, tok: &Tok, reqs: &[Request], opts: &DecodeOptions) -> Result<Vec<Output>> {
+    let max_len = model.config().max_seq_len();
+    let mut prompts = Vec::with_capacity(reqs.len());
+    let mut lengths = Vec::with_capacity(reqs.len());
+    for (i, r) in reqs.iter().enumerate() {
+        let len = match (opts.length, &r.tgt) {
+            (Some(n), _) => n,
+            (None, Some(t)) => tok.encode(t)?.len().saturating_sub(2),
+            (None, None) => bail!("input {} has no target, so `--length oracle` cannot work; give --length N", i + 1),
+        };
+        if len + 3 > max_len {
+            bail!("input {}: a target of {len} tokens does not fit the model's {max_len} positions", i + 1);
+        }
+        let mut src = tok.encode(&r.src)?;
+        src.pop(); // </s>: the canvas is [<s>] prompt <mask>×L [</s>]
+        let room = max_len - len - 1;
+        if src.len() > room {
+            let cut = src.len() - room;
+            src.drain(1..1 + cut);
+        }
+        prompts.push(src);
+        lengths.push(len);
+    }
+    let mut hook = |step: usize, rows: &[Vec<i32>]| {
+        for (r, row) in rows.iter().enumerate() {
+            let shown: Vec<String> = row
+                .iter()
+                .map(|&t| if t == tok.mask() { "▒".to_string() } else { tok.id_to_token(t).unwrap_or_default() })
+                .collect();
+            eprintln!("step {step:>3} row {r:>2}: {}", shown.join(" "));
+        }
+    };
+    let hook_ref: Option<&mut dyn FnMut(usize, &[Vec<i32>])> = if opts.show_steps { Some(&mut hook) } else { None };
+    let gens = generate(model, &prompts, &lengths, special_ids(tok), &opts.sampler, opts.batch_size, hook_ref)?;
+    reqs.iter()
+        .zip(gens)
+        .map(|(r, g)| Ok(Output { src: r.src.clone(), hyp: tok.decode(&g.tokens, true)?, score: g.score, tgt: r.tgt.clone(), steps: g.steps }))
+        .collect()
+}
+
+/// Prints the metric and exact match of outputs that carry targets (to standard error).
+pub fn print_scores(outs: &[Output], metric: Metric, tokenize: Tokenize, lowercase: bool) -> Result<()> {
+    let (hyps, refs): (Vec<&str>, Vec<&str>) = outs.iter().filter_map(|o| o.tgt.as_deref().map(|t| (o.hyp.as_str(), t))).unzip();
+    if hyps.is_empty() {
+        return Ok(());
+    }
+    eprintln!("{}", metrics::report(&hyps, &refs, metric, tokenize, lowercase)?);
+    if metric != Metric::Exact {
+        eprintln!("{}", metrics::report(&hyps, &refs, Metric::Exact, tokenize, lowercase)?);
+    }
+    Ok(())
+}
+
+struct SampleJob {
+    args: Args,
+    tok: Tok,
+    reqs: Vec<Request>,
+}
+
+impl Job for SampleJob {
+    type Out = Vec<Output>;
+    fn run<B: Backend>(self, backend: B) -> Result<Vec<Output>> {
+        let a = &self.args;
+        let mut model = XlmR::load(backend, &a.model)?;
+        let strategy: Strategy = a.strategy.parse()?;
+        let length = match a.length.as_str() {
+            "oracle" => None,
+            n => Some(n.parse::<usize>().map_err(|_| anyhow::anyhow!("--length must be `oracle` or a number, got `{n}`"))?),
+        };
+        let opts = DecodeOptions {
+            sampler: SamplerConfig {
+                steps: a.steps,
+                strategy,
+                temperature: a.temperature,
+                sample: a.sample,
+                seed: a.seed,
+                record_steps: a.save_steps,
+            },
+            length,
+            batch_size: a.batch_size,
+            show_steps: a.show_steps,
+        };
+        decode(&mut model, &self.tok, &self.reqs, &opts)
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let tok = Tok::load(args.model.join("tokenizer.json"))?;
+    let reqs: Vec<Request> = match &args.input {
+        Some(path) => {
+            let keys = match (&args.src_key, &args.tgt_key) {
+                (Some(s), Some(t)) => Some(Keys::new(s.clone(), t.clone())),
+                _ => None,
+            };
+            let opts = JsonlOptions { keys, require_tgt: false, skip_bad_lines: args.skip_bad_lines };
+            let file = read_jsonl(path, &opts)?;
+            if file.skips.skipped > 0 {
+                eprintln!("skipped {} bad line(s) of {}", file.skips.skipped, path.display());
+            }
+            file.records.into_iter().map(|r| Request { src: r.src, tgt: r.tgt }).collect()
+        }
+        None => args.prompt.iter().map(|p| Request { src: p.clone(), tgt: None }).collect(),
+    };
+    if reqs.is_empty() {
+        bail!("nothing to sample: the input has no records");
+    }
+    let (device, threads) = (args.device.clone(), args.threads);
+    let (metric, tokenize, lowercase, out_path) = (args.metric, args.tokenize, args.lowercase, args.out.clone());
+    let outs = dispatch(&device, threads, SampleJob { args, tok, reqs })?;
+    let mut text = String::new();
+    for o in &outs {
+        text.push_str(&serde_json::to_string(o)?);
+        text.push('\n');
+    }
+    match out_path {
+        Some(p) => crate::util::write_atomic(&p, text.as_bytes())?,
+        None => std::io::stdout().write_all(text.as_bytes())?,
+    }
+    print_scores(&outs, metric, tokenize, lowercase)
+}

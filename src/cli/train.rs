@@ -1,0 +1,267 @@
+//! `dlm-engine train`: diffusive adaptation (RDM finetuning) of a masked LM on JSONL pairs.
+
+use super::device::{dispatch, Device, Job};
+use super::sample::{decode, DecodeOptions, Output, Request};
+use crate::backend::Backend;
+use crate::data::batch::ExampleBatches;
+use crate::data::jsonl::{read_jsonl, read_jsonl_files, JsonlOptions, Keys};
+use crate::data::layout::{build_examples, Overlong};
+use crate::diffusion::noise::Reweighting;
+use crate::diffusion::sampler::SamplerConfig;
+use crate::metrics::{self, Metric, Tokenize};
+use crate::model::XlmR;
+use crate::tokenizer::Tok;
+use crate::train::checkpoint;
+use crate::train::defaults::TrainingDefaults;
+use crate::train::schedule::{default_warmup, Schedule};
+use crate::train::{AdamWSettings, Summary, TrainConfig, Trainer};
+use anyhow::{bail, Result};
+use clap::Args as ClapArgs;
+use std::path::{Path, PathBuf};
+
+#[derive(ClapArgs, Debug, Clone)]
+pub struct Args {
+    /// Model to start from: an HF XLM-R checkpoint directory or one made by `dlm-engine init`.
+    #[arg(long, required_unless_present = "resume")]
+    pub model: Option<PathBuf>,
+    /// Training data: JSONL with {"src","tgt"} or {"inputs","targets"} records (repeatable).
+    #[arg(long, required = true, num_args = 1..)]
+    pub train: Vec<PathBuf>,
+    /// Validation data, decoded every `--eval-every` steps (oracle length, argmax).
+    #[arg(long)]
+    pub valid: Option<PathBuf>,
+    /// Run directory: checkpoints (`checkpoint-N/`, `final/`) and `metrics.jsonl`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue a run exactly: a checkpoint directory, or a run directory (its newest checkpoint).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Stop after this many optimizer updates.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Stop after this much wall time (e.g. 300s, 45m, 2h); whichever of the limits comes first.
+    #[arg(long)]
+    pub max_time: Option<String>,
+    /// Token budget per micro-batch (padded length × rows, before the coupled doubling).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Micro-batches accumulated per update.
+    #[arg(long, default_value_t = 1)]
+    pub accumulate: usize,
+    /// Peak learning rate (default: the model's training_defaults.json, else 5e-5).
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// warmup-constant (the paper's), linear or inverse-sqrt.
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Warmup updates (default: the model's recommendation, else 1% of --max-steps).
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    #[arg(long)]
+    pub clip_norm: Option<f32>,
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f32,
+    #[arg(long, default_value_t = 0.98)]
+    pub beta2: f32,
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_eps: f32,
+    /// Dropout on hidden states and attention probabilities.
+    #[arg(long)]
+    pub dropout: Option<f32>,
+    /// Diffusion timesteps T.
+    #[arg(long, default_value_t = 50)]
+    pub timesteps: u32,
+    /// linear (the paper's), reciprocal or constant.
+    #[arg(long, default_value = "linear")]
+    pub reweighting: String,
+    #[arg(long)]
+    pub label_smoothing: Option<f32>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Save a checkpoint every N updates (0: only at the end).
+    #[arg(long, default_value_t = 1000)]
+    pub save_every: u64,
+    #[arg(long, default_value_t = 2)]
+    pub keep_checkpoints: usize,
+    /// Validate every N updates (0: never).
+    #[arg(long, default_value_t = 500)]
+    pub eval_every: u64,
+    /// Denoising steps of validation decoding.
+    #[arg(long, default_value_t = 10)]
+    pub eval_steps: usize,
+    /// At most this many validation examples.
+    #[arg(long, default_value_t = 200)]
+    pub eval_max: usize,
+    /// Log a line (and a metrics.jsonl record) every N updates.
+    #[arg(long, default_value_t = 50)]
+    pub log_every: u64,
+    /// Longest training sequence; longer pairs are dropped (default: the model's maximum).
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    #[arg(long, requires = "tgt_key")]
+    pub src_key: Option<String>,
+    #[arg(long, requires = "src_key")]
+    pub tgt_key: Option<String>,
+    /// Skip and count malformed lines instead of stopping at the first one.
+    #[arg(long)]
+    pub skip_bad_lines: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// No progress bar (log lines only).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+struct TrainJob {
+    args: Args,
+    model_dir: PathBuf,
+    resume_dir: Option<PathBuf>,
+    tok: Tok,
+    data: ExampleBatches,
+    valid: Vec<Request>,
+    cfg: TrainConfig,
+}
+
+impl Job for TrainJob {
+    type Out = Summary;
+    fn run<B: Backend>(mut self, backend: B) -> Result<Summary> {
+        let model = XlmR::load(backend, &self.model_dir)?;
+        if self.tok.vocab_size() > model.config().vocab_size {
+            bail!("{}: the tokenizer has {} ids but the model only {} rows", self.model_dir.display(), self.tok.vocab_size(), model.config().vocab_size);
+        }
+        eprintln!(
+            "model {} ({} parameters) on {}; {} training batches per epoch",
+            self.model_dir.display(),
+            model.param_count(),
+            model.backend().name(),
+            self.data.sampler().num_batches()
+        );
+        let (tok, valid, eval_steps) = (&self.tok, &self.valid, self.args.eval_steps);
+        let validator = (!valid.is_empty()).then(|| {
+            Box::new(move |m: &mut XlmR<B>| validate(m, tok, valid, eval_steps)) as Box<crate::train::trainer::Validator<'_, B>>
+        });
+        let mut trainer = Trainer {
+            cfg: self.cfg.clone(),
+            model,
+            tokenizer_path: self.model_dir.join("tokenizer.json"),
+            data: &mut self.data,
+            validator,
+            pad: self.tok.pad(),
+            mask: self.tok.mask(),
+        };
+        trainer.run(self.resume_dir.as_deref())
+    }
+}
+
+/// Decodes the validation set (oracle length, argmax, K steps) and scores it.
+pub fn validate<B: Backend>(model: &mut XlmR<B>, tok: &Tok, reqs: &[Request], steps: usize) -> Result<serde_json::Value> {
+    let opts = DecodeOptions {
+        sampler: SamplerConfig { steps, ..SamplerConfig::default() },
+        length: None,
+        batch_size: 64,
+        show_steps: false,
+    };
+    let outs: Vec<Output> = decode(model, tok, reqs, &opts)?;
+    let hyps: Vec<&str> = outs.iter().map(|o| o.hyp.as_str()).collect();
+    let refs: Vec<&str> = outs.iter().map(|o| o.tgt.as_deref().unwrap_or("")).collect();
+    let exact = metrics::report(&hyps, &refs, Metric::Exact, Tokenize::Tok13a, false)?;
+    let bleu = metrics::report(&hyps, &refs, Metric::Bleu, Tokenize::Tok13a, false)?;
+    Ok(serde_json::json!({ "exact": exact.to_json()["exact"], "bleu": bleu.to_json()["bleu"], "examples": outs.len() }))
+}
+
+fn keys(a: &Args) -> Option<Keys> {
+    match (&a.src_key, &a.tgt_key) {
+        (Some(s), Some(t)) => Some(Keys::new(s.clone(), t.clone())),
+        _ => None,
+    }
+}
+
+/// Runs training as the CLI would; returns the summary (used by `demo` too).
+pub fn train(args: Args) -> Result<Summary> {
+    let resume_dir = args.resume.as_deref().map(checkpoint::resolve_resume).transpose()?;
+    let model_dir: PathBuf = match (&resume_dir, &args.model) {
+        (Some(r), _) => r.clone(),
+        (None, Some(m)) => m.clone(),
+        (None, None) => bail!("give --model (or --resume)"),
+    };
+    let tok = Tok::load(model_dir.join("tokenizer.json"))?;
+    let defaults = TrainingDefaults::for_model(&model_dir)?;
+    let model_cfg = crate::model::ModelConfig::from_file(&model_dir.join("config.json"))?;
+    let max_len = args.max_len.unwrap_or(model_cfg.max_seq_len()).min(model_cfg.max_seq_len());
+
+    let opts = JsonlOptions { keys: keys(&args), require_tgt: true, skip_bad_lines: args.skip_bad_lines };
+    let (records, skips) = read_jsonl_files(&args.train, &opts)?;
+    if skips.skipped > 0 {
+        eprintln!("skipped {} bad training line(s); first: {}", skips.skipped, skips.first_reasons.first().cloned().unwrap_or_default());
+    }
+    let laid = build_examples(&tok, &records, max_len, Overlong::Drop)?;
+    if laid.dropped > 0 {
+        eprintln!("dropped {} training pair(s) longer than {max_len} tokens", laid.dropped);
+    }
+    if laid.examples.is_empty() {
+        bail!("no usable training examples in {}", args.train.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+    }
+    let n_examples = laid.examples.len();
+    let max_tokens = args.max_tokens.unwrap_or(defaults.max_tokens);
+    let data = ExampleBatches::new(laid.examples, max_tokens, args.seed)?;
+    let valid: Vec<Request> = match &args.valid {
+        Some(p) => {
+            let f = read_jsonl(p, &JsonlOptions { keys: keys(&args), require_tgt: true, skip_bad_lines: args.skip_bad_lines })?;
+            f.records.into_iter().take(args.eval_max).map(|r| Request { src: r.src, tgt: r.tgt }).collect()
+        }
+        None => Vec::new(),
+    };
+    let max_time = args.max_time.as_deref().map(crate::util::parse_duration).transpose()?;
+    let schedule: Schedule = args.schedule.as_deref().unwrap_or(&defaults.schedule).parse()?;
+    let warmup = args.warmup_steps.or(defaults.warmup_steps).unwrap_or_else(|| default_warmup(args.max_steps.unwrap_or(1000)));
+    let reweighting: Reweighting = args.reweighting.parse()?;
+    let cfg = TrainConfig {
+        lr: args.lr.unwrap_or(defaults.lr),
+        schedule,
+        warmup_steps: warmup,
+        max_steps: args.max_steps,
+        max_time,
+        accumulate: args.accumulate.max(1),
+        clip_norm: args.clip_norm.unwrap_or(defaults.clip_norm),
+        adamw: AdamWSettings { beta1: args.beta1, beta2: args.beta2, eps: args.adam_eps, weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay) },
+        dropout: args.dropout.unwrap_or(defaults.dropout),
+        timesteps: args.timesteps,
+        reweighting,
+        label_smoothing: args.label_smoothing.unwrap_or(defaults.label_smoothing),
+        seed: args.seed,
+        save_every: args.save_every,
+        keep_checkpoints: args.keep_checkpoints.max(1),
+        eval_every: if args.valid.is_some() { args.eval_every } else { 0 },
+        log_every: args.log_every.max(1),
+        out_dir: args.out.clone(),
+        progress: !args.no_progress,
+    };
+    eprintln!(
+        "training on {n_examples} examples: lr {:.1e} ({:?}, warmup {}), max {} tokens/batch, T={}, dropout {}, label smoothing {} [{}]",
+        cfg.lr, cfg.schedule, cfg.warmup_steps, max_tokens, cfg.timesteps, cfg.dropout, cfg.label_smoothing, defaults.note
+    );
+    let (device, threads) = (args.device.clone(), args.threads);
+    let job = TrainJob { args, model_dir, resume_dir, tok, data, valid, cfg };
+    dispatch(&device, threads, job)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let s = train(args)?;
+    print_summary(&s, Path::new(""));
+    Ok(())
+}
+
+pub fn print_summary(s: &Summary, _root: &Path) {
+    eprintln!(
+        "done: {} steps in {:.1}s (stopped by {}), final loss {:.4}; model saved to {}",
+        s.steps,
+        s.elapsed_s,
+        s.stopped_by,
+        s.final_loss,
+        s.checkpoint.display()
+    );
+}

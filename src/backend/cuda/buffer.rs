@@ -117,6 +117,16 @@ impl CudaBackend {
         Ok(CudaBuf { len: data.len(), store: Store::Bf16(s) })
     }
 
+    /// Uploads into f32 storage (the trait's `upload` makes bf16): for accumulators and master
+    /// weights that must keep full precision.
+    pub fn upload_f32(&self, data: &[f32]) -> Result<CudaBuf> {
+        let mut s = self.alloc_zeros::<f32>(data.len())?;
+        if !data.is_empty() {
+            self.stream.memcpy_htod(data, &mut s)?;
+        }
+        Ok(CudaBuf { len: data.len(), store: Store::F32(s) })
+    }
+
     pub(crate) fn upload_ints(&self, data: &[i32]) -> Result<CudaIBuf> {
         let mut dev = self.alloc_zeros::<i32>(data.len())?;
         if !data.is_empty() {

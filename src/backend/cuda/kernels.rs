@@ -175,4 +175,23 @@ mod tests {
             assert_eq!(m.fatbin.is_some(), NVCC_USED, "{}: fatbin presence disagrees with NVCC_USED", m.name);
         }
     }
+
+    /// The NVRTC fallback compiles every embedded source (no GPU needed, only libnvrtc and the
+    /// CUDA headers; skipped when either is missing).
+    #[test]
+    fn nvrtc_compiles_every_module_when_available() {
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } || cuda_include_dir().is_none() {
+            eprintln!("skipped: libnvrtc or the CUDA headers not found");
+            return;
+        }
+        for m in MODULES {
+            let ptx = nvrtc_compile(m, 9, 0).unwrap_or_else(|e| panic!("{e:#}"));
+            let text = ptx.to_src();
+            for &(module_name, names) in KERNEL_NAMES.iter().filter(|(n, _)| *n == m.name) {
+                for name in names {
+                    assert!(text.contains(&format!(".entry {name}(")), "{module_name}: no entry {name} in the NVRTC PTX");
+                }
+            }
+        }
+    }
 }

@@ -43,7 +43,7 @@ fn main() {
     }
     // Headers are inlined above, so a header change must rerun too.
     if let Ok(entries) = fs::read_dir(&kernel_dir) {
-        for e in entries.flatten() {
+        for e in entries.flatten().filter(|e| !sources.contains(&e.path())) {
             println!("cargo:rerun-if-changed={}", e.path().display());
         }
     }

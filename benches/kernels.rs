@@ -120,7 +120,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
         let s = AttnShape { batch, seq: SEQ, heads: HEADS, head_dim: HIDDEN / HEADS };
         let n = s.tokens() * s.hidden();
         let (q, k, v) = (be.upload(&random(n, 1.0, 15)).unwrap(), be.upload(&random(n, 1.0, 16)).unwrap(), be.upload(&random(n, 1.0, 17)).unwrap());
-        let mask: Vec<i32> = (0..batch * SEQ).map(|i| ((i / SEQ) % 2 == 0 || i % SEQ < 100) as i32).collect();
+        let mask: Vec<i32> = (0..batch * SEQ).map(|i| ((i / SEQ).is_multiple_of(2) || i % SEQ < 100) as i32).collect();
         let m = be.upload_i32(&mask).unwrap();
         let (mut o, mut l) = (be.zeros(n).unwrap(), be.zeros(batch * HEADS * SEQ).unwrap());
         timed(&mut group, &format!("attention_fwd/{tag}"), 2 * 4 * n as u64, &mut || be.attention_fwd(&q, &k, &v, &m, &mut o, &mut l, s, Dropout::off(), 0).unwrap());

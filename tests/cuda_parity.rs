@@ -209,6 +209,22 @@ fn add_layernorm_matches_cpu() {
             let (mut o, mut m, mut s) = (vec![0.0; n], vec![0.0; rows], vec![0.0; rows]);
             cpu::layernorm::add_layernorm_fwd(&input, None, None, &gr, &br, &mut o, &mut m, &mut s, rows, cols, 1e-5);
             assert_close(&format!("{tag} out"), &down(&g, &out), &o, TOL_BF16);
+            if cols <= 4096 {
+                // Backward from the saved statistics, overwriting and then accumulating into dx.
+                let (dout, dr) = up(&g, &normal_vec(&mut rng, n, 1.0));
+                let (mut dx, mut dxr) = up(&g, &normal_vec(&mut rng, n, 1.0));
+                let (mut dgam, mut dgr) = up(&g, &normal_vec(&mut rng, cols, 1.0));
+                let (mut dbet, mut dbr) = up(&g, &normal_vec(&mut rng, cols, 1.0));
+                let xin = if with_res { &sum } else { &x };
+                for accumulate in [false, true] {
+                    g.layernorm_bwd(xin, &dout, &gamma, &mean, &rstd, &mut dx, accumulate, &mut dgam, &mut dbet, rows, cols).unwrap();
+                    cpu::layernorm::layernorm_bwd(&input, &dr, &gr, &m, &s, &mut dxr, accumulate, &mut dgr, &mut dbr, rows, cols);
+                    let t = format!("{tag} backward accumulate={accumulate}");
+                    assert_close(&format!("{t} dx"), &down(&g, &dx), &dxr, TOL_BF16);
+                    assert_close(&format!("{t} dgamma"), &down(&g, &dgam), &dgr, TOL_STAT);
+                    assert_close(&format!("{t} dbeta"), &down(&g, &dbet), &dbr, TOL_STAT);
+                }
+            }
             // A row's mean can sit near zero, so its error is measured against the row's spread.
             for (r, (a, b)) in down(&g, &mean).iter().zip(&m).enumerate() {
                 assert!(((a - b) * s[r]).abs() as f64 <= TOL_STAT, "{tag} mean[{r}]: got {a}, want {b}");

@@ -46,7 +46,7 @@ inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 template <typename T> T atomicAdd(T* p, T v) { std::lock_guard<std::mutex> g(g_atomic_mutex); T o = *p; *p = o + v; return o; }
 using std::min; using std::max;
 // dynamic shared memory arrays by the names the kernels declare
-float smem[65536]; float row[65536]; int forb[65536];
+float smem[65536]; float row[65536]; float part[65536]; int forb[65536];
 
 template <typename F>
 void launch(Dim3 grid, Dim3 block, F&& body) {

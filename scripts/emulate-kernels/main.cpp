@@ -89,6 +89,31 @@ void test_layernorm(int rows, int cols, bool res) {
     printf("layernorm %dx%d res=%d: rel err %.2e\n", rows, cols, res, e);
 }
 
+void test_layernorm_bwd(int rows, int cols) {
+    size_t n = (size_t)rows*cols;
+    auto x = rand_bf16(n, 2), dout = rand_bf16(n, 1), g = rand_bf16(cols, 1), dx = rand_bf16(n, 1);
+    auto dx0 = dx;
+    std::vector<float> mean(rows), rstd(rows), dg(cols, 0.5f), db(cols, -0.5f);
+    std::normal_distribution<float> nd(0, 1);
+    for (int r = 0; r < rows; ++r) { mean[r] = nd(gen); rstd[r] = 0.5f + std::fabs(nd(gen)); }
+    unsigned threads = std::min(256, ((cols + 31)/32)*32);
+    launch({(unsigned)((rows + 31)/32),1,1}, {threads,1,1}, [&] {
+        layernorm_bwd_bf16(x.data(), dout.data(), g.data(), mean.data(), rstd.data(), dx.data(), 1, dg.data(), db.data(), rows, cols);
+    });
+    std::vector<double> gdx, wdx, gdg, wdg, gdb, wdb;
+    std::vector<double> sg(cols, 0.5), sb(cols, -0.5);
+    for (int r = 0; r < rows; ++r) {
+        double a = 0, b = 0;
+        for (int c = 0; c < cols; ++c) { double xh = (f(x[r*cols+c]) - mean[r]) * rstd[r], gg = f(dout[r*cols+c]) * f(g[c]); a += gg; b += gg*xh; sg[c] += f(dout[r*cols+c])*xh; sb[c] += f(dout[r*cols+c]); }
+        a /= cols; b /= cols;
+        for (int c = 0; c < cols; ++c) { double xh = (f(x[r*cols+c]) - mean[r]) * rstd[r]; gdx.push_back(f(dx[r*cols+c])); wdx.push_back(f(dx0[r*cols+c]) + rstd[r]*(f(dout[r*cols+c])*f(g[c]) - a - xh*b)); }
+    }
+    for (int c = 0; c < cols; ++c) { gdg.push_back(dg[c]); wdg.push_back(sg[c]); gdb.push_back(db[c]); wdb.push_back(sb[c]); }
+    double e1 = relerr(gdx, wdx), e2 = relerr(gdg, wdg), e3 = relerr(gdb, wdb);
+    CHECK(e1 < 1e-2 && e2 < 1e-5 && e3 < 1e-5, "ln bwd errs %g %g %g", e1, e2, e3);
+    printf("layernorm_bwd %dx%d: dx %.2e dgamma %.2e dbeta %.2e\n", rows, cols, e1, e2, e3);
+}
+
 void test_pick(int rows, int vocab, int valid, std::vector<int> forbid, float temp, bool gumbel, unsigned long long seed) {
     auto x = rand_bf16((size_t)rows*vocab, 2);
     if (valid > 30) { x[17] = x[9] = x[30] = __float2bfloat16_rn(50.f); }
@@ -163,6 +188,7 @@ int main() {
     test_attention(1, 70, 2, 64);
     test_attention(1, 1, 1, 1);
     test_layernorm(5, 33, false); test_layernorm(5, 33, true); test_layernorm(3, 768, true); test_layernorm(2, 1000, false);
+    test_layernorm_bwd(70, 33); test_layernorm_bwd(5, 768);
     test_pick(3, 1003, 1000, {0, 5, 999, 2000, -1}, 1.0f, false, 0);
     test_pick(3, 1003, 1000, {0, 5, 999, 2000, -1}, 0.7f, true, 12345);
     test_pick(2, 33, 33, {}, 1.3f, true, ~0ull);

@@ -81,6 +81,21 @@ impl Bf16Arg<'_> {
     }
 }
 
+/// An f32 view of a buffer for reading (statistics): borrowed, or a temporary widening of bf16.
+pub enum F32Arg<'a> {
+    Borrowed(&'a CudaSlice<f32>),
+    Owned(CudaSlice<f32>),
+}
+
+impl F32Arg<'_> {
+    pub fn get(&self) -> &CudaSlice<f32> {
+        match self {
+            F32Arg::Borrowed(s) => s,
+            F32Arg::Owned(s) => s,
+        }
+    }
+}
+
 /// Where an in-place op writes: bf16, or f32 (with the bf16 copy of a master to refresh afterwards).
 pub enum InPlace<'a> {
     Bf16(&'a mut CudaSlice<bf16>),
@@ -162,6 +177,18 @@ impl CudaBackend {
                 let mut t = self.alloc_zeros::<bf16>(buf.len)?;
                 self.convert_to_bf16(s, &mut t, buf.len)?;
                 Bf16Arg::Owned(t)
+            }
+        })
+    }
+
+    /// Reads a buffer as f32 (a widened temporary of bf16 storage).
+    pub(crate) fn as_f32<'a>(&self, buf: &'a CudaBuf) -> Result<F32Arg<'a>> {
+        Ok(match &buf.store {
+            Store::F32(s) | Store::Master { master: s, .. } => F32Arg::Borrowed(s),
+            Store::Bf16(s) => {
+                let mut t = self.alloc_zeros::<f32>(buf.len)?;
+                self.convert_to_f32(s, &mut t, buf.len)?;
+                F32Arg::Owned(t)
             }
         })
     }

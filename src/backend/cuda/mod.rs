@@ -238,19 +238,19 @@ impl Backend for CudaBackend {
 
     fn layernorm_bwd(
         &self,
-        _x: &CudaBuf,
-        _dout: &CudaBuf,
-        _gamma: &CudaBuf,
-        _mean: &CudaBuf,
-        _rstd: &CudaBuf,
-        _dx: &mut CudaBuf,
-        _accumulate: bool,
-        _dgamma: &mut CudaBuf,
-        _dbeta: &mut CudaBuf,
-        _rows: usize,
-        _cols: usize,
+        x: &CudaBuf,
+        dout: &CudaBuf,
+        gamma: &CudaBuf,
+        mean: &CudaBuf,
+        rstd: &CudaBuf,
+        dx: &mut CudaBuf,
+        accumulate: bool,
+        dgamma: &mut CudaBuf,
+        dbeta: &mut CudaBuf,
+        rows: usize,
+        cols: usize,
     ) -> Result<()> {
-        bail!("layernorm_bwd is not yet on CUDA")
+        self.layernorm_backward(x, dout, gamma, mean, rstd, dx, accumulate, dgamma, dbeta, rows, cols)
     }
 
     fn attention_fwd(&self, q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, key_mask: &CudaIBuf, out: &mut CudaBuf, lse: &mut CudaBuf, shape: AttnShape, drop: Dropout, stream: u64) -> Result<()> {

@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests: fixture paths, safetensors reading, comparisons.
+//! Helpers shared by the integration tests: fixture paths, safetensors reading, comparisons,
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -49,4 +49,88 @@ pub fn rel_err(a: &[f32], b: &[f64]) -> f64 {
 
 pub fn ids(t: &T) -> Vec<i32> {
     t.data.iter().map(|&v| v as i32).collect()
+}
+
+
+use dlm_engine::backend::cuda::CudaBackend;
+use dlm_engine::rng::Rng;
+
+/// The CUDA backend, or `None` after printing a skip line. Set `DLM_REQUIRE_GPU=1` (the GPU
+/// machine's check script does) to turn a missing GPU into a failure instead of a skip.
+/// Every launch is synchronised, so a fault names its kernel.
+pub fn gpu(test: &str) -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(mut b) => {
+            b.set_sync_each_launch(true);
+            Some(b)
+        }
+        Err(e) => {
+            if std::env::var_os("DLM_REQUIRE_GPU").is_some_and(|v| v != "0") {
+                panic!("{test}: DLM_REQUIRE_GPU is set but the CUDA backend did not start: {e:#}");
+            }
+            eprintln!("skipped {test}: no CUDA driver/GPU ({e:#})");
+            None
+        }
+    }
+}
+
+/// A generator on a fresh seed per run (printed, so a failure can be replayed with DLM_TEST_SEED).
+pub fn fresh_rng(test: &str) -> Rng {
+    let seed = std::env::var("DLM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
+    eprintln!("{test}: DLM_TEST_SEED={seed}");
+    Rng::new(seed, 0)
+}
+
+pub fn normal_vec(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() * scale).collect()
+}
+
+/// The values a bf16 upload stores: the CPU reference runs on exactly these.
+pub fn bf16_round(v: &[f32]) -> Vec<f32> {
+    v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect()
+}
+
+/// ‖got − want‖ / ‖want‖ in f64 (METHOD.md's measure); NaN when `got` has a NaN.
+pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        if g.is_nan() {
+            return f64::NAN;
+        }
+        num += (g as f64 - w as f64).powi(2);
+        den += (w as f64).powi(2);
+    }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Fails unless `rel_l2(got, want) <= tol` (NaN never passes).
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    let e = rel_l2(got, want);
+    assert!(e <= tol, "{what}: relative L2 error {e:.3e} > {tol:.1e}{}", first_diff(got, want));
+}
+
+/// Fails unless every element is equal (NaN never passes).
+pub fn assert_exact(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length mismatch");
+    let bad = got.iter().zip(want).position(|(g, w)| g != w && !(g.is_infinite() && g == w));
+    assert!(bad.is_none(), "{what}: not bit-equal{}", first_diff(got, want));
+}
+
+fn first_diff(got: &[f32], want: &[f32]) -> String {
+    match got.iter().zip(want).position(|(g, w)| g != w) {
+        Some(i) => format!(" (first difference at {i}: got {}, want {})", got[i], want[i]),
+        None => String::new(),
+    }
+}
+
+/// A NaN-filled host vector: outputs start poisoned, so an element the kernel misses shows.
+pub fn poison(n: usize) -> Vec<f32> {
+    vec![f32::NAN; n]
 }

@@ -1,8 +1,309 @@
-//! The CUDA backend (see issue: CUDA backend part 1). Placeholder module so the tree builds.
+//! The CUDA backend: cudarc (libcuda, cuBLASLt and NVRTC loaded at run time, nothing linked),
+//! bf16 storage with f32 accumulation and f32 statistics, cuBLASLt for every GEMM and the
+//! hand-written kernels of `kernels/*.cu`.
+//!
+//! - `kernels`: loading the embedded fatbins (or NVRTC) and the kernel table;
+//! - `buffer`: `CudaBuf` / `CudaIBuf` and the storage-type rules;
+//! - `blas`: cuBLASLt plans;
+//! - `ops_*`: the op bodies, one file per family (each kernel's CPU twin is named there).
+//!
+//! All work goes to one non-default stream (CUDA-graph capture needs that) with cudarc's per-slice
+//! event tracking off: with a single stream every op is already ordered.
 
-use anyhow::{bail, Result};
+pub mod blas;
+pub mod buffer;
+pub mod kernels;
 
-/// Opens CUDA device `ordinal`.
-pub fn open(ordinal: usize) -> Result<crate::backend::cpu::CpuBackend> {
-    bail!("--device cuda:{ordinal}: this build has no CUDA backend yet")
+/// Launches kernel `$name` with `$cfg` and the listed arguments, then runs the optional
+/// per-launch synchronisation (see `CudaBackend::set_sync_each_launch`).
+macro_rules! launch {
+    ($self:expr, $name:expr, $cfg:expr, [$($arg:expr),* $(,)?]) => {{
+        use cudarc::driver::PushKernelArg as _;
+        let name: &str = $name;
+        let f = $self.kernels.get(name)?;
+        let mut b = $self.stream.launch_builder(f);
+        $( b.arg($arg); )*
+        unsafe { b.launch($cfg) }.map_err(|e| anyhow::anyhow!("launching CUDA kernel {name}: {e}"))?;
+        $self.after_launch(name)
+    }};
+}
+
+mod ops_basic;
+mod ops_dense;
+mod ops_vocab;
+
+pub use buffer::{CudaBuf, CudaIBuf};
+pub use kernels::KernelSource;
+
+use super::{AdamW, AttnShape, Backend, Dropout, RowStats};
+use anyhow::{bail, Context, Result};
+use cudarc::driver::{CudaContext, CudaStream, LaunchConfig};
+use std::sync::{Arc, Mutex};
+
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    kernels: kernels::Kernels,
+    blas: blas::Gemm,
+    scratch: Mutex<ops_vocab::Scratch>,
+    sync_each_launch: bool,
+    label: String,
+}
+
+/// Why there is no usable GPU, or `None` when `CudaBackend::new(0)` can be tried.
+pub fn unavailable_reason() -> Option<String> {
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Some("no CUDA driver (libcuda.so was not found)".into());
+    }
+    match CudaContext::device_count() {
+        Ok(0) => Some("the CUDA driver reports no GPU".into()),
+        Ok(_) => None,
+        Err(e) => Some(format!("the CUDA driver reports no usable GPU ({e})")),
+    }
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal`. Returns an error (never panics) without a driver, without a GPU, or when
+    /// the kernels can neither be loaded from the build's fatbins nor compiled with NVRTC.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if let Some(why) = unavailable_reason() {
+            bail!("the CUDA backend cannot start: {why}");
+        }
+        let count = CudaContext::device_count()? as usize;
+        if ordinal >= count {
+            bail!("CUDA device {ordinal} does not exist ({count} GPU(s) present)");
+        }
+        let ctx = CudaContext::new(ordinal).with_context(|| format!("opening CUDA device {ordinal}"))?;
+        // SAFETY: called before this backend allocates anything; all its work is on one stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream()?;
+        let (major, minor) = ctx.compute_capability()?;
+        let kernels = kernels::Kernels::load(&ctx)?;
+        let blas = blas::Gemm::new(&stream, major)?;
+        let scratch = Mutex::new(ops_vocab::Scratch::new(&stream)?);
+        let label = format!(
+            "cuda:{ordinal} ({}, sm_{major}{minor}, kernels {})",
+            ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
+            match kernels.source {
+                KernelSource::Fatbin => "fatbin",
+                KernelSource::Nvrtc => "nvrtc",
+                KernelSource::Mixed => "fatbin+nvrtc",
+            }
+        );
+        let sync_each_launch = std::env::var_os("DLM_CUDA_SYNC").is_some_and(|v| v != "0");
+        Ok(CudaBackend { ctx, stream, kernels, blas, scratch, sync_each_launch, label })
+    }
+
+    /// Synchronise after every kernel, so an asynchronous fault is reported with the name of the
+    /// kernel that caused it (slow; the parity tests and `DLM_CUDA_SYNC=1` turn it on).
+    pub fn set_sync_each_launch(&mut self, on: bool) {
+        self.sync_each_launch = on;
+    }
+
+    /// Waits for all queued work and reports any asynchronous error.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().context("CUDA stream synchronisation")?;
+        self.ctx.check_err().context("CUDA deferred error")?;
+        Ok(())
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub fn kernel_source(&self) -> KernelSource {
+        self.kernels.source
+    }
+
+    fn after_launch(&self, name: &str) -> Result<()> {
+        if self.sync_each_launch {
+            self.stream.synchronize().with_context(|| format!("CUDA kernel {name} failed"))?;
+        }
+        Ok(())
+    }
+}
+
+/// A grid-stride launch over `n` elements: 256 threads a block, at most 65536 blocks.
+pub(crate) fn cfg_1d(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(256).clamp(1, 1 << 16) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// One block per row with `threads` threads (a multiple of 32) and `smem` bytes of dynamic shared memory.
+pub(crate) fn cfg_rows(rows: usize, threads: u32, smem: u32) -> Result<LaunchConfig> {
+    if rows > i32::MAX as usize {
+        bail!("{rows} rows is more than one launch can cover");
+    }
+    Ok(LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: smem })
+}
+
+/// Threads for a row of `cols`: enough warps to cover it, between 32 and `max`.
+pub(crate) fn threads_for(cols: usize, max: u32) -> u32 {
+    (cols.div_ceil(32) * 32).clamp(32, max as usize) as u32
+}
+
+pub(crate) fn to_i32(what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| anyhow::anyhow!("{what} = {v} does not fit the kernels' 32-bit sizes"))
+}
+
+impl Backend for CudaBackend {
+    type Buf = CudaBuf;
+    type IBuf = CudaIBuf;
+
+    fn name(&self) -> String {
+        self.label.clone()
+    }
+
+    fn zeros(&self, n: usize) -> Result<CudaBuf> {
+        self.new_bf16(n)
+    }
+    fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
+        self.upload_bf16(data)
+    }
+    fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
+        self.download_f32(buf)
+    }
+    fn upload_i32(&self, data: &[i32]) -> Result<CudaIBuf> {
+        self.upload_ints(data)
+    }
+    fn len(&self, buf: &CudaBuf) -> usize {
+        buf.len
+    }
+    fn fill_zero(&self, buf: &mut CudaBuf) -> Result<()> {
+        self.zero_fill(buf)
+    }
+    fn copy(&self, src: &CudaBuf, dst: &mut CudaBuf) -> Result<()> {
+        self.copy_buf(src, dst)
+    }
+    fn add_assign(&self, dst: &mut CudaBuf, src: &CudaBuf) -> Result<()> {
+        self.add_into(dst, src)
+    }
+
+    fn linear_fwd(&self, x: &CudaBuf, w: &CudaBuf, bias: Option<&CudaBuf>, y: &mut CudaBuf, m: usize, n: usize, k: usize) -> Result<()> {
+        self.linear_forward(x, w, bias, y, m, n, k)
+    }
+
+    fn linear_bwd(
+        &self,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        dy: &CudaBuf,
+        dx: Option<&mut CudaBuf>,
+        dw: &mut CudaBuf,
+        db: Option<&mut CudaBuf>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        self.linear_backward(x, w, dy, dx, dw, db, m, n, k)
+    }
+
+    fn embed_fwd(&self, ids: &CudaIBuf, pos_ids: &CudaIBuf, word: &CudaBuf, pos: &CudaBuf, typ: &CudaBuf, out: &mut CudaBuf, tokens: usize, hidden: usize) -> Result<()> {
+        self.embed_forward(ids, pos_ids, word, pos, typ, out, tokens, hidden)
+    }
+
+    fn embed_bwd(&self, ids: &CudaIBuf, pos_ids: &CudaIBuf, dout: &CudaBuf, dword: &mut CudaBuf, dpos: &mut CudaBuf, dtyp: &mut CudaBuf, tokens: usize, hidden: usize, padding_idx: i32) -> Result<()> {
+        self.embed_backward(ids, pos_ids, dout, dword, dpos, dtyp, tokens, hidden, padding_idx)
+    }
+
+    fn dropout_fwd(&self, x: &mut CudaBuf, drop: Dropout, stream: u64) -> Result<()> {
+        self.dropout_in_place(x, drop, stream)
+    }
+    fn dropout_bwd(&self, dx: &mut CudaBuf, drop: Dropout, stream: u64) -> Result<()> {
+        self.dropout_in_place(dx, drop, stream)
+    }
+    fn gelu_fwd(&self, x: &CudaBuf, y: &mut CudaBuf) -> Result<()> {
+        self.gelu_forward(x, y)
+    }
+    fn gelu_bwd(&self, x: &CudaBuf, dy: &CudaBuf, dx: &mut CudaBuf) -> Result<()> {
+        self.gelu_backward(x, dy, dx)
+    }
+
+    fn add_layernorm_fwd(
+        &self,
+        x: &CudaBuf,
+        residual: Option<&CudaBuf>,
+        sum: Option<&mut CudaBuf>,
+        gamma: &CudaBuf,
+        beta: &CudaBuf,
+        out: &mut CudaBuf,
+        mean: &mut CudaBuf,
+        rstd: &mut CudaBuf,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> Result<()> {
+        self.layernorm_forward(x, residual, sum, gamma, beta, out, mean, rstd, rows, cols, eps)
+    }
+
+    fn layernorm_bwd(
+        &self,
+        x: &CudaBuf,
+        dout: &CudaBuf,
+        gamma: &CudaBuf,
+        mean: &CudaBuf,
+        rstd: &CudaBuf,
+        dx: &mut CudaBuf,
+        accumulate: bool,
+        dgamma: &mut CudaBuf,
+        dbeta: &mut CudaBuf,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        self.layernorm_backward(x, dout, gamma, mean, rstd, dx, accumulate, dgamma, dbeta, rows, cols)
+    }
+
+    fn attention_fwd(&self, q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, key_mask: &CudaIBuf, out: &mut CudaBuf, lse: &mut CudaBuf, shape: AttnShape, drop: Dropout, stream: u64) -> Result<()> {
+        self.attention_forward(q, k, v, key_mask, out, lse, shape, drop, stream)
+    }
+
+    fn attention_bwd(
+        &self,
+        _q: &CudaBuf,
+        _k: &CudaBuf,
+        _v: &CudaBuf,
+        _key_mask: &CudaIBuf,
+        _out: &CudaBuf,
+        _lse: &CudaBuf,
+        _dout: &CudaBuf,
+        _dq: &mut CudaBuf,
+        _dk: &mut CudaBuf,
+        _dv: &mut CudaBuf,
+        _shape: AttnShape,
+        _drop: Dropout,
+        _stream: u64,
+    ) -> Result<()> {
+        bail!("attention_bwd is not yet on CUDA")
+    }
+
+    fn gather_rows(&self, x: &CudaBuf, rows: &CudaIBuf, out: &mut CudaBuf, n_rows: usize, cols: usize) -> Result<()> {
+        self.gather(x, rows, out, n_rows, cols)
+    }
+
+    fn scatter_add_rows(&self, dout: &CudaBuf, rows: &CudaIBuf, dx: &mut CudaBuf, n_rows: usize, cols: usize) -> Result<()> {
+        self.scatter_add(dout, rows, dx, n_rows, cols)
+    }
+
+    fn cross_entropy_fwd_bwd(&self, logits: &mut CudaBuf, targets: &CudaIBuf, weights: &[f32], rows: usize, vocab: usize, valid_vocab: usize, label_smoothing: f32) -> Result<Vec<f32>> {
+        self.cross_entropy(logits, targets, weights, rows, vocab, valid_vocab, label_smoothing)
+    }
+
+    fn vocab_pick(&self, logits: &CudaBuf, rows: usize, vocab: usize, valid_vocab: usize, forbid: &[i32], temperature: f32, gumbel_seed: Option<u64>) -> Result<RowStats> {
+        self.pick(logits, rows, vocab, valid_vocab, forbid, temperature, gumbel_seed)
+    }
+
+    fn sum_squares(&self, x: &CudaBuf) -> Result<f64> {
+        self.sum_of_squares(x)
+    }
+    fn scale(&self, x: &mut CudaBuf, s: f32) -> Result<()> {
+        self.scale_in_place(x, s)
+    }
+    fn adamw(&self, param: &mut CudaBuf, grad: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, hp: AdamW, lr: f32, step: u64) -> Result<()> {
+        self.adamw_step(param, grad, m, v, hp, lr, step)
+    }
+}
+
+/// Opens CUDA device `ordinal` for `--device cuda[:N]`.
+pub fn open(ordinal: usize) -> Result<CudaBackend> {
+    CudaBackend::new(ordinal)
 }

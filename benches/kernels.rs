@@ -1,0 +1,156 @@
+//! Per-op microbenchmarks at XLM-R base shapes: the CUDA backend when a GPU is there, else the CPU
+//! backend at reduced sizes (so that `cargo bench` stays short on a laptop).
+//!
+//! Each measurement queues `iters` calls and then waits for the device once, so on the GPU it is
+//! the kernels' throughput including launch cost (small shapes are launch-bound; CUDA graphs come
+//! later). Inputs are random, never zeros (zeros can run faster than real data).
+//!
+//! `cargo bench --bench kernels` (filter with e.g. `-- attention`).
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use dlm_engine::backend::cpu::CpuBackend;
+use dlm_engine::backend::cuda::CudaBackend;
+use dlm_engine::backend::{AdamW, AttnShape, Backend, Dropout};
+use dlm_engine::rng::Rng;
+use std::time::{Duration, Instant};
+
+const HIDDEN: usize = 768;
+const FFN: usize = 3072;
+const HEADS: usize = 12;
+const SEQ: usize = 128;
+
+fn random(n: usize, scale: f32, seed: u64) -> Vec<f32> {
+    let mut r = Rng::new(seed, 99);
+    (0..n).map(|_| r.normal() * scale).collect()
+}
+
+/// Shapes for one backend: the GPU runs the real ones, the CPU a fraction of the rows.
+struct Sizes {
+    /// Token rows of a batch-64 step (64 × 128) and of a batch-1 step.
+    rows_big: usize,
+    rows_small: usize,
+    /// Rows through the LM head / sampler pass (the 64 target positions per sequence).
+    pick_rows_big: usize,
+    pick_rows_small: usize,
+    batch_big: usize,
+    adam_params: usize,
+    /// LM-head rows (padded to a multiple of 64) and the real vocabulary inside them.
+    vocab_padded: usize,
+    vocab: usize,
+}
+
+fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Sizes) {
+    let label = be.name();
+    eprintln!("benchmarking {label}");
+    let mut group = c.benchmark_group(if label.starts_with("cuda") { "cuda" } else { "cpu" });
+    group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+    let timed = |group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str, bytes: u64, op: &mut dyn FnMut()| {
+        group.throughput(Throughput::Bytes(bytes));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let t = Instant::now();
+                for _ in 0..iters {
+                    op();
+                }
+                sync();
+                t.elapsed()
+            })
+        });
+    };
+
+    // Dense layers (bytes: bf16 operands read + output written once).
+    for (tag, rows) in [("b64", sz.rows_big), ("b1", sz.rows_small)] {
+        for (what, n, k) in [("qkv_768x768", HIDDEN, HIDDEN), ("ffn_up_768x3072", FFN, HIDDEN)] {
+            let x = be.upload(&random(rows * k, 1.0, 1)).unwrap();
+            let w = be.upload(&random(n * k, 0.02, 2)).unwrap();
+            let b = be.upload(&random(n, 0.02, 3)).unwrap();
+            let mut y = be.zeros(rows * n).unwrap();
+            let bytes = 2 * (rows * k + n * k + rows * n) as u64;
+            timed(&mut group, &format!("linear_fwd/{what}/{tag}"), bytes, &mut || be.linear_fwd(&x, &w, Some(&b), &mut y, rows, n, k).unwrap());
+        }
+    }
+    let (vocab_padded, vocab) = (sz.vocab_padded, sz.vocab);
+    let w = be.upload(&random(vocab_padded * HIDDEN, 0.02, 5)).unwrap();
+    for (tag, rows) in [("b64", sz.pick_rows_big), ("b1", sz.pick_rows_small)] {
+        let x = be.upload(&random(rows * HIDDEN, 1.0, 4)).unwrap();
+        let mut y = be.zeros(rows * vocab_padded).unwrap();
+        let bytes = 2 * (rows * HIDDEN + vocab_padded * HIDDEN + rows * vocab_padded) as u64;
+        timed(&mut group, &format!("linear_fwd/lm_head_{vocab_padded}/{tag}"), bytes, &mut || be.linear_fwd(&x, &w, None, &mut y, rows, vocab_padded, HIDDEN).unwrap());
+        let forbid = [0, 1, 2, 3, vocab as i32 - 1];
+        let bytes_pick = 2 * (rows * vocab_padded) as u64;
+        timed(&mut group, &format!("vocab_pick/argmax/{tag}"), bytes_pick, &mut || {
+            be.vocab_pick(&y, rows, vocab_padded, vocab, &forbid, 1.0, None).unwrap();
+        });
+        timed(&mut group, &format!("vocab_pick/gumbel/{tag}"), bytes_pick, &mut || {
+            be.vocab_pick(&y, rows, vocab_padded, vocab, &forbid, 0.9, Some(7)).unwrap();
+        });
+        let targets = be.upload_i32(&(0..rows as i32).collect::<Vec<_>>()).unwrap();
+        let weights = vec![1.0f32; rows];
+        timed(&mut group, &format!("cross_entropy/{tag}"), 2 * bytes_pick, &mut || {
+            be.cross_entropy_fwd_bwd(&mut y, &targets, &weights, rows, vocab_padded, vocab, 0.0).unwrap();
+        });
+    }
+
+    // Memory-bound row ops on a batch-64 step.
+    let rows = sz.rows_big;
+    let n = rows * HIDDEN;
+    let x = be.upload(&random(n, 1.0, 6)).unwrap();
+    let r = be.upload(&random(n, 1.0, 7)).unwrap();
+    let gamma = be.upload(&random(HIDDEN, 1.0, 8)).unwrap();
+    let beta = be.upload(&random(HIDDEN, 1.0, 9)).unwrap();
+    let (mut out, mut sum) = (be.zeros(n).unwrap(), be.zeros(n).unwrap());
+    let (mut mean, mut rstd) = (be.zeros(rows).unwrap(), be.zeros(rows).unwrap());
+    timed(&mut group, "add_layernorm_fwd/b64", 2 * 4 * n as u64, &mut || {
+        be.add_layernorm_fwd(&x, Some(&r), Some(&mut sum), &gamma, &beta, &mut out, &mut mean, &mut rstd, rows, HIDDEN, 1e-5).unwrap()
+    });
+    let xf = be.upload(&random(rows * FFN, 1.0, 10)).unwrap();
+    let mut yf = be.zeros(rows * FFN).unwrap();
+    timed(&mut group, "gelu_fwd/b64", 2 * 2 * (rows * FFN) as u64, &mut || be.gelu_fwd(&xf, &mut yf).unwrap());
+    let mut d = be.upload(&random(n, 1.0, 11)).unwrap();
+    timed(&mut group, "dropout_fwd/b64", 2 * 2 * n as u64, &mut || be.dropout_fwd(&mut d, Dropout { p: 0.1, seed: 1 }, 2).unwrap());
+    let ids = be.upload_i32(&(0..rows as i32).map(|i| (i * 7919) % vocab as i32).collect::<Vec<_>>()).unwrap();
+    let pos_ids = be.upload_i32(&(0..rows as i32).map(|i| 2 + i % SEQ as i32).collect::<Vec<_>>()).unwrap();
+    let word = be.upload(&random(vocab * HIDDEN, 0.02, 12)).unwrap();
+    let pos = be.upload(&random(514 * HIDDEN, 0.02, 13)).unwrap();
+    let typ = be.upload(&random(HIDDEN, 0.02, 14)).unwrap();
+    timed(&mut group, "embed_fwd/b64", 2 * 3 * n as u64, &mut || be.embed_fwd(&ids, &pos_ids, &word, &pos, &typ, &mut out, rows, HIDDEN).unwrap());
+
+    // Attention: batch-64 and batch-1 steps of 128 tokens, with padding in every other sequence.
+    for (tag, batch) in [("b64", sz.batch_big), ("b1", 1)] {
+        let s = AttnShape { batch, seq: SEQ, heads: HEADS, head_dim: HIDDEN / HEADS };
+        let n = s.tokens() * s.hidden();
+        let (q, k, v) = (be.upload(&random(n, 1.0, 15)).unwrap(), be.upload(&random(n, 1.0, 16)).unwrap(), be.upload(&random(n, 1.0, 17)).unwrap());
+        let mask: Vec<i32> = (0..batch * SEQ).map(|i| ((i / SEQ).is_multiple_of(2) || i % SEQ < 100) as i32).collect();
+        let m = be.upload_i32(&mask).unwrap();
+        let (mut o, mut l) = (be.zeros(n).unwrap(), be.zeros(batch * HEADS * SEQ).unwrap());
+        timed(&mut group, &format!("attention_fwd/{tag}"), 2 * 4 * n as u64, &mut || be.attention_fwd(&q, &k, &v, &m, &mut o, &mut l, s, Dropout::off(), 0).unwrap());
+    }
+
+    // Optimizer over a slab of parameters (f32 master + moments after the first step).
+    let np = sz.adam_params;
+    let (mut p, g) = (be.upload(&random(np, 0.02, 18)).unwrap(), be.upload(&random(np, 0.001, 19)).unwrap());
+    let (mut m1, mut m2) = (be.zeros(np).unwrap(), be.zeros(np).unwrap());
+    let mut step = 0u64;
+    timed(&mut group, "adamw", (np * (4 * 3 * 2 + 2 + 2)) as u64, &mut || {
+        step += 1;
+        be.adamw(&mut p, &g, &mut m1, &mut m2, AdamW::default(), 1e-4, step).unwrap()
+    });
+    group.finish();
+}
+
+fn kernels(c: &mut Criterion) {
+    match CudaBackend::new(0) {
+        Ok(gpu) => {
+            let sizes = Sizes { rows_big: 64 * SEQ, rows_small: SEQ, pick_rows_big: 64 * 64, pick_rows_small: 64, batch_big: 64, adam_params: 1 << 26, vocab_padded: 250_048, vocab: 250_002 };
+            bench_backend(c, &gpu, &|| gpu.synchronize().unwrap(), &sizes);
+        }
+        Err(e) => {
+            eprintln!("no GPU ({e:#}): benchmarking the CPU backend at reduced sizes");
+            let sizes = Sizes { rows_big: 4 * SEQ, rows_small: SEQ, pick_rows_big: 16, pick_rows_small: 2, batch_big: 4, adam_params: 1 << 20, vocab_padded: 25_024, vocab: 25_002 };
+            bench_backend(c, &CpuBackend::new(), &|| {}, &sizes);
+        }
+    }
+}
+
+criterion_group!(benches, kernels);
+criterion_main!(benches);

@@ -1,0 +1,201 @@
+// Host emulation of the CUDA execution model, for checking kernel logic without a GPU (see run.sh).
+#include "emu.h"
+#include <random>
+#include "elementwise.cu"
+#include "attention.cu"
+#include "layernorm.cu"
+#include "sampler.cu"
+#include "vocab.cu"
+#include "rows.cu"
+#include "adamw.cu"
+#include "embed.cu"
+
+static std::mt19937_64 gen(12345);
+static int failures = 0;
+#define CHECK(cond, ...) do { if (!(cond)) { printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); ++failures; } } while (0)
+
+std::vector<bf16> rand_bf16(size_t n, float scale) {
+    std::normal_distribution<float> d(0, scale); std::vector<bf16> v(n);
+    for (auto& x : v) x = __float2bfloat16_rn(d(gen)); return v;
+}
+double f(bf16 x) { return (double)__bfloat162float(x); }
+double relerr(const std::vector<double>& got, const std::vector<double>& want) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < got.size(); ++i) { if (std::isnan(got[i])) return NAN; num += (got[i]-want[i])*(got[i]-want[i]); den += want[i]*want[i]; }
+    return den > 0 ? std::sqrt(num/den) : std::sqrt(num);
+}
+
+void test_attention(int B, int T, int H, int D) {
+    size_t n = (size_t)B*T*H*D;
+    auto q = rand_bf16(n, 1), k = rand_bf16(n, 1), v = rand_bf16(n, 1);
+    std::vector<int> mask(B*T, 0);
+    for (int b = 0; b < B; ++b) { int len = (B > 2 && b == B-1) ? 0 : 1 + gen() % T; for (int j = 0; j < len; ++j) mask[b*T+j] = 1; }
+    std::vector<bf16> out(n, __float2bfloat16_rn(NAN)); std::vector<float> lse(B*H*T, NAN);
+    float scale = 1.0f / std::sqrt((float)D);
+    int dpl = (D + 31) / 32; int ks = (D & 1) ? D : D + 1;
+    launch({(unsigned)((T+15)/16), (unsigned)H, (unsigned)B}, {128,1,1}, [&] {
+        auto fn = dpl == 1 ? attn_fwd_d32 : dpl == 2 ? attn_fwd_d64 : dpl == 3 ? attn_fwd_d96 : attn_fwd_d128;
+        fn(q.data(), k.data(), v.data(), mask.data(), out.data(), lse.data(), T, H, D, scale);
+    });
+    (void)ks;
+    std::vector<double> go, wo, gl, wl;
+    int HD = H*D;
+    for (int b = 0; b < B; ++b) for (int h = 0; h < H; ++h) for (int i = 0; i < T; ++i) {
+        std::vector<double> s(T); double mx = -INFINITY;
+        for (int j = 0; j < T; ++j) {
+            if (!mask[b*T+j]) { s[j] = -INFINITY; continue; }
+            double d = 0; for (int c = 0; c < D; ++c) d += f(q[(size_t)(b*T+i)*HD + h*D + c]) * f(k[(size_t)(b*T+j)*HD + h*D + c]);
+            s[j] = d * scale; mx = std::max(mx, s[j]);
+        }
+        double den = 0; for (int j = 0; j < T; ++j) den += s[j] == -INFINITY ? 0 : std::exp(s[j] - mx);
+        for (int c = 0; c < D; ++c) {
+            double o = 0; for (int j = 0; j < T; ++j) if (s[j] != -INFINITY) o += std::exp(s[j]-mx)/den * f(v[(size_t)(b*T+j)*HD + h*D + c]);
+            go.push_back(f(out[(size_t)(b*T+i)*HD + h*D + c])); wo.push_back(den > 0 ? o : 0);
+        }
+        double l = den > 0 ? mx + std::log(den) : -INFINITY;
+        double g = lse[(b*H+h)*T+i];
+        CHECK((std::isinf(l) && g == l) || std::fabs(g - l) < 1e-4 * (1 + std::fabs(l)), "attention %d,%d,%d,%d lse[%d,%d,%d] %g vs %g", B,T,H,D,b,h,i,g,l);
+    }
+    double e = relerr(go, wo);
+    CHECK(e < 1e-2, "attention %d,%d,%d,%d out rel err %g", B, T, H, D, e);
+    printf("attention B%d T%d H%d D%d: out rel err %.2e\n", B, T, H, D, e);
+}
+
+void test_layernorm(int rows, int cols, bool res) {
+    size_t n = (size_t)rows*cols;
+    auto x = rand_bf16(n, 2), r = rand_bf16(n, 2), g = rand_bf16(cols, 1), bt = rand_bf16(cols, 1);
+    std::vector<bf16> out(n, __float2bfloat16_rn(NAN)), sum(n, __float2bfloat16_rn(NAN));
+    std::vector<float> mean(rows, NAN), rstd(rows, NAN);
+    unsigned threads = std::min(256, ((cols + 31)/32)*32);
+    launch({(unsigned)rows,1,1}, {threads,1,1}, [&] {
+        add_layernorm_fwd_bf16(x.data(), res ? r.data() : nullptr, res ? sum.data() : nullptr, g.data(), bt.data(), out.data(), mean.data(), rstd.data(), rows, cols, 1e-5f);
+    });
+    std::vector<double> go, wo;
+    for (int i = 0; i < rows; ++i) {
+        std::vector<double> in(cols);
+        for (int c = 0; c < cols; ++c) {
+            double v = f(x[i*cols+c]);
+            if (res) { v = f(__float2bfloat16_rn((float)(f(x[i*cols+c]) + f(r[i*cols+c])))); CHECK(f(sum[i*cols+c]) == v, "ln sum"); }
+            in[c] = v;
+        }
+        double m = 0; for (double v : in) m += v; m /= cols;
+        double var = 0; for (double v : in) var += (v-m)*(v-m); var /= cols;
+        double rs = 1/std::sqrt(var + 1e-5);
+        CHECK(std::fabs(mean[i] - m) * rs < 1e-4 && std::fabs(rstd[i] - rs) / rs < 1e-4, "ln stats row %d: %g %g vs %g %g", i, mean[i], rstd[i], m, rs);
+        for (int c = 0; c < cols; ++c) { go.push_back(f(out[i*cols+c])); wo.push_back((in[c]-m)*rs*f(g[c]) + f(bt[c])); }
+    }
+    double e = relerr(go, wo);
+    CHECK(e < 1e-2, "layernorm rel err %g", e);
+    printf("layernorm %dx%d res=%d: rel err %.2e\n", rows, cols, res, e);
+}
+
+void test_layernorm_bwd(int rows, int cols) {
+    size_t n = (size_t)rows*cols;
+    auto x = rand_bf16(n, 2), dout = rand_bf16(n, 1), g = rand_bf16(cols, 1), dx = rand_bf16(n, 1);
+    auto dx0 = dx;
+    std::vector<float> mean(rows), rstd(rows), dg(cols, 0.5f), db(cols, -0.5f);
+    std::normal_distribution<float> nd(0, 1);
+    for (int r = 0; r < rows; ++r) { mean[r] = nd(gen); rstd[r] = 0.5f + std::fabs(nd(gen)); }
+    unsigned threads = std::min(256, ((cols + 31)/32)*32);
+    launch({(unsigned)((rows + 31)/32),1,1}, {threads,1,1}, [&] {
+        layernorm_bwd_bf16(x.data(), dout.data(), g.data(), mean.data(), rstd.data(), dx.data(), 1, dg.data(), db.data(), rows, cols);
+    });
+    std::vector<double> gdx, wdx, gdg, wdg, gdb, wdb;
+    std::vector<double> sg(cols, 0.5), sb(cols, -0.5);
+    for (int r = 0; r < rows; ++r) {
+        double a = 0, b = 0;
+        for (int c = 0; c < cols; ++c) { double xh = (f(x[r*cols+c]) - mean[r]) * rstd[r], gg = f(dout[r*cols+c]) * f(g[c]); a += gg; b += gg*xh; sg[c] += f(dout[r*cols+c])*xh; sb[c] += f(dout[r*cols+c]); }
+        a /= cols; b /= cols;
+        for (int c = 0; c < cols; ++c) { double xh = (f(x[r*cols+c]) - mean[r]) * rstd[r]; gdx.push_back(f(dx[r*cols+c])); wdx.push_back(f(dx0[r*cols+c]) + rstd[r]*(f(dout[r*cols+c])*f(g[c]) - a - xh*b)); }
+    }
+    for (int c = 0; c < cols; ++c) { gdg.push_back(dg[c]); wdg.push_back(sg[c]); gdb.push_back(db[c]); wdb.push_back(sb[c]); }
+    double e1 = relerr(gdx, wdx), e2 = relerr(gdg, wdg), e3 = relerr(gdb, wdb);
+    CHECK(e1 < 1e-2 && e2 < 1e-5 && e3 < 1e-5, "ln bwd errs %g %g %g", e1, e2, e3);
+    printf("layernorm_bwd %dx%d: dx %.2e dgamma %.2e dbeta %.2e\n", rows, cols, e1, e2, e3);
+}
+
+void test_pick(int rows, int vocab, int valid, std::vector<int> forbid, float temp, bool gumbel, unsigned long long seed) {
+    auto x = rand_bf16((size_t)rows*vocab, 2);
+    if (valid > 30) { x[17] = x[9] = x[30] = __float2bfloat16_rn(50.f); }
+    std::vector<int> tok(rows, -7); std::vector<float> lp(rows, NAN);
+    launch({(unsigned)rows,1,1}, {1024,1,1}, [&] {
+        vocab_pick_bf16(x.data(), rows, vocab, valid, forbid.data(), (int)forbid.size(), temp, gumbel, seed, tok.data(), lp.data());
+    });
+    for (int r = 0; r < rows; ++r) {
+        auto allowed = [&](int c) { return std::find(forbid.begin(), forbid.end(), c) == forbid.end(); };
+        double mx = -INFINITY; for (int c = 0; c < valid; ++c) if (allowed(c)) mx = std::max(mx, f(x[(size_t)r*vocab+c]));
+        double s = 0; for (int c = 0; c < valid; ++c) if (allowed(c)) s += std::exp(f(x[(size_t)r*vocab+c]) - mx);
+        double lse = mx + std::log(s);
+        float bk = -INFINITY; int bi = 0;
+        for (int c = 0; c < valid; ++c) {
+            if (!allowed(c)) continue;
+            float xv = __bfloat162float(x[(size_t)r*vocab+c]);
+            float key = gumbel ? xv / temp + philox_gumbel(seed, r, c) : xv;
+            if (key > bk) { bk = key; bi = c; }
+        }
+        CHECK(tok[r] == bi, "pick row %d: token %d vs %d", r, tok[r], bi);
+        CHECK(std::fabs(lp[r] - (f(x[(size_t)r*vocab+bi]) - lse)) < 1e-4 * (1 + std::fabs(lse)), "pick row %d logprob %g vs %g", r, lp[r], f(x[(size_t)r*vocab+bi]) - lse);
+    }
+    printf("vocab_pick %dx%d valid %d gumbel %d: token[0]=%d ok\n", rows, vocab, valid, gumbel, tok[0]);
+}
+
+void test_ce(int rows, int vocab, int valid, float ls) {
+    auto x = rand_bf16((size_t)rows*vocab, 3); auto x0 = x;
+    std::vector<int> t(rows); std::vector<float> w(rows), loss(rows, NAN);
+    for (int r = 0; r < rows; ++r) { t[r] = gen() % valid; w[r] = 0.5f + r; }
+    float lov = ls / valid;
+    launch({(unsigned)rows,1,1}, {1024,1,1}, [&] { cross_entropy_bf16(x.data(), t.data(), w.data(), loss.data(), rows, vocab, valid, ls, lov); });
+    std::vector<double> gg, wg, gl, wl;
+    for (int r = 0; r < rows; ++r) {
+        double mx = -INFINITY; for (int c = 0; c < valid; ++c) mx = std::max(mx, f(x0[(size_t)r*vocab+c]));
+        double s = 0, sx = 0; for (int c = 0; c < valid; ++c) { s += std::exp(f(x0[(size_t)r*vocab+c]) - mx); sx += f(x0[(size_t)r*vocab+c]); }
+        double lse = mx + std::log(s), nll = lse - f(x0[(size_t)r*vocab+t[r]]);
+        double L = ls > 0 ? (1-ls)*nll + ls*(lse - sx/valid) : nll;
+        gl.push_back(loss[r]); wl.push_back(L);
+        for (int c = 0; c < vocab; ++c) {
+            double d = c < valid ? (std::exp(f(x0[(size_t)r*vocab+c]) - lse) - ls/valid - (c == t[r] ? 1 - ls : 0)) * w[r] : 0;
+            gg.push_back(f(x[(size_t)r*vocab+c])); wg.push_back(d);
+        }
+    }
+    double e1 = relerr(gl, wl), e2 = relerr(gg, wg);
+    CHECK(e1 < 1e-5 && e2 < 1e-2, "ce loss err %g grad err %g", e1, e2);
+    printf("cross_entropy %dx%d valid %d ls %.1f: loss err %.2e grad err %.2e\n", rows, vocab, valid, ls, e1, e2);
+}
+
+void test_colsum(int rows, int cols) {
+    auto x = rand_bf16((size_t)rows*cols, 1); std::vector<float> acc(cols, 1.0f);
+    launch({(unsigned)((cols+31)/32), (unsigned)((rows+255)/256), 1}, {32, 8, 1}, [&] { col_sum_add_bf16(x.data(), acc.data(), rows, cols); });
+    std::vector<double> g, w;
+    for (int c = 0; c < cols; ++c) { double s = 1; for (int r = 0; r < rows; ++r) s += f(x[(size_t)r*cols+c]); g.push_back(acc[c]); w.push_back(s); }
+    double e = relerr(g, w); CHECK(e < 1e-5, "colsum err %g", e);
+    printf("col_sum_add %dx%d: err %.2e\n", rows, cols, e);
+}
+
+void test_sumsq(size_t n) {
+    auto x = rand_bf16(n, 1); double out = 0;
+    unsigned blocks = std::min<size_t>((n + 255) / 256, 7);  // fewer blocks than needed: exercises the grid stride
+    launch({blocks,1,1}, {256,1,1}, [&] { sum_squares_bf16(x.data(), n, &out); });
+    double w = 0; for (auto v : x) w += f(v)*f(v);
+    CHECK(std::fabs(out - w) / w < 1e-12, "sumsq %g vs %g", out, w);
+    printf("sum_squares %zu: %.6f vs %.6f\n", n, out, w);
+}
+
+int main() {
+    test_attention(3, 37, 2, 8);
+    test_attention(4, 17, 2, 7);
+    test_attention(1, 50, 2, 80);
+    test_attention(2, 33, 1, 128);
+    test_attention(1, 70, 2, 64);
+    test_attention(1, 1, 1, 1);
+    test_layernorm(5, 33, false); test_layernorm(5, 33, true); test_layernorm(3, 768, true); test_layernorm(2, 1000, false);
+    test_layernorm_bwd(70, 33); test_layernorm_bwd(5, 768);
+    test_pick(3, 1003, 1000, {0, 5, 999, 2000, -1}, 1.0f, false, 0);
+    test_pick(3, 1003, 1000, {0, 5, 999, 2000, -1}, 0.7f, true, 12345);
+    test_pick(2, 33, 33, {}, 1.3f, true, ~0ull);
+    test_pick(2, 5000, 4097, {9}, 1.0f, false, 0);
+    test_ce(3, 1003, 1000, 0.0f); test_ce(2, 3000, 2999, 0.1f);
+    test_colsum(700, 77); test_colsum(3, 5);
+    test_sumsq(100003);
+    printf(failures ? "FAILURES: %d\n" : "all emulated kernel checks passed\n", failures);
+    return failures != 0;
+}

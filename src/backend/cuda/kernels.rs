@@ -1,0 +1,197 @@
+//! Loading the kernel modules that build.rs embedded: the nvcc fatbin when there is one and it fits
+//! the GPU, otherwise the embedded source compiled at run time with NVRTC.
+
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::driver::{CudaContext, CudaFunction};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// One `kernels/<name>.cu` as embedded by build.rs.
+pub struct KernelModule {
+    pub name: &'static str,
+    /// sm_90a SASS + compute_90 PTX, when nvcc was found at build time.
+    pub fatbin: Option<&'static [u8]>,
+    /// The source with its `#include "…"` lines inlined (for NVRTC).
+    pub source: &'static str,
+}
+
+include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+
+/// Every kernel the backend launches, by module. Loaded up front so that a missing symbol shows at
+/// start-up, not in the middle of a training step.
+pub const KERNEL_NAMES: &[(&str, &[&str])] = &[
+    ("adamw", &["adamw_bf16g", "adamw_f32g", "sum_squares_bf16", "sum_squares_f32"]),
+    ("attention", &["attn_fwd_d32", "attn_fwd_d64", "attn_fwd_d96", "attn_fwd_d128"]),
+    (
+        "elementwise",
+        &[
+            "convert_bf16_to_f32",
+            "convert_f32_to_bf16",
+            "add_bf16_bf16",
+            "add_bf16_f32",
+            "add_f32_bf16",
+            "add_f32_f32",
+            "scale_bf16",
+            "scale_f32",
+            "dropout_bf16",
+            "dropout_f32",
+            "gelu_fwd_bf16",
+            "gelu_bwd_bf16",
+            "philox_fill_u32",
+        ],
+    ),
+    ("embed", &["embed_fwd_bf16", "embed_bwd_bf16"]),
+    ("layernorm", &["add_layernorm_fwd_bf16", "layernorm_bwd_bf16"]),
+    ("rows", &["gather_rows_bf16", "scatter_add_rows_bf16", "scatter_add_rows_f32", "col_sum_add_bf16"]),
+    ("sampler", &["vocab_pick_bf16"]),
+    ("vocab", &["cross_entropy_bf16"]),
+];
+
+/// How the modules were obtained, for `Backend::name`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelSource {
+    Fatbin,
+    Nvrtc,
+    Mixed,
+}
+
+pub struct Kernels {
+    funcs: HashMap<&'static str, CudaFunction>,
+    pub source: KernelSource,
+}
+
+impl Kernels {
+    pub fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
+        let (major, minor) = ctx.compute_capability()?;
+        let mut funcs = HashMap::new();
+        let (mut n_fat, mut n_rtc) = (0, 0);
+        for &(module_name, names) in KERNEL_NAMES {
+            let module = MODULES
+                .iter()
+                .find(|m| m.name == module_name)
+                .ok_or_else(|| anyhow!("kernel module {module_name}.cu is missing from this build"))?;
+            let fat_err = match module.fatbin {
+                Some(bytes) => match ctx.load_module(Ptx::from_binary(bytes.to_vec())) {
+                    Ok(m) => {
+                        n_fat += 1;
+                        load_functions(&m, module_name, names, &mut funcs)?;
+                        continue;
+                    }
+                    // E.g. no SASS or PTX in the fatbin for this GPU (not sm_90): try NVRTC.
+                    Err(e) => Some(e),
+                },
+                None => None,
+            };
+            let m = ctx.load_module(nvrtc_compile(module, major, minor).with_context(|| match &fat_err {
+                Some(e) => format!("the precompiled {module_name} kernels did not load ({e}), and"),
+                None => format!("this build has no precompiled {module_name} kernels (nvcc was absent), and"),
+            })?)?;
+            n_rtc += 1;
+            load_functions(&m, module_name, names, &mut funcs)?;
+        }
+        let source = match (n_fat, n_rtc) {
+            (_, 0) => KernelSource::Fatbin,
+            (0, _) => KernelSource::Nvrtc,
+            _ => KernelSource::Mixed,
+        };
+        Ok(Kernels { funcs, source })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&CudaFunction> {
+        self.funcs.get(name).ok_or_else(|| anyhow!("CUDA kernel {name} is not loaded (not listed in KERNEL_NAMES)"))
+    }
+}
+
+fn load_functions(
+    m: &Arc<cudarc::driver::CudaModule>,
+    module_name: &str,
+    names: &[&'static str],
+    funcs: &mut HashMap<&'static str, CudaFunction>,
+) -> Result<()> {
+    for &name in names {
+        let f = m.load_function(name).with_context(|| format!("kernel {name} not found in {module_name}.cu"))?;
+        funcs.insert(name, f);
+    }
+    Ok(())
+}
+
+fn nvrtc_compile(module: &KernelModule, major: i32, minor: i32) -> Result<Ptx> {
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        bail!("libnvrtc was not found to compile them at run time (install the CUDA toolkit, or rebuild with nvcc: bash scripts/install-nvcc.sh)");
+    }
+    let include = cuda_include_dir().ok_or_else(|| {
+        anyhow!("NVRTC needs the CUDA headers (cuda_bf16.h) and none were found in $CUDA_HOME/include, $CUDA_PATH/include or /usr/local/cuda/include")
+    })?;
+    let opts = CompileOptions {
+        include_paths: vec![include.display().to_string()],
+        options: vec![format!("--gpu-architecture=compute_{major}{minor}"), "-std=c++17".into()],
+        name: Some(format!("{}.cu", module.name)),
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(module.source, opts).map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
+            anyhow!("NVRTC failed on {}.cu:\n{}", module.name, log.to_string_lossy())
+        }
+        other => anyhow!("NVRTC failed on {}.cu: {other}", module.name),
+    })
+}
+
+/// The first directory holding `cuda_bf16.h`.
+fn cuda_include_dir() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(d) = std::env::var_os(var) {
+            candidates.push(PathBuf::from(d).join("include"));
+        }
+    }
+    candidates.push(PathBuf::from("/usr/local/cuda/include"));
+    if let Some(d) = BUILD_CUDA_INCLUDE {
+        candidates.push(PathBuf::from(d));
+    }
+    candidates.into_iter().find(|d| d.join("cuda_bf16.h").is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Catches a renamed kernel or module without a GPU: every listed name must be defined in the
+    /// embedded source of its module, and every module must be listed.
+    #[test]
+    fn kernel_table_matches_embedded_sources() {
+        for &(module_name, names) in KERNEL_NAMES {
+            let m = MODULES.iter().find(|m| m.name == module_name).unwrap_or_else(|| panic!("{module_name}.cu not embedded"));
+            for name in names {
+                let decl = format!("__global__ void {name}(");
+                assert!(m.source.contains(&decl), "{module_name}.cu does not define {name}");
+            }
+            assert!(!m.source.contains("#include \""), "{module_name}: includes were not inlined");
+            assert!(m.source.contains("philox4x32_10"), "{module_name}: common.cuh not inlined");
+        }
+        for m in MODULES {
+            assert!(KERNEL_NAMES.iter().any(|(n, _)| *n == m.name), "{}.cu is not in KERNEL_NAMES", m.name);
+            assert_eq!(m.fatbin.is_some(), NVCC_USED, "{}: fatbin presence disagrees with NVCC_USED", m.name);
+        }
+    }
+
+    /// The NVRTC fallback compiles every embedded source (no GPU needed, only libnvrtc and the
+    /// CUDA headers; skipped when either is missing).
+    #[test]
+    fn nvrtc_compiles_every_module_when_available() {
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } || cuda_include_dir().is_none() {
+            eprintln!("skipped: libnvrtc or the CUDA headers not found");
+            return;
+        }
+        for m in MODULES {
+            let ptx = nvrtc_compile(m, 9, 0).unwrap_or_else(|e| panic!("{e:#}"));
+            let text = ptx.to_src();
+            for &(module_name, names) in KERNEL_NAMES.iter().filter(|(n, _)| *n == m.name) {
+                for name in names {
+                    assert!(text.contains(&format!(".entry {name}(")), "{module_name}: no entry {name} in the NVRTC PTX");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! CUDA backend vs the CPU reference (`dlm_engine::backend::cpu::*`), op by op, on fresh random
+//! inputs (seed printed; replay with DLM_TEST_SEED) including odd sizes and padding. Without a
+//! GPU every test prints "skipped …: no CUDA driver/GPU" and passes.
+//!
+//! Inputs are uploaded as bf16, so the CPU reference always runs on the bf16-rounded values: the
+//! measured difference is the kernels' arithmetic and their output rounding only. Tolerances
+//! (docs: /work/.library/device/METHOD.md; relative L2 = ‖gpu − cpu‖ / ‖cpu‖, NaN never passes):
+//! - bf16 outputs of f32 arithmetic (GEMMs, GELU, LayerNorm out, attention out, dlogits): 1e-2
+//!   (METHOD: bf16 operands land between 1e-3 and 1e-2; one bf16 rounding alone is ≤ 2^-9);
+//! - f32 statistics recomputed in another order (mean, rstd, lse, losses, log-probs): 1e-4 relative;
+//! - ops whose arithmetic is identical on both sides (copies, embedding sums, dropout masks,
+//!   row moves, AdamW with its un-fused f32 operations, Philox): bit-equal.
+//!
+//! Outputs start NaN-poisoned, so an element a kernel never writes fails the check.
+
+mod common;
+
+use common::*;
+use dlm_engine::backend::cpu::{self, CpuBackend};
+use dlm_engine::backend::cuda::CudaBackend;
+use dlm_engine::backend::{AdamW, AttnShape, Backend, Dropout};
+
+const TOL_BF16: f64 = 1e-2;
+const TOL_STAT: f64 = 1e-4;
+
+/// Uploads `v` as bf16 and returns the rounded values the CPU reference should use.
+fn up(g: &CudaBackend, v: &[f32]) -> (dlm_engine::backend::cuda::CudaBuf, Vec<f32>) {
+    (g.upload(v).unwrap(), bf16_round(v))
+}
+
+fn down(g: &CudaBackend, b: &dlm_engine::backend::cuda::CudaBuf) -> Vec<f32> {
+    g.download(b).unwrap()
+}
+
+#[test]
+fn starting_without_a_gpu_is_a_clean_error() {
+    // Runs everywhere: on a machine without a driver this must be an Err, never a panic.
+    if let Some(why) = dlm_engine::backend::cuda::unavailable_reason() {
+        let err = CudaBackend::new(0).err().expect("CudaBackend::new succeeded without a GPU");
+        eprintln!("no GPU ({why}); CudaBackend::new said: {err:#}");
+    } else {
+        assert!(CudaBackend::new(usize::MAX).is_err(), "a nonexistent device ordinal must be an error");
+    }
+}
+
+#[test]
+fn memory_ops_round_trip() {
+    let Some(g) = gpu("memory_ops_round_trip") else { return };
+    let mut rng = fresh_rng("memory_ops_round_trip");
+    for n in [1usize, 7, 1000, 65_537] {
+        let (a, ar) = up(&g, &normal_vec(&mut rng, n, 3.0));
+        assert_eq!(g.len(&a), n);
+        assert_exact("upload/download", &down(&g, &a), &ar);
+        let (b, br) = up(&g, &normal_vec(&mut rng, n, 1.0));
+        let mut c = g.upload(&poison(n)).unwrap();
+        g.copy(&a, &mut c).unwrap();
+        assert_exact("copy", &down(&g, &c), &ar);
+        g.add_assign(&mut c, &b).unwrap();
+        let want: Vec<f32> = ar.iter().zip(&br).map(|(x, y)| x + y).collect();
+        assert_exact("add_assign bf16", &down(&g, &c), &bf16_round(&want));
+        let mut f = g.upload_f32(&ar).unwrap();
+        g.add_assign(&mut f, &b).unwrap();
+        assert_exact("add_assign into f32", &down(&g, &f), &want);
+        g.fill_zero(&mut c).unwrap();
+        assert_exact("fill_zero", &down(&g, &c), &vec![0.0; n]);
+        assert_exact("zeros", &down(&g, &g.zeros(n).unwrap()), &vec![0.0; n]);
+    }
+    assert!(g.copy(&g.zeros(3).unwrap(), &mut g.zeros(4).unwrap()).is_err(), "length mismatch must be an error");
+}
+
+#[test]
+fn philox_matches_cpu_bit_for_bit() {
+    let Some(g) = gpu("philox_matches_cpu_bit_for_bit") else { return };
+    for (seed, stream, first) in [(0u64, 0u64, 0u64), (42, 7, 5), (u64::MAX, 1 << 40, (1 << 32) - 9), (0x1234_5678_9abc, 3, 1 << 34)] {
+        let dev = g.philox_u32_on_device(seed, stream, first, 1003).unwrap();
+        let cpu: Vec<u32> = (0..1003).map(|i| dlm_engine::rng::philox_u32(seed, stream, first + i)).collect();
+        assert_eq!(dev, cpu, "Philox stream (seed {seed}, stream {stream}) from {first}");
+    }
+}
+
+#[test]
+fn linear_forward_and_backward_match_cpu() {
+    let Some(g) = gpu("linear_forward_and_backward_match_cpu") else { return };
+    let mut rng = fresh_rng("linear");
+    for &(m, n, k) in &[(1usize, 1usize, 1usize), (37, 53, 29), (128, 768, 768), (64, 1000, 64), (5, 3072, 768)] {
+        let (x, xr) = up(&g, &normal_vec(&mut rng, m * k, 1.0));
+        let (w, wr) = up(&g, &normal_vec(&mut rng, n * k, 0.05));
+        let (b, br) = up(&g, &normal_vec(&mut rng, n, 0.5));
+        for with_bias in [false, true] {
+            let mut y = g.upload(&poison(m * n)).unwrap();
+            g.linear_fwd(&x, &w, with_bias.then_some(&b), &mut y, m, n, k).unwrap();
+            let mut want = vec![0.0; m * n];
+            cpu::linear::linear_fwd(&xr, &wr, with_bias.then_some(br.as_slice()), &mut want, m, n, k);
+            assert_close(&format!("linear_fwd {m}x{n}x{k} bias={with_bias}"), &down(&g, &y), &want, TOL_BF16);
+        }
+        // Backward: dx overwritten, dw and db accumulate onto earlier values.
+        let (dy, dyr) = up(&g, &normal_vec(&mut rng, m * n, 1.0));
+        let (mut dw, mut dwr) = up(&g, &normal_vec(&mut rng, n * k, 0.1));
+        let (mut db, mut dbr) = up(&g, &normal_vec(&mut rng, n, 0.1));
+        let mut dx = g.upload(&poison(m * k)).unwrap();
+        g.linear_bwd(&x, &w, &dy, Some(&mut dx), &mut dw, Some(&mut db), m, n, k).unwrap();
+        let mut dxr = vec![0.0; m * k];
+        cpu::linear::linear_bwd(&xr, &wr, &dyr, Some(&mut dxr), &mut dwr, Some(&mut dbr), m, n, k);
+        let tag = format!("{m}x{n}x{k}");
+        assert_close(&format!("linear_bwd dx {tag}"), &down(&g, &dx), &dxr, TOL_BF16);
+        // dw, db are f32 accumulators of products of bf16 operands: f32-level agreement.
+        assert_close(&format!("linear_bwd dw {tag}"), &down(&g, &dw), &dwr, TOL_STAT);
+        assert_close(&format!("linear_bwd db {tag}"), &down(&g, &db), &dbr, TOL_STAT);
+        assert_eq!(dw.dtype(), "f32", "parameter gradients accumulate in f32");
+    }
+}
+
+#[test]
+fn embeddings_match_cpu() {
+    let Some(g) = gpu("embeddings_match_cpu") else { return };
+    let mut rng = fresh_rng("embed");
+    let (vocab, max_pos, hidden, tokens) = (1001usize, 67usize, 77usize, 131usize);
+    let (word, wr) = up(&g, &normal_vec(&mut rng, vocab * hidden, 1.0));
+    let (pos, pr) = up(&g, &normal_vec(&mut rng, max_pos * hidden, 1.0));
+    let (typ, tr) = up(&g, &normal_vec(&mut rng, hidden, 1.0));
+    // Repeated ids on purpose: the backward pass must sum them.
+    let ids: Vec<i32> = (0..tokens).map(|_| rng.int_in(0, 20) as i32).collect();
+    let pos_ids: Vec<i32> = (0..tokens).map(|i| (i % max_pos) as i32).collect();
+    let (gi, gp) = (g.upload_i32(&ids).unwrap(), g.upload_i32(&pos_ids).unwrap());
+    let mut out = g.upload(&poison(tokens * hidden)).unwrap();
+    g.embed_fwd(&gi, &gp, &word, &pos, &typ, &mut out, tokens, hidden).unwrap();
+    let mut want = vec![0.0; tokens * hidden];
+    cpu::embed::embed_fwd(&ids, &pos_ids, &wr, &pr, &tr, &mut want, tokens, hidden);
+    // Same f32 additions in the same order, one rounding: bit-equal.
+    assert_exact("embed_fwd", &down(&g, &out), &bf16_round(&want));
+
+    let (dout, dr) = up(&g, &normal_vec(&mut rng, tokens * hidden, 1.0));
+    let (mut dw, mut dwr) = (g.zeros(vocab * hidden).unwrap(), vec![0.0; vocab * hidden]);
+    let (mut dp, mut dpr) = (g.zeros(max_pos * hidden).unwrap(), vec![0.0; max_pos * hidden]);
+    let (mut dt, mut dtr) = up(&g, &normal_vec(&mut rng, hidden, 1.0));
+    // Id 1 and position 1 (the padding index) occur among the inputs and must get no gradient.
+    g.embed_bwd(&gi, &gp, &dout, &mut dw, &mut dp, &mut dt, tokens, hidden, 1).unwrap();
+    cpu::embed::embed_bwd(&ids, &pos_ids, &dr, &mut dwr, &mut dpr, &mut dtr, tokens, hidden, 1);
+    assert_close("embed_bwd word", &down(&g, &dw), &dwr, TOL_STAT);
+    assert_close("embed_bwd position", &down(&g, &dp), &dpr, TOL_STAT);
+    assert_close("embed_bwd type", &down(&g, &dt), &dtr, TOL_STAT);
+
+    let bad = g.upload_i32(&vec![vocab as i32; tokens]).unwrap();
+    assert!(g.embed_fwd(&bad, &gp, &word, &pos, &typ, &mut out, tokens, hidden).is_err(), "an id past the table must be an error");
+}
+
+#[test]
+fn dropout_masks_match_cpu() {
+    let Some(g) = gpu("dropout_masks_match_cpu") else { return };
+    let mut rng = fresh_rng("dropout");
+    for (n, p, seed, stream) in [(1000usize, 0.1f32, 42u64, 7u64), (70_001, 0.5, 3, 1 << 33)] {
+        // Values kept away from zero so that a zero can only come from the mask.
+        let v: Vec<f32> = normal_vec(&mut rng, n, 1.0).into_iter().map(|x| x + x.signum() * 0.5).collect();
+        let drop = Dropout { p, seed };
+        let (mut x, mut want) = up(&g, &v);
+        g.dropout_fwd(&mut x, drop, stream).unwrap();
+        cpu::elementwise::dropout_apply(&mut want, p, seed, stream);
+        assert_exact("dropout_fwd (bf16)", &down(&g, &x), &bf16_round(&want));
+        let mut xf = g.upload_f32(&v).unwrap();
+        g.dropout_bwd(&mut xf, drop, stream).unwrap();
+        let mut wf = v.clone();
+        cpu::elementwise::dropout_apply(&mut wf, p, seed, stream);
+        assert_exact("dropout_bwd (f32)", &down(&g, &xf), &wf);
+    }
+}
+
+#[test]
+fn gelu_matches_cpu() {
+    let Some(g) = gpu("gelu_matches_cpu") else { return };
+    let mut rng = fresh_rng("gelu");
+    let n = 100_003;
+    let (x, xr) = up(&g, &normal_vec(&mut rng, n, 3.0));
+    let mut y = g.upload(&poison(n)).unwrap();
+    g.gelu_fwd(&x, &mut y).unwrap();
+    let mut want = vec![0.0; n];
+    cpu::elementwise::gelu_fwd(&xr, &mut want);
+    assert_close("gelu_fwd", &down(&g, &y), &want, TOL_BF16);
+    let (dy, dyr) = up(&g, &normal_vec(&mut rng, n, 1.0));
+    let mut dx = g.upload(&poison(n)).unwrap();
+    g.gelu_bwd(&x, &dy, &mut dx).unwrap();
+    let mut dwant = vec![0.0; n];
+    cpu::elementwise::gelu_bwd(&xr, &dyr, &mut dwant);
+    assert_close("gelu_bwd", &down(&g, &dx), &dwant, TOL_BF16);
+}
+
+#[test]
+fn add_layernorm_matches_cpu() {
+    let Some(g) = gpu("add_layernorm_matches_cpu") else { return };
+    let mut rng = fresh_rng("layernorm");
+    for &(rows, cols) in &[(1usize, 8usize), (37, 33), (64, 768), (9, 1000), (3, 4096)] {
+        let n = rows * cols;
+        let (x, xr) = up(&g, &normal_vec(&mut rng, n, 2.0));
+        let (r, rr) = up(&g, &normal_vec(&mut rng, n, 2.0));
+        let (gamma, gr) = up(&g, &normal_vec(&mut rng, cols, 1.0));
+        let (beta, br) = up(&g, &normal_vec(&mut rng, cols, 1.0));
+        for with_res in [false, true] {
+            let tag = format!("layernorm {rows}x{cols} residual={with_res}");
+            let mut out = g.upload(&poison(n)).unwrap();
+            let mut sum = g.upload(&poison(n)).unwrap();
+            let (mut mean, mut rstd) = (g.upload_f32(&poison(rows)).unwrap(), g.upload_f32(&poison(rows)).unwrap());
+            g.add_layernorm_fwd(&x, with_res.then_some(&r), Some(&mut sum), &gamma, &beta, &mut out, &mut mean, &mut rstd, rows, cols, 1e-5).unwrap();
+            // The kernel normalises the bf16-rounded sum it stores; the reference does the same.
+            let input = if with_res {
+                let s = bf16_round(&xr.iter().zip(&rr).map(|(a, b)| a + b).collect::<Vec<_>>());
+                assert_exact(&format!("{tag} sum"), &down(&g, &sum), &s);
+                s
+            } else {
+                xr.clone()
+            };
+            let (mut o, mut m, mut s) = (vec![0.0; n], vec![0.0; rows], vec![0.0; rows]);
+            cpu::layernorm::add_layernorm_fwd(&input, None, None, &gr, &br, &mut o, &mut m, &mut s, rows, cols, 1e-5);
+            assert_close(&format!("{tag} out"), &down(&g, &out), &o, TOL_BF16);
+            if cols <= 4096 {
+                // Backward from the saved statistics, overwriting and then accumulating into dx.
+                let (dout, dr) = up(&g, &normal_vec(&mut rng, n, 1.0));
+                let (mut dx, mut dxr) = up(&g, &normal_vec(&mut rng, n, 1.0));
+                let (mut dgam, mut dgr) = up(&g, &normal_vec(&mut rng, cols, 1.0));
+                let (mut dbet, mut dbr) = up(&g, &normal_vec(&mut rng, cols, 1.0));
+                let xin = if with_res { &sum } else { &x };
+                for accumulate in [false, true] {
+                    g.layernorm_bwd(xin, &dout, &gamma, &mean, &rstd, &mut dx, accumulate, &mut dgam, &mut dbet, rows, cols).unwrap();
+                    cpu::layernorm::layernorm_bwd(&input, &dr, &gr, &m, &s, &mut dxr, accumulate, &mut dgr, &mut dbr, rows, cols);
+                    let t = format!("{tag} backward accumulate={accumulate}");
+                    assert_close(&format!("{t} dx"), &down(&g, &dx), &dxr, TOL_BF16);
+                    assert_close(&format!("{t} dgamma"), &down(&g, &dgam), &dgr, TOL_STAT);
+                    assert_close(&format!("{t} dbeta"), &down(&g, &dbet), &dbr, TOL_STAT);
+                }
+            }
+            // A row's mean can sit near zero, so its error is measured against the row's spread.
+            for (r, (a, b)) in down(&g, &mean).iter().zip(&m).enumerate() {
+                assert!(((a - b) * s[r]).abs() as f64 <= TOL_STAT, "{tag} mean[{r}]: got {a}, want {b}");
+            }
+            assert_close(&format!("{tag} rstd"), &down(&g, &rstd), &s, TOL_STAT);
+        }
+        let (mut out, mut mean, mut rstd) = (g.zeros(n).unwrap(), g.zeros(rows).unwrap(), g.zeros(rows).unwrap());
+        let res = g.add_layernorm_fwd(&x, Some(&r), None, &gamma, &beta, &mut out, &mut mean, &mut rstd, rows, cols, 1e-5);
+        assert!(res.is_err(), "a residual without a sum buffer must be an error");
+    }
+}
+
+#[test]
+fn attention_forward_matches_cpu() {
+    let Some(g) = gpu("attention_forward_matches_cpu") else { return };
+    let mut rng = fresh_rng("attention");
+    let shapes = [(1usize, 1usize, 1usize, 1usize), (3, 37, 2, 8), (2, 128, 12, 64), (1, 50, 2, 80), (2, 33, 1, 128), (2, 70, 3, 40), (4, 17, 2, 7)];
+    for &(batch, seq, heads, head_dim) in &shapes {
+        let s = AttnShape { batch, seq, heads, head_dim };
+        let n = s.tokens() * s.hidden();
+        let (q, qr) = up(&g, &normal_vec(&mut rng, n, 1.0));
+        let (k, kr) = up(&g, &normal_vec(&mut rng, n, 1.0));
+        let (v, vr) = up(&g, &normal_vec(&mut rng, n, 1.0));
+        // Right padding of random length; with batch > 2 the last sequence is all padding.
+        let mut mask = vec![0i32; batch * seq];
+        for b in 0..batch {
+            let len = if batch > 2 && b == batch - 1 { 0 } else { rng.int_in(1, seq as u64) as usize };
+            mask[b * seq..b * seq + len].fill(1);
+        }
+        let gm = g.upload_i32(&mask).unwrap();
+        let mut out = g.upload(&poison(n)).unwrap();
+        let mut lse = g.upload_f32(&poison(batch * heads * seq)).unwrap();
+        g.attention_fwd(&q, &k, &v, &gm, &mut out, &mut lse, s, Dropout::off(), 0).unwrap();
+        let (mut o, mut l) = (vec![0.0; n], vec![0.0; batch * heads * seq]);
+        cpu::attention::attention_fwd(&qr, &kr, &vr, &mask, &mut o, &mut l, s, Dropout::off(), 0);
+        let tag = format!("attention {s:?}");
+        assert_close(&format!("{tag} out"), &down(&g, &out), &o, TOL_BF16);
+        let gl = down(&g, &lse);
+        for (i, (&a, &b)) in gl.iter().zip(&l).enumerate() {
+            let ok = if b.is_infinite() { a == b } else { (a - b).abs() as f64 <= TOL_STAT * (1.0 + b.abs() as f64) };
+            assert!(ok, "{tag} lse[{i}]: got {a}, want {b}");
+        }
+    }
+    let s = AttnShape { batch: 1, seq: 4, heads: 1, head_dim: 8 };
+    let (z, m) = (g.zeros(32).unwrap(), g.upload_i32(&[1; 4]).unwrap());
+    let (mut o, mut l) = (g.zeros(32).unwrap(), g.zeros(4).unwrap());
+    let res = g.attention_fwd(&z, &z, &z, &m, &mut o, &mut l, s, Dropout { p: 0.1, seed: 1 }, 0);
+    assert!(res.is_err(), "attention dropout is not on CUDA yet and must say so");
+}
+
+#[test]
+fn row_gather_and_scatter_match_cpu() {
+    let Some(g) = gpu("row_gather_and_scatter_match_cpu") else { return };
+    let mut rng = fresh_rng("rows");
+    let c = CpuBackend::new();
+    let (src_rows, cols, n_rows) = (97usize, 77usize, 31usize);
+    let (x, xr) = up(&g, &normal_vec(&mut rng, src_rows * cols, 1.0));
+    let mut picks: Vec<i32> = (0..src_rows as i32).collect();
+    rng.shuffle(&mut picks);
+    picks.truncate(n_rows);
+    let gi = g.upload_i32(&picks).unwrap();
+    let mut out = g.upload(&poison(n_rows * cols)).unwrap();
+    g.gather_rows(&x, &gi, &mut out, n_rows, cols).unwrap();
+    let mut want = vec![0.0; n_rows * cols];
+    c.gather_rows(&xr, &picks, &mut want, n_rows, cols).unwrap();
+    assert_exact("gather_rows", &down(&g, &out), &want);
+
+    let (dout, dr) = up(&g, &normal_vec(&mut rng, n_rows * cols, 1.0));
+    let (mut dx, mut dxr) = up(&g, &normal_vec(&mut rng, src_rows * cols, 1.0));
+    g.scatter_add_rows(&dout, &gi, &mut dx, n_rows, cols).unwrap();
+    c.scatter_add_rows(&dr, &picks, &mut dxr, n_rows, cols).unwrap();
+    assert_exact("scatter_add_rows (bf16)", &down(&g, &dx), &bf16_round(&dxr));
+
+    let base = normal_vec(&mut rng, src_rows * cols, 1.0);
+    let mut dxf = g.upload_f32(&base).unwrap();
+    let mut wf = base.clone();
+    g.scatter_add_rows(&dout, &gi, &mut dxf, n_rows, cols).unwrap();
+    c.scatter_add_rows(&dr, &picks, &mut wf, n_rows, cols).unwrap();
+    assert_exact("scatter_add_rows (f32)", &down(&g, &dxf), &wf);
+
+    let dup = g.upload_i32(&[3, 5, 3]).unwrap();
+    assert!(g.scatter_add_rows(&dout, &dup, &mut dx, 3, cols).is_err(), "repeated scatter rows must be an error");
+    let far = g.upload_i32(&[src_rows as i32]).unwrap();
+    assert!(g.gather_rows(&x, &far, &mut out, 1, cols).is_err(), "a row past the end must be an error");
+}
+
+#[test]
+fn cross_entropy_matches_cpu() {
+    let Some(g) = gpu("cross_entropy_matches_cpu") else { return };
+    let mut rng = fresh_rng("cross_entropy");
+    for &(rows, vocab, valid, ls) in &[(7usize, 1003usize, 1000usize, 0.0f32), (5, 1003, 1003, 0.1), (3, 250_048, 250_002, 0.1)] {
+        let (mut logits, lr) = up(&g, &normal_vec(&mut rng, rows * vocab, 3.0));
+        let targets: Vec<i32> = (0..rows).map(|_| rng.int_in(0, valid as u64 - 1) as i32).collect();
+        let weights: Vec<f32> = (0..rows).map(|_| rng.uniform() + 0.1).collect();
+        let gt = g.upload_i32(&targets).unwrap();
+        let loss = g.cross_entropy_fwd_bwd(&mut logits, &gt, &weights, rows, vocab, valid, ls).unwrap();
+        let mut grad = lr.clone();
+        let want = cpu::vocab::cross_entropy_fwd_bwd(&mut grad, &targets, &weights, rows, vocab, valid, ls);
+        let tag = format!("cross_entropy {rows}x{vocab} valid {valid} ls {ls}");
+        assert_close(&format!("{tag} loss"), &loss, &want, TOL_STAT);
+        assert_close(&format!("{tag} dlogits"), &down(&g, &logits), &grad, TOL_BF16);
+    }
+    let (mut logits, _) = up(&g, &normal_vec(&mut rng, 2 * 10, 1.0));
+    let bad = g.upload_i32(&[1, 10]).unwrap();
+    assert!(g.cross_entropy_fwd_bwd(&mut logits, &bad, &[1.0, 1.0], 2, 10, 10, 0.0).is_err(), "a target past the vocabulary must be an error");
+}
+
+#[test]
+fn vocab_pick_matches_cpu() {
+    let Some(g) = gpu("vocab_pick_matches_cpu") else { return };
+    let mut rng = fresh_rng("vocab_pick");
+    let forbid = [0, 5, 999, 2000, -1];
+    for &(rows, vocab, valid) in &[(9usize, 1003usize, 1000usize), (4, 250_048, 250_002), (2, 33, 33)] {
+        let mut v = normal_vec(&mut rng, rows * vocab, 2.0);
+        // Row 0: a three-way tie for the maximum (the lowest id must win, as torch.argmax).
+        for &c in &[17usize, 9, 30] {
+            v[c.min(valid - 1)] = 50.0;
+        }
+        let (logits, lr) = up(&g, &v);
+        for (temperature, seed) in [(1.0f32, None), (0.7, Some(12345u64)), (1.3, Some(u64::MAX))] {
+            let got = g.vocab_pick(&logits, rows, vocab, valid, &forbid, temperature, seed).unwrap();
+            let want = cpu::vocab::vocab_pick(&lr, rows, vocab, valid, &forbid, temperature, seed);
+            let tag = format!("vocab_pick {rows}x{vocab} valid {valid} T {temperature} seed {seed:?}");
+            for r in 0..rows {
+                let (a, b) = (got.token[r] as usize, want.token[r] as usize);
+                if a != b {
+                    // Only a near-tie may differ (the device logf can differ from the host's in the
+                    // last bit): the two candidates' keys must then agree to f32 rounding.
+                    let key = |c: usize| match seed {
+                        None => lr[r * vocab + c],
+                        Some(s) => lr[r * vocab + c] / temperature + dlm_engine::rng::philox_gumbel(s, r as u64, c as u64),
+                    };
+                    assert!((key(a) - key(b)).abs() <= 1e-5 * key(b).abs().max(1.0), "{tag} row {r}: token {a} vs {b}");
+                    assert!(!forbid.contains(&(a as i32)) && a < valid, "{tag} row {r}: picked excluded id {a}");
+                    continue;
+                }
+                let d = (got.logprob[r] - want.logprob[r]).abs() as f64;
+                assert!(d <= TOL_STAT * (1.0 + want.logprob[r].abs() as f64), "{tag} row {r}: logprob {} vs {}", got.logprob[r], want.logprob[r]);
+            }
+        }
+    }
+}
+
+#[test]
+fn optimizer_ops_match_cpu() {
+    let Some(g) = gpu("optimizer_ops_match_cpu") else { return };
+    let mut rng = fresh_rng("optimizer");
+    let n = 100_003;
+    let (x, xr) = up(&g, &normal_vec(&mut rng, n, 2.0));
+    let want = cpu::adamw::sum_squares(&xr);
+    let got = g.sum_squares(&x).unwrap();
+    assert!(((got - want) / want).abs() < 1e-9, "sum_squares {got} vs {want}");
+    let (mut y, yr) = up(&g, &normal_vec(&mut rng, n, 1.0));
+    g.scale(&mut y, 0.37).unwrap();
+    assert_exact("scale", &down(&g, &y), &bf16_round(&yr.iter().map(|v| v * 0.37).collect::<Vec<_>>()));
+
+    let hp = AdamW::default();
+    for f32_grads in [false, true] {
+        let (mut p, mut pr) = up(&g, &normal_vec(&mut rng, n, 0.05));
+        let (mut m, mut mr) = up(&g, &normal_vec(&mut rng, n, 0.01));
+        let vinit: Vec<f32> = normal_vec(&mut rng, n, 0.01).iter().map(|v| v * v).collect();
+        let (mut v, mut vr) = up(&g, &vinit);
+        for step in 1..=3u64 {
+            let gv = normal_vec(&mut rng, n, 0.1);
+            let (grad, gr) = if f32_grads { (g.upload_f32(&gv).unwrap(), gv.clone()) } else { up(&g, &gv) };
+            g.adamw(&mut p, &grad, &mut m, &mut v, hp, 1e-3, step).unwrap();
+            cpu::adamw::adamw(&mut pr, &gr, &mut mr, &mut vr, hp, 1e-3, step);
+        }
+        let tag = format!("adamw (f32 grads: {f32_grads})");
+        // Un-fused f32 operations in the same order on both sides: bit-equal.
+        assert_exact(&format!("{tag} param"), &down(&g, &p), &pr);
+        assert_exact(&format!("{tag} m"), &down(&g, &m), &mr);
+        assert_exact(&format!("{tag} v"), &down(&g, &v), &vr);
+        // The bf16 copy that forward ops read must follow the master.
+        let row0 = g.upload_i32(&[0]).unwrap();
+        let mut shadow = g.zeros(n).unwrap();
+        g.gather_rows(&p, &row0, &mut shadow, 1, n).unwrap();
+        assert_exact(&format!("{tag} bf16 copy"), &down(&g, &shadow), &bf16_round(&pr));
+    }
+}

@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1500)]
     pub steps: u64,
     /// Wall-time cap on training (the run stops and saves at whichever limit comes first).
-    #[arg(long, default_value = "200s")]
+    #[arg(long, default_value = "270s")]
     pub max_time: String,
     /// Denoising steps when sampling the held-out set.
     #[arg(long, default_value_t = 10)]

@@ -1,0 +1,87 @@
+//! `train` and `sample` from the command line on a tiny model: bad data lines, skipping them,
+//! checkpoints, and the sample output format.
+
+mod common;
+use common::fixtures;
+use std::path::Path;
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_dlm-engine"))
+}
+
+fn init_micro(dir: &Path) {
+    let st = bin().args(["init", "--preset", "micro", "--tokenizer"]).arg(fixtures().join("tokenizer.json")).arg("--out").arg(dir).output().unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+}
+
+fn write(p: &Path, lines: &[&str]) {
+    std::fs::write(p, lines.join("\n") + "\n").unwrap();
+}
+
+const GOOD: &str = r#"{"src": "the cat sat", "tgt": "die Katze"}"#;
+
+#[test]
+fn bad_training_lines_name_file_line_and_key_unless_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    init_micro(&model);
+    let data = tmp.path().join("train.jsonl");
+    write(&data, &[GOOD, r#"{"src": "no target here"}"#, GOOD]);
+    let out = bin().args(["train", "--max-steps", "2", "--no-progress", "--model"]).arg(&model).arg("--train").arg(&data).arg("--out").arg(tmp.path().join("run")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("train.jsonl:2") && err.contains("tgt"), "error should name file, line 2 and key `tgt`: {err}");
+
+    write(&data, &[GOOD, "not json", GOOD, r#"{"src": 5, "tgt": "x"}"#]);
+    let out = bin()
+        .args(["train", "--max-steps", "3", "--save-every", "2", "--no-progress", "--skip-bad-lines", "--model"])
+        .arg(&model)
+        .arg("--train")
+        .arg(&data)
+        .arg("--out")
+        .arg(tmp.path().join("run"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("skipped 2 bad training line"), "{err}");
+    let run = tmp.path().join("run");
+    assert!(run.join("final/model.safetensors").is_file());
+    assert!(run.join("checkpoint-2/trainer_state.json").is_file());
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    for k in ["step", "loss", "lr", "grad_norm", "tokens_per_s"] {
+        assert!(last.get(k).is_some(), "metrics.jsonl lacks `{k}`");
+    }
+}
+
+#[test]
+fn sample_writes_one_line_per_input_with_steps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    init_micro(&model);
+    let input = tmp.path().join("in.jsonl");
+    write(&input, &[GOOD, r#"{"src": "a dog", "tgt": "ein Hund bellt laut"}"#]);
+    let outp = tmp.path().join("out.jsonl");
+    let out = bin().args(["sample", "--steps", "4", "--save-steps", "--metric", "exact", "--model"]).arg(&model).arg("--input").arg(&input).arg("--out").arg(&outp).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Exact ="));
+    let tok = dlm_engine::tokenizer::Tok::load(fixtures().join("tokenizer.json")).unwrap();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&outp).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for (l, tgt) in lines.iter().zip(["die Katze", "ein Hund bellt laut"]) {
+        assert_eq!(l["tgt"], tgt);
+        assert!(l["hyp"].is_string() && l["score"].is_number());
+        let steps = l["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), 4, "one canvas per step");
+        let oracle = tok.encode(tgt).unwrap().len() - 2;
+        assert!(steps.iter().all(|s| s.as_array().unwrap().len() == oracle), "each step holds the {oracle} target slots");
+    }
+    // A prompt without a target needs a fixed length.
+    let out = bin().args(["sample", "--prompt", "hello", "--model"]).arg(&model).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--length"));
+    let out = bin().args(["sample", "--prompt", "hello", "--length", "3", "--model"]).arg(&model).output().unwrap();
+    assert!(out.status.success());
+}

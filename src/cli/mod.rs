@@ -20,6 +20,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Time the sampling or training step at a preset shape (`bench sample`, `bench train`).
+    Bench(crate::cli::bench::Args),
     /// The embedded default job: make a small task, train a tokenizer and a tiny model on the
     /// CPU, sample held-out examples and report exact match (about 4 minutes on 2 cores).
     Demo(crate::demo::Args),
@@ -38,6 +40,7 @@ pub enum Command {
     Sample(crate::cli::sample::Args),
 }
 
+pub mod bench;
 pub mod device;
 pub mod eval;
 pub mod fill_mask;
@@ -49,6 +52,7 @@ pub mod train;
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Bench(a) => bench::run(a),
         Command::Demo(a) => crate::demo::run(a),
         Command::Eval(a) => eval::run(a),
         Command::FillMask(a) => fill_mask::run(a),

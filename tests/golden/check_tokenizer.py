@@ -1,6 +1,6 @@
 """Checks a dlm-engine tokenizer.json against Python (not run in CI; CI reads the golden file).
 
-    /work/venv-golden/bin/python tests/golden/check_tokenizer.py TOKENIZER.json [--write GOLDEN.json]
+    .venv-golden/bin/python tests/golden/check_tokenizer.py TOKENIZER.json [--write GOLDEN.json]
 
 1. Loads the file with `tokenizers.Tokenizer.from_file` and with transformers'
    `PreTrainedTokenizerFast(tokenizer_file=...)`, and checks both give the same ids on a few strings.

@@ -2,9 +2,9 @@
 """Golden fixtures for dlm-engine's Rust tests, made with PyTorch + HF transformers (CPU, float32).
 
 Usage (from the repository root):
-    /work/venv-golden/bin/python tests/golden/make_golden.py            # (re)write tests/golden/fixtures/
-    /work/venv-golden/bin/python tests/golden/make_golden.py --verify    # re-check files on disk
-    /work/venv-golden/bin/python tests/golden/make_golden.py --check-init DIR
+    .venv-golden/bin/python tests/golden/make_golden.py            # (re)write tests/golden/fixtures/
+    .venv-golden/bin/python tests/golden/make_golden.py --verify    # re-check files on disk
+    .venv-golden/bin/python tests/golden/make_golden.py --check-init DIR
 
 Everything is seeded and single-threaded, so re-running rewrites byte-identical files (for the same
 library versions; see README.md). The RDM objective in `rdm_loss` is the reference implementation of

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes tests/golden/fixtures/metrics.json, the reference for tests/metrics_golden.rs.
 
-Run with the golden venv:  /work/venv-golden/bin/python tests/golden/make_metric_golden.py
+Run with the golden venv:  .venv-golden/bin/python tests/golden/make_metric_golden.py
 
 References:
 - BLEU: sacreBLEU 2.x `BLEU(tokenize=..., lowercase=...)`, the same object `sacrebleu.corpus_bleu`

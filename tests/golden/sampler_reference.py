@@ -17,7 +17,7 @@ known-answer vectors below):
   sampling seed  u32(seed, 3<<56 | e<<24 | s, 0) << 32 | u32(..., 1), then gumbel(that, r, id)
                  with r the rank of the slot among the example's scored slots.
 
-Run: /work/venv-golden/bin/python tests/golden/sampler_reference.py
+Run: .venv-golden/bin/python tests/golden/sampler_reference.py
 Writes tests/golden/fixtures/sampler.json.
 """
 

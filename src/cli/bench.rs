@@ -1,0 +1,170 @@
+//! `dlm-engine bench sample|train`: throughput of the real sampling step and training step at a
+//! preset shape with random weights, on any backend. Lines are machine-readable
+//! (`<workload> <ms> ms/step ...`), so scripts/gpu-check.sh can put them beside PyTorch's.
+
+use super::device::{dispatch, Device, Job};
+use crate::backend::{Backend, Dropout};
+use crate::diffusion::noise::{q_sample_coupled, Reweighting, Seq};
+use crate::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
+use crate::model::{ModelConfig, XlmR};
+use crate::rng::Rng;
+use crate::train::optim::Optimizer;
+use anyhow::{bail, Result};
+use clap::{Args as ClapArgs, Subcommand};
+use std::time::Instant;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub what: What,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum What {
+    /// Time RDM sampling steps (forward over the canvas, LM head on the target slots, pick, re-mask).
+    Sample(Shape),
+    /// Time RDM training steps (coupled noise, forward, head on masked rows, backward, AdamW).
+    Train(Shape),
+}
+
+#[derive(ClapArgs, Debug, Clone)]
+pub struct Shape {
+    /// Model shape: base, large, xl, xxl, tiny, small, ...
+    #[arg(long, default_value = "base")]
+    pub preset: String,
+    /// Batch sizes to time, comma-separated (default: 1,64 on CUDA, 1 on the CPU).
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub prompt_len: usize,
+    #[arg(long, default_value_t = 64)]
+    pub target_len: usize,
+    /// Timed steps (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Peak TFLOP/s of the device, for MFU (default: 789, the H100/H200 bf16 figure measured with
+    /// PyTorch; none on the CPU unless given).
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+struct BenchJob {
+    shape: Shape,
+    train: bool,
+}
+
+/// Canvas rows of random token ids: `[<s>] prompt… <mask>×target [</s>]`.
+fn prompts(cfg: &ModelConfig, b: usize, s: &Shape, rng: &mut Rng) -> Vec<Vec<i32>> {
+    (0..b)
+        .map(|_| {
+            let mut p = vec![cfg.bos_id];
+            p.extend((1..s.prompt_len).map(|_| rng.int_in(4, cfg.vocab_size.min(250_000) as u64 - 2) as i32));
+            p
+        })
+        .collect()
+}
+
+impl Job for BenchJob {
+    type Out = ();
+    fn run<B: Backend>(self, backend: B) -> Result<()> {
+        let s = &self.shape;
+        let cfg = ModelConfig::preset(&s.preset)?;
+        let name = backend.name();
+        let is_cpu = name.starts_with("cpu");
+        let batches = if s.batch.is_empty() { if is_cpu { vec![1] } else { vec![1, 64] } } else { s.batch.clone() };
+        if s.prompt_len + s.target_len + 1 > cfg.max_seq_len() {
+            bail!("{} + {} tokens do not fit the {} preset's {} positions", s.prompt_len, s.target_len, s.preset, cfg.max_seq_len());
+        }
+        let peak = s.peak_tflops.or(if is_cpu { None } else { Some(789.0) });
+        let mut model = XlmR::random(backend, cfg.clone(), 0)?;
+        eprintln!("{} preset ({} parameters) on {name}", s.preset, model.param_count());
+        let mut rng = Rng::new(1, 1);
+        let mask = cfg.vocab_size as i32 - 1;
+        for &b in &batches {
+            let key = format!("{}_{}_B{b}_L{}", if self.train { "train" } else { "sample" }, s.preset, s.prompt_len + s.target_len);
+            let p = prompts(&cfg, b, s, &mut rng);
+            let ms = if self.train {
+                time_train(&mut model, &p, s, mask, &mut rng)?
+            } else {
+                time_sample(&mut model, &p, s, mask)?
+            };
+            let tokens = (b * (s.prompt_len + s.target_len)) as f64;
+            let tps = tokens / (ms / 1e3) * if self.train { 2.0 } else { 1.0 };
+            let mfu = match (self.train, peak) {
+                (true, Some(pk)) => format!("  MFU {:.1}%", train_flops(&cfg, b, s) / (ms / 1e3) / (pk * 1e12) * 100.0),
+                _ => String::new(),
+            };
+            println!("{key} {ms:.3} ms/step  {tps:.0} tokens/s{mfu}");
+        }
+        Ok(())
+    }
+}
+
+fn time_sample<B: Backend>(model: &mut XlmR<B>, prompts: &[Vec<i32>], s: &Shape, mask: i32) -> Result<f64> {
+    let special = SpecialIds { bos: model.config().bos_id, pad: model.config().pad_id, eos: model.config().eos_id, mask };
+    let lengths = vec![s.target_len; prompts.len()];
+    let run = |m: &mut XlmR<B>, k: usize| -> Result<f64> {
+        let cfg = SamplerConfig { steps: k, ..SamplerConfig::default() };
+        let t = Instant::now();
+        generate(m, prompts, &lengths, special, &cfg, prompts.len(), None)?;
+        Ok(t.elapsed().as_secs_f64() * 1e3 / k as f64)
+    };
+    if s.warmup > 0 {
+        run(model, s.warmup)?;
+    }
+    run(model, s.steps.max(1))
+}
+
+fn time_train<B: Backend>(model: &mut XlmR<B>, prompts: &[Vec<i32>], s: &Shape, mask: i32, rng: &mut Rng) -> Result<f64> {
+    let rows: Vec<Seq> = prompts
+        .iter()
+        .map(|p| {
+            let mut ids = p.clone();
+            ids.extend((0..s.target_len - 1).map(|_| rng.int_in(4, 1000) as i32));
+            ids.push(model.config().eos_id);
+            Seq { ids, src_len: s.prompt_len }
+        })
+        .collect();
+    let mut opt = Optimizer::new(model, Default::default())?;
+    let (pad, mut total) = (model.config().pad_id, 0.0);
+    for i in 0..s.warmup + s.steps.max(1) {
+        let t = Instant::now();
+        let n = q_sample_coupled(&rows, pad, mask, 50, Reweighting::Linear, 1.0, rng);
+        model.zero_grads()?;
+        model.loss_and_grad(&n.batch, &n.loss, Dropout { p: 0.1, seed: i as u64 }, 0.0)?;
+        opt.update(model, 1e-5, Some(1.0))?;
+        model.backend().download(&model.values()[0])?; // wait for the device
+        if i >= s.warmup {
+            total += t.elapsed().as_secs_f64() * 1e3;
+        }
+    }
+    Ok(total / s.steps.max(1) as f64)
+}
+
+/// Model FLOPs of one training step: 6·N·tokens for the encoder's dense layers (the coupled
+/// batch doubles the rows), attention scores and values, and the head on about half the target
+/// slots (the mean masking rate of the coupled pair).
+fn train_flops(cfg: &ModelConfig, b: usize, s: &Shape) -> f64 {
+    let (h, f, l) = (cfg.hidden as f64, cfg.intermediate as f64, cfg.layers as f64);
+    let t = (s.prompt_len + s.target_len) as f64;
+    let rows = 2.0 * b as f64;
+    let dense = 6.0 * l * (4.0 * h * h + 2.0 * h * f) * rows * t;
+    let attn = 3.0 * l * 4.0 * rows * t * t * h;
+    let head = 6.0 * (h * h + h * cfg.vocab_size as f64) * rows * s.target_len as f64 * 0.5;
+    dense + attn + head
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let (shape, train) = match a.what {
+        What::Sample(s) => (s, false),
+        What::Train(s) => (s, true),
+    };
+    let (device, threads) = (shape.device.clone(), shape.threads);
+    dispatch(&device, threads, BenchJob { shape, train })
+}

@@ -2,7 +2,7 @@
 //! preset shape with random weights, on any backend. Lines are machine-readable
 //! (`<workload> <ms> ms/step ...`), so scripts/gpu-check.sh can put them beside PyTorch's.
 
-use super::device::{dispatch, Device, Job};
+use super::device::{dispatch, Job};
 use crate::backend::{Backend, Dropout};
 use crate::diffusion::noise::{q_sample_coupled, Reweighting, Seq};
 use crate::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
@@ -48,10 +48,8 @@ pub struct Shape {
     /// PyTorch; none on the CPU unless given).
     #[arg(long)]
     pub peak_tflops: Option<f64>,
-    #[arg(long, default_value = "cpu")]
-    pub device: Device,
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub run: super::args::DeviceArgs,
 }
 
 struct BenchJob {
@@ -165,6 +163,6 @@ pub fn run(a: Args) -> Result<()> {
         What::Sample(s) => (s, false),
         What::Train(s) => (s, true),
     };
-    let (device, threads) = (shape.device.clone(), shape.threads);
-    dispatch(&device, threads, BenchJob { shape, train })
+    let run = shape.run.clone();
+    dispatch(&run.device, run.threads, BenchJob { shape, train })
 }

@@ -5,7 +5,7 @@
 //! object with a `hyp` or `tgt` field; from then on every non-empty line must be such an object,
 //! so a damaged JSONL file is an error naming the line rather than being scored as plain text.
 
-use crate::metrics::{self, Metric, Tokenize};
+use crate::metrics;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use serde_json::{Map, Value};
@@ -38,17 +38,8 @@ pub struct Args {
     #[arg(long = "ref", value_name = "FILE")]
     pub reference: Option<PathBuf>,
 
-    /// Metric to compute.
-    #[arg(long, value_enum, default_value_t = Metric::Bleu)]
-    pub metric: Metric,
-
-    /// BLEU tokenizer (ignored by rouge-l and exact).
-    #[arg(long, value_enum, default_value_t = Tokenize::Tok13a)]
-    pub tokenize: Tokenize,
-
-    /// Lowercase hypotheses and references before scoring (ROUGE-L always lowercases).
-    #[arg(long)]
-    pub lowercase: bool,
+    #[command(flatten)]
+    pub score: super::args::ScoreArgs,
 
     /// Print one JSON object, e.g. {"bleu": 35.78, ...}, instead of a readable line.
     #[arg(long)]
@@ -190,7 +181,7 @@ fn load_pairs(args: &Args) -> Result<(Vec<String>, Vec<String>)> {
 
 pub fn run(args: Args) -> Result<()> {
     let (hyps, refs) = load_pairs(&args)?;
-    let report = metrics::report(&hyps, &refs, args.metric, args.tokenize, args.lowercase)?;
+    let report = metrics::report(&hyps, &refs, args.score.metric, args.score.tokenize, args.score.lowercase)?;
     if args.json {
         println!("{}", report.to_json());
     } else {

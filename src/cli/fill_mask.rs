@@ -1,7 +1,7 @@
 //! `dlm-engine fill-mask`: the Hugging Face fill-mask pipeline's answer (top-k ids, tokens and
 //! probabilities at every `<mask>`), from the masked LM as it is.
 
-use super::device::{dispatch, Device, Job};
+use super::device::{dispatch, Job};
 use crate::backend::Backend;
 use crate::model::{Batch, XlmR};
 use crate::tokenizer::Tok;
@@ -21,12 +21,8 @@ pub struct Args {
     /// Print one JSON object per text instead of a readable table.
     #[arg(long)]
     pub json: bool,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: Device,
-    /// CPU worker threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub run: super::args::DeviceArgs,
     /// Texts containing one or more <mask> tokens.
     #[arg(required = true)]
     pub text: Vec<String>,
@@ -108,8 +104,8 @@ impl Job for FillJob {
 
 pub fn run(args: Args) -> Result<()> {
     let tok = Tok::load(args.model.join("tokenizer.json"))?;
-    let (device, threads, json) = (args.device.clone(), args.threads, args.json);
-    let results = dispatch(&device, threads, FillJob { args, tok })?;
+    let (run, json) = (args.run.clone(), args.json);
+    let results = dispatch(&run.device, run.threads, FillJob { args, tok })?;
     for r in &results {
         if json {
             println!("{}", serde_json::to_string(r)?);

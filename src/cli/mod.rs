@@ -40,6 +40,7 @@ pub enum Command {
     Sample(crate::cli::sample::Args),
 }
 
+pub mod args;
 pub mod bench;
 pub mod device;
 pub mod eval;

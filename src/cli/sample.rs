@@ -1,12 +1,13 @@
 //! `dlm-engine sample`: generate with the RDM sampler from JSONL records or prompts, write one
 //! JSON line per input, and score the hypotheses when targets are given.
 
-use super::device::{dispatch, Device, Job};
+use super::args::{DataArgs, DeviceArgs, ScoreArgs};
+use super::device::{dispatch, Job};
 use crate::backend::Backend;
-use crate::data::jsonl::{read_jsonl, JsonlOptions, Keys};
+use crate::data::jsonl::read_jsonl;
 use crate::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
 use crate::diffusion::Strategy;
-use crate::metrics::{self, Metric, Tokenize};
+use crate::metrics::{self, Metric};
 use crate::model::XlmR;
 use crate::tokenizer::Tok;
 use anyhow::{bail, Result};
@@ -56,28 +57,13 @@ pub struct Args {
     /// Add `steps` (the target token ids after every step, <mask> included) to each output line.
     #[arg(long)]
     pub save_steps: bool,
-    /// Metric printed when targets are present (exact match is always printed too).
-    #[arg(long, value_enum, default_value_t = Metric::Bleu)]
-    pub metric: Metric,
-    /// BLEU tokenizer.
-    #[arg(long, value_enum, default_value_t = Tokenize::Tok13a)]
-    pub tokenize: Tokenize,
-    /// Lowercase hypotheses and references before scoring (as the paper's code does).
-    #[arg(long)]
-    pub lowercase: bool,
-    #[arg(long, requires = "tgt_key")]
-    pub src_key: Option<String>,
-    #[arg(long, requires = "src_key")]
-    pub tgt_key: Option<String>,
-    /// Skip and count malformed input lines instead of stopping at the first one.
-    #[arg(long)]
-    pub skip_bad_lines: bool,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: Device,
-    /// CPU worker threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    /// Scoring when targets are present (exact match is always printed too).
+    #[command(flatten)]
+    pub score: ScoreArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub run: DeviceArgs,
 }
 
 /// One input to generate from.
@@ -155,7 +141,8 @@ pub fn decode<B: Backend>(model: &mut XlmR<B>, tok: &Tok, reqs: &[Request], opts
 }
 
 /// Prints the metric and exact match of outputs that carry targets (to standard error).
-pub fn print_scores(outs: &[Output], metric: Metric, tokenize: Tokenize, lowercase: bool) -> Result<()> {
+pub fn print_scores(outs: &[Output], score: &ScoreArgs) -> Result<()> {
+    let (metric, tokenize, lowercase) = (score.metric, score.tokenize, score.lowercase);
     let (hyps, refs): (Vec<&str>, Vec<&str>) = outs.iter().filter_map(|o| o.tgt.as_deref().map(|t| (o.hyp.as_str(), t))).unzip();
     if hyps.is_empty() {
         return Ok(());
@@ -204,12 +191,7 @@ pub fn run(args: Args) -> Result<()> {
     let tok = Tok::load(args.model.join("tokenizer.json"))?;
     let reqs: Vec<Request> = match &args.input {
         Some(path) => {
-            let keys = match (&args.src_key, &args.tgt_key) {
-                (Some(s), Some(t)) => Some(Keys::new(s.clone(), t.clone())),
-                _ => None,
-            };
-            let opts = JsonlOptions { keys, require_tgt: false, skip_bad_lines: args.skip_bad_lines };
-            let file = read_jsonl(path, &opts)?;
+            let file = read_jsonl(path, &args.data.jsonl(false))?;
             if file.skips.skipped > 0 {
                 eprintln!("skipped {} bad line(s) of {}", file.skips.skipped, path.display());
             }
@@ -220,9 +202,8 @@ pub fn run(args: Args) -> Result<()> {
     if reqs.is_empty() {
         bail!("nothing to sample: the input has no records");
     }
-    let (device, threads) = (args.device.clone(), args.threads);
-    let (metric, tokenize, lowercase, out_path) = (args.metric, args.tokenize, args.lowercase, args.out.clone());
-    let outs = dispatch(&device, threads, SampleJob { args, tok, reqs })?;
+    let (run, score, out_path) = (args.run.clone(), args.score.clone(), args.out.clone());
+    let outs = dispatch(&run.device, run.threads, SampleJob { args, tok, reqs })?;
     let mut text = String::new();
     for o in &outs {
         text.push_str(&serde_json::to_string(o)?);
@@ -232,5 +213,5 @@ pub fn run(args: Args) -> Result<()> {
         Some(p) => crate::util::write_atomic(&p, text.as_bytes())?,
         None => std::io::stdout().write_all(text.as_bytes())?,
     }
-    print_scores(&outs, metric, tokenize, lowercase)
+    print_scores(&outs, &score)
 }

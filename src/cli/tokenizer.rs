@@ -1,5 +1,5 @@
 //! `dlm-engine tokenizer train`: train an XLM-R-shaped Unigram tokenizer on JSONL data.
-use crate::data::jsonl::{JsonlOptions, JsonlReader, Keys, SkipReport};
+use crate::data::jsonl::{JsonlReader, SkipReport};
 use crate::tokenizer::train_unigram;
 use anyhow::{anyhow, bail, Result};
 use clap::{Args as ClapArgs, Subcommand};
@@ -32,15 +32,8 @@ pub struct TrainArgs {
     /// Where to write tokenizer.json.
     #[arg(long)]
     pub out: PathBuf,
-    /// Key of the source text (default: detected per file).
-    #[arg(long, requires = "tgt_key")]
-    pub src_key: Option<String>,
-    /// Key of the target text (default: detected per file).
-    #[arg(long, requires = "src_key")]
-    pub tgt_key: Option<String>,
-    /// Skip and count malformed lines instead of stopping at the first one.
-    #[arg(long)]
-    pub skip_bad_lines: bool,
+    #[command(flatten)]
+    pub data: super::args::DataArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -59,11 +52,7 @@ struct ReadState {
 
 fn train(a: TrainArgs) -> Result<()> {
     let started = Instant::now();
-    let opts = JsonlOptions {
-        keys: a.src_key.clone().zip(a.tgt_key.clone()).map(|(s, t)| Keys::new(s, t)),
-        require_tgt: true,
-        skip_bad_lines: a.skip_bad_lines,
-    };
+    let opts = a.data.jsonl(true);
     // Open every file first so a wrong path fails before any work.
     let readers = a.input.iter().map(|p| JsonlReader::open(p, &opts)).collect::<Result<Vec<_>>>()?;
 

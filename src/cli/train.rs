@@ -1,10 +1,11 @@
 //! `dlm-engine train`: diffusive adaptation (RDM finetuning) of a masked LM on JSONL pairs.
 
-use super::device::{dispatch, Device, Job};
+use super::args::{DataArgs, DeviceArgs};
+use super::device::{dispatch, Job};
 use super::sample::{decode, DecodeOptions, Output, Request};
 use crate::backend::Backend;
 use crate::data::batch::ExampleBatches;
-use crate::data::jsonl::{read_jsonl, read_jsonl_files, JsonlOptions, Keys};
+use crate::data::jsonl::{read_jsonl, read_jsonl_files};
 use crate::data::layout::{build_examples, Overlong};
 use crate::diffusion::noise::Reweighting;
 use crate::diffusion::sampler::SamplerConfig;
@@ -100,17 +101,10 @@ pub struct Args {
     /// Longest training sequence; longer pairs are dropped (default: the model's maximum).
     #[arg(long)]
     pub max_len: Option<usize>,
-    #[arg(long, requires = "tgt_key")]
-    pub src_key: Option<String>,
-    #[arg(long, requires = "src_key")]
-    pub tgt_key: Option<String>,
-    /// Skip and count malformed lines instead of stopping at the first one.
-    #[arg(long)]
-    pub skip_bad_lines: bool,
-    #[arg(long, default_value = "cpu")]
-    pub device: Device,
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub run: DeviceArgs,
     /// No progress bar (log lines only).
     #[arg(long)]
     pub no_progress: bool,
@@ -173,13 +167,6 @@ pub fn validate<B: Backend>(model: &mut XlmR<B>, tok: &Tok, reqs: &[Request], st
     Ok(serde_json::json!({ "exact": exact.to_json()["exact"], "bleu": bleu.to_json()["bleu"], "examples": outs.len() }))
 }
 
-fn keys(a: &Args) -> Option<Keys> {
-    match (&a.src_key, &a.tgt_key) {
-        (Some(s), Some(t)) => Some(Keys::new(s.clone(), t.clone())),
-        _ => None,
-    }
-}
-
 /// Runs training as the CLI would; returns the summary (used by `demo` too).
 pub fn train(args: Args) -> Result<Summary> {
     let resume_dir = args.resume.as_deref().map(checkpoint::resolve_resume).transpose()?;
@@ -193,8 +180,7 @@ pub fn train(args: Args) -> Result<Summary> {
     let model_cfg = crate::model::ModelConfig::from_file(&model_dir.join("config.json"))?;
     let max_len = args.max_len.unwrap_or(model_cfg.max_seq_len()).min(model_cfg.max_seq_len());
 
-    let opts = JsonlOptions { keys: keys(&args), require_tgt: true, skip_bad_lines: args.skip_bad_lines };
-    let (records, skips) = read_jsonl_files(&args.train, &opts)?;
+    let (records, skips) = read_jsonl_files(&args.train, &args.data.jsonl(true))?;
     if skips.skipped > 0 {
         eprintln!("skipped {} bad training line(s); first: {}", skips.skipped, skips.first_reasons.first().cloned().unwrap_or_default());
     }
@@ -210,7 +196,7 @@ pub fn train(args: Args) -> Result<Summary> {
     let data = ExampleBatches::new(laid.examples, max_tokens, args.seed)?;
     let valid: Vec<Request> = match &args.valid {
         Some(p) => {
-            let f = read_jsonl(p, &JsonlOptions { keys: keys(&args), require_tgt: true, skip_bad_lines: args.skip_bad_lines })?;
+            let f = read_jsonl(p, &args.data.jsonl(true))?;
             f.records.into_iter().take(args.eval_max).map(|r| Request { src: r.src, tgt: r.tgt }).collect()
         }
         None => Vec::new(),
@@ -244,9 +230,9 @@ pub fn train(args: Args) -> Result<Summary> {
         "training on {n_examples} examples: lr {:.1e} ({:?}, warmup {}), max {} tokens/batch, T={}, dropout {}, label smoothing {} [{}]",
         cfg.lr, cfg.schedule, cfg.warmup_steps, max_tokens, cfg.timesteps, cfg.dropout, cfg.label_smoothing, defaults.note
     );
-    let (device, threads) = (args.device.clone(), args.threads);
+    let run = args.run.clone();
     let job = TrainJob { args, model_dir, resume_dir, tok, data, valid, cfg };
-    dispatch(&device, threads, job)
+    dispatch(&run.device, run.threads, job)
 }
 
 pub fn run(args: Args) -> Result<()> {

@@ -94,7 +94,7 @@ pub fn run(a: Args) -> Result<()> {
     targs.max_steps = Some(a.steps);
     targs.max_time = Some(a.max_time.clone());
     targs.seed = a.seed;
-    targs.threads = a.threads;
+    targs.run.threads = a.threads;
     let summary = train(targs)?;
     crate::cli::train::print_summary(&summary, out);
 
@@ -142,6 +142,6 @@ fn default_train_args(model: &Path, train: &Path, out: &Path) -> TrainArgs {
     }
     let argv = ["train", "--model", &model.to_string_lossy(), "--train", &train.to_string_lossy(), "--out", &out.to_string_lossy()];
     let mut t = Wrap::parse_from(argv).t;
-    t.device = Device::Cpu;
+    t.run.device = Device::Cpu;
     t
 }

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use dlm_engine::backend::cpu::CpuBackend;
 use dlm_engine::backend::Dropout;
-use dlm_engine::diffusion::noise::{build_noised, Reweighting, Seq};
+use dlm_engine::diffusion::noise::{build_noised, Reweighting, Example};
 use dlm_engine::model::XlmR;
 
 #[test]
@@ -16,8 +16,8 @@ fn rdm_loss_and_gradients_match_pytorch() {
     let x0 = ids(&g["x0"]);
     let partial = ids(&g["partial"]);
     let (b, l) = (g["x0"].shape[0], g["x0"].shape[1]);
-    let rows: Vec<Seq> = (0..b)
-        .map(|i| Seq { ids: x0[i * l..(i + 1) * l].to_vec(), src_len: partial[i * l..(i + 1) * l].iter().filter(|&&p| p != 0).count() })
+    let rows: Vec<Example> = (0..b)
+        .map(|i| Example { ids: x0[i * l..(i + 1) * l].to_vec(), src_len: partial[i * l..(i + 1) * l].iter().filter(|&&p| p != 0).count() })
         .collect();
     let t: Vec<u32> = ids(&g["t"]).iter().map(|&v| v as u32).collect();
     let lm = ids(&g["loss_mask"]);

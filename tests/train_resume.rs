@@ -2,7 +2,7 @@
 //! tiny model's loss falls on a learnable task.
 
 use dlm_engine::backend::cpu::CpuBackend;
-use dlm_engine::diffusion::noise::{Reweighting, Seq};
+use dlm_engine::diffusion::noise::{Reweighting, Example};
 use dlm_engine::model::{ModelConfig, XlmR};
 use dlm_engine::train::schedule::Schedule;
 use dlm_engine::train::{AdamWSettings, BatchSource, TrainConfig, Trainer};
@@ -10,7 +10,7 @@ use std::path::Path;
 
 /// Cycles through fixed batches of a copy task: target = source.
 struct Cycle {
-    batches: Vec<Vec<Seq>>,
+    batches: Vec<Vec<Example>>,
     at: usize,
 }
 
@@ -27,7 +27,7 @@ impl Cycle {
                         ids.extend(&src);
                         ids.extend(&src);
                         ids.push(2);
-                        Seq { ids, src_len: 1 + n }
+                        Example { ids, src_len: 1 + n }
                     })
                     .collect()
             })
@@ -37,7 +37,7 @@ impl Cycle {
 }
 
 impl BatchSource for Cycle {
-    fn next_batch(&mut self) -> anyhow::Result<Vec<Seq>> {
+    fn next_batch(&mut self) -> anyhow::Result<Vec<Example>> {
         let b = self.batches[self.at % self.batches.len()].clone();
         self.at += 1;
         Ok(b)

@@ -4,7 +4,7 @@
 
 use super::device::{dispatch, Job};
 use crate::backend::{Backend, Dropout};
-use crate::diffusion::noise::{q_sample_coupled, Reweighting, Seq};
+use crate::diffusion::noise::{q_sample_coupled, Reweighting, Example};
 use crate::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
 use crate::model::{ModelConfig, XlmR};
 use crate::rng::Rng;
@@ -120,13 +120,13 @@ fn time_sample<B: Backend>(model: &mut XlmR<B>, prompts: &[Vec<i32>], s: &Shape,
 }
 
 fn time_train<B: Backend>(model: &mut XlmR<B>, prompts: &[Vec<i32>], s: &Shape, mask: i32, rng: &mut Rng) -> Result<f64> {
-    let rows: Vec<Seq> = prompts
+    let rows: Vec<Example> = prompts
         .iter()
         .map(|p| {
             let mut ids = p.clone();
             ids.extend((0..s.target_len - 1).map(|_| rng.int_in(4, 1000) as i32));
             ids.push(model.config().eos_id);
-            Seq { ids, src_len: s.prompt_len }
+            Example { ids, src_len: s.prompt_len }
         })
         .collect();
     let mut opt = Optimizer::new(model, Default::default())?;

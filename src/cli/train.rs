@@ -18,7 +18,7 @@ use crate::train::schedule::{default_warmup, Schedule};
 use crate::train::{AdamWSettings, Summary, TrainConfig, Trainer};
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(ClapArgs, Debug, Clone)]
 pub struct Args {
@@ -237,11 +237,11 @@ pub fn train(args: Args) -> Result<Summary> {
 
 pub fn run(args: Args) -> Result<()> {
     let s = train(args)?;
-    print_summary(&s, Path::new(""));
+    print_summary(&s);
     Ok(())
 }
 
-pub fn print_summary(s: &Summary, _root: &Path) {
+pub fn print_summary(s: &Summary) {
     eprintln!(
         "done: {} steps in {:.1}s (stopped by {}), final loss {:.4}; model saved to {}",
         s.steps,

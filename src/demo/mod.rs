@@ -96,7 +96,7 @@ pub fn run(a: Args) -> Result<()> {
     targs.seed = a.seed;
     targs.run.threads = a.threads;
     let summary = train(targs)?;
-    crate::cli::train::print_summary(&summary, out);
+    crate::cli::train::print_summary(&summary);
 
     eprintln!("== 5/5 sample the held-out set ({} steps, oracle length, argmax)", a.sample_steps);
     let tok = Tok::load(summary.checkpoint.join("tokenizer.json"))?;

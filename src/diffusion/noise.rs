@@ -1,7 +1,7 @@
 //! The RDM training noise (method.md §3): coupled timesteps, nested absorbing masks over the
 //! maskable slots (target tokens and the final `</s>`), the doubled batch and the loss weights.
 
-pub use crate::data::layout::Example as Seq;
+pub use crate::data::layout::Example;
 use crate::model::{Batch, LossRows};
 use crate::rng::Rng;
 use anyhow::{bail, Result};
@@ -54,7 +54,7 @@ pub struct Noised {
 /// t1, t2 ~ U{1..T}, ta = max, tb = min; m_a masks each maskable slot with probability ta/T;
 /// m_b keeps a slot of m_a with probability tb/ta (so it has marginal tb/T and m_b ⊆ m_a),
 /// or is drawn independently when ta = tb.
-pub fn coupled_masks(rows: &[Seq], pad: i32, steps: u32, rng: &mut Rng) -> (Vec<u32>, Vec<Vec<bool>>) {
+pub fn coupled_masks(rows: &[Example], pad: i32, steps: u32, rng: &mut Rng) -> (Vec<u32>, Vec<Vec<bool>>) {
     let b = rows.len();
     let mut t = vec![0u32; 2 * b];
     let mut masks = vec![Vec::new(); 2 * b];
@@ -84,7 +84,7 @@ pub fn coupled_masks(rows: &[Seq], pad: i32, steps: u32, rng: &mut Rng) -> (Vec<
 /// Loss = (1/2B)·Σ_i w(t_i)/N_i · Σ_{j masked} CE, N_i = number of maskable slots of row i;
 /// `scale` multiplies every weight (e.g. 1/accumulation steps).
 #[allow(clippy::too_many_arguments)]
-pub fn build_noised(rows: &[Seq], t: &[u32], masks: &[Vec<bool>], pad: i32, mask_id: i32, steps: u32, rw: Reweighting, scale: f32) -> Noised {
+pub fn build_noised(rows: &[Example], t: &[u32], masks: &[Vec<bool>], pad: i32, mask_id: i32, steps: u32, rw: Reweighting, scale: f32) -> Noised {
     let b = rows.len();
     let doubled: Vec<Vec<i32>> = (0..2 * b).map(|i| rows[i % b].ids.clone()).collect();
     let mut batch = Batch::from_rows(&doubled, pad);
@@ -107,7 +107,7 @@ pub fn build_noised(rows: &[Seq], t: &[u32], masks: &[Vec<bool>], pad: i32, mask
 }
 
 /// `coupled_masks` followed by `build_noised`.
-pub fn q_sample_coupled(rows: &[Seq], pad: i32, mask_id: i32, steps: u32, rw: Reweighting, scale: f32, rng: &mut Rng) -> Noised {
+pub fn q_sample_coupled(rows: &[Example], pad: i32, mask_id: i32, steps: u32, rw: Reweighting, scale: f32, rng: &mut Rng) -> Noised {
     let (t, masks) = coupled_masks(rows, pad, steps, rng);
     build_noised(rows, &t, &masks, pad, mask_id, steps, rw, scale)
 }
@@ -116,10 +116,10 @@ pub fn q_sample_coupled(rows: &[Seq], pad: i32, mask_id: i32, steps: u32, rw: Re
 mod tests {
     use super::*;
 
-    fn rows() -> Vec<Seq> {
+    fn rows() -> Vec<Example> {
         vec![
-            Seq { ids: vec![0, 10, 11, 12, 20, 21, 22, 23, 2], src_len: 4 },
-            Seq { ids: vec![0, 10, 11, 20, 21, 2], src_len: 3 },
+            Example { ids: vec![0, 10, 11, 12, 20, 21, 22, 23, 2], src_len: 4 },
+            Example { ids: vec![0, 10, 11, 20, 21, 2], src_len: 3 },
         ]
     }
 
@@ -146,7 +146,7 @@ mod tests {
     fn marginal_mask_rates_follow_t_over_big_t() {
         // With many draws, the fraction of masked slots among rows with timestep t is ≈ t/T,
         // for the t_a copies and for the nested t_b copies alike.
-        let long = vec![Seq { ids: (0..200).map(|i| if i == 0 { 0 } else { 5 + i }).collect(), src_len: 1 }];
+        let long = vec![Example { ids: (0..200).map(|i| if i == 0 { 0 } else { 5 + i }).collect(), src_len: 1 }];
         let mut rng = Rng::new(9, 1);
         let (mut num, mut den) = (0.0f64, 0.0f64);
         for _ in 0..400 {

@@ -6,7 +6,7 @@ use super::checkpoint::{self, TrainerState};
 use super::optim::Optimizer;
 use super::schedule::Schedule;
 use crate::backend::{AdamW, Backend, Dropout};
-use crate::diffusion::noise::{self, Reweighting, Seq};
+use crate::diffusion::noise::{self, Reweighting, Example};
 use crate::model::XlmR;
 use crate::rng::{philox_u32, Rng};
 use anyhow::{bail, Result};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// Where training batches come from. Its position is saved in checkpoints.
 pub trait BatchSource {
     /// The next batch of clean sequences.
-    fn next_batch(&mut self) -> Result<Vec<Seq>>;
+    fn next_batch(&mut self) -> Result<Vec<Example>>;
     fn state(&self) -> serde_json::Value;
     fn restore(&mut self, state: &serde_json::Value) -> Result<()>;
 }
@@ -261,7 +261,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
 }
 
 impl BatchSource for crate::data::batch::ExampleBatches {
-    fn next_batch(&mut self) -> Result<Vec<Seq>> {
+    fn next_batch(&mut self) -> Result<Vec<Example>> {
         Ok(crate::data::batch::ExampleBatches::next_batch(self))
     }
     fn state(&self) -> serde_json::Value {

@@ -23,7 +23,7 @@ pub enum Command {
     /// Time the sampling or training step at a preset shape (`bench sample`, `bench train`).
     Bench(crate::cli::bench::Args),
     /// The embedded default job: make a small task, train a tokenizer and a tiny model on the
-    /// CPU, sample held-out examples and report exact match (about 4 minutes on 2 cores).
+    /// CPU, sample held-out examples and report exact match (about 3 minutes on 2 cores).
     Demo(crate::demo::Args),
     /// Score hypotheses against references: BLEU (as sacreBLEU), ROUGE-L or exact match.
     #[command(long_about = crate::cli::eval::LONG_ABOUT)]

@@ -1,5 +1,5 @@
-// Flash-style bidirectional attention forward with a key-padding mask.
-// CPU twin: src/backend/cpu/attention.rs (same math; the T x T score matrix never exists here).
+// Flash-style bidirectional attention forward with a key-padding mask and attention-probability
+// dropout. CPU twin: src/backend/cpu/attention.rs (same math; the T x T score matrix never exists here).
 //
 // Q, K, V, out: [batch, seq, heads * head_dim] bf16. lse: [batch, heads, seq] f32.
 // Block = ATT_WARPS warps for one (batch, head) and ATT_QROWS consecutive queries; each warp owns
@@ -7,21 +7,19 @@
 // scores, then each lane accumulates its head dims (lane, lane+32, ...) of P.V with an online
 // softmax (running max m, running sum l). Arithmetic is f32 throughout (SIMT, no tensor cores:
 // correctness first; short sequences make this cheap next to the GEMMs).
-#include "common.cuh"
-
-#define ATT_WARPS 4
-#define ATT_ROWS 4
-#define ATT_QROWS (ATT_WARPS * ATT_ROWS)
-#define ATT_KT 32
+//
+// Dropout acts on the normalised probabilities, as on the CPU: l (and so lse) sums the kept and
+// the dropped alike, while P.V takes each probability times its keep factor (0 or 1/(1-p)).
+#include "attention.cuh"
 
 // DPL = head dims per lane, head_dim <= 32 * DPL. Dynamic shared memory (floats):
-// K tile ATT_KT * ks, V tile ATT_KT * head_dim, Q tile ATT_QROWS * head_dim, ks = head_dim | 1.
+// K tile ATT_KT * ks, V tile ATT_KT * head_dim, Q tile ATT_QROWS * head_dim, ks = attn_odd_stride.
 template <int DPL>
 __device__ __forceinline__ void attn_fwd_body(const bf16* q, const bf16* k, const bf16* v, const int* key_mask,
-                                              bf16* out, float* lse, int T, int H, int D, float scale) {
+                                              bf16* out, float* lse, int T, int H, int D, float scale,
+                                              const AttnDrop drop) {
     extern __shared__ float smem[];
-    // An odd row stride puts the 32 lanes' K rows in 32 different banks.
-    const int ks = (D & 1) ? D : D + 1;
+    const int ks = attn_odd_stride(D);
     float* Ks = smem;
     float* Vs = Ks + ATT_KT * ks;
     float* Qs = Vs + ATT_KT * D;
@@ -85,6 +83,8 @@ __device__ __forceinline__ void attn_fwd_body(const bf16* q, const bf16* k, cons
 #pragma unroll
             for (int i = 0; i < DPL; ++i) o[r][i] *= alpha;
             m[r] = m_new;
+            // Rows past T draw a keep factor too (never stored); keys past T or masked have p = 0.
+            if (valid) p[r] *= attn_keep(drop, b, h, q0 + warp * ATT_ROWS + r, j, H, T);
         }
 
         const int jn = min(ATT_KT, T - k0);
@@ -120,18 +120,22 @@ __device__ __forceinline__ void attn_fwd_body(const bf16* q, const bf16* k, cons
 }
 
 extern "C" __global__ void attn_fwd_d32(const bf16* q, const bf16* k, const bf16* v, const int* key_mask, bf16* out,
-                                        float* lse, int T, int H, int D, float scale) {
-    attn_fwd_body<1>(q, k, v, key_mask, out, lse, T, H, D, scale);
+                                        float* lse, int T, int H, int D, float scale, float drop_p, float drop_scale,
+                                        u64 seed, u64 stream) {
+    attn_fwd_body<1>(q, k, v, key_mask, out, lse, T, H, D, scale, AttnDrop{drop_p, drop_scale, seed, stream});
 }
 extern "C" __global__ void attn_fwd_d64(const bf16* q, const bf16* k, const bf16* v, const int* key_mask, bf16* out,
-                                        float* lse, int T, int H, int D, float scale) {
-    attn_fwd_body<2>(q, k, v, key_mask, out, lse, T, H, D, scale);
+                                        float* lse, int T, int H, int D, float scale, float drop_p, float drop_scale,
+                                        u64 seed, u64 stream) {
+    attn_fwd_body<2>(q, k, v, key_mask, out, lse, T, H, D, scale, AttnDrop{drop_p, drop_scale, seed, stream});
 }
 extern "C" __global__ void attn_fwd_d96(const bf16* q, const bf16* k, const bf16* v, const int* key_mask, bf16* out,
-                                        float* lse, int T, int H, int D, float scale) {
-    attn_fwd_body<3>(q, k, v, key_mask, out, lse, T, H, D, scale);
+                                        float* lse, int T, int H, int D, float scale, float drop_p, float drop_scale,
+                                        u64 seed, u64 stream) {
+    attn_fwd_body<3>(q, k, v, key_mask, out, lse, T, H, D, scale, AttnDrop{drop_p, drop_scale, seed, stream});
 }
 extern "C" __global__ void attn_fwd_d128(const bf16* q, const bf16* k, const bf16* v, const int* key_mask, bf16* out,
-                                         float* lse, int T, int H, int D, float scale) {
-    attn_fwd_body<4>(q, k, v, key_mask, out, lse, T, H, D, scale);
+                                         float* lse, int T, int H, int D, float scale, float drop_p, float drop_scale,
+                                         u64 seed, u64 stream) {
+    attn_fwd_body<4>(q, k, v, key_mask, out, lse, T, H, D, scale, AttnDrop{drop_p, drop_scale, seed, stream});
 }

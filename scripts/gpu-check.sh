@@ -3,21 +3,33 @@
 #     bash .gpu-stage/gpu-check.sh          (from the repository root; scripts/stage-gpu.sh makes the folder)
 # 1. every staged CUDA parity test binary (DLM_REQUIRE_GPU=1: a GPU that does not start fails);
 # 2. the per-kernel criterion benches;
-# 3. `dlm-engine bench sample` when the binary has it (expected to print lines
-#    `<workload> <ms> ms/step`, e.g. `sample_base_B1_L128 1.234 ms/step`);
-# 4. the PyTorch baseline (torch_baseline.py, /opt/torch/.venv);
+# 3. `dlm-engine bench sample` and `bench train --preset base|large --batch 64` on the GPU (lines
+#    `<workload> <ms> ms/step ...`, e.g. `train_base_B64_L128 95.1 ms/step ...`);
+# 4. the PyTorch baselines (torch_baseline.py, /opt/torch/.venv): sampling, and training with the
+#    LM head on the masked rows or on all rows, eager and torch.compile;
 # then a short table: parity results, kernel medians, ms/step next to torch and the ratio.
+# The whole run keeps to GPU_CHECK_BUDGET_S (default 480 s, for a 15-minute device lease): each
+# stage's timeout is cut to what is left, a stage with under 20 s left is skipped, and torch's
+# compiled runs only start within TORCH_BUDGET_S (derived from what is left).
 # Full logs go to $OUT (or .gpu-stage/out). Knobs: SKIP_BENCH=1, SKIP_TORCH=1, TORCH_COMPILE=0,
-# DLM_BENCH_SAMPLE_ARGS="...", TORCH_PY=/path/to/python. Never touches the GPU's settings.
+# DLM_BENCH_SAMPLE_ARGS="...", DLM_BENCH_TRAIN_ARGS="...", TORCH_PY=/path/to/python.
+# Never touches the GPU's settings.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-$HERE/out}
 mkdir -p "$OUT"
 TORCH_PY=${TORCH_PY:-/opt/torch/.venv/bin/python}
+BUDGET=${GPU_CHECK_BUDGET_S:-480}
+T_START=$(date +%s)
 STATUS=0
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
 say() { echo "$*" | tee -a "$SUMMARY"; }
+# Seconds a stage may run: its own cap, or what is left of the budget if less (0: skip it).
+allow() {
+    local left=$((BUDGET - ($(date +%s) - T_START)))
+    if [ "$left" -lt 20 ]; then echo 0; elif [ "$left" -lt "$1" ]; then echo "$left"; else echo "$1"; fi
+}
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv || true; } >"$OUT/gpu.txt" 2>&1
 echo "== $(head -2 "$OUT/gpu.txt" | tail -1)"
@@ -25,14 +37,18 @@ echo "== $(head -2 "$OUT/gpu.txt" | tail -1)"
 # ---- 1. parity tests -------------------------------------------------------------------------
 say "== parity tests"
 export DLM_REQUIRE_GPU=1
+# The staged binaries look for the golden fixtures here when their build path is absent.
+export DLM_FIXTURES=${DLM_FIXTURES:-$PWD/tests/golden/fixtures}
 N_TESTS=0
 for t in "$HERE"/tests/*; do
     [ -x "$t" ] || continue
     N_TESTS=$((N_TESTS + 1))
     name=$(basename "$t")
+    cap=$(allow 240)
+    if [ "$cap" = 0 ]; then say "$name: skipped (budget spent)"; STATUS=1; continue; fi
     start=$(date +%s)
     # A hung kernel must not eat the whole device lease.
-    if timeout 300 "$t" --test-threads=1 >"$OUT/test-$name.log" 2>&1; then verdict=PASS; else verdict=FAIL; STATUS=1; fi
+    if timeout "$cap" "$t" --test-threads=1 >"$OUT/test-$name.log" 2>&1; then verdict=PASS; else verdict=FAIL; STATUS=1; fi
     line=$(grep -E "^test result" "$OUT/test-$name.log" | tail -1)
     say "$(printf '%-24s %s  %s  (%ss)' "$name" "$verdict" "${line#test result: }" "$(( $(date +%s) - start ))")"
     if [ "$verdict" = FAIL ]; then
@@ -43,11 +59,12 @@ done
 unset DLM_REQUIRE_GPU
 
 # ---- 2. kernel benches -----------------------------------------------------------------------
-if [ "${SKIP_BENCH:-0}" != 1 ] && [ -x "$HERE/benches/kernels" ]; then
+cap=$(allow 150)
+if [ "${SKIP_BENCH:-0}" != 1 ] && [ -x "$HERE/benches/kernels" ] && [ "$cap" != 0 ]; then
     say "== kernel benches (median per call, batch-64 = 64x128 tokens)"
     export CRITERION_HOME=${TMPDIR:-/tmp}/dlm-criterion
-    if ! timeout 300 "$HERE/benches/kernels" --bench >"$OUT/bench-kernels.log" 2>&1; then
-        say "kernel benches FAILED (see bench-kernels.log)"
+    if ! timeout "$cap" "$HERE/benches/kernels" --bench >"$OUT/bench-kernels.log" 2>&1; then
+        say "kernel benches FAILED or cut at ${cap}s (see bench-kernels.log)"
         STATUS=1
     fi
     # Criterion prints the name (alone on a line when long) then `time: [low median high]`.
@@ -55,37 +72,65 @@ if [ "${SKIP_BENCH:-0}" != 1 ] && [ -x "$HERE/benches/kernels" ]; then
         "$OUT/bench-kernels.log" | tee -a "$SUMMARY"
 fi
 
-# ---- 3. dlm-engine sampling benchmark --------------------------------------------------------
+# ---- 3. dlm-engine step benchmarks -----------------------------------------------------------
 declare -A DLM
-if [ -x "$HERE/dlm-engine" ] && "$HERE/dlm-engine" bench sample --help >/dev/null 2>&1; then
+# Runs `dlm-engine bench <args>` into log $1 and collects its `<workload> <ms> ms/step` lines.
+engine_bench() {
+    local log=$1 cap=$2
+    shift 2
+    if [ "$cap" = 0 ]; then say "dlm-engine bench $*: skipped (budget spent)"; STATUS=1; return; fi
+    timeout "$cap" "$HERE/dlm-engine" bench "$@" >"$OUT/$log" 2>&1 || { STATUS=1; say "dlm-engine bench $* FAILED (see $log)"; }
+    while read -r key ms _; do DLM[$key]=$ms; done < <(grep -E '^[A-Za-z0-9_]+ +[0-9.]+ +ms/step' "$OUT/$log")
+}
+if [ -x "$HERE/dlm-engine" ] && "$HERE/dlm-engine" bench train --help >/dev/null 2>&1; then
     # shellcheck disable=SC2086
-    timeout 300 "$HERE/dlm-engine" bench sample ${DLM_BENCH_SAMPLE_ARGS:-} >"$OUT/dlm-bench-sample.log" 2>&1 || { STATUS=1; say "dlm-engine bench sample FAILED"; }
-    while read -r key ms _; do DLM[$key]=$ms; done < <(grep -E '^[A-Za-z0-9_]+ +[0-9.]+ +ms/step' "$OUT/dlm-bench-sample.log")
+    engine_bench dlm-bench-sample.log "$(allow 120)" sample ${DLM_BENCH_SAMPLE_ARGS:---device cuda}
+    for preset in base large; do
+        # shellcheck disable=SC2086
+        engine_bench "dlm-bench-train-$preset.log" "$(allow 150)" train --preset "$preset" --batch 64 ${DLM_BENCH_TRAIN_ARGS:---device cuda}
+    done
+    grep -hE '^[A-Za-z0-9_]+ +[0-9.]+ +ms/step' "$OUT"/dlm-bench-*.log 2>/dev/null | tee -a "$SUMMARY"
 else
-    echo "(dlm-engine has no 'bench sample' yet: engine column left empty)" | tee -a "$SUMMARY"
+    echo "(no dlm-engine with 'bench train' staged: engine column left empty)" | tee -a "$SUMMARY"
 fi
 
 # ---- 4. PyTorch baseline ---------------------------------------------------------------------
 declare -A TORCH
-if [ "${SKIP_TORCH:-0}" != 1 ]; then
+cap=$(allow 360)
+if [ "${SKIP_TORCH:-0}" != 1 ] && [ "$cap" != 0 ]; then
     if [ -x "$TORCH_PY" ]; then
-        OUT="$OUT" TORCH_COMPILE="${TORCH_COMPILE:-1}" timeout 420 "$TORCH_PY" "$HERE/torch_baseline.py" >"$OUT/torch-baseline.log" 2>&1 \
-            || say "torch baseline exited non-zero (see torch-baseline.log)"
-        while read -r _ key mode ms; do TORCH[$key.$mode]=$ms; done < <(grep -E '^RESULT [A-Za-z0-9_]+ [a-z]+ [0-9.]+$' "$OUT/torch-baseline.log")
+        # Compiled runs start only while torch has this much of its own time left for them.
+        torch_budget=$((cap > 150 ? cap - 120 : 30))
+        OUT="$OUT" TORCH_COMPILE="${TORCH_COMPILE:-1}" TORCH_BUDGET_S="${TORCH_BUDGET_S:-$torch_budget}" PYTHONUNBUFFERED=1 \
+            timeout "$cap" "$TORCH_PY" "$HERE/torch_baseline.py" >"$OUT/torch-baseline.log" 2>&1 \
+            || say "torch baseline exited non-zero or was cut at ${cap}s (see torch-baseline.log)"
+        while read -r _ key mode ms; do TORCH[$key.$mode]=$ms; done < <(grep -E '^RESULT [A-Za-z0-9_]+ [a-z_]+ [0-9.]+$' "$OUT/torch-baseline.log")
     else
         say "no PyTorch at $TORCH_PY: baseline skipped"
     fi
+elif [ "${SKIP_TORCH:-0}" != 1 ]; then
+    say "torch baseline skipped (budget spent)"
 fi
 
 # ---- table -----------------------------------------------------------------------------------
+# The smallest of the given torch timings ("-" when none), then engine / that.
+best_of() { printf '%s\n' "$@" | grep -vx -- '-' | sort -g | head -1; }
+ratio() { awk -v d="$1" -v b="$2" 'BEGIN { if (d == "-" || b == "") print "-"; else printf "%.2f", d / b }'; }
+
 say "== sampling step, XLM-R base shape, 64 prompt + 64 target tokens (ms/step; ratio = engine / best torch)"
 say "$(printf '%-22s %12s %14s %12s %8s' workload torch-eager torch-compiled dlm-engine ratio)"
 for key in sample_base_B1_L128 sample_base_B64_L128; do
     e=${TORCH[$key.eager]:--}; c=${TORCH[$key.compiled]:--}; d=${DLM[$key]:--}
-    ratio=$(awk -v e="$e" -v c="$c" -v d="$d" 'BEGIN {
-        best = (c != "-" && (e == "-" || c + 0 < e + 0)) ? c : e;
-        if (d == "-" || best == "-") print "-"; else printf "%.2f", d / best }')
-    say "$(printf '%-22s %12s %14s %12s %8s' "$key" "$e" "$c" "$d" "$ratio")"
+    say "$(printf '%-22s %12s %14s %12s %8s' "$key" "$e" "$c" "$d" "$(ratio "$d" "$(best_of "$e" "$c")")")"
 done
-say "== overall: $([ $STATUS = 0 ] && echo OK || echo FAILURES) (logs in $OUT)"
+say "== training step: 64 examples x 2 coupled noisings x 128 tokens, dropout 0.1, AdamW (ms/step)"
+say "   torch: bf16 autocast, fused AdamW; LM head on all rows or on the masked rows (as dlm-engine)"
+say "$(printf '%-22s %12s %12s %12s %15s %12s %8s' workload eager-all eager-masked compiled-all compiled-masked dlm-engine ratio)"
+for key in train_base_B64_L128 train_large_B64_L128; do
+    ea=${TORCH[$key.eager_all]:--}; em=${TORCH[$key.eager]:--}; ca=${TORCH[$key.compiled_all]:--}; cm=${TORCH[$key.compiled]:--}
+    d=${DLM[$key]:--}
+    say "$(printf '%-22s %12s %12s %12s %15s %12s %8s' "$key" "$ea" "$em" "$ca" "$cm" "$d" "$(ratio "$d" "$(best_of "$ea" "$em" "$ca" "$cm")")")"
+done
+say "   ratio = engine / best torch"
+say "== overall: $([ $STATUS = 0 ] && echo OK || echo FAILURES) in $(( $(date +%s) - T_START ))s (logs in $OUT)"
 exit $STATUS

@@ -5,11 +5,13 @@
 //! Inputs are uploaded as bf16, so the CPU reference always runs on the bf16-rounded values: the
 //! measured difference is the kernels' arithmetic and their output rounding only. Tolerances
 //! (docs: /work/.library/device/METHOD.md; relative L2 = ‖gpu − cpu‖ / ‖cpu‖, NaN never passes):
-//! - bf16 outputs of f32 arithmetic (GEMMs, GELU, LayerNorm out, attention out, dlogits): 1e-2
+//! - bf16 outputs of f32 arithmetic (GEMMs, GELU, LayerNorm out, attention out and dq/dk/dv with or
+//!   without dropout, dlogits): 1e-2
 //!   (METHOD: bf16 operands land between 1e-3 and 1e-2; one bf16 rounding alone is ≤ 2^-9);
 //! - f32 statistics recomputed in another order (mean, rstd, lse, losses, log-probs): 1e-4 relative;
 //! - ops whose arithmetic is identical on both sides (copies, embedding sums, dropout masks,
-//!   row moves, AdamW with its un-fused f32 operations, Philox): bit-equal.
+//!   row moves, AdamW with its un-fused f32 operations, Philox): bit-equal; the attention dropout
+//!   mask is compared element by element (which probabilities are zero).
 //!
 //! Outputs start NaN-poisoned, so an element a kernel never writes fails the check.
 
@@ -238,42 +240,139 @@ fn add_layernorm_matches_cpu() {
     }
 }
 
+/// Right padding of random length per sequence (`padded`), else every key real; with batch > 2
+/// and padding the last sequence is all padding.
+fn key_mask(rng: &mut dlm_engine::rng::Rng, batch: usize, seq: usize, padded: bool) -> Vec<i32> {
+    let mut mask = vec![0i32; batch * seq];
+    for b in 0..batch {
+        let len = if !padded {
+            seq
+        } else if batch > 2 && b == batch - 1 {
+            0
+        } else {
+            rng.int_in(1, seq as u64) as usize
+        };
+        mask[b * seq..b * seq + len].fill(1);
+    }
+    mask
+}
+
+/// lse agrees to f32 rounding (a row of padding only is -inf on both sides).
+fn assert_lse_close(tag: &str, got: &[f32], want: &[f32]) {
+    for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+        let ok = if b.is_infinite() { a == b } else { (a - b).abs() as f64 <= TOL_STAT * (1.0 + b.abs() as f64) };
+        assert!(ok, "{tag} lse[{i}]: got {a}, want {b}");
+    }
+}
+
+/// Odd sizes, head dims from 1 to 128 (every kernel variant, the test models' 8 included), a
+/// sequence longer than one 32-key tile, an all-padding sequence.
+const ATTN_SHAPES: [(usize, usize, usize, usize); 8] =
+    [(1, 1, 1, 1), (3, 37, 2, 8), (2, 128, 12, 64), (1, 50, 2, 80), (2, 33, 1, 128), (2, 70, 3, 40), (4, 17, 2, 7), (3, 45, 4, 32)];
+
 #[test]
 fn attention_forward_matches_cpu() {
     let Some(g) = gpu("attention_forward_matches_cpu") else { return };
     let mut rng = fresh_rng("attention");
-    let shapes = [(1usize, 1usize, 1usize, 1usize), (3, 37, 2, 8), (2, 128, 12, 64), (1, 50, 2, 80), (2, 33, 1, 128), (2, 70, 3, 40), (4, 17, 2, 7)];
-    for &(batch, seq, heads, head_dim) in &shapes {
+    for &(batch, seq, heads, head_dim) in &ATTN_SHAPES {
         let s = AttnShape { batch, seq, heads, head_dim };
         let n = s.tokens() * s.hidden();
         let (q, qr) = up(&g, &normal_vec(&mut rng, n, 1.0));
         let (k, kr) = up(&g, &normal_vec(&mut rng, n, 1.0));
         let (v, vr) = up(&g, &normal_vec(&mut rng, n, 1.0));
-        // Right padding of random length; with batch > 2 the last sequence is all padding.
-        let mut mask = vec![0i32; batch * seq];
-        for b in 0..batch {
-            let len = if batch > 2 && b == batch - 1 { 0 } else { rng.int_in(1, seq as u64) as usize };
-            mask[b * seq..b * seq + len].fill(1);
-        }
-        let gm = g.upload_i32(&mask).unwrap();
-        let mut out = g.upload(&poison(n)).unwrap();
-        let mut lse = g.upload_f32(&poison(batch * heads * seq)).unwrap();
-        g.attention_fwd(&q, &k, &v, &gm, &mut out, &mut lse, s, Dropout::off(), 0).unwrap();
-        let (mut o, mut l) = (vec![0.0; n], vec![0.0; batch * heads * seq]);
-        cpu::attention::attention_fwd(&qr, &kr, &vr, &mask, &mut o, &mut l, s, Dropout::off(), 0);
-        let tag = format!("attention {s:?}");
-        assert_close(&format!("{tag} out"), &down(&g, &out), &o, TOL_BF16);
-        let gl = down(&g, &lse);
-        for (i, (&a, &b)) in gl.iter().zip(&l).enumerate() {
-            let ok = if b.is_infinite() { a == b } else { (a - b).abs() as f64 <= TOL_STAT * (1.0 + b.abs() as f64) };
-            assert!(ok, "{tag} lse[{i}]: got {a}, want {b}");
+        for (padded, drop) in [(true, Dropout::off()), (false, Dropout::off()), (true, Dropout { p: 0.1, seed: 42 }), (false, Dropout { p: 0.5, seed: u64::MAX })] {
+            let mask = key_mask(&mut rng, batch, seq, padded);
+            let gm = g.upload_i32(&mask).unwrap();
+            let stream = 17 + head_dim as u64;
+            let mut out = g.upload(&poison(n)).unwrap();
+            let mut lse = g.upload_f32(&poison(batch * heads * seq)).unwrap();
+            g.attention_fwd(&q, &k, &v, &gm, &mut out, &mut lse, s, drop, stream).unwrap();
+            let (mut o, mut l) = (vec![0.0; n], vec![0.0; batch * heads * seq]);
+            cpu::attention::attention_fwd(&qr, &kr, &vr, &mask, &mut o, &mut l, s, drop, stream);
+            let tag = format!("attention {s:?} padded={padded} dropout={}", drop.p);
+            assert_close(&format!("{tag} out"), &down(&g, &out), &o, TOL_BF16);
+            assert_lse_close(&tag, &down(&g, &lse), &l);
         }
     }
-    let s = AttnShape { batch: 1, seq: 4, heads: 1, head_dim: 8 };
-    let (z, m) = (g.zeros(32).unwrap(), g.upload_i32(&[1; 4]).unwrap());
-    let (mut o, mut l) = (g.zeros(32).unwrap(), g.zeros(4).unwrap());
-    let res = g.attention_fwd(&z, &z, &z, &m, &mut o, &mut l, s, Dropout { p: 0.1, seed: 1 }, 0);
-    assert!(res.is_err(), "attention dropout is not on CUDA yet and must say so");
+}
+
+/// The dropout mask itself, element by element: with Q = K = 0 every real key gets probability
+/// 1/len, and with V_j the j-th unit vector, out[i][j] = keep_ij / len. A zero on one side only is
+/// a mask mismatch (bf16 rounding never turns 1/(len·(1-p)) into zero).
+#[test]
+fn attention_dropout_mask_matches_cpu_exactly() {
+    let Some(g) = gpu("attention_dropout_mask_matches_cpu_exactly") else { return };
+    let s = AttnShape { batch: 3, seq: 45, heads: 3, head_dim: 64 };
+    let n = s.tokens() * s.hidden();
+    let mut vv = vec![0.0f32; n];
+    for t in 0..s.tokens() {
+        for h in 0..s.heads {
+            vv[t * s.hidden() + h * s.head_dim + t % s.seq] = 1.0;
+        }
+    }
+    let zeros = g.zeros(n).unwrap();
+    let v = g.upload(&vv).unwrap();
+    // Fixed lengths (45, 20, 0) keep the dropped count's spread small for the rate check below.
+    let mask: Vec<i32> = (0..s.tokens()).map(|i| ((i % s.seq) < [45, 20, 0][i / s.seq]) as i32).collect();
+    let gm = g.upload_i32(&mask).unwrap();
+    for (p, seed, stream) in [(0.1f32, 3u64, 11u64), (0.5, 0xDEAD_BEEF_F00D, 1 << 35)] {
+        let drop = Dropout { p, seed };
+        let (mut out, mut lse) = (g.upload(&poison(n)).unwrap(), g.zeros(s.batch * s.heads * s.seq).unwrap());
+        g.attention_fwd(&zeros, &zeros, &v, &gm, &mut out, &mut lse, s, drop, stream).unwrap();
+        let (mut o, mut l) = (vec![0.0; n], vec![0.0; s.batch * s.heads * s.seq]);
+        cpu::attention::attention_fwd(&vec![0.0; n], &vec![0.0; n], &vv, &mask, &mut o, &mut l, s, drop, stream);
+        let got = down(&g, &out);
+        let (mut kept, mut dropped) = (0, 0);
+        for (i, (&a, &b)) in got.iter().zip(&o).enumerate() {
+            assert_eq!(a == 0.0, b == 0.0, "p={p}: mask differs at element {i} (gpu {a}, cpu {b})");
+            assert!(!a.is_nan(), "p={p}: element {i} not written");
+            if i % s.head_dim < s.seq && mask[(i / s.hidden() / s.seq) * s.seq + i % s.head_dim] != 0 {
+                if b == 0.0 { dropped += 1 } else { kept += 1 }
+            }
+        }
+        // Both decisions occur, near the expected rate.
+        let rate = dropped as f64 / (kept + dropped) as f64;
+        assert!((rate - p as f64).abs() < 0.05, "p={p}: dropped {dropped} of {} (rate {rate:.3})", kept + dropped);
+    }
+}
+
+#[test]
+fn attention_backward_matches_cpu() {
+    let Some(g) = gpu("attention_backward_matches_cpu") else { return };
+    let mut rng = fresh_rng("attention_backward");
+    for &(batch, seq, heads, head_dim) in &ATTN_SHAPES {
+        let s = AttnShape { batch, seq, heads, head_dim };
+        let n = s.tokens() * s.hidden();
+        let rows = batch * heads * seq;
+        let (q, qr) = up(&g, &normal_vec(&mut rng, n, 1.0));
+        let (k, kr) = up(&g, &normal_vec(&mut rng, n, 1.0));
+        let (v, vr) = up(&g, &normal_vec(&mut rng, n, 1.0));
+        let (dout, dr) = up(&g, &normal_vec(&mut rng, n, 1.0));
+        for (padded, drop) in [(true, Dropout::off()), (false, Dropout::off()), (true, Dropout { p: 0.1, seed: 7 }), (false, Dropout { p: 0.3, seed: 1 << 40 })] {
+            let mask = key_mask(&mut rng, batch, seq, padded);
+            let gm = g.upload_i32(&mask).unwrap();
+            let stream = 3 + seq as u64;
+            // The forward's outputs from the CPU, given to both sides: this isolates the backward.
+            let (mut o, mut l) = (vec![0.0; n], vec![0.0; rows]);
+            cpu::attention::attention_fwd(&qr, &kr, &vr, &mask, &mut o, &mut l, s, drop, stream);
+            let (out, or) = up(&g, &o);
+            let lse = g.upload_f32(&l).unwrap();
+            let (mut dq, mut dk, mut dv) = (g.upload(&poison(n)).unwrap(), g.upload(&poison(n)).unwrap(), g.upload(&poison(n)).unwrap());
+            g.attention_bwd(&q, &k, &v, &gm, &out, &lse, &dout, &mut dq, &mut dk, &mut dv, s, drop, stream).unwrap();
+            let (mut wq, mut wk, mut wv) = (vec![f32::NAN; n], vec![f32::NAN; n], vec![f32::NAN; n]);
+            cpu::attention::attention_bwd(&qr, &kr, &vr, &mask, &or, &l, &dr, &mut wq, &mut wk, &mut wv, s, drop, stream);
+            let tag = format!("attention_bwd {s:?} padded={padded} dropout={}", drop.p);
+            assert_close(&format!("{tag} dq"), &down(&g, &dq), &wq, TOL_BF16);
+            assert_close(&format!("{tag} dk"), &down(&g, &dk), &wk, TOL_BF16);
+            assert_close(&format!("{tag} dv"), &down(&g, &dv), &wv, TOL_BF16);
+        }
+    }
+    // A head past the kernels' 128 dims is an error, not a wrong answer.
+    let s = AttnShape { batch: 1, seq: 2, heads: 1, head_dim: 129 };
+    let (z, m) = (g.zeros(258).unwrap(), g.upload_i32(&[1; 2]).unwrap());
+    let (mut a, mut b, mut c) = (g.zeros(258).unwrap(), g.zeros(258).unwrap(), g.zeros(258).unwrap());
+    let l = g.zeros(2).unwrap();
+    assert!(g.attention_bwd(&z, &z, &z, &m, &z, &l, &z, &mut a, &mut b, &mut c, s, Dropout::off(), 0).is_err());
 }
 
 #[test]

@@ -3,6 +3,7 @@
 #include <random>
 #include "elementwise.cu"
 #include "attention.cu"
+#include "attention_bwd.cu"
 #include "layernorm.cu"
 #include "sampler.cu"
 #include "vocab.cu"
@@ -25,40 +26,120 @@ double relerr(const std::vector<double>& got, const std::vector<double>& want) {
     return den > 0 ? std::sqrt(num/den) : std::sqrt(num);
 }
 
-void test_attention(int B, int T, int H, int D) {
-    size_t n = (size_t)B*T*H*D;
-    auto q = rand_bf16(n, 1), k = rand_bf16(n, 1), v = rand_bf16(n, 1);
+// Right padding of random length; with B > 2 the last sequence is all padding.
+std::vector<int> padding_mask(int B, int T) {
     std::vector<int> mask(B*T, 0);
     for (int b = 0; b < B; ++b) { int len = (B > 2 && b == B-1) ? 0 : 1 + gen() % T; for (int j = 0; j < len; ++j) mask[b*T+j] = 1; }
-    std::vector<bf16> out(n, __float2bfloat16_rn(NAN)); std::vector<float> lse(B*H*T, NAN);
-    float scale = 1.0f / std::sqrt((float)D);
-    int dpl = (D + 31) / 32; int ks = (D & 1) ? D : D + 1;
-    launch({(unsigned)((T+15)/16), (unsigned)H, (unsigned)B}, {128,1,1}, [&] {
-        auto fn = dpl == 1 ? attn_fwd_d32 : dpl == 2 ? attn_fwd_d64 : dpl == 3 ? attn_fwd_d96 : attn_fwd_d128;
-        fn(q.data(), k.data(), v.data(), mask.data(), out.data(), lse.data(), T, H, D, scale);
+    return mask;
+}
+
+// The launch geometry of src/backend/cuda/ops_attention.rs: 128 threads, one block per 16 rows.
+Dim3 attn_grid(int B, int T, int H) { return {(unsigned)((T+15)/16), (unsigned)H, (unsigned)B}; }
+
+struct Drop { float p; unsigned long long seed, stream; };
+// The host's dropout decision, written out independently of attention.cuh's attn_keep.
+double ref_keep(const Drop& dr, int b, int h, int i, int j, int H, int T) {
+    if (dr.p <= 0) return 1;
+    unsigned long long idx = (((unsigned long long)b * H + h) * T + i) * T + j;
+    return philox_uniform(dr.seed, dr.stream, idx) >= dr.p ? 1.0 / (1.0f - dr.p) : 0.0;
+}
+
+void attn_forward(const std::vector<bf16>& q, const std::vector<bf16>& k, const std::vector<bf16>& v, const std::vector<int>& mask,
+                  std::vector<bf16>& out, std::vector<float>& lse, int B, int T, int H, int D, Drop dr) {
+    float scale = 1.0f / std::sqrt((float)D), dscale = dr.p > 0 ? 1.0f / (1.0f - dr.p) : 1.0f;
+    launch(attn_grid(B, T, H), {128,1,1}, [&] {
+        auto fn = D <= 32 ? attn_fwd_d32 : D <= 64 ? attn_fwd_d64 : D <= 96 ? attn_fwd_d96 : attn_fwd_d128;
+        fn(q.data(), k.data(), v.data(), mask.data(), out.data(), lse.data(), T, H, D, scale, dr.p, dscale, dr.seed, dr.stream);
     });
-    (void)ks;
-    std::vector<double> go, wo, gl, wl;
+}
+
+// Double-precision scores, lse and probabilities of row (b, h, i): p[j] = exp(s_j - lse), 0 for padding.
+double ref_probs(const std::vector<bf16>& q, const std::vector<bf16>& k, const std::vector<int>& mask,
+                 int b, int h, int i, int T, int H, int D, std::vector<double>& p) {
+    int HD = H*D; double scale = 1.0 / std::sqrt((float)D), mx = -INFINITY;
+    std::vector<double> s(T, -INFINITY);
+    for (int j = 0; j < T; ++j) {
+        if (!mask[b*T+j]) continue;
+        double d = 0; for (int c = 0; c < D; ++c) d += f(q[(size_t)(b*T+i)*HD + h*D + c]) * f(k[(size_t)(b*T+j)*HD + h*D + c]);
+        s[j] = d * (float)scale; mx = std::max(mx, s[j]);
+    }
+    double den = 0; for (int j = 0; j < T; ++j) den += s[j] == -INFINITY ? 0 : std::exp(s[j] - mx);
+    double l = den > 0 ? mx + std::log(den) : -INFINITY;
+    p.assign(T, 0.0);
+    for (int j = 0; j < T; ++j) if (s[j] != -INFINITY) p[j] = std::exp(s[j] - l);
+    return l;
+}
+
+void test_attention(int B, int T, int H, int D, Drop dr = {0, 0, 0}) {
+    size_t n = (size_t)B*T*H*D;
+    auto q = rand_bf16(n, 1), k = rand_bf16(n, 1), v = rand_bf16(n, 1);
+    auto mask = padding_mask(B, T);
+    std::vector<bf16> out(n, __float2bfloat16_rn(NAN)); std::vector<float> lse(B*H*T, NAN);
+    attn_forward(q, k, v, mask, out, lse, B, T, H, D, dr);
+    std::vector<double> go, wo, p;
     int HD = H*D;
     for (int b = 0; b < B; ++b) for (int h = 0; h < H; ++h) for (int i = 0; i < T; ++i) {
-        std::vector<double> s(T); double mx = -INFINITY;
-        for (int j = 0; j < T; ++j) {
-            if (!mask[b*T+j]) { s[j] = -INFINITY; continue; }
-            double d = 0; for (int c = 0; c < D; ++c) d += f(q[(size_t)(b*T+i)*HD + h*D + c]) * f(k[(size_t)(b*T+j)*HD + h*D + c]);
-            s[j] = d * scale; mx = std::max(mx, s[j]);
-        }
-        double den = 0; for (int j = 0; j < T; ++j) den += s[j] == -INFINITY ? 0 : std::exp(s[j] - mx);
+        double l = ref_probs(q, k, mask, b, h, i, T, H, D, p);
         for (int c = 0; c < D; ++c) {
-            double o = 0; for (int j = 0; j < T; ++j) if (s[j] != -INFINITY) o += std::exp(s[j]-mx)/den * f(v[(size_t)(b*T+j)*HD + h*D + c]);
-            go.push_back(f(out[(size_t)(b*T+i)*HD + h*D + c])); wo.push_back(den > 0 ? o : 0);
+            double o = 0; for (int j = 0; j < T; ++j) o += p[j] * ref_keep(dr, b, h, i, j, H, T) * f(v[(size_t)(b*T+j)*HD + h*D + c]);
+            go.push_back(f(out[(size_t)(b*T+i)*HD + h*D + c])); wo.push_back(o);
         }
-        double l = den > 0 ? mx + std::log(den) : -INFINITY;
         double g = lse[(b*H+h)*T+i];
         CHECK((std::isinf(l) && g == l) || std::fabs(g - l) < 1e-4 * (1 + std::fabs(l)), "attention %d,%d,%d,%d lse[%d,%d,%d] %g vs %g", B,T,H,D,b,h,i,g,l);
     }
     double e = relerr(go, wo);
-    CHECK(e < 1e-2, "attention %d,%d,%d,%d out rel err %g", B, T, H, D, e);
-    printf("attention B%d T%d H%d D%d: out rel err %.2e\n", B, T, H, D, e);
+    CHECK(e < 1e-2, "attention %d,%d,%d,%d p=%g out rel err %g", B, T, H, D, dr.p, e);
+    printf("attention B%d T%d H%d D%d dropout %.2f: out rel err %.2e\n", B, T, H, D, dr.p, e);
+}
+
+// Backward: the two passes against the gradients of the double-precision forward, given the
+// forward's own (bf16) output for D_i = dO_i . O_i, as the CPU twin takes it.
+void test_attention_bwd(int B, int T, int H, int D, Drop dr = {0, 0, 0}) {
+    size_t n = (size_t)B*T*H*D;
+    auto q = rand_bf16(n, 1), k = rand_bf16(n, 1), v = rand_bf16(n, 1), dout = rand_bf16(n, 1);
+    auto mask = padding_mask(B, T);
+    std::vector<bf16> out(n, __float2bfloat16_rn(NAN)); std::vector<float> lse(B*H*T, NAN);
+    attn_forward(q, k, v, mask, out, lse, B, T, H, D, dr);
+    const bf16 poison = __float2bfloat16_rn(NAN);
+    std::vector<bf16> dq(n, poison), dk(n, poison), dv(n, poison);
+    std::vector<float> drow(B*H*T, NAN);
+    float scale = 1.0f / std::sqrt((float)D), dscale = dr.p > 0 ? 1.0f / (1.0f - dr.p) : 1.0f;
+    launch(attn_grid(B, T, H), {128,1,1}, [&] {
+        auto fn = D <= 32 ? attn_bwd_dq_d32 : D <= 64 ? attn_bwd_dq_d64 : D <= 96 ? attn_bwd_dq_d96 : attn_bwd_dq_d128;
+        fn(q.data(), k.data(), v.data(), mask.data(), out.data(), dout.data(), lse.data(), drow.data(), dq.data(), T, H, D, scale, dr.p, dscale, dr.seed, dr.stream);
+    });
+    launch(attn_grid(B, T, H), {128,1,1}, [&] {
+        auto fn = D <= 32 ? attn_bwd_dkdv_d32 : D <= 64 ? attn_bwd_dkdv_d64 : D <= 96 ? attn_bwd_dkdv_d96 : attn_bwd_dkdv_d128;
+        fn(q.data(), k.data(), v.data(), mask.data(), dout.data(), lse.data(), drow.data(), dk.data(), dv.data(), T, H, D, scale, dr.p, dscale, dr.seed, dr.stream);
+    });
+    int HD = H*D;
+    std::vector<double> wq(n, 0), wk(n, 0), wv(n, 0), p;
+    auto at = [&](int b, int t, int h, int c) { return (size_t)(b*T+t)*HD + h*D + c; };
+    for (int b = 0; b < B; ++b) for (int h = 0; h < H; ++h) for (int i = 0; i < T; ++i) {
+        ref_probs(q, k, mask, b, h, i, T, H, D, p);
+        double di = 0; for (int c = 0; c < D; ++c) di += f(dout[at(b,i,h,c)]) * f(out[at(b,i,h,c)]);
+        CHECK(std::fabs(drow[(b*H+h)*T+i] - di) <= 1e-5 * (1 + std::fabs(di)), "D[%d,%d,%d] %g vs %g", b, h, i, drow[(b*H+h)*T+i], di);
+        for (int j = 0; j < T; ++j) {
+            if (p[j] == 0) continue;
+            double kp = ref_keep(dr, b, h, i, j, H, T);
+            double dp = 0; for (int c = 0; c < D; ++c) dp += f(dout[at(b,i,h,c)]) * f(v[at(b,j,h,c)]);
+            double ds = p[j] * (dp * kp - di) * scale;
+            for (int c = 0; c < D; ++c) {
+                wv[at(b,j,h,c)] += p[j] * kp * f(dout[at(b,i,h,c)]);
+                wq[at(b,i,h,c)] += ds * f(k[at(b,j,h,c)]);
+                wk[at(b,j,h,c)] += ds * f(q[at(b,i,h,c)]);
+            }
+        }
+    }
+    std::vector<double> gq(n), gk(n), gv(n);
+    for (size_t x = 0; x < n; ++x) { gq[x] = f(dq[x]); gk[x] = f(dk[x]); gv[x] = f(dv[x]); }
+    double eq = relerr(gq, wq), ek = relerr(gk, wk), ev = relerr(gv, wv);
+    CHECK(eq < 1e-2 && ek < 1e-2 && ev < 1e-2, "attention_bwd %d,%d,%d,%d p=%g: dq %g dk %g dv %g", B, T, H, D, dr.p, eq, ek, ev);
+    // Padding keys get exactly zero dK and dV.
+    for (int b = 0; b < B; ++b) for (int j = 0; j < T; ++j) if (!mask[b*T+j])
+        for (int h = 0; h < H; ++h) for (int c = 0; c < D; ++c)
+            CHECK(f(dk[at(b,j,h,c)]) == 0 && f(dv[at(b,j,h,c)]) == 0, "padding key %d,%d has a gradient", b, j);
+    printf("attention_bwd B%d T%d H%d D%d dropout %.2f: dq %.2e dk %.2e dv %.2e\n", B, T, H, D, dr.p, eq, ek, ev);
 }
 
 void test_layernorm(int rows, int cols, bool res) {
@@ -187,6 +268,15 @@ int main() {
     test_attention(2, 33, 1, 128);
     test_attention(1, 70, 2, 64);
     test_attention(1, 1, 1, 1);
+    test_attention(3, 37, 2, 8, {0.1f, 42, 7});
+    test_attention(2, 70, 3, 40, {0.5f, 0x123456789abcull, 1ull << 33});
+    test_attention_bwd(3, 37, 2, 8);
+    test_attention_bwd(3, 37, 2, 8, {0.1f, 42, 7});
+    test_attention_bwd(4, 17, 2, 7, {0.3f, 5, 9});
+    test_attention_bwd(2, 45, 2, 64);
+    test_attention_bwd(2, 33, 1, 80, {0.2f, 99, 3});
+    test_attention_bwd(1, 40, 1, 128, {0.1f, 7, 1ull << 40});
+    test_attention_bwd(1, 1, 1, 1);
     test_layernorm(5, 33, false); test_layernorm(5, 33, true); test_layernorm(3, 768, true); test_layernorm(2, 1000, false);
     test_layernorm_bwd(70, 33); test_layernorm_bwd(5, 768);
     test_pick(3, 1003, 1000, {0, 5, 999, 2000, -1}, 1.0f, false, 0);

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the kernels' logic on the CPU, without a GPU: each CUDA thread becomes a std::thread,
 # __syncthreads and warp shuffles become barriers (emu.h), and main.cpp compares the kernels'
-# outputs with naive double-precision references (attention with padding, LayerNorm, the sampler's
-# ties/forbidden ids/Gumbel noise, cross-entropy, column sums, sum of squares).
+# outputs with naive double-precision references (attention forward and backward with padding and
+# dropout, LayerNorm, the sampler's ties/forbidden ids/Gumbel noise, cross-entropy, column sums,
+# sum of squares).
 # It checks indexing, reductions and barriers, not timing or GPU-specific faults. Needs g++ (C++20)
 # and the CUDA headers of .venv-cuda (scripts/install-nvcc.sh). About a minute.
 set -euo pipefail

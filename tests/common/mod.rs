@@ -4,8 +4,18 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// The golden fixtures: in the source tree the test was built from, or (for a test binary copied
+/// to another machine, as scripts/stage-gpu.sh does) `$DLM_FIXTURES` or `tests/golden/fixtures`
+/// below the working directory.
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/fixtures")
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/fixtures");
+    if built.is_dir() {
+        return built;
+    }
+    match std::env::var_os("DLM_FIXTURES") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from("tests/golden/fixtures"),
+    }
 }
 
 /// A tensor from a fixture file as f64 values (ints and floats alike) with its shape.

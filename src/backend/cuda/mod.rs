@@ -28,6 +28,7 @@ macro_rules! launch {
     }};
 }
 
+mod ops_attention;
 mod ops_basic;
 mod ops_dense;
 mod ops_vocab;
@@ -79,6 +80,7 @@ impl CudaBackend {
         let stream = ctx.new_stream()?;
         let (major, minor) = ctx.compute_capability()?;
         let kernels = kernels::Kernels::load(&ctx)?;
+        ops_attention::allow_attention_smem(&kernels)?;
         let blas = blas::Gemm::new(&stream, major)?;
         let scratch = Mutex::new(ops_vocab::Scratch::new(&stream)?);
         let label = format!(
@@ -259,21 +261,21 @@ impl Backend for CudaBackend {
 
     fn attention_bwd(
         &self,
-        _q: &CudaBuf,
-        _k: &CudaBuf,
-        _v: &CudaBuf,
-        _key_mask: &CudaIBuf,
-        _out: &CudaBuf,
-        _lse: &CudaBuf,
-        _dout: &CudaBuf,
-        _dq: &mut CudaBuf,
-        _dk: &mut CudaBuf,
-        _dv: &mut CudaBuf,
-        _shape: AttnShape,
-        _drop: Dropout,
-        _stream: u64,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        key_mask: &CudaIBuf,
+        out: &CudaBuf,
+        lse: &CudaBuf,
+        dout: &CudaBuf,
+        dq: &mut CudaBuf,
+        dk: &mut CudaBuf,
+        dv: &mut CudaBuf,
+        shape: AttnShape,
+        drop: Dropout,
+        stream: u64,
     ) -> Result<()> {
-        bail!("attention_bwd is not yet on CUDA")
+        self.attention_backward(q, k, v, key_mask, out, lse, dout, dq, dk, dv, shape, drop, stream)
     }
 
     fn gather_rows(&self, x: &CudaBuf, rows: &CudaIBuf, out: &mut CudaBuf, n_rows: usize, cols: usize) -> Result<()> {

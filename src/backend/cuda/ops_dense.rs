@@ -1,13 +1,12 @@
-//! Dense layers (cuBLASLt), embeddings, LayerNorm and attention.
-//! Kernels: embed.cu, layernorm.cu, attention.cu, rows.cu (column sums).
-//! CPU twins: cpu/linear.rs, cpu/embed.rs, cpu/layernorm.rs, cpu/attention.rs.
+//! Dense layers (cuBLASLt), embeddings and LayerNorm (attention is in ops_attention.rs).
+//! Kernels: embed.cu, layernorm.cu, rows.cu (column sums).
+//! CPU twins: cpu/linear.rs, cpu/embed.rs, cpu/layernorm.rs.
 
 use super::blas::{GemmShape, OutType};
 use super::buffer::{CudaBuf, CudaIBuf};
 use super::{cfg_rows, threads_for, to_i32, CudaBackend};
-use crate::backend::{AttnShape, Dropout};
 use anyhow::{bail, Result};
-use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 
 /// Largest row the LayerNorm kernel caches in shared memory (cols f32 next to the reductions'
 /// static slots, within the default 48 KB a block may use). XLM-R XXL's hidden size is 4096.
@@ -16,10 +15,6 @@ const LN_MAX_COLS: usize = 8192;
 const LN_BWD_MAX_COLS: usize = 6016;
 /// Rows per LayerNorm-backward block (LNB_ROWS in layernorm.cu).
 const LN_BWD_ROWS: usize = 32;
-/// Largest head the attention kernel handles (4 dims per lane).
-const ATTN_MAX_HEAD_DIM: usize = 128;
-/// Query rows per attention block (ATT_QROWS in attention.cu).
-const ATTN_QROWS: usize = 16;
 
 impl CudaBackend {
     /// `y[m,n] = x[m,k] · w[n,k]ᵀ + bias`, as the column-major `yᵀ[n,m] = op(w)·xᵀ` with
@@ -247,54 +242,5 @@ impl CudaBackend {
         let db = self.acc_f32(dbeta)?;
         let cfg = cfg_rows(rows.div_ceil(LN_BWD_ROWS), threads_for(cols, 256), (2 * cols * 4) as u32)?;
         launch!(self, "layernorm_bwd_bf16", cfg, [xs.get(), gs.get(), gm.get(), ms.get(), rs.get(), dxs, &acc, dg, db, &nr, &nc])
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn attention_forward(
-        &self,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
-        key_mask: &CudaIBuf,
-        out: &mut CudaBuf,
-        lse: &mut CudaBuf,
-        shape: AttnShape,
-        drop: Dropout,
-        _stream: u64,
-    ) -> Result<()> {
-        if drop.active() {
-            bail!("attention-probability dropout is not supported by the CUDA attention kernel yet (use p = 0 or the CPU backend)");
-        }
-        let AttnShape { batch, seq, heads, head_dim } = shape;
-        if batch == 0 || seq == 0 || heads == 0 || head_dim == 0 {
-            return Ok(());
-        }
-        if head_dim > ATTN_MAX_HEAD_DIM {
-            bail!("attention: head_dim {head_dim} is larger than the CUDA kernel's {ATTN_MAX_HEAD_DIM}");
-        }
-        if batch > 65535 || heads > 65535 {
-            bail!("attention: batch {batch} or heads {heads} exceeds 65535");
-        }
-        let n = shape.tokens() * shape.hidden();
-        for (what, len) in [("q", q.len), ("k", k.len), ("v", v.len), ("out", out.len)] {
-            Self::check_len(&format!("attention {what}"), len, n)?;
-        }
-        Self::check_len("attention lse", lse.len, batch * heads * seq)?;
-        Self::check_len("attention key mask", key_mask.len(), batch * seq)?;
-        let (t, h, d) = (to_i32("seq", seq)?, to_i32("heads", heads)?, to_i32("head_dim", head_dim)?);
-        let scale = 1.0 / (head_dim as f32).sqrt();
-        let dpl = head_dim.div_ceil(32);
-        let name = ["attn_fwd_d32", "attn_fwd_d64", "attn_fwd_d96", "attn_fwd_d128"][dpl - 1];
-        let ks = if head_dim % 2 == 1 { head_dim } else { head_dim + 1 };
-        let smem = (32 * ks + 32 * head_dim + ATTN_QROWS * head_dim) * 4;
-        let cfg = LaunchConfig {
-            grid_dim: (seq.div_ceil(ATTN_QROWS) as u32, heads as u32, batch as u32),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
-        let (qs, kk, vs) = (self.as_bf16(q)?, self.as_bf16(k)?, self.as_bf16(v)?);
-        let os = self.out_bf16(out)?;
-        let ls = self.out_f32(lse)?;
-        launch!(self, name, cfg, [qs.get(), kk.get(), vs.get(), &key_mask.dev, os, ls, &t, &h, &d, &scale])
     }
 }

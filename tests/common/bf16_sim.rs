@@ -1,0 +1,273 @@
+//! A CPU backend that rounds to bf16 exactly where the CUDA backend stores bf16 (activations,
+//! activation gradients, the weights forward ops read) and keeps f32 where it keeps f32 (parameter
+//! gradients, Adam moments, master weights, LayerNorm and attention statistics). It measures how
+//! far bf16 storage alone moves the model from the f32 CPU backend, which sets the GPU tests'
+//! tolerances in tests/cuda_model.rs, and runs those tests' comparison code on every machine.
+
+use dlm_engine::backend::cpu::{self as ck, CpuBackend};
+use dlm_engine::backend::{AdamW, AttnShape, Backend, Dropout, RowStats};
+
+/// A buffer: the values ops read (bf16-representable where the GPU stores bf16), and for a
+/// parameter after its first AdamW step the f32 master that the update works on.
+#[derive(Clone)]
+pub struct SimBuf {
+    v: Vec<f32>,
+    master: Option<Vec<f32>>,
+}
+
+fn rnd(v: &mut [f32]) {
+    for x in v.iter_mut() {
+        *x = half::bf16::from_f32(*x).to_f32();
+    }
+}
+
+pub struct Bf16Sim;
+type R<T> = anyhow::Result<T>;
+
+impl Backend for Bf16Sim {
+    type Buf = SimBuf;
+    type IBuf = Vec<i32>;
+    fn name(&self) -> String {
+        "cpu-bf16-sim".into()
+    }
+    fn zeros(&self, n: usize) -> R<SimBuf> {
+        Ok(SimBuf { v: vec![0.0; n], master: None })
+    }
+    fn upload(&self, d: &[f32]) -> R<SimBuf> {
+        let mut v = d.to_vec();
+        rnd(&mut v);
+        Ok(SimBuf { v, master: None })
+    }
+    fn download(&self, b: &SimBuf) -> R<Vec<f32>> {
+        Ok(b.master.clone().unwrap_or_else(|| b.v.clone()))
+    }
+    fn upload_i32(&self, d: &[i32]) -> R<Vec<i32>> {
+        Ok(d.to_vec())
+    }
+    fn len(&self, b: &SimBuf) -> usize {
+        b.v.len()
+    }
+    fn fill_zero(&self, b: &mut SimBuf) -> R<()> {
+        b.v.fill(0.0);
+        if let Some(m) = &mut b.master {
+            m.fill(0.0)
+        }
+        Ok(())
+    }
+    fn copy(&self, s: &SimBuf, d: &mut SimBuf) -> R<()> {
+        d.v.copy_from_slice(&s.v);
+        d.master = s.master.clone();
+        Ok(())
+    }
+    // The model adds only into activation gradients (bf16 on the GPU).
+    fn add_assign(&self, d: &mut SimBuf, s: &SimBuf) -> R<()> {
+        for (a, b) in d.v.iter_mut().zip(&s.v) {
+            *a += b;
+        }
+        rnd(&mut d.v);
+        Ok(())
+    }
+    fn linear_fwd(&self, x: &SimBuf, w: &SimBuf, bias: Option<&SimBuf>, y: &mut SimBuf, m: usize, n: usize, k: usize) -> R<()> {
+        ck::linear::linear_fwd(&x.v, &w.v, bias.map(|b| b.v.as_slice()), &mut y.v, m, n, k);
+        rnd(&mut y.v);
+        Ok(())
+    }
+    fn linear_bwd(
+        &self,
+        x: &SimBuf,
+        w: &SimBuf,
+        dy: &SimBuf,
+        dx: Option<&mut SimBuf>,
+        dw: &mut SimBuf,
+        db: Option<&mut SimBuf>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> R<()> {
+        let mut dx = dx;
+        ck::linear::linear_bwd(
+            &x.v,
+            &w.v,
+            &dy.v,
+            dx.as_mut().map(|d| d.v.as_mut_slice()),
+            &mut dw.v,
+            db.map(|d| d.v.as_mut_slice()),
+            m,
+            n,
+            k,
+        );
+        // dw and db are the f32 accumulators; only dx is bf16.
+        if let Some(d) = dx {
+            rnd(&mut d.v)
+        }
+        Ok(())
+    }
+    fn embed_fwd(
+        &self,
+        ids: &Vec<i32>,
+        p: &Vec<i32>,
+        w: &SimBuf,
+        ps: &SimBuf,
+        t: &SimBuf,
+        out: &mut SimBuf,
+        tok: usize,
+        h: usize,
+    ) -> R<()> {
+        ck::embed::embed_fwd(ids, p, &w.v, &ps.v, &t.v, &mut out.v, tok, h);
+        rnd(&mut out.v);
+        Ok(())
+    }
+    fn embed_bwd(
+        &self,
+        ids: &Vec<i32>,
+        p: &Vec<i32>,
+        d: &SimBuf,
+        dw: &mut SimBuf,
+        dp: &mut SimBuf,
+        dt: &mut SimBuf,
+        tok: usize,
+        h: usize,
+        pad: i32,
+    ) -> R<()> {
+        ck::embed::embed_bwd(ids, p, &d.v, &mut dw.v, &mut dp.v, &mut dt.v, tok, h, pad);
+        Ok(())
+    }
+    fn dropout_fwd(&self, x: &mut SimBuf, d: Dropout, s: u64) -> R<()> {
+        ck::elementwise::dropout_apply(&mut x.v, d.p, d.seed, s);
+        rnd(&mut x.v);
+        Ok(())
+    }
+    fn dropout_bwd(&self, x: &mut SimBuf, d: Dropout, s: u64) -> R<()> {
+        ck::elementwise::dropout_apply(&mut x.v, d.p, d.seed, s);
+        rnd(&mut x.v);
+        Ok(())
+    }
+    fn gelu_fwd(&self, x: &SimBuf, y: &mut SimBuf) -> R<()> {
+        ck::elementwise::gelu_fwd(&x.v, &mut y.v);
+        rnd(&mut y.v);
+        Ok(())
+    }
+    fn gelu_bwd(&self, x: &SimBuf, dy: &SimBuf, dx: &mut SimBuf) -> R<()> {
+        ck::elementwise::gelu_bwd(&x.v, &dy.v, &mut dx.v);
+        rnd(&mut dx.v);
+        Ok(())
+    }
+    fn add_layernorm_fwd(
+        &self,
+        x: &SimBuf,
+        res: Option<&SimBuf>,
+        sum: Option<&mut SimBuf>,
+        g: &SimBuf,
+        b: &SimBuf,
+        out: &mut SimBuf,
+        mean: &mut SimBuf,
+        rstd: &mut SimBuf,
+        rows: usize,
+        cols: usize,
+        eps: f32,
+    ) -> R<()> {
+        // The kernel stores the bf16 sum and normalises that stored value.
+        let input = match res {
+            Some(r) => {
+                let mut s: Vec<f32> = x.v.iter().zip(&r.v).map(|(a, b)| a + b).collect();
+                rnd(&mut s);
+                sum.unwrap().v.copy_from_slice(&s);
+                s
+            }
+            None => x.v.clone(),
+        };
+        ck::layernorm::add_layernorm_fwd(&input, None, None, &g.v, &b.v, &mut out.v, &mut mean.v, &mut rstd.v, rows, cols, eps);
+        rnd(&mut out.v);
+        Ok(())
+    }
+    fn layernorm_bwd(
+        &self,
+        x: &SimBuf,
+        d: &SimBuf,
+        g: &SimBuf,
+        mean: &SimBuf,
+        rstd: &SimBuf,
+        dx: &mut SimBuf,
+        acc: bool,
+        dg: &mut SimBuf,
+        db: &mut SimBuf,
+        rows: usize,
+        cols: usize,
+    ) -> R<()> {
+        ck::layernorm::layernorm_bwd(&x.v, &d.v, &g.v, &mean.v, &rstd.v, &mut dx.v, acc, &mut dg.v, &mut db.v, rows, cols);
+        rnd(&mut dx.v);
+        Ok(())
+    }
+    fn attention_fwd(
+        &self,
+        q: &SimBuf,
+        k: &SimBuf,
+        v: &SimBuf,
+        m: &Vec<i32>,
+        out: &mut SimBuf,
+        lse: &mut SimBuf,
+        s: AttnShape,
+        d: Dropout,
+        st: u64,
+    ) -> R<()> {
+        ck::attention::attention_fwd(&q.v, &k.v, &v.v, m, &mut out.v, &mut lse.v, s, d, st);
+        rnd(&mut out.v);
+        Ok(())
+    }
+    fn attention_bwd(
+        &self,
+        q: &SimBuf,
+        k: &SimBuf,
+        v: &SimBuf,
+        m: &Vec<i32>,
+        out: &SimBuf,
+        lse: &SimBuf,
+        dout: &SimBuf,
+        dq: &mut SimBuf,
+        dk: &mut SimBuf,
+        dv: &mut SimBuf,
+        s: AttnShape,
+        d: Dropout,
+        st: u64,
+    ) -> R<()> {
+        ck::attention::attention_bwd(&q.v, &k.v, &v.v, m, &out.v, &lse.v, &dout.v, &mut dq.v, &mut dk.v, &mut dv.v, s, d, st);
+        rnd(&mut dq.v);
+        rnd(&mut dk.v);
+        rnd(&mut dv.v);
+        Ok(())
+    }
+    fn gather_rows(&self, x: &SimBuf, rows: &Vec<i32>, out: &mut SimBuf, n: usize, c: usize) -> R<()> {
+        CpuBackend::new().gather_rows(&x.v, rows, &mut out.v, n, c)
+    }
+    fn scatter_add_rows(&self, d: &SimBuf, rows: &Vec<i32>, dx: &mut SimBuf, n: usize, c: usize) -> R<()> {
+        CpuBackend::new().scatter_add_rows(&d.v, rows, &mut dx.v, n, c)?;
+        rnd(&mut dx.v);
+        Ok(())
+    }
+    fn cross_entropy_fwd_bwd(&self, l: &mut SimBuf, t: &Vec<i32>, w: &[f32], rows: usize, v: usize, vv: usize, ls: f32) -> R<Vec<f32>> {
+        let r = ck::vocab::cross_entropy_fwd_bwd(&mut l.v, t, w, rows, v, vv, ls);
+        rnd(&mut l.v);
+        Ok(r)
+    }
+    fn vocab_pick(&self, l: &SimBuf, rows: usize, v: usize, vv: usize, f: &[i32], t: f32, g: Option<u64>) -> R<RowStats> {
+        Ok(ck::vocab::vocab_pick(&l.v, rows, v, vv, f, t, g))
+    }
+    fn sum_squares(&self, x: &SimBuf) -> R<f64> {
+        Ok(ck::adamw::sum_squares(&x.v))
+    }
+    // Only gradient clipping scales, and parameter gradients are f32.
+    fn scale(&self, x: &mut SimBuf, s: f32) -> R<()> {
+        x.v.iter_mut().for_each(|a| *a *= s);
+        Ok(())
+    }
+    // The update works on the f32 master (made from the bf16 value on the first step); forward
+    // ops then read its bf16 copy.
+    fn adamw(&self, p: &mut SimBuf, g: &SimBuf, m: &mut SimBuf, v: &mut SimBuf, hp: AdamW, lr: f32, step: u64) -> R<()> {
+        let pv = p.v.clone();
+        let master = p.master.get_or_insert(pv);
+        ck::adamw::adamw(master, &g.v, &mut m.v, &mut v.v, hp, lr, step);
+        p.v = master.clone();
+        rnd(&mut p.v);
+        Ok(())
+    }
+}

@@ -73,6 +73,12 @@ pub trait Backend {
     /// A zero-filled buffer of `n` floats.
     fn zeros(&self, n: usize) -> Result<Self::Buf>;
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    /// Uploads values that must keep full f32 precision: the master weights of a model being
+    /// trained and the optimizer's moments (so a resumed run continues exactly). Backends that
+    /// store bf16 keep an f32 copy; the default is `upload`.
+    fn upload_f32(&self, data: &[f32]) -> Result<Self::Buf> {
+        self.upload(data)
+    }
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn upload_i32(&self, data: &[i32]) -> Result<Self::IBuf>;
     fn len(&self, buf: &Self::Buf) -> usize;

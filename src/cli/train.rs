@@ -123,7 +123,7 @@ struct TrainJob {
 impl Job for TrainJob {
     type Out = Summary;
     fn run<B: Backend>(mut self, backend: B) -> Result<Summary> {
-        let model = XlmR::load(backend, &self.model_dir)?;
+        let model = XlmR::load_for_training(backend, &self.model_dir)?;
         if self.tok.vocab_size() > model.config().vocab_size {
             bail!("{}: the tokenizer has {} ids but the model only {} rows", self.model_dir.display(), self.tok.vocab_size(), model.config().vocab_size);
         }

@@ -136,6 +136,17 @@ const S_FFN_OUT: u64 = 3;
 impl<B: Backend> XlmR<B> {
     /// Loads `config.json` and `model.safetensors` from an HF checkpoint directory.
     pub fn load(backend: B, dir: &Path) -> Result<Self> {
+        Self::load_with(backend, dir, false)
+    }
+
+    /// `load` for training: the weights keep full f32 precision on every backend (the master
+    /// copy the optimizer updates), so training, and an exact resume, start from the file's
+    /// values rather than from a bf16 rounding of them.
+    pub fn load_for_training(backend: B, dir: &Path) -> Result<Self> {
+        Self::load_with(backend, dir, true)
+    }
+
+    fn load_with(backend: B, dir: &Path, f32_master: bool) -> Result<Self> {
         if !dir.is_dir() {
             bail!("{}: model directory not found", dir.display());
         }
@@ -146,7 +157,7 @@ impl<B: Backend> XlmR<B> {
         }
         let tensors = weights::read_safetensors(&wpath)?;
         let (params, untied) = weights::resolve(&cfg, tensors, &wpath.display().to_string())?;
-        Self::from_params(backend, cfg, params, untied)
+        Self::from_params(backend, cfg, params, untied, f32_master)
     }
 
     /// A randomly initialised model with HF's init: normal(0, 0.02) weights and embeddings (the
@@ -172,10 +183,10 @@ impl<B: Backend> XlmR<B> {
                 (name, shape, data)
             })
             .collect();
-        Self::from_params(backend, cfg, params, false)
+        Self::from_params(backend, cfg, params, false, true)
     }
 
-    fn from_params(backend: B, cfg: ModelConfig, params: Vec<(String, Vec<usize>, Vec<f32>)>, untied: bool) -> Result<Self> {
+    fn from_params(backend: B, cfg: ModelConfig, params: Vec<(String, Vec<usize>, Vec<f32>)>, untied: bool, f32_master: bool) -> Result<Self> {
         let pos: HashMap<&str, usize> = params.iter().enumerate().map(|(i, p)| (p.0.as_str(), i)).collect();
         let at = |n: &str| -> Result<usize> { pos.get(n).copied().with_context(|| format!("internal: parameter `{n}` missing")) };
         let lin = |p: &str| -> Result<Linear> { Ok(Linear { w: at(&format!("{p}.weight"))?, b: at(&format!("{p}.bias"))? }) };
@@ -213,7 +224,7 @@ impl<B: Backend> XlmR<B> {
         let mut shapes = Vec::new();
         let mut values = Vec::new();
         for (n, s, d) in params {
-            values.push(backend.upload(&d)?);
+            values.push(if f32_master { backend.upload_f32(&d)? } else { backend.upload(&d)? });
             names.push(n);
             shapes.push(s);
         }

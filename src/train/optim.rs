@@ -101,7 +101,7 @@ impl<B: Backend> Optimizer<B> {
                 if x.data.len() != n {
                     bail!("{file}: tensor `{key}` has {} values, expected {n}", x.data.len());
                 }
-                *dst = be.upload(&x.data)?;
+                *dst = be.upload_f32(&x.data)?;
             }
         }
         let bytes = std::fs::read(path)?;

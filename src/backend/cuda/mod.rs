@@ -200,6 +200,11 @@ impl Backend for CudaBackend {
         self.linear_backward(x, w, dy, dx, dw, db, m, n, k)
     }
 
+    fn upload_f32(&self, data: &[f32]) -> Result<CudaBuf> {
+        // The inherent method: f32 storage, which AdamW turns into master + bf16 copy.
+        CudaBackend::upload_f32(self, data)
+    }
+
     fn embed_fwd(&self, ids: &CudaIBuf, pos_ids: &CudaIBuf, word: &CudaBuf, pos: &CudaBuf, typ: &CudaBuf, out: &mut CudaBuf, tokens: usize, hidden: usize) -> Result<()> {
         self.embed_forward(ids, pos_ids, word, pos, typ, out, tokens, hidden)
     }

@@ -23,7 +23,7 @@ mod common;
 use common::*;
 use dlm_engine::backend::cpu::CpuBackend;
 use dlm_engine::backend::{Backend, Dropout};
-use dlm_engine::data::{Example, ExampleBatches};
+use dlm_engine::data::ExampleBatches;
 use dlm_engine::diffusion::noise::Reweighting;
 use dlm_engine::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
 use dlm_engine::model::{Batch, LossRows, PickOpts, XlmR};
@@ -176,17 +176,7 @@ fn gradients_match_cpu_on_golden_fixtures() {
 /// A copy task (target = source) over the fixtures' vocabulary, in token-budget batches.
 fn copy_task() -> ExampleBatches {
     let mut rng = dlm_engine::rng::Rng::new(11, 3);
-    let examples = (0..40)
-        .map(|_| {
-            let n = rng.int_in(2, 8) as usize;
-            let src: Vec<i32> = (0..n).map(|_| rng.int_in(5, 300) as i32).collect();
-            let mut ids = vec![0];
-            ids.extend(&src);
-            ids.extend(&src);
-            ids.push(2);
-            Example { ids, src_len: 1 + n }
-        })
-        .collect();
+    let examples = (0..40).map(|_| copy_example(&mut rng, 2, 8, 5, 300)).collect();
     ExampleBatches::new(examples, 96, 5).unwrap()
 }
 

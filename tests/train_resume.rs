@@ -1,6 +1,7 @@
 //! Training resumes exactly: 2N steps straight and N + resume + N give the same losses, and a
 //! tiny model's loss falls on a learnable task.
 
+mod common;
 use dlm_engine::backend::cpu::CpuBackend;
 use dlm_engine::diffusion::noise::{Reweighting, Example};
 use dlm_engine::model::{ModelConfig, XlmR};
@@ -19,17 +20,7 @@ impl Cycle {
         let mut rng = dlm_engine::rng::Rng::new(4, 4);
         let batches = (0..5)
             .map(|_| {
-                (0..4)
-                    .map(|_| {
-                        let n = rng.int_in(2, 5) as usize;
-                        let src: Vec<i32> = (0..n).map(|_| rng.int_in(5, 30) as i32).collect();
-                        let mut ids = vec![0];
-                        ids.extend(&src);
-                        ids.extend(&src);
-                        ids.push(2);
-                        Example { ids, src_len: 1 + n }
-                    })
-                    .collect()
+                (0..4).map(|_| common::copy_example(&mut rng, 2, 5, 5, 30)).collect()
             })
             .collect();
         Cycle { batches, at: 0 }

@@ -57,6 +57,18 @@ pub fn rel_err(a: &[f32], b: &[f64]) -> f64 {
     }
 }
 
+/// One example of a copy task (target = source): `[<s>] src src [</s>]`, `n` source tokens
+/// drawn from `lo..=hi`, with `n` itself drawn from `min_n..=max_n`.
+pub fn copy_example(rng: &mut dlm_engine::rng::Rng, min_n: u64, max_n: u64, lo: u64, hi: u64) -> dlm_engine::data::layout::Example {
+    let n = rng.int_in(min_n, max_n) as usize;
+    let src: Vec<i32> = (0..n).map(|_| rng.int_in(lo, hi) as i32).collect();
+    let mut ids = vec![0];
+    ids.extend(&src);
+    ids.extend(&src);
+    ids.push(2);
+    dlm_engine::data::layout::Example { ids, src_len: 1 + n }
+}
+
 pub fn ids(t: &T) -> Vec<i32> {
     t.data.iter().map(|&v| v as i32).collect()
 }

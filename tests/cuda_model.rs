@@ -24,11 +24,9 @@ use common::*;
 use dlm_engine::backend::cpu::CpuBackend;
 use dlm_engine::backend::{Backend, Dropout};
 use dlm_engine::data::ExampleBatches;
-use dlm_engine::diffusion::noise::Reweighting;
 use dlm_engine::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
 use dlm_engine::model::{Batch, LossRows, PickOpts, XlmR};
-use dlm_engine::train::schedule::Schedule;
-use dlm_engine::train::{AdamWSettings, TrainConfig, Trainer};
+use dlm_engine::train::Trainer;
 use std::path::Path;
 
 const TOL_MODEL: f64 = 2e-2;
@@ -184,27 +182,7 @@ fn train_losses<B: Backend>(model: XlmR<B>, out: &Path, steps: u64) -> Vec<f64> 
     let tokenizer = out.join("tokenizer.json");
     std::fs::create_dir_all(out).unwrap();
     std::fs::write(&tokenizer, "{}").unwrap(); // copied verbatim into the checkpoint, never read
-    let cfg = TrainConfig {
-        lr: 1e-3,
-        schedule: Schedule::WarmupConstant,
-        warmup_steps: 4,
-        max_steps: Some(steps),
-        max_time: None,
-        accumulate: 2,
-        clip_norm: 1.0,
-        adamw: AdamWSettings { beta1: 0.9, beta2: 0.98, eps: 1e-8, weight_decay: 0.01 },
-        dropout: 0.0,
-        timesteps: 50,
-        reweighting: Reweighting::Linear,
-        label_smoothing: 0.0,
-        seed: 7,
-        save_every: 0,
-        keep_checkpoints: 1,
-        eval_every: 0,
-        log_every: 1,
-        out_dir: out.to_path_buf(),
-        progress: false,
-    };
+    let cfg = small_train_config(out, steps, 1e-3, 0.0);
     let mut data = copy_task();
     let mut t = Trainer { cfg, model, tokenizer_path: tokenizer, data: &mut data, validator: None, pad: 1, mask: 301 };
     t.run(None).unwrap().losses

@@ -3,10 +3,9 @@
 
 mod common;
 use dlm_engine::backend::cpu::CpuBackend;
-use dlm_engine::diffusion::noise::{Reweighting, Example};
+use dlm_engine::diffusion::noise::Example;
 use dlm_engine::model::{ModelConfig, XlmR};
-use dlm_engine::train::schedule::Schedule;
-use dlm_engine::train::{AdamWSettings, BatchSource, TrainConfig, Trainer};
+use dlm_engine::train::{BatchSource, TrainConfig, Trainer};
 use std::path::Path;
 
 /// Cycles through fixed batches of a copy task: target = source.
@@ -43,27 +42,7 @@ impl BatchSource for Cycle {
 }
 
 fn config(out: &Path, steps: u64, lr: f32) -> TrainConfig {
-    TrainConfig {
-        lr,
-        schedule: Schedule::WarmupConstant,
-        warmup_steps: 4,
-        max_steps: Some(steps),
-        max_time: None,
-        accumulate: 2,
-        clip_norm: 1.0,
-        adamw: AdamWSettings { beta1: 0.9, beta2: 0.98, eps: 1e-8, weight_decay: 0.01 },
-        dropout: 0.1,
-        timesteps: 50,
-        reweighting: Reweighting::Linear,
-        label_smoothing: 0.0,
-        seed: 7,
-        save_every: 0,
-        keep_checkpoints: 2,
-        eval_every: 0,
-        log_every: 1,
-        out_dir: out.to_path_buf(),
-        progress: false,
-    }
+    common::small_train_config(out, steps, lr, 0.1)
 }
 
 fn tiny_model() -> XlmR<CpuBackend> {

@@ -69,6 +69,33 @@ pub fn copy_example(rng: &mut dlm_engine::rng::Rng, min_n: u64, max_n: u64, lo: 
     dlm_engine::data::layout::Example { ids, src_len: 1 + n }
 }
 
+/// Training settings of the small test runs: the paper's AdamW, log warmup over 4 steps,
+/// accumulation 2, T = 50, linear reweighting, seed 7, no checkpoints before the end, a log line
+/// (and a recorded loss) every step.
+pub fn small_train_config(out: &std::path::Path, steps: u64, lr: f32, dropout: f32) -> dlm_engine::train::TrainConfig {
+    dlm_engine::train::TrainConfig {
+        lr,
+        schedule: dlm_engine::train::schedule::Schedule::WarmupConstant,
+        warmup_steps: 4,
+        max_steps: Some(steps),
+        max_time: None,
+        accumulate: 2,
+        clip_norm: 1.0,
+        adamw: dlm_engine::train::AdamWSettings { beta1: 0.9, beta2: 0.98, eps: 1e-8, weight_decay: 0.01 },
+        dropout,
+        timesteps: 50,
+        reweighting: dlm_engine::diffusion::noise::Reweighting::Linear,
+        label_smoothing: 0.0,
+        seed: 7,
+        save_every: 0,
+        keep_checkpoints: 2,
+        eval_every: 0,
+        log_every: 1,
+        out_dir: out.to_path_buf(),
+        progress: false,
+    }
+}
+
 pub fn ids(t: &T) -> Vec<i32> {
     t.data.iter().map(|&v| v as i32).collect()
 }

@@ -46,9 +46,13 @@ fn config(out: &Path, steps: u64, lr: f32) -> TrainConfig {
 }
 
 fn tiny_model() -> XlmR<CpuBackend> {
+    tiny_model_on(CpuBackend::new())
+}
+
+fn tiny_model_on(backend: CpuBackend) -> XlmR<CpuBackend> {
     let mut cfg = ModelConfig::preset("micro").unwrap();
     cfg.vocab_size = 32;
-    XlmR::random(CpuBackend::new(), cfg, 1).unwrap()
+    XlmR::random(backend, cfg, 1).unwrap()
 }
 
 fn tokenizer_file(dir: &Path) -> std::path::PathBuf {
@@ -58,31 +62,46 @@ fn tokenizer_file(dir: &Path) -> std::path::PathBuf {
     p
 }
 
-#[test]
-fn resume_continues_exactly() {
+/// Losses of a straight run of 2n steps, of its first n steps, and of n more steps resumed
+/// from the checkpoint the first run left.
+fn straight_first_resumed(backend: CpuBackend) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let tmp = tempfile::tempdir().unwrap();
     let tok = tokenizer_file(tmp.path());
     let n = 6;
-    let straight = {
+    let run = |out: &str, steps: u64, model: XlmR<CpuBackend>, resume: Option<&Path>| {
         let mut data = Cycle::new();
-        let mut t = Trainer { cfg: config(&tmp.path().join("a"), 2 * n, 3e-3), model: tiny_model(), tokenizer_path: tok.clone(), data: &mut data, validator: None, pad: 1, mask: 31 };
-        t.run(None).unwrap().losses
+        let mut t = Trainer { cfg: config(&tmp.path().join(out), steps, 3e-3), model, tokenizer_path: tok.clone(), data: &mut data, validator: None, pad: 1, mask: 31 };
+        t.run(resume).unwrap().losses
     };
-    let first = {
-        let mut data = Cycle::new();
-        let mut t = Trainer { cfg: config(&tmp.path().join("b"), n, 3e-3), model: tiny_model(), tokenizer_path: tok.clone(), data: &mut data, validator: None, pad: 1, mask: 31 };
-        t.run(None).unwrap().losses
-    };
-    let resumed = {
-        let ck = tmp.path().join("b/final");
-        let model = XlmR::load(CpuBackend::new(), &ck).unwrap();
-        let mut data = Cycle::new();
-        let mut t = Trainer { cfg: config(&tmp.path().join("b"), 2 * n, 3e-3), model, tokenizer_path: tok.clone(), data: &mut data, validator: None, pad: 1, mask: 31 };
-        t.run(Some(&ck)).unwrap().losses
-    };
+    let straight = run("a", 2 * n, tiny_model_on(backend.clone()), None);
+    let first = run("b", n, tiny_model_on(backend.clone()), None);
+    let ck = tmp.path().join("b/final");
+    let resumed = run("b", 2 * n, XlmR::load(backend, &ck).unwrap(), Some(&ck));
     assert_eq!(straight.len() as u64, 2 * n);
-    assert_eq!(&straight[..n as usize], &first[..]);
-    assert_eq!(&straight[n as usize..], &resumed[..], "resumed losses differ from the straight run");
+    (straight, first, resumed)
+}
+
+#[test]
+fn resume_continues_exactly() {
+    let (straight, first, resumed) = straight_first_resumed(CpuBackend::new());
+    let n = first.len();
+    assert_eq!(&straight[..n], &first[..]);
+    assert_eq!(&straight[n..], &resumed[..], "resumed losses differ from the straight run");
+}
+
+/// With the head padded as on the GPU (32 ids → 64 columns), checkpoints hold the unpadded
+/// tensors, resuming is still exact, and the losses are those of the unpadded model.
+#[test]
+fn padded_head_trains_and_resumes_like_unpadded() {
+    assert_eq!(tiny_model_on(CpuBackend::with_vocab_align(64)).head_vocab(), 64);
+    let (straight, first, resumed) = straight_first_resumed(CpuBackend::with_vocab_align(64));
+    let n = first.len();
+    assert_eq!(&straight[..n], &first[..]);
+    assert_eq!(&straight[n..], &resumed[..], "resumed losses differ from the straight run");
+    let (plain, _, _) = straight_first_resumed(CpuBackend::new());
+    for (i, (a, b)) in straight.iter().zip(&plain).enumerate() {
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "step {i}: padded loss {a} vs unpadded {b}");
+    }
 }
 
 #[test]

@@ -69,6 +69,13 @@ pub trait Backend {
 
     fn name(&self) -> String;
 
+    /// The LM head's vocabulary dimension is padded to a multiple of this (the model pads the
+    /// decoder rows with zeros): GEMMs whose leading dimension is not a multiple of 8 bf16
+    /// values run ~2.8× slower in cuBLAS (architecture.md, GPU notes).
+    fn vocab_align(&self) -> usize {
+        1
+    }
+
     // ---- memory ------------------------------------------------------------------------------
     /// A zero-filled buffer of `n` floats.
     fn zeros(&self, n: usize) -> Result<Self::Buf>;

@@ -119,6 +119,9 @@ pub struct XlmR<B: Backend> {
     shapes: Vec<Vec<usize>>,
     values: Vec<B::Buf>,
     grads: Vec<B::Buf>,
+    /// Stored length of each parameter: its shape's product, except for the decoder weight and
+    /// the head bias, whose vocabulary rows are padded with zeros up to `head_vocab` (see there).
+    stored: Vec<usize>,
     ix: Index,
     layers: Vec<Layer>,
     enc: Option<Encoder<B>>,
@@ -220,15 +223,58 @@ impl<B: Backend> XlmR<B> {
             head_bias: at("lm_head.bias")?,
             decoder: if untied { Some(at("lm_head.decoder.weight")?) } else { None },
         };
-        let mut names = Vec::new();
-        let mut shapes = Vec::new();
-        let mut values = Vec::new();
-        for (n, s, d) in params {
-            values.push(if f32_master { backend.upload_f32(&d)? } else { backend.upload(&d)? });
-            names.push(n);
-            shapes.push(s);
+        let head_vocab = cfg.vocab_size.next_multiple_of(backend.vocab_align().max(1));
+        let decoder = ix.decoder.unwrap_or(ix.word);
+        let mut model = XlmR { backend, cfg, names: Vec::new(), shapes: Vec::new(), values: Vec::new(), grads: Vec::new(), stored: Vec::new(), ix, layers, enc: None };
+        for (i, (n, s, d)) in params.into_iter().enumerate() {
+            let len = d.len();
+            let padded = if i == decoder || i == ix.head_bias { len / model.cfg.vocab_size * head_vocab } else { len };
+            model.stored.push(padded);
+            model.names.push(n);
+            model.shapes.push(s);
+            let buf = model.upload_param(i, &d, f32_master)?;
+            model.values.push(buf);
         }
-        Ok(XlmR { backend, cfg, names, shapes, values, grads: Vec::new(), ix, layers, enc: None })
+        Ok(model)
+    }
+
+    /// Columns of the LM head's logits: the vocabulary rounded up to the backend's
+    /// `vocab_align`. The extra decoder rows are zero and their logits never take part.
+    pub fn head_vocab(&self) -> usize {
+        self.stored[self.ix.head_bias]
+    }
+
+    /// Stored length of parameter `i` (its gradient and optimizer moments have the same).
+    pub fn param_len(&self, i: usize) -> usize {
+        self.stored[i]
+    }
+
+    /// Uploads the values of parameter `i` (its HF shape), zero-padded to its stored length;
+    /// `f32_master` as in `Backend::upload_f32`.
+    pub fn upload_param(&self, i: usize, data: &[f32], f32_master: bool) -> Result<B::Buf> {
+        let n: usize = self.shapes[i].iter().product();
+        if data.len() != n {
+            bail!("parameter `{}`: {} values given, expected {n}", self.names[i], data.len());
+        }
+        let padded;
+        let data = if self.stored[i] == n {
+            data
+        } else {
+            padded = [data, &vec![0.0; self.stored[i] - n]].concat();
+            &padded
+        };
+        if f32_master {
+            self.backend.upload_f32(data)
+        } else {
+            self.backend.upload(data)
+        }
+    }
+
+    /// Downloads a buffer of parameter `i` (value, gradient or moment) without its padding.
+    pub fn download_param(&self, i: usize, buf: &B::Buf) -> Result<Vec<f32>> {
+        let mut d = self.backend.download(buf)?;
+        d.truncate(self.shapes[i].iter().product());
+        Ok(d)
     }
 
     /// Writes `config.json` and `model.safetensors` (f32, HF names; a tied decoder is omitted,
@@ -238,7 +284,7 @@ impl<B: Backend> XlmR<B> {
         let mut cfg = self.cfg.to_json();
         cfg["tie_word_embeddings"] = serde_json::Value::Bool(self.ix.decoder.is_none());
         crate::util::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
-        let data = self.values.iter().map(|v| self.backend.download(v)).collect::<Result<Vec<_>>>()?;
+        let data = self.values.iter().enumerate().map(|(i, v)| self.download_param(i, v)).collect::<Result<Vec<_>>>()?;
         let tensors: Vec<(&str, &[usize], &[f32])> =
             (0..data.len()).map(|i| (self.names[i].as_str(), self.shapes[i].as_slice(), data[i].as_slice())).collect();
         let mut meta = HashMap::new();
@@ -286,11 +332,7 @@ impl<B: Backend> XlmR<B> {
 
     /// Replaces the value of parameter `i` (used when restoring checkpoints).
     pub fn set_value(&mut self, i: usize, data: &[f32]) -> Result<()> {
-        let n: usize = self.shapes[i].iter().product();
-        if data.len() != n {
-            bail!("parameter `{}`: {} values given, expected {n}", self.names[i], data.len());
-        }
-        self.values[i] = self.backend.upload(data)?;
+        self.values[i] = self.upload_param(i, data, false)?;
         Ok(())
     }
 
@@ -303,8 +345,8 @@ impl<B: Backend> XlmR<B> {
 
     fn ensure_grads(&mut self) -> Result<()> {
         if self.grads.is_empty() {
-            for s in &self.shapes {
-                self.grads.push(self.backend.zeros(s.iter().product())?);
+            for &n in &self.stored {
+                self.grads.push(self.backend.zeros(n)?);
             }
         }
         Ok(())
@@ -482,7 +524,7 @@ impl<B: Backend> XlmR<B> {
         let _range = nvtx::range!("lm_head");
         let be = &self.backend;
         let enc = self.enc.as_ref().expect("encode first");
-        let (r, h, vsz) = (rows.len(), self.cfg.hidden, self.cfg.vocab_size);
+        let (r, h, vsz) = (rows.len(), self.cfg.hidden, self.head_vocab());
         let n = enc.batch * enc.seq;
         if let Some(&bad) = rows.iter().find(|&&x| x < 0 || x as usize >= n) {
             bail!("row {bad} is outside the batch of {n} positions");
@@ -513,7 +555,9 @@ impl<B: Backend> XlmR<B> {
     pub fn logits(&mut self, batch: &Batch, rows: &[i32]) -> Result<Vec<f32>> {
         self.encode(batch, Dropout::off())?;
         let hd = self.head_forward(rows)?;
-        self.backend.download(&hd.logits)
+        let all = self.backend.download(&hd.logits)?;
+        let (v, hv) = (self.cfg.vocab_size, self.head_vocab());
+        Ok(if v == hv { all } else { all.chunks(hv).flat_map(|row| &row[..v]).copied().collect() })
     }
 
     /// The sampler's pick (token and its log-prob) at the flat positions `rows`.
@@ -525,7 +569,7 @@ impl<B: Backend> XlmR<B> {
     /// options (sampling gives every example its own seed).
     pub fn pick_many(&mut self, batch: &Batch, groups: &[(&[i32], &PickOpts)]) -> Result<Vec<RowStats>> {
         self.encode(batch, Dropout::off())?;
-        let v = self.cfg.vocab_size;
+        let v = self.head_vocab();
         groups
             .iter()
             .map(|(rows, opts)| {
@@ -559,7 +603,7 @@ impl<B: Backend> XlmR<B> {
         self.encode(batch, drop)?;
         let mut hd = self.head_forward(&loss.rows)?;
         let be = &self.backend;
-        let (r, vsz) = (loss.rows.len(), self.cfg.vocab_size);
+        let (r, vsz) = (loss.rows.len(), self.head_vocab());
         let targets = be.upload_i32(&loss.targets)?;
         let per_row = be.cross_entropy_fwd_bwd(&mut hd.logits, &targets, &loss.weights, r, vsz, self.valid_vocab(), label_smoothing)?;
         let total: f64 = per_row.iter().zip(&loss.weights).map(|(l, w)| (*l as f64) * (*w as f64)).sum();
@@ -572,7 +616,7 @@ impl<B: Backend> XlmR<B> {
     fn head_backward(&mut self, hd: &Head<B>) -> Result<B::Buf> {
         let _range = nvtx::range!("lm_head backward");
         let be = &self.backend;
-        let (r, h, vsz) = (hd.rows, self.cfg.hidden, self.cfg.vocab_size);
+        let (r, h, vsz) = (hd.rows, self.cfg.hidden, self.head_vocab());
         let dec = self.decoder();
         let v = &self.values;
         let g = &mut self.grads;

@@ -28,10 +28,9 @@ impl<B: Backend> Optimizer<B> {
         let be = model.backend();
         let mut m = Vec::new();
         let mut v = Vec::new();
-        for s in model.param_shapes() {
-            let n = s.iter().product();
-            m.push(be.zeros(n)?);
-            v.push(be.zeros(n)?);
+        for i in 0..model.param_names().len() {
+            m.push(be.zeros(model.param_len(i))?);
+            v.push(be.zeros(model.param_len(i))?);
         }
         Ok(Optimizer { hp, step: 0, m, v })
     }
@@ -71,12 +70,11 @@ impl<B: Backend> Optimizer<B> {
 
     /// The moments as named f32 tensors (`exp_avg.<name>`, `exp_avg_sq.<name>`).
     pub fn state_tensors(&self, model: &XlmR<B>) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
-        let be = model.backend();
         let mut out = Vec::new();
         for (i, name) in model.param_names().iter().enumerate() {
             let shape = model.param_shapes()[i].clone();
-            out.push((format!("exp_avg.{name}"), shape.clone(), be.download(&self.m[i])?));
-            out.push((format!("exp_avg_sq.{name}"), shape, be.download(&self.v[i])?));
+            out.push((format!("exp_avg.{name}"), shape.clone(), model.download_param(i, &self.m[i])?));
+            out.push((format!("exp_avg_sq.{name}"), shape, model.download_param(i, &self.v[i])?));
         }
         Ok(out)
     }
@@ -92,7 +90,6 @@ impl<B: Backend> Optimizer<B> {
     pub fn load(&mut self, model: &XlmR<B>, path: &Path) -> Result<()> {
         let file = path.display().to_string();
         let mut t = crate::model::weights::read_safetensors(path)?;
-        let be = model.backend();
         for (i, name) in model.param_names().iter().enumerate() {
             let n: usize = model.param_shapes()[i].iter().product();
             for (prefix, dst) in [("exp_avg", &mut self.m[i]), ("exp_avg_sq", &mut self.v[i])] {
@@ -101,7 +98,7 @@ impl<B: Backend> Optimizer<B> {
                 if x.data.len() != n {
                     bail!("{file}: tensor `{key}` has {} values, expected {n}", x.data.len());
                 }
-                *dst = be.upload_f32(&x.data)?;
+                *dst = model.upload_param(i, &x.data, true)?;
             }
         }
         let bytes = std::fs::read(path)?;

@@ -15,12 +15,26 @@ pub mod vocab;
 use super::{AdamW, AttnShape, Backend, Dropout, RowStats};
 use anyhow::Result;
 
-#[derive(Clone, Debug, Default)]
-pub struct CpuBackend;
+#[derive(Clone, Debug)]
+pub struct CpuBackend {
+    vocab_align: usize,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        CpuBackend { vocab_align: 1 }
+    }
+}
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend
+        Self::default()
+    }
+
+    /// A CPU backend that pads the LM head like a GPU one (`Backend::vocab_align`), so the
+    /// padding logic is tested without a GPU.
+    pub fn with_vocab_align(align: usize) -> Self {
+        CpuBackend { vocab_align: align.max(1) }
     }
 
     /// Sets the size of the worker pool (0 = one per core). Call before any work.
@@ -37,6 +51,10 @@ impl Backend for CpuBackend {
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn vocab_align(&self) -> usize {
+        self.vocab_align
     }
 
     fn zeros(&self, n: usize) -> Result<Vec<f32>> {

@@ -156,6 +156,10 @@ impl Backend for CudaBackend {
         self.label.clone()
     }
 
+    fn vocab_align(&self) -> usize {
+        64
+    }
+
     fn zeros(&self, n: usize) -> Result<CudaBuf> {
         self.new_bf16(n)
     }

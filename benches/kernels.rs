@@ -10,7 +10,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dlm_engine::backend::cpu::CpuBackend;
 use dlm_engine::backend::cuda::CudaBackend;
-use dlm_engine::backend::{AdamW, AttnShape, Backend, Dropout};
+use dlm_engine::backend::{pack_gumbel, AdamW, AttnShape, Backend, Dropout};
 use dlm_engine::rng::Rng;
 use std::time::{Duration, Instant};
 
@@ -76,13 +76,16 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
         let mut y = be.zeros(rows * vocab_padded).unwrap();
         let bytes = 2 * (rows * HIDDEN + vocab_padded * HIDDEN + rows * vocab_padded) as u64;
         timed(&mut group, &format!("linear_fwd/lm_head_{vocab_padded}/{tag}"), bytes, &mut || be.linear_fwd(&x, &w, None, &mut y, rows, vocab_padded, HIDDEN).unwrap());
-        let forbid = [0, 1, 2, 3, vocab as i32 - 1];
+        let forbid = be.upload_i32(&[0, 1, 2, 3, vocab as i32 - 1]).unwrap();
+        let (seeds, streams) = pack_gumbel(&(0..rows as u32).map(|r| (7, r)).collect::<Vec<_>>());
+        let (seeds, streams) = (be.upload_i32(&seeds).unwrap(), be.upload_i32(&streams).unwrap());
+        let (mut token, mut logprob) = (be.upload_i32(&vec![0; rows]).unwrap(), be.zeros(rows).unwrap());
         let bytes_pick = 2 * (rows * vocab_padded) as u64;
         timed(&mut group, &format!("vocab_pick/argmax/{tag}"), bytes_pick, &mut || {
-            be.vocab_pick(&y, rows, vocab_padded, vocab, &forbid, 1.0, None).unwrap();
+            be.vocab_pick(&y, rows, vocab_padded, vocab, &forbid, 1.0, None, &mut token, &mut logprob).unwrap();
         });
         timed(&mut group, &format!("vocab_pick/gumbel/{tag}"), bytes_pick, &mut || {
-            be.vocab_pick(&y, rows, vocab_padded, vocab, &forbid, 0.9, Some(7)).unwrap();
+            be.vocab_pick(&y, rows, vocab_padded, vocab, &forbid, 0.9, Some((&seeds, &streams)), &mut token, &mut logprob).unwrap();
         });
         let targets = be.upload_i32(&(0..rows as i32).collect::<Vec<_>>()).unwrap();
         let weights = vec![1.0f32; rows];

@@ -15,10 +15,12 @@ __device__ __forceinline__ void pick_merge(float& key, int& id, float key2, int 
 }
 
 // Dynamic shared memory: n_forbid ints. Gumbel noise for column c of row r is number c of
-// Philox stream (seed, r): each thread takes aligned groups of 4 columns, one Philox block each.
+// Philox stream (seed_r, stream_r), seed_r = seeds[2r] << 32 | seeds[2r+1]; each thread takes
+// aligned groups of 4 columns, one Philox block each. `seeds` and `streams` are unused (may be
+// null) without Gumbel noise.
 extern "C" __global__ void vocab_pick_bf16(const bf16* logits, int rows, int vocab, int valid, const int* forbid,
-                                           int n_forbid, float temperature, int use_gumbel, u64 seed, int* out_token,
-                                           float* out_logprob) {
+                                           int n_forbid, float temperature, int use_gumbel, const int* seeds,
+                                           const int* streams, int* out_token, float* out_logprob) {
     extern __shared__ int forb[];
     __shared__ float wkey[32];
     __shared__ int wid[32];
@@ -27,6 +29,11 @@ extern "C" __global__ void vocab_pick_bf16(const bf16* logits, int rows, int voc
     const int r = blockIdx.x;
     if (r >= rows) return;  // uniform per block
     const u64 base = (u64)r * vocab;
+    u64 seed = 0, noise_stream = 0;
+    if (use_gumbel) {
+        seed = ((u64)(unsigned)seeds[2 * r] << 32) | (u64)(unsigned)seeds[2 * r + 1];
+        noise_stream = (u64)(unsigned)streams[r];
+    }
 
     float m = -INFINITY, s = 0.0f;      // log-sum-exp of the allowed logits
     float key = -INFINITY;              // best key so far; candidates must beat -inf strictly
@@ -34,7 +41,7 @@ extern "C" __global__ void vocab_pick_bf16(const bf16* logits, int rows, int voc
     const int groups = (valid + 3) >> 2;
     for (int g = threadIdx.x; g < groups; g += blockDim.x) {
         uint4 noise = make_uint4(0, 0, 0, 0);
-        if (use_gumbel) noise = philox_block(seed, (u64)r, (u64)g);
+        if (use_gumbel) noise = philox_block(seed, noise_stream, (u64)g);
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
             const int c = g * 4 + q;

@@ -97,6 +97,43 @@ fn sampling_picks_the_cpu_tokens_where_margins_are_clear() {
     assert!(out.iter().all(|o| o.score.is_finite() || o.tokens.is_empty()));
 }
 
+/// The sampling step recorded as a CUDA graph computes what the same step run op by op does, on
+/// every later input: the recording must read the inputs written in place, not the ones it saw.
+#[test]
+fn recorded_sampling_step_replays_on_new_inputs() {
+    let Some(mut recorded) = gpu("recorded_sampling_step_replays_on_new_inputs") else { return };
+    let Some(mut direct) = gpu("recorded_sampling_step_replays_on_new_inputs") else { return };
+    // Recording needs launches without the tests' per-launch synchronisation.
+    recorded.set_sync_each_launch(false);
+    recorded.set_graphs(true);
+    direct.set_graphs(false);
+    let dir = fixtures().join("postln");
+    let mut g = XlmR::load(recorded, &dir).unwrap();
+    let mut d = XlmR::load(direct, &dir).unwrap();
+    let a = golden_batch("postln");
+    let mut b = a.clone();
+    for (i, t) in b.ids.iter_mut().enumerate() {
+        if *t > 3 {
+            *t = 4 + (*t + 7 * i as i32) % 290;
+        }
+    }
+    let rows: Vec<i32> = (0..a.tokens() as i32).filter(|r| r % 3 != 1).collect();
+    let (first, rest) = rows.split_at(rows.len() / 2);
+    // Argmax, then sampling (a new shape key, so a second recording).
+    for sampling in [false, true] {
+        for (step, batch) in [&a, &b, &a, &b, &a].into_iter().enumerate() {
+            let opts = |k: u64| PickOpts { forbid: vec![301, 0], temperature: 0.8, sample_seed: sampling.then_some(1000 * step as u64 + k) };
+            let (o1, o2) = (opts(1), opts(2));
+            let groups: Vec<(&[i32], &PickOpts)> = vec![(first, &o1), (rest, &o2)];
+            let want = d.pick_many(batch, &groups).unwrap();
+            let got = g.pick_many(batch, &groups).unwrap();
+            assert_eq!(got, want, "step {step} sampling {sampling}: the recorded step differs from the direct one");
+        }
+        assert!(g.sampling_step_recorded(), "sampling {sampling}: the step was never recorded");
+        assert!(!d.sampling_step_recorded());
+    }
+}
+
 /// The MLM loss of the fixture: mean CE over the positions `labels` marks (as tests/golden_hf.rs).
 fn golden_loss(arch: &str) -> LossRows {
     let labels = ids(&read(&fixtures().join(arch).join("golden.safetensors"))["labels"]);

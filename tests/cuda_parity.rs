@@ -20,7 +20,7 @@ mod common;
 use common::*;
 use dlm_engine::backend::cpu::{self, CpuBackend};
 use dlm_engine::backend::cuda::CudaBackend;
-use dlm_engine::backend::{AdamW, AttnShape, Backend, Dropout};
+use dlm_engine::backend::{pack_gumbel, AdamW, AttnShape, Backend, Dropout, RowStats};
 
 const TOL_BF16: f64 = 1e-2;
 const TOL_STAT: f64 = 1e-4;
@@ -444,18 +444,26 @@ fn vocab_pick_matches_cpu() {
             v[c.min(valid - 1)] = 50.0;
         }
         let (logits, lr) = up(&g, &v);
+        let gforbid = g.upload_i32(&forbid).unwrap();
         for (temperature, seed) in [(1.0f32, None), (0.7, Some(12345u64)), (1.3, Some(u64::MAX))] {
-            let got = g.vocab_pick(&logits, rows, vocab, valid, &forbid, temperature, seed).unwrap();
-            let want = cpu::vocab::vocab_pick(&lr, rows, vocab, valid, &forbid, temperature, seed);
+            // Each row its own noise stream: seeds differ per row, streams count down.
+            let noise: Option<Vec<(u64, u32)>> = seed.map(|s| (0..rows).map(|r| (s ^ (r as u64) << 40, (rows - r) as u32)).collect());
+            let packed = noise.as_ref().map(|n| pack_gumbel(n));
+            let gnoise = packed.as_ref().map(|(s, t)| (g.upload_i32(s).unwrap(), g.upload_i32(t).unwrap()));
+            let mut token = g.upload_i32(&vec![-7; rows]).unwrap();
+            let mut logprob = g.upload_f32(&poison(rows)).unwrap();
+            g.vocab_pick(&logits, rows, vocab, valid, &gforbid, temperature, gnoise.as_ref().map(|(s, t)| (s, t)), &mut token, &mut logprob).unwrap();
+            let got = RowStats { token: g.read_i32(&token).unwrap(), logprob: down(&g, &logprob) };
+            let want = cpu::vocab::vocab_pick(&lr, rows, vocab, valid, &forbid, temperature, packed.as_ref().map(|(s, t)| (s.as_slice(), t.as_slice())));
             let tag = format!("vocab_pick {rows}x{vocab} valid {valid} T {temperature} seed {seed:?}");
             for r in 0..rows {
                 let (a, b) = (got.token[r] as usize, want.token[r] as usize);
                 if a != b {
                     // Only a near-tie may differ (the device logf can differ from the host's in the
                     // last bit): the two candidates' keys must then agree to f32 rounding.
-                    let key = |c: usize| match seed {
+                    let key = |c: usize| match &noise {
                         None => lr[r * vocab + c],
-                        Some(s) => lr[r * vocab + c] / temperature + dlm_engine::rng::philox_gumbel(s, r as u64, c as u64),
+                        Some(n) => lr[r * vocab + c] / temperature + dlm_engine::rng::philox_gumbel(n[r].0, n[r].1 as u64, c as u64),
                     };
                     assert!((key(a) - key(b)).abs() <= 1e-5 * key(b).abs().max(1.0), "{tag} row {r}: token {a} vs {b}");
                     assert!(!forbid.contains(&(a as i32)) && a < valid, "{tag} row {r}: picked excluded id {a}");

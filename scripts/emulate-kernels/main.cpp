@@ -199,8 +199,13 @@ void test_pick(int rows, int vocab, int valid, std::vector<int> forbid, float te
     auto x = rand_bf16((size_t)rows*vocab, 2);
     if (valid > 30) { x[17] = x[9] = x[30] = __float2bfloat16_rn(50.f); }
     std::vector<int> tok(rows, -7); std::vector<float> lp(rows, NAN);
+    // Each row its own noise stream (seed_r, stream_r), packed as the host does (pack_gumbel).
+    auto seed_of = [&](int r) { return seed ^ ((u64)r << 40); };
+    auto stream_of = [&](int r) { return (u64)(rows - r); };
+    std::vector<int> seeds(2 * rows), streams(rows);
+    for (int r = 0; r < rows; ++r) { seeds[2*r] = (int)(u32)(seed_of(r) >> 32); seeds[2*r+1] = (int)(u32)seed_of(r); streams[r] = (int)stream_of(r); }
     launch({(unsigned)rows,1,1}, {1024,1,1}, [&] {
-        vocab_pick_bf16(x.data(), rows, vocab, valid, forbid.data(), (int)forbid.size(), temp, gumbel, seed, tok.data(), lp.data());
+        vocab_pick_bf16(x.data(), rows, vocab, valid, forbid.data(), (int)forbid.size(), temp, gumbel, seeds.data(), streams.data(), tok.data(), lp.data());
     });
     for (int r = 0; r < rows; ++r) {
         auto allowed = [&](int c) { return std::find(forbid.begin(), forbid.end(), c) == forbid.end(); };
@@ -211,7 +216,7 @@ void test_pick(int rows, int vocab, int valid, std::vector<int> forbid, float te
         for (int c = 0; c < valid; ++c) {
             if (!allowed(c)) continue;
             float xv = __bfloat162float(x[(size_t)r*vocab+c]);
-            float key = gumbel ? xv / temp + philox_gumbel(seed, r, c) : xv;
+            float key = gumbel ? xv / temp + philox_gumbel(seed_of(r), stream_of(r), c) : xv;
             if (key > bk) { bk = key; bi = c; }
         }
         CHECK(tok[r] == bi, "pick row %d: token %d vs %d", r, tok[r], bi);

@@ -61,6 +61,18 @@ pub struct RowStats {
     pub logprob: Vec<f32>,
 }
 
+/// Packs per-row Gumbel noise streams for `vocab_pick`: row r draws number c (the vocabulary id)
+/// of Philox stream `rows[r] = (seed, stream)`. Seeds become two i32 per row (high, low bits).
+pub fn pack_gumbel(rows: &[(u64, u32)]) -> (Vec<i32>, Vec<i32>) {
+    let seeds = rows.iter().flat_map(|&(s, _)| [(s >> 32) as u32 as i32, s as u32 as i32]).collect();
+    (seeds, rows.iter().map(|&(_, st)| st as i32).collect())
+}
+
+/// Row r's seed from the packed form of `pack_gumbel`.
+pub fn unpack_seed(seeds: &[i32], r: usize) -> u64 {
+    ((seeds[2 * r] as u32 as u64) << 32) | seeds[2 * r + 1] as u32 as u64
+}
+
 pub trait Backend {
     /// Float storage (activations, parameters, gradients).
     type Buf;
@@ -88,6 +100,11 @@ pub trait Backend {
     }
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn upload_i32(&self, data: &[i32]) -> Result<Self::IBuf>;
+    /// Overwrites an integer buffer with as many values as it holds, without allocating (so a
+    /// recorded step can be replayed on new inputs).
+    fn write_i32(&self, dst: &mut Self::IBuf, data: &[i32]) -> Result<()>;
+    /// The values of an integer buffer, including ones a kernel wrote (`vocab_pick`'s tokens).
+    fn read_i32(&self, src: &Self::IBuf) -> Result<Vec<i32>>;
     fn len(&self, buf: &Self::Buf) -> usize;
     fn fill_zero(&self, buf: &mut Self::Buf) -> Result<()>;
     /// `dst = src` (same length).
@@ -278,10 +295,11 @@ pub trait Backend {
         label_smoothing: f32,
     ) -> Result<Vec<f32>>;
 
-    /// Per row of `vocab` logits, with `forbid` ids and columns past `valid_vocab` excluded:
-    /// pick the argmax, or, with `gumbel_seed`, a sample from `softmax(logits / temperature)`
-    /// (Gumbel-max with noise from stream (`gumbel_seed`, row)). Returns the chosen id and its
-    /// log-softmax value at temperature 1, the confidence the RDM sampler ranks (method.md §4.3).
+    /// Per row of `vocab` logits, with the `forbid` ids and columns past `valid_vocab` excluded:
+    /// picks the argmax, or, with `gumbel` (the packed `(seeds, streams)` of `pack_gumbel`), a
+    /// sample from `softmax(logits / temperature)` by Gumbel-max. Writes the chosen id to `token`
+    /// and its log-softmax at temperature 1, the confidence the RDM sampler ranks (method.md §4.3),
+    /// to `logprob`. Everything stays on the device: no host synchronisation, no allocation.
     #[allow(clippy::too_many_arguments)]
     fn vocab_pick(
         &self,
@@ -289,10 +307,32 @@ pub trait Backend {
         rows: usize,
         vocab: usize,
         valid_vocab: usize,
-        forbid: &[i32],
+        forbid: &Self::IBuf,
         temperature: f32,
-        gumbel_seed: Option<u64>,
-    ) -> Result<RowStats>;
+        gumbel: Option<(&Self::IBuf, &Self::IBuf)>,
+        token: &mut Self::IBuf,
+        logprob: &mut Self::Buf,
+    ) -> Result<()>;
+
+    // ---- recorded steps (CUDA graphs) -----------------------------------------------------------
+    /// Starts recording the ops issued from now on instead of running them. Returns false, and
+    /// changes nothing, when the backend cannot record; the caller then runs the ops directly.
+    /// Recorded ops must not allocate, copy from or to the host, or synchronise.
+    fn begin_capture(&self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Ends a recording begun by `begin_capture` and returns its id for `replay`.
+    fn end_capture(&self) -> Result<usize> {
+        anyhow::bail!("{} cannot record steps", self.name())
+    }
+    /// Runs a recorded step again, on whatever its buffers now hold.
+    fn replay(&self, _graph: usize) -> Result<()> {
+        anyhow::bail!("{} cannot replay recorded steps", self.name())
+    }
+    /// Frees a recording.
+    fn release(&self, _graph: usize) -> Result<()> {
+        Ok(())
+    }
 
     // ---- optimizer ----------------------------------------------------------------------------
     /// Σ x² over a buffer (for the global gradient norm).

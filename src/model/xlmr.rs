@@ -6,11 +6,13 @@
 
 use super::config::{Arch, ModelConfig};
 use super::weights;
-use super::{Batch, LossRows, PickOpts};
-use crate::backend::{AttnShape, Backend, Dropout, RowStats};
+use super::{Batch, LossRows};
+use crate::backend::{AttnShape, Backend, Dropout};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
+
+mod pick;
 
 #[derive(Clone, Copy)]
 struct Linear {
@@ -125,6 +127,8 @@ pub struct XlmR<B: Backend> {
     ix: Index,
     layers: Vec<Layer>,
     enc: Option<Encoder<B>>,
+    /// The sampling step's own workspace (see `pick`).
+    step: Option<pick::StepPlan<B>>,
 }
 
 /// Dropout stream ids: one per site and layer, so no two sites share a mask.
@@ -225,7 +229,7 @@ impl<B: Backend> XlmR<B> {
         };
         let head_vocab = cfg.vocab_size.next_multiple_of(backend.vocab_align().max(1));
         let decoder = ix.decoder.unwrap_or(ix.word);
-        let mut model = XlmR { backend, cfg, names: Vec::new(), shapes: Vec::new(), values: Vec::new(), grads: Vec::new(), stored: Vec::new(), ix, layers, enc: None };
+        let mut model = XlmR { backend, cfg, names: Vec::new(), shapes: Vec::new(), values: Vec::new(), grads: Vec::new(), stored: Vec::new(), ix, layers, enc: None, step: None };
         for (i, (n, s, d)) in params.into_iter().enumerate() {
             let len = d.len();
             let padded = if i == decoder || i == ix.head_bias { len / model.cfg.vocab_size * head_vocab } else { len };
@@ -402,9 +406,9 @@ impl<B: Backend> XlmR<B> {
         Ok(Encoder {
             batch: batch.batch,
             seq: batch.seq,
-            ids: be.upload_i32(&[])?,
-            pos_ids: be.upload_i32(&[])?,
-            key_mask: be.upload_i32(&[])?,
+            ids: be.upload_i32(&vec![0; n])?,
+            pos_ids: be.upload_i32(&vec![0; n])?,
+            key_mask: be.upload_i32(&vec![0; n])?,
             emb: z(n * h)?,
             emb_mean: z(n)?,
             emb_rstd: z(n)?,
@@ -424,23 +428,17 @@ impl<B: Backend> XlmR<B> {
             self.enc = Some(self.alloc_encoder(batch)?);
         }
         let mut enc = self.enc.take().expect("encoder workspace");
-        let r = self.encode_into(&mut enc, batch, drop);
+        let r = self.set_encoder_inputs(&mut enc, batch).and_then(|_| self.run_encoder(&mut enc, drop));
         self.enc = Some(enc);
         r
     }
 
-    fn encode_into(&self, enc: &mut Encoder<B>, batch: &Batch, drop: Dropout) -> Result<()> {
-        let _range = nvtx::range!("encoder");
+    /// Writes the token ids of `batch` (checked, of the workspace's shape), their padding-aware
+    /// positions (HF create_position_ids_from_input_ids) and the key mask into `enc`, in place.
+    fn set_encoder_inputs(&self, enc: &mut Encoder<B>, batch: &Batch) -> Result<()> {
         let be = &self.backend;
-        let cfg = &self.cfg;
-        let (n, h, f) = (batch.tokens(), cfg.hidden, cfg.intermediate);
-        let eps = cfg.layer_norm_eps;
-        let v = &self.values;
-        let hidden_drop = Dropout { p: if drop.active() { cfg.hidden_dropout } else { 0.0 }, seed: drop.seed };
-        let attn_drop = Dropout { p: if drop.active() { cfg.attention_dropout } else { 0.0 }, seed: drop.seed };
-
-        // Padding-aware positions (HF create_position_ids_from_input_ids) and the key mask.
-        let pad = cfg.pad_id;
+        let pad = self.cfg.pad_id;
+        let n = batch.tokens();
         let mut pos_ids = Vec::with_capacity(n);
         let mut key_mask = Vec::with_capacity(n);
         for row in batch.ids.chunks(batch.seq) {
@@ -452,9 +450,22 @@ impl<B: Backend> XlmR<B> {
                 key_mask.push(real as i32);
             }
         }
-        enc.ids = be.upload_i32(&batch.ids)?;
-        enc.pos_ids = be.upload_i32(&pos_ids)?;
-        enc.key_mask = be.upload_i32(&key_mask)?;
+        be.write_i32(&mut enc.ids, &batch.ids)?;
+        be.write_i32(&mut enc.pos_ids, &pos_ids)?;
+        be.write_i32(&mut enc.key_mask, &key_mask)
+    }
+
+    /// The encoder over the inputs in `enc`: launches only (no allocation once every buffer has
+    /// been written once, no host transfer), so a sampling step can be recorded.
+    fn run_encoder(&self, enc: &mut Encoder<B>, drop: Dropout) -> Result<()> {
+        let _range = nvtx::range!("encoder");
+        let be = &self.backend;
+        let cfg = &self.cfg;
+        let (n, h, f) = (enc.batch * enc.seq, cfg.hidden, cfg.intermediate);
+        let eps = cfg.layer_norm_eps;
+        let v = &self.values;
+        let hidden_drop = Dropout { p: if drop.active() { cfg.hidden_dropout } else { 0.0 }, seed: drop.seed };
+        let attn_drop = Dropout { p: if drop.active() { cfg.attention_dropout } else { 0.0 }, seed: drop.seed };
 
         be.embed_fwd(&enc.ids, &enc.pos_ids, &v[self.ix.word], &v[self.ix.pos], &v[self.ix.typ], &mut enc.emb, n, h)?;
         match self.ix.emb_ln {
@@ -463,7 +474,7 @@ impl<B: Backend> XlmR<B> {
         }
         be.dropout_fwd(&mut enc.hs[0], hidden_drop, S_EMB)?;
 
-        let shape = AttnShape { batch: batch.batch, seq: batch.seq, heads: cfg.heads, head_dim: cfg.head_dim() };
+        let shape = AttnShape { batch: enc.batch, seq: enc.seq, heads: cfg.heads, head_dim: cfg.head_dim() };
         for (li, (layer, a)) in self.layers.iter().zip(enc.layers.iter_mut()).enumerate() {
             let _r = nvtx::range!("layer {}", li);
             let (before, after) = enc.hs.split_at_mut(li + 1);
@@ -519,36 +530,45 @@ impl<B: Backend> XlmR<B> {
         }
     }
 
-    /// MLM head on the flat positions `rows`: dense → GELU → LN → decoder + bias.
+    /// MLM head on the flat positions `rows` of the last `encode`: dense → GELU → LN → decoder + bias.
     fn head_forward(&self, rows: &[i32]) -> Result<Head<B>> {
-        let _range = nvtx::range!("lm_head");
-        let be = &self.backend;
         let enc = self.enc.as_ref().expect("encode first");
-        let (r, h, vsz) = (rows.len(), self.cfg.hidden, self.head_vocab());
-        let n = enc.batch * enc.seq;
-        if let Some(&bad) = rows.iter().find(|&&x| x < 0 || x as usize >= n) {
-            bail!("row {bad} is outside the batch of {n} positions");
-        }
-        let v = &self.values;
-        let mut hd = Head {
+        check_rows(rows, enc.batch * enc.seq)?;
+        let mut hd = self.alloc_head(rows.len())?;
+        self.backend.write_i32(&mut hd.idx, rows)?;
+        self.run_head(enc, &mut hd)?;
+        Ok(hd)
+    }
+
+    fn alloc_head(&self, r: usize) -> Result<Head<B>> {
+        let be = &self.backend;
+        let h = self.cfg.hidden;
+        Ok(Head {
             rows: r,
-            idx: be.upload_i32(rows)?,
+            idx: be.upload_i32(&vec![0; r])?,
             x: be.zeros(r * h)?,
             d1: be.zeros(r * h)?,
             g1: be.zeros(r * h)?,
             z: be.zeros(r * h)?,
             mean: be.zeros(r)?,
             rstd: be.zeros(r)?,
-            logits: be.zeros(r * vsz)?,
-        };
+            logits: be.zeros(r * self.head_vocab())?,
+        })
+    }
+
+    /// The head on the rows in `hd.idx` (launches only, as `run_encoder`).
+    fn run_head(&self, enc: &Encoder<B>, hd: &mut Head<B>) -> Result<()> {
+        let _range = nvtx::range!("lm_head");
+        let be = &self.backend;
+        let (r, h, vsz) = (hd.rows, self.cfg.hidden, self.head_vocab());
+        let v = &self.values;
         be.gather_rows(self.encoder_output(enc), &hd.idx, &mut hd.x, r, h)?;
         let dn = self.ix.head_dense;
         be.linear_fwd(&hd.x, &v[dn.w], Some(&v[dn.b]), &mut hd.d1, r, h, h)?;
         be.gelu_fwd(&hd.d1, &mut hd.g1)?;
         let ln = self.ix.head_ln;
         be.add_layernorm_fwd(&hd.g1, None, None, &v[ln.g], &v[ln.b], &mut hd.z, &mut hd.mean, &mut hd.rstd, r, h, self.cfg.layer_norm_eps)?;
-        be.linear_fwd(&hd.z, &v[self.decoder()], Some(&v[self.ix.head_bias]), &mut hd.logits, r, vsz, h)?;
-        Ok(hd)
+        be.linear_fwd(&hd.z, &v[self.decoder()], Some(&v[self.ix.head_bias]), &mut hd.logits, r, vsz, h)
     }
 
     /// Logits (`[rows.len(), vocab_size]`, row-major) at the flat positions `rows` of `batch`.
@@ -558,28 +578,6 @@ impl<B: Backend> XlmR<B> {
         let all = self.backend.download(&hd.logits)?;
         let (v, hv) = (self.cfg.vocab_size, self.head_vocab());
         Ok(if v == hv { all } else { all.chunks(hv).flat_map(|row| &row[..v]).copied().collect() })
-    }
-
-    /// The sampler's pick (token and its log-prob) at the flat positions `rows`.
-    pub fn pick(&mut self, batch: &Batch, rows: &[i32], opts: &PickOpts) -> Result<RowStats> {
-        Ok(self.pick_many(batch, &[(rows, opts)])?.remove(0))
-    }
-
-    /// Several picks over one batch with one encoder pass: each group of rows with its own
-    /// options (sampling gives every example its own seed).
-    pub fn pick_many(&mut self, batch: &Batch, groups: &[(&[i32], &PickOpts)]) -> Result<Vec<RowStats>> {
-        self.encode(batch, Dropout::off())?;
-        let v = self.head_vocab();
-        groups
-            .iter()
-            .map(|(rows, opts)| {
-                if rows.is_empty() {
-                    return Ok(RowStats::default());
-                }
-                let hd = self.head_forward(rows)?;
-                self.backend.vocab_pick(&hd.logits, rows.len(), v, self.valid_vocab(), &opts.forbid, opts.temperature, opts.sample_seed)
-            })
-            .collect()
     }
 
     /// Ids the model may emit: XL/XXL carry 250880 rows for a 250002-id tokenizer, and the rows
@@ -797,6 +795,14 @@ impl<B: Backend> XlmR<B> {
 }
 
 /// Two distinct mutable elements of a slice.
+/// Rejects flat positions outside a batch of `n`.
+fn check_rows(rows: &[i32], n: usize) -> Result<()> {
+    if let Some(&bad) = rows.iter().find(|&&x| x < 0 || x as usize >= n) {
+        bail!("row {bad} is outside the batch of {n} positions");
+    }
+    Ok(())
+}
+
 fn two_mut<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
     assert_ne!(i, j);
     if i < j {

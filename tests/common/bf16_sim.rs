@@ -5,7 +5,7 @@
 //! tolerances in tests/cuda_model.rs, and runs those tests' comparison code on every machine.
 
 use dlm_engine::backend::cpu::{self as ck, CpuBackend};
-use dlm_engine::backend::{AdamW, AttnShape, Backend, Dropout, RowStats};
+use dlm_engine::backend::{AdamW, AttnShape, Backend, Dropout};
 
 /// A buffer: the values ops read (bf16-representable where the GPU stores bf16), and for a
 /// parameter after its first AdamW step the f32 master that the update works on.
@@ -43,6 +43,13 @@ impl Backend for Bf16Sim {
     }
     fn upload_i32(&self, d: &[i32]) -> R<Vec<i32>> {
         Ok(d.to_vec())
+    }
+    fn write_i32(&self, dst: &mut Vec<i32>, d: &[i32]) -> R<()> {
+        dst.copy_from_slice(d);
+        Ok(())
+    }
+    fn read_i32(&self, s: &Vec<i32>) -> R<Vec<i32>> {
+        Ok(s.clone())
     }
     fn len(&self, b: &SimBuf) -> usize {
         b.v.len()
@@ -249,8 +256,12 @@ impl Backend for Bf16Sim {
         rnd(&mut l.v);
         Ok(r)
     }
-    fn vocab_pick(&self, l: &SimBuf, rows: usize, v: usize, vv: usize, f: &[i32], t: f32, g: Option<u64>) -> R<RowStats> {
-        Ok(ck::vocab::vocab_pick(&l.v, rows, v, vv, f, t, g))
+    fn vocab_pick(&self, l: &SimBuf, rows: usize, v: usize, vv: usize, f: &Vec<i32>, t: f32, g: Option<(&Vec<i32>, &Vec<i32>)>, tok: &mut Vec<i32>, lp: &mut SimBuf) -> R<()> {
+        let st = ck::vocab::vocab_pick(&l.v, rows, v, vv, f, t, g.map(|(s, t)| (s.as_slice(), t.as_slice())));
+        tok.copy_from_slice(&st.token);
+        lp.v.copy_from_slice(&st.logprob);
+        lp.master = None;
+        Ok(())
     }
     fn sum_squares(&self, x: &SimBuf) -> R<f64> {
         Ok(ck::adamw::sum_squares(&x.v))

@@ -3,6 +3,7 @@
 //! It also checks that the sampler only asks for target slots of well-formed canvases.
 
 use dlm_engine::backend::cpu::vocab::vocab_pick;
+use dlm_engine::backend::pack_gumbel;
 use dlm_engine::backend::RowStats;
 use dlm_engine::diffusion::{Denoiser, SpecialIds};
 use dlm_engine::model::{Batch, PickOpts};
@@ -61,6 +62,7 @@ impl Denoiser for TableDenoiser {
             assert_eq!(row.len(), self.vocab);
             buf.extend(row);
         }
-        Ok(vocab_pick(&buf, rows.len(), self.vocab, self.vocab, &opts.forbid, opts.temperature, opts.sample_seed))
+        let noise = opts.sample_seed.map(|s| pack_gumbel(&(0..rows.len() as u32).map(|i| (s, i)).collect::<Vec<_>>()));
+        Ok(vocab_pick(&buf, rows.len(), self.vocab, self.vocab, &opts.forbid, opts.temperature, noise.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice()))))
     }
 }

@@ -12,7 +12,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod vocab;
 
-use super::{AdamW, AttnShape, Backend, Dropout, RowStats};
+use super::{AdamW, AttnShape, Backend, Dropout};
 use anyhow::Result;
 
 #[derive(Clone, Debug)]
@@ -68,6 +68,14 @@ impl Backend for CpuBackend {
     }
     fn upload_i32(&self, data: &[i32]) -> Result<Vec<i32>> {
         Ok(data.to_vec())
+    }
+    fn write_i32(&self, dst: &mut Vec<i32>, data: &[i32]) -> Result<()> {
+        anyhow::ensure!(dst.len() == data.len(), "write_i32: {} values into a buffer of {}", data.len(), dst.len());
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+    fn read_i32(&self, src: &Vec<i32>) -> Result<Vec<i32>> {
+        Ok(src.clone())
     }
     fn len(&self, buf: &Vec<f32>) -> usize {
         buf.len()
@@ -217,8 +225,12 @@ impl Backend for CpuBackend {
         Ok(vocab::cross_entropy_fwd_bwd(logits, targets, weights, rows, vocab, valid_vocab, label_smoothing))
     }
 
-    fn vocab_pick(&self, logits: &Vec<f32>, rows: usize, vocab: usize, valid_vocab: usize, forbid: &[i32], temperature: f32, gumbel_seed: Option<u64>) -> Result<RowStats> {
-        Ok(vocab::vocab_pick(logits, rows, vocab, valid_vocab, forbid, temperature, gumbel_seed))
+    #[allow(clippy::too_many_arguments)]
+    fn vocab_pick(&self, logits: &Vec<f32>, rows: usize, vocab: usize, valid_vocab: usize, forbid: &Vec<i32>, temperature: f32, gumbel: Option<(&Vec<i32>, &Vec<i32>)>, token: &mut Vec<i32>, logprob: &mut Vec<f32>) -> Result<()> {
+        let st = vocab::vocab_pick(logits, rows, vocab, valid_vocab, forbid, temperature, gumbel.map(|(s, t)| (s.as_slice(), t.as_slice())));
+        token[..rows].copy_from_slice(&st.token);
+        logprob[..rows].copy_from_slice(&st.logprob);
+        Ok(())
     }
 
     fn sum_squares(&self, x: &Vec<f32>) -> Result<f64> {

@@ -1,7 +1,7 @@
 //! Passes over the vocabulary: weighted softmax cross-entropy (loss and dlogits in place) and the
 //! sampler's per-row pick (argmax or Gumbel-max sample, and the log-prob of the pick).
 
-use crate::backend::RowStats;
+use crate::backend::{unpack_seed, RowStats};
 use crate::rng::philox_gumbel;
 use rayon::prelude::*;
 
@@ -66,6 +66,8 @@ pub fn masked_log_softmax(row: &[f32], valid: usize, forbid: &[i32]) -> Vec<f32>
     r.iter().map(|&v| v - lse).collect()
 }
 
+/// The CPU twin of `Backend::vocab_pick`; `gumbel` is the packed `(seeds, streams)` pair of
+/// `backend::pack_gumbel`.
 pub fn vocab_pick(
     logits: &[f32],
     rows: usize,
@@ -73,8 +75,9 @@ pub fn vocab_pick(
     valid: usize,
     forbid: &[i32],
     temperature: f32,
-    gumbel_seed: Option<u64>,
+    gumbel: Option<(&[i32], &[i32])>,
 ) -> RowStats {
+    let noise = gumbel.map(|(seeds, streams)| move |r: usize| (unpack_seed(seeds, r), streams[r] as u32 as u64));
     let picks: Vec<(i32, f32)> = logits[..rows * vocab]
         .par_chunks(vocab)
         .enumerate()
@@ -96,9 +99,12 @@ pub fn vocab_pick(
                 if !allowed(c) {
                     continue;
                 }
-                let key = match gumbel_seed {
+                let key = match noise {
                     None => row[c],
-                    Some(seed) => row[c] / temperature + philox_gumbel(seed, r as u64, c as u64),
+                    Some(stream_of) => {
+                        let (seed, stream) = stream_of(r);
+                        row[c] / temperature + philox_gumbel(seed, stream, c as u64)
+                    }
                 };
                 // Strict `>` keeps the lowest id on ties, as torch.argmax does.
                 if key > best.0 {

@@ -12,6 +12,7 @@
 
 pub mod blas;
 pub mod buffer;
+mod graphs;
 pub mod kernels;
 
 /// Launches kernel `$name` with `$cfg` and the listed arguments, then runs the optional
@@ -36,7 +37,7 @@ mod ops_vocab;
 pub use buffer::{CudaBuf, CudaIBuf};
 pub use kernels::KernelSource;
 
-use super::{AdamW, AttnShape, Backend, Dropout, RowStats};
+use super::{AdamW, AttnShape, Backend, Dropout};
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaStream, LaunchConfig};
 use std::sync::{Arc, Mutex};
@@ -48,6 +49,8 @@ pub struct CudaBackend {
     blas: blas::Gemm,
     scratch: Mutex<ops_vocab::Scratch>,
     sync_each_launch: bool,
+    use_graphs: bool,
+    graphs: Mutex<graphs::Graphs>,
     label: String,
 }
 
@@ -93,13 +96,19 @@ impl CudaBackend {
             }
         );
         let sync_each_launch = std::env::var_os("DLM_CUDA_SYNC").is_some_and(|v| v != "0");
-        Ok(CudaBackend { ctx, stream, kernels, blas, scratch, sync_each_launch, label })
+        let use_graphs = std::env::var_os("DLM_CUDA_GRAPHS").is_none_or(|v| v != "0");
+        Ok(CudaBackend { ctx, stream, kernels, blas, scratch, sync_each_launch, use_graphs, graphs: Mutex::default(), label })
     }
 
     /// Synchronise after every kernel, so an asynchronous fault is reported with the name of the
     /// kernel that caused it (slow; the parity tests and `DLM_CUDA_SYNC=1` turn it on).
     pub fn set_sync_each_launch(&mut self, on: bool) {
         self.sync_each_launch = on;
+    }
+
+    /// Record sampling steps as CUDA graphs (the default unless `DLM_CUDA_GRAPHS=0`).
+    pub fn set_graphs(&mut self, on: bool) {
+        self.use_graphs = on;
     }
 
     /// Waits for all queued work and reports any asynchronous error.
@@ -171,6 +180,12 @@ impl Backend for CudaBackend {
     }
     fn upload_i32(&self, data: &[i32]) -> Result<CudaIBuf> {
         self.upload_ints(data)
+    }
+    fn write_i32(&self, dst: &mut CudaIBuf, data: &[i32]) -> Result<()> {
+        self.write_ints(dst, data)
+    }
+    fn read_i32(&self, src: &CudaIBuf) -> Result<Vec<i32>> {
+        self.read_ints(src)
     }
     fn len(&self, buf: &CudaBuf) -> usize {
         buf.len
@@ -299,8 +314,21 @@ impl Backend for CudaBackend {
         self.cross_entropy(logits, targets, weights, rows, vocab, valid_vocab, label_smoothing)
     }
 
-    fn vocab_pick(&self, logits: &CudaBuf, rows: usize, vocab: usize, valid_vocab: usize, forbid: &[i32], temperature: f32, gumbel_seed: Option<u64>) -> Result<RowStats> {
-        self.pick(logits, rows, vocab, valid_vocab, forbid, temperature, gumbel_seed)
+    fn vocab_pick(&self, logits: &CudaBuf, rows: usize, vocab: usize, valid_vocab: usize, forbid: &CudaIBuf, temperature: f32, gumbel: Option<(&CudaIBuf, &CudaIBuf)>, token: &mut CudaIBuf, logprob: &mut CudaBuf) -> Result<()> {
+        self.pick(logits, rows, vocab, valid_vocab, forbid, temperature, gumbel, token, logprob)
+    }
+
+    fn begin_capture(&self) -> Result<bool> {
+        self.capture_begin()
+    }
+    fn end_capture(&self) -> Result<usize> {
+        self.capture_end()
+    }
+    fn replay(&self, graph: usize) -> Result<()> {
+        self.graph_replay(graph)
+    }
+    fn release(&self, graph: usize) -> Result<()> {
+        self.graph_release(graph)
     }
 
     fn sum_squares(&self, x: &CudaBuf) -> Result<f64> {

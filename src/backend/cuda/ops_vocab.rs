@@ -3,7 +3,6 @@
 
 use super::buffer::{CudaBuf, CudaIBuf};
 use super::{cfg_rows, to_i32, CudaBackend};
-use crate::backend::RowStats;
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use std::sync::{Arc, MutexGuard};
@@ -16,8 +15,6 @@ const MAX_FORBID: usize = 8192;
 /// Small device buffers reused across calls, so the sampling loop does not allocate.
 pub struct Scratch {
     stream: Arc<CudaStream>,
-    pub ints: CudaSlice<i32>,
-    pub ints2: CudaSlice<i32>,
     pub floats: CudaSlice<f32>,
     pub floats2: CudaSlice<f32>,
     pub f64_acc: CudaSlice<f64>,
@@ -34,8 +31,6 @@ impl Scratch {
     pub fn new(stream: &Arc<CudaStream>) -> Result<Self> {
         Ok(Scratch {
             stream: stream.clone(),
-            ints: stream.alloc_zeros(256)?,
-            ints2: stream.alloc_zeros(256)?,
             floats: stream.alloc_zeros(256)?,
             floats2: stream.alloc_zeros(256)?,
             f64_acc: stream.alloc_zeros(1)?,
@@ -49,11 +44,23 @@ impl CudaBackend {
     }
 
     /// Per row: the argmax (or Gumbel-max sample at `temperature`) over the allowed columns and its
-    /// log-softmax at temperature 1.
+    /// log-softmax at temperature 1, into `token` and `logprob`. Launch only (graph-capturable):
+    /// every argument is checked on the host, from the integer buffers' host copies.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn pick(&self, logits: &CudaBuf, rows: usize, vocab: usize, valid: usize, forbid: &[i32], temperature: f32, gumbel_seed: Option<u64>) -> Result<RowStats> {
+    pub(crate) fn pick(
+        &self,
+        logits: &CudaBuf,
+        rows: usize,
+        vocab: usize,
+        valid: usize,
+        forbid: &CudaIBuf,
+        temperature: f32,
+        gumbel: Option<(&CudaIBuf, &CudaIBuf)>,
+        token: &mut CudaIBuf,
+        logprob: &mut CudaBuf,
+    ) -> Result<()> {
         if rows == 0 {
-            return Ok(RowStats::default());
+            return Ok(());
         }
         if valid > vocab || vocab == 0 {
             bail!("vocab_pick: valid_vocab {valid} must be in 1..={vocab}");
@@ -62,30 +69,25 @@ impl CudaBackend {
             bail!("vocab_pick: {} forbidden ids is more than the CUDA kernel's {MAX_FORBID}", forbid.len());
         }
         Self::check_len("vocab_pick logits", logits.len, rows * vocab)?;
-        let (nr, nv, nvalid, nf) = (to_i32("rows", rows)?, to_i32("vocab", vocab)?, to_i32("valid_vocab", valid)?, forbid.len() as i32);
-        let use_gumbel = gumbel_seed.is_some() as i32;
-        let seed = gumbel_seed.unwrap_or(0);
-        let xs = self.as_bf16(logits)?;
-        let mut guard = self.scratch()?;
-        let sc = &mut *guard;
-        grow(&sc.stream, &mut sc.ints, forbid.len().max(1))?;
-        grow(&sc.stream, &mut sc.ints2, rows)?;
-        grow(&sc.stream, &mut sc.floats, rows)?;
-        if !forbid.is_empty() {
-            self.stream.memcpy_htod(forbid, &mut sc.ints.slice_mut(0..forbid.len()))?;
+        Self::check_len("vocab_pick token", token.len(), rows)?;
+        Self::check_len("vocab_pick logprob", logprob.len, rows)?;
+        if let Some((seeds, streams)) = gumbel {
+            Self::check_len("vocab_pick Gumbel seeds (two per row)", seeds.len(), 2 * rows)?;
+            Self::check_len("vocab_pick Gumbel streams", streams.len(), rows)?;
         }
+        let (nr, nv, nvalid, nf) = (to_i32("rows", rows)?, to_i32("vocab", vocab)?, to_i32("valid_vocab", valid)?, forbid.len() as i32);
+        let use_gumbel = gumbel.is_some() as i32;
+        // Without noise the kernel never reads them; any live device pointer will do.
+        let (seeds, streams) = gumbel.unwrap_or((forbid, forbid));
+        let xs = self.as_bf16(logits)?;
+        let lp = self.out_f32(logprob)?;
         let cfg = cfg_rows(rows, VOCAB_THREADS, (forbid.len() * 4) as u32)?;
         launch!(
             self,
             "vocab_pick_bf16",
             cfg,
-            [xs.get(), &nr, &nv, &nvalid, &sc.ints, &nf, &temperature, &use_gumbel, &seed, &mut sc.ints2, &mut sc.floats]
-        )?;
-        let mut token = vec![0i32; rows];
-        let mut logprob = vec![0f32; rows];
-        self.stream.memcpy_dtoh(&sc.ints2.slice(0..rows), &mut token)?;
-        self.stream.memcpy_dtoh(&sc.floats.slice(0..rows), &mut logprob)?;
-        Ok(RowStats { token, logprob })
+            [xs.get(), &nr, &nv, &nvalid, &forbid.dev, &nf, &temperature, &use_gumbel, &seeds.dev, &streams.dev, &mut token.dev, lp]
+        )
     }
 
     /// Weighted softmax cross-entropy: returns the per-row losses and overwrites `logits` (bf16)

@@ -1,0 +1,82 @@
+//! Recorded steps (CUDA graphs) and the in-place integer copies that feed them new inputs.
+//!
+//! A sampling step at batch 1 is ~150 small launches; replaying them as one graph removes the
+//! per-launch host cost that otherwise bounds it (architecture.md, GPU notes). The model records
+//! a step once per shape, after one direct run has settled every buffer's storage, and replays it
+//! after writing the step's inputs in place with `write_ints`.
+
+use super::buffer::CudaIBuf;
+use super::CudaBackend;
+use anyhow::{bail, Context, Result};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::CudaGraph;
+
+/// The recordings, by id; `None` once released.
+#[derive(Default)]
+pub struct Graphs(Vec<Option<CudaGraph>>);
+
+// SAFETY: a CudaGraph is only touched through `CudaBackend::graphs`' mutex, never concurrently.
+unsafe impl Send for Graphs {}
+
+impl CudaBackend {
+    /// Whether steps may be recorded: not while every launch is followed by a synchronisation
+    /// (`DLM_CUDA_SYNC`), nor when `DLM_CUDA_GRAPHS=0` asks to run every op directly.
+    pub fn graphs_enabled(&self) -> bool {
+        self.use_graphs && !self.sync_each_launch
+    }
+
+    pub(crate) fn capture_begin(&self) -> Result<bool> {
+        if !self.graphs_enabled() {
+            return Ok(false);
+        }
+        // Thread-local: a call from this thread that is illegal during capture (an allocation that
+        // synchronises, a blocking copy) fails the capture instead of running unrecorded.
+        self.stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).context("beginning a CUDA graph capture")?;
+        Ok(true)
+    }
+
+    pub(crate) fn capture_end(&self) -> Result<usize> {
+        let graph = self.stream.end_capture(CUgraphInstantiate_flags(0)).context("ending a CUDA graph capture")?;
+        let Some(graph) = graph else { bail!("the CUDA graph capture recorded nothing") };
+        graph.upload().context("uploading a CUDA graph")?;
+        let mut g = self.graphs.lock().map_err(|_| anyhow::anyhow!("CUDA graph table poisoned"))?;
+        g.0.push(Some(graph));
+        Ok(g.0.len() - 1)
+    }
+
+    pub(crate) fn graph_replay(&self, id: usize) -> Result<()> {
+        let g = self.graphs.lock().map_err(|_| anyhow::anyhow!("CUDA graph table poisoned"))?;
+        match g.0.get(id) {
+            Some(Some(graph)) => graph.launch().with_context(|| format!("replaying CUDA graph {id}")),
+            _ => bail!("CUDA graph {id} does not exist"),
+        }
+    }
+
+    pub(crate) fn graph_release(&self, id: usize) -> Result<()> {
+        let mut g = self.graphs.lock().map_err(|_| anyhow::anyhow!("CUDA graph table poisoned"))?;
+        if let Some(slot) = g.0.get_mut(id) {
+            *slot = None;
+        }
+        Ok(())
+    }
+
+    /// Copies `data` into an existing integer buffer of the same length (device and host copy).
+    pub(crate) fn write_ints(&self, dst: &mut CudaIBuf, data: &[i32]) -> Result<()> {
+        Self::check_len("write_i32", data.len(), dst.len())?;
+        if !data.is_empty() {
+            self.stream.memcpy_htod(data, &mut dst.dev)?;
+        }
+        dst.host.copy_from_slice(data);
+        Ok(())
+    }
+
+    /// The device values of an integer buffer (which a kernel may have written since the host
+    /// copy was made).
+    pub(crate) fn read_ints(&self, src: &CudaIBuf) -> Result<Vec<i32>> {
+        let mut out = vec![0i32; src.len()];
+        if !out.is_empty() {
+            self.stream.memcpy_dtoh(&src.dev.slice(0..out.len()), &mut out)?;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,194 @@
+//! The sampler's step on the model: the encoder, the LM head on the scored rows and the pick, in
+//! a workspace of its own that is allocated once per shape and then only written in place.
+//!
+//! On a backend that records (CUDA graphs), the step is recorded on its second run of a shape,
+//! once the first has settled every buffer's storage, and replayed from then on: a step is then
+//! the input copies, one replay and the read-back of one token and one log-prob per row.
+
+use super::{check_rows, Encoder, Head, XlmR};
+use crate::backend::{pack_gumbel, Backend, Dropout, RowStats};
+use crate::model::{Batch, PickOpts};
+use anyhow::Result;
+
+/// What a recording depends on besides the buffers' contents.
+#[derive(Clone, Debug, PartialEq)]
+struct StepKey {
+    batch: usize,
+    seq: usize,
+    /// Rows of each pick group, in order.
+    group_rows: Vec<usize>,
+    forbid: Vec<i32>,
+    temperature: u32,
+    sampling: bool,
+}
+
+pub(super) struct StepPlan<B: Backend> {
+    key: StepKey,
+    enc: Encoder<B>,
+    head: Head<B>,
+    forbid: B::IBuf,
+    /// Gumbel noise streams of each row (`pack_gumbel`); empty without sampling.
+    seeds: B::IBuf,
+    streams: B::IBuf,
+    token: B::IBuf,
+    logprob: B::Buf,
+    /// Direct runs so far; recording waits for the first to have settled the buffers.
+    runs: usize,
+    graph: Option<usize>,
+    /// Recording failed once for this shape: run directly from then on.
+    unrecordable: bool,
+}
+
+/// Options the groups of one head pass must share (the sampler's groups differ in their seed).
+fn same_pass(a: &PickOpts, b: &PickOpts) -> bool {
+    a.forbid == b.forbid && a.temperature.to_bits() == b.temperature.to_bits() && a.sample_seed.is_some() == b.sample_seed.is_some()
+}
+
+impl<B: Backend> XlmR<B> {
+    /// The sampler's pick (token and its log-prob) at the flat positions `rows`.
+    pub fn pick(&mut self, batch: &Batch, rows: &[i32], opts: &PickOpts) -> Result<RowStats> {
+        Ok(self.pick_many(batch, &[(rows, opts)])?.remove(0))
+    }
+
+    /// Several picks over one batch with one encoder pass and one head pass: each group of rows
+    /// with its own options (sampling gives every example its own seed). Row `i` of a sampling
+    /// group draws its Gumbel noise from stream (group seed, i).
+    pub fn pick_many(&mut self, batch: &Batch, groups: &[(&[i32], &PickOpts)]) -> Result<Vec<RowStats>> {
+        if groups.windows(2).any(|w| !same_pass(w[0].1, w[1].1)) {
+            return groups.iter().map(|g| self.pick(batch, g.0, g.1)).collect();
+        }
+        self.check_batch(batch)?;
+        for (rows, _) in groups {
+            check_rows(rows, batch.tokens())?;
+        }
+        let Some(&(_, opts)) = groups.first() else { return Ok(Vec::new()) };
+        let key = StepKey {
+            batch: batch.batch,
+            seq: batch.seq,
+            group_rows: groups.iter().map(|g| g.0.len()).collect(),
+            forbid: opts.forbid.clone(),
+            temperature: opts.temperature.to_bits(),
+            sampling: opts.sample_seed.is_some(),
+        };
+        if key.group_rows.iter().sum::<usize>() == 0 {
+            return Ok(vec![RowStats::default(); groups.len()]);
+        }
+        if self.step.as_ref().is_none_or(|p| p.key != key) {
+            self.new_step_plan(key)?;
+        }
+        let mut plan = self.step.take().expect("step plan");
+        let r = self.run_step(&mut plan, batch, groups);
+        self.step = Some(plan);
+        r
+    }
+
+    /// Whether the last shape's sampling step is replayed from a recording (a CUDA graph).
+    pub fn sampling_step_recorded(&self) -> bool {
+        self.step.as_ref().is_some_and(|p| p.graph.is_some())
+    }
+
+    fn new_step_plan(&mut self, key: StepKey) -> Result<()> {
+        if let Some(old) = self.step.take() {
+            if let Some(g) = old.graph {
+                self.backend.release(g)?;
+            }
+        }
+        // The training/logits workspace is rebuilt on demand; free it while sampling.
+        self.enc = None;
+        let be = &self.backend;
+        let rows: usize = key.group_rows.iter().sum();
+        let noise_rows = if key.sampling { rows } else { 0 };
+        let batch = Batch { ids: Vec::new(), batch: key.batch, seq: key.seq };
+        self.step = Some(StepPlan {
+            enc: self.alloc_encoder(&batch)?,
+            head: self.alloc_head(rows)?,
+            forbid: be.upload_i32(&key.forbid)?,
+            seeds: be.upload_i32(&vec![0; 2 * noise_rows])?,
+            streams: be.upload_i32(&vec![0; noise_rows])?,
+            token: be.upload_i32(&vec![0; rows])?,
+            logprob: be.zeros(rows)?,
+            runs: 0,
+            graph: None,
+            unrecordable: false,
+            key,
+        });
+        Ok(())
+    }
+
+    fn run_step(&self, plan: &mut StepPlan<B>, batch: &Batch, groups: &[(&[i32], &PickOpts)]) -> Result<Vec<RowStats>> {
+        let _range = nvtx::range!("sampling step");
+        let be = &self.backend;
+        self.set_encoder_inputs(&mut plan.enc, batch)?;
+        let rows: Vec<i32> = groups.iter().flat_map(|g| g.0.iter().copied()).collect();
+        be.write_i32(&mut plan.head.idx, &rows)?;
+        if plan.key.sampling {
+            let noise: Vec<(u64, u32)> =
+                groups.iter().flat_map(|(rows, o)| (0..rows.len()).map(move |i| (o.sample_seed.unwrap_or(0), i as u32))).collect();
+            let (seeds, streams) = pack_gumbel(&noise);
+            be.write_i32(&mut plan.seeds, &seeds)?;
+            be.write_i32(&mut plan.streams, &streams)?;
+        }
+        match plan.graph {
+            Some(g) => be.replay(g)?,
+            None if plan.runs > 0 && !plan.unrecordable && be.begin_capture()? => match self.record_step(plan) {
+                Ok(g) => {
+                    plan.graph = Some(g);
+                    be.replay(g)?;
+                }
+                Err(e) => {
+                    eprintln!("warning: recording the sampling step failed, running it op by op: {e:#}");
+                    plan.unrecordable = true;
+                    self.step_ops(plan)?;
+                }
+            },
+            None => {
+                self.step_ops(plan)?;
+                plan.runs += 1;
+            }
+        }
+        let token = be.read_i32(&plan.token)?;
+        let logprob = be.download(&plan.logprob)?;
+        let mut out = Vec::with_capacity(groups.len());
+        let mut at = 0;
+        for (rows, _) in groups {
+            let n = rows.len();
+            out.push(RowStats { token: token[at..at + n].to_vec(), logprob: logprob[at..at + n].to_vec() });
+            at += n;
+        }
+        Ok(out)
+    }
+
+    /// Runs the step's ops inside a capture begun by the caller and ends it, also on failure.
+    fn record_step(&self, plan: &mut StepPlan<B>) -> Result<usize> {
+        let be = &self.backend;
+        match self.step_ops(plan) {
+            Ok(()) => be.end_capture(),
+            Err(e) => {
+                if let Ok(g) = be.end_capture() {
+                    be.release(g)?;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Every device op of a step, launches only.
+    fn step_ops(&self, plan: &mut StepPlan<B>) -> Result<()> {
+        self.run_encoder(&mut plan.enc, Dropout::off())?;
+        self.run_head(&plan.enc, &mut plan.head)?;
+        let gumbel = plan.key.sampling.then_some((&plan.seeds, &plan.streams));
+        let rows = plan.head.rows;
+        let vocab = self.head_vocab();
+        self.backend.vocab_pick(
+            &plan.head.logits,
+            rows,
+            vocab,
+            self.valid_vocab(),
+            &plan.forbid,
+            f32::from_bits(plan.key.temperature),
+            gumbel,
+            &mut plan.token,
+            &mut plan.logprob,
+        )
+    }
+}

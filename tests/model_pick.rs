@@ -1,0 +1,72 @@
+//! The model's sampling step (`XlmR::pick_many`: encoder, LM head on the scored rows, pick)
+//! against the same pick computed by hand from `XlmR::logits`, on the golden fixture, with and
+//! without the GPU's head padding: argmax and Gumbel-max sampling, several groups with their own
+//! seeds in one pass, the workspace reused across steps and shapes.
+
+mod common;
+use common::*;
+use dlm_engine::backend::cpu::CpuBackend;
+use dlm_engine::model::{Batch, PickOpts, XlmR};
+use dlm_engine::rng::philox_gumbel;
+
+/// Token and log-prob that `opts` must give on one row of logits (group row `i` for the noise).
+fn by_hand(row: &[f32], opts: &PickOpts, i: usize) -> (i32, f32) {
+    let allowed: Vec<usize> = (0..row.len()).filter(|c| !opts.forbid.contains(&(*c as i32))).collect();
+    let mx = allowed.iter().map(|&c| row[c]).fold(f32::NEG_INFINITY, f32::max);
+    let lse = mx + allowed.iter().map(|&c| ((row[c] - mx) as f64).exp()).sum::<f64>().ln() as f32;
+    let key = |c: usize| match opts.sample_seed {
+        None => row[c],
+        Some(s) => row[c] / opts.temperature + philox_gumbel(s, i as u64, c as u64),
+    };
+    let best = allowed.iter().copied().fold(allowed[0], |b, c| if key(c) > key(b) { c } else { b });
+    (best as i32, row[best] - lse)
+}
+
+fn check(backend: CpuBackend) {
+    let dir = fixtures().join("postln");
+    let g = read(&dir.join("golden.safetensors"));
+    let t = &g["input_ids"];
+    let a = Batch { ids: ids(t), batch: t.shape[0], seq: t.shape[1] };
+    let mut b = a.clone();
+    b.ids.iter_mut().filter(|t| **t > 3).for_each(|t| *t = 4 + (*t * 5) % 290);
+    let mut m = XlmR::load(backend, &dir).unwrap();
+    let v = m.config().vocab_size;
+    let rows: Vec<i32> = (0..a.tokens() as i32).filter(|r| r % 4 != 3).collect();
+    let (first, rest) = rows.split_at(rows.len() / 3);
+    for (step, batch) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let logits = m.logits(batch, &rows).unwrap();
+        for sampling in [false, true] {
+            let opts = |k: u64| PickOpts { forbid: vec![301, 5], temperature: 0.7, sample_seed: sampling.then_some(100 * step as u64 + k) };
+            let (o1, o2) = (opts(1), opts(2));
+            // Twice: the second call reuses the step's workspace.
+            for _ in 0..2 {
+                let got = m.pick_many(batch, &[(first, &o1), (rest, &o2)]).unwrap();
+                for (gi, (group, o, st)) in [(first, &o1, &got[0]), (rest, &o2, &got[1])].into_iter().enumerate() {
+                    assert_eq!(st.token.len(), group.len());
+                    for i in 0..group.len() {
+                        let r = if gi == 0 { i } else { first.len() + i };
+                        let (tok, lp) = by_hand(&logits[r * v..][..v], o, i);
+                        assert_eq!(st.token[i], tok, "step {step} sampling {sampling} group {gi} row {i}: token");
+                        assert!((st.logprob[i] - lp).abs() < 1e-4, "step {step} group {gi} row {i}: log-prob {} vs {lp}", st.logprob[i]);
+                    }
+                }
+            }
+        }
+    }
+    // Groups that differ in more than their seed still work (each group on its own).
+    let (o1, o2) = (PickOpts { forbid: vec![301], temperature: 1.0, sample_seed: None }, PickOpts { forbid: vec![301, 7], temperature: 1.0, sample_seed: None });
+    let got = m.pick_many(&a, &[(first, &o1), (rest, &o2)]).unwrap();
+    assert_eq!(got[0], m.pick(&a, first, &o1).unwrap());
+    assert_eq!(got[1], m.pick(&a, rest, &o2).unwrap());
+    assert!(!m.sampling_step_recorded(), "the CPU backend cannot record");
+}
+
+#[test]
+fn pick_many_matches_the_logits() {
+    check(CpuBackend::new());
+}
+
+#[test]
+fn pick_many_matches_the_logits_with_a_padded_head() {
+    check(CpuBackend::with_vocab_align(64));
+}

@@ -83,13 +83,17 @@ engine_bench() {
     while read -r key ms _; do DLM[$key]=$ms; done < <(grep -E '^[A-Za-z0-9_]+ +[0-9.]+ +ms/step' "$OUT/$log")
 }
 if [ -x "$HERE/dlm-engine" ] && "$HERE/dlm-engine" bench train --help >/dev/null 2>&1; then
+    # Batch 1 op by op first (no CUDA graph), to show what recording the step buys; its line is
+    # reported, then overwritten in the table by the default (recorded) run below.
+    # shellcheck disable=SC2086
+    DLM_CUDA_GRAPHS=0 engine_bench dlm-bench-sample-nographs.log "$(allow 60)" sample --batch 1 ${DLM_BENCH_SAMPLE_ARGS:---device cuda}
     # shellcheck disable=SC2086
     engine_bench dlm-bench-sample.log "$(allow 120)" sample ${DLM_BENCH_SAMPLE_ARGS:---device cuda}
     for preset in base large; do
         # shellcheck disable=SC2086
         engine_bench "dlm-bench-train-$preset.log" "$(allow 150)" train --preset "$preset" --batch 64 ${DLM_BENCH_TRAIN_ARGS:---device cuda}
     done
-    grep -hE '^[A-Za-z0-9_]+ +[0-9.]+ +ms/step' "$OUT"/dlm-bench-*.log 2>/dev/null | tee -a "$SUMMARY"
+    grep -HE '^[A-Za-z0-9_]+ +[0-9.]+ +ms/step' "$OUT"/dlm-bench-*.log 2>/dev/null | sed "s|^$OUT/||" | tee -a "$SUMMARY"
 else
     echo "(no dlm-engine with 'bench train' staged: engine column left empty)" | tee -a "$SUMMARY"
 fi

@@ -94,11 +94,12 @@ impl Job for BenchJob {
             };
             let tokens = (b * (s.prompt_len + s.target_len)) as f64;
             let tps = tokens / (ms / 1e3) * if self.train { 2.0 } else { 1.0 };
-            let mfu = match (self.train, peak) {
+            let extra = match (self.train, peak) {
                 (true, Some(pk)) => format!("  MFU {:.1}%", train_flops(&cfg, b, s) / (ms / 1e3) / (pk * 1e12) * 100.0),
-                _ => String::new(),
+                (true, None) => String::new(),
+                (false, _) => format!("  graph {}", if model.sampling_step_recorded() { "yes" } else { "no" }),
             };
-            println!("{key} {ms:.3} ms/step  {tps:.0} tokens/s{mfu}");
+            println!("{key} {ms:.3} ms/step  {tps:.0} tokens/s{extra}");
         }
         Ok(())
     }

@@ -337,6 +337,11 @@ pub trait Backend {
     // ---- optimizer ----------------------------------------------------------------------------
     /// Σ x² over a buffer (for the global gradient norm).
     fn sum_squares(&self, x: &Self::Buf) -> Result<f64>;
+    /// Σ x² over several buffers together. A GPU backend overrides it to wait for the device once
+    /// rather than once per buffer (a model has a few hundred parameter tensors).
+    fn sum_squares_all(&self, xs: &[&Self::Buf]) -> Result<f64> {
+        xs.iter().map(|x| self.sum_squares(x)).sum()
+    }
     /// `x *= s`.
     fn scale(&self, x: &mut Self::Buf, s: f32) -> Result<()>;
     /// One decoupled-weight-decay Adam update of `param` given `grad` and moments `m`, `v`

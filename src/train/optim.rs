@@ -39,11 +39,8 @@ impl<B: Backend> Optimizer<B> {
     /// AdamW update with learning rate `lr`.
     pub fn update(&mut self, model: &mut XlmR<B>, lr: f32, max_norm: Option<f32>) -> Result<UpdateInfo> {
         let be = model.backend();
-        let mut sq = 0.0f64;
-        for g in model.grads() {
-            sq += be.sum_squares(g)?;
-        }
-        let norm = sq.sqrt();
+        let grads: Vec<&B::Buf> = model.grads().iter().collect();
+        let norm = be.sum_squares_all(&grads)?.sqrt();
         if !norm.is_finite() {
             return Ok(UpdateInfo { grad_norm: norm, skipped: true });
         }

@@ -332,7 +332,10 @@ impl Backend for CudaBackend {
     }
 
     fn sum_squares(&self, x: &CudaBuf) -> Result<f64> {
-        self.sum_of_squares(x)
+        self.sum_of_squares(&[x])
+    }
+    fn sum_squares_all(&self, xs: &[&CudaBuf]) -> Result<f64> {
+        self.sum_of_squares(xs)
     }
     fn scale(&self, x: &mut CudaBuf, s: f32) -> Result<()> {
         self.scale_in_place(x, s)

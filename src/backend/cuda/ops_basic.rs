@@ -211,20 +211,19 @@ impl CudaBackend {
         launch!(self, "col_sum_add_bf16", cfg, [x, acc, &nr, &nc])
     }
 
-    pub(crate) fn sum_of_squares(&self, x: &CudaBuf) -> Result<f64> {
-        let n = x.len;
-        if n == 0 {
-            return Ok(0.0);
-        }
-        let n64 = n as u64;
+    /// Σ x² over all of `xs`, accumulated on the device and read back once.
+    pub(crate) fn sum_of_squares(&self, xs: &[&CudaBuf]) -> Result<f64> {
         let mut scratch = self.scratch()?;
         let acc = &mut scratch.f64_acc;
         self.stream.memset_zeros(acc)?;
-        // A bounded grid keeps the f64 atomics few.
-        let cfg = cudarc::driver::LaunchConfig { grid_dim: (n.div_ceil(256).min(1024) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        match Self::as_any(x) {
-            AnyArg::Bf16(s) => launch!(self, "sum_squares_bf16", cfg, [s, &n64, &mut *acc])?,
-            AnyArg::F32(s) => launch!(self, "sum_squares_f32", cfg, [s, &n64, &mut *acc])?,
+        for x in xs.iter().filter(|x| x.len > 0) {
+            let n64 = x.len as u64;
+            // A bounded grid keeps the f64 atomics few.
+            let cfg = cudarc::driver::LaunchConfig { grid_dim: (x.len.div_ceil(256).min(1024) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            match Self::as_any(x) {
+                AnyArg::Bf16(s) => launch!(self, "sum_squares_bf16", cfg, [s, &n64, &mut *acc])?,
+                AnyArg::F32(s) => launch!(self, "sum_squares_f32", cfg, [s, &n64, &mut *acc])?,
+            }
         }
         let mut host = [0.0f64];
         self.stream.memcpy_dtoh(&*acc, &mut host)?;

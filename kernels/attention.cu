@@ -50,7 +50,7 @@ extern "C" __global__ void attn_fwd(const bf16* q, const bf16* k, const bf16* v,
         for (int j = threadIdx.x; j < ATT_KT; j += blockDim.x)
             kvalid[j] = k0 + j < T && key_mask[(u64)b * T + k0 + j] != 0;
         __syncthreads();
-        if (!live) continue;
+        if (!live || !attn_any_key(kvalid)) continue;
         const int nch = (min(ATT_KT, T - k0) + 15) >> 4;
 
         attn_mma_abt(Sw, Qw, Ks, g, nch);

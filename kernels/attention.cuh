@@ -125,6 +125,14 @@ __device__ __forceinline__ void attn_mma_acc(float* C, const bf16* P, const bf16
     }
 }
 
+// Whether any key of a tile is real (kvalid: ATT_KT flags); every warp gets the same answer. With
+// right padding whole tiles can be padding, and then a tile adds nothing (P = 0 throughout).
+__device__ __forceinline__ bool attn_any_key(const int* kvalid) {
+    int any = 0;
+    for (int j = threadIdx.x & 31; j < ATT_KT; j += 32) any |= kvalid[j];
+    return warp_sum(any) != 0;
+}
+
 __device__ __forceinline__ void attn_zero_acc(float* C, const AttnDims& g) {
     for (int i = threadIdx.x & 31; i < 16 * g.lo; i += 32) C[i] = 0.0f;
 }

@@ -74,7 +74,7 @@ extern "C" __global__ void attn_bwd_dq(const bf16* q, const bf16* k, const bf16*
         for (int j = threadIdx.x; j < ATT_KT; j += blockDim.x)
             kvalid[j] = k0 + j < T && key_mask[(u64)b * T + k0 + j] != 0;
         __syncthreads();
-        if (!live) continue;
+        if (!live || !attn_any_key(kvalid)) continue;
         const int nch = (min(ATT_KT, T - k0) + 15) >> 4;
 
         // dP and S take turns in the one score tile; dP goes to registers first.

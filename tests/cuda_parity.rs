@@ -265,8 +265,8 @@ fn assert_lse_close(tag: &str, got: &[f32], want: &[f32]) {
     }
 }
 
-/// Odd sizes, head dims from 1 to 128 (every kernel variant, the test models' 8 included), a
-/// sequence longer than one 32-key tile, an all-padding sequence.
+/// Odd sizes, head dims from 1 to 128 (multiples of 16 and not, the test models' 8 included),
+/// sequences longer than one 64-key tile, an all-padding sequence.
 const ATTN_SHAPES: [(usize, usize, usize, usize); 8] =
     [(1, 1, 1, 1), (3, 37, 2, 8), (2, 128, 12, 64), (1, 50, 2, 80), (2, 33, 1, 128), (2, 70, 3, 40), (4, 17, 2, 7), (3, 45, 4, 32)];
 

@@ -14,5 +14,5 @@ trap 'rm -rf "$WORK"' EXIT
 # Dynamic shared memory (`extern __shared__`) becomes a plain global array in emu.h.
 for f in "$ROOT"/kernels/*; do sed 's/extern __shared__/extern/' "$f" >"$WORK/$(basename "$f")"; done
 INC=$(ls -d "$ROOT"/.venv-cuda/lib/python3*/site-packages/nvidia/cu13/include | head -1)
-g++ -O1 -std=c++20 -ffp-contract=off -pthread -w -I "$INC" -I "$WORK" -I "$HERE" "$HERE/main.cpp" -o "$WORK/emu"
+g++ -O1 -std=c++20 -ffp-contract=off -pthread -w -I "$HERE" -I "$WORK" -I "$INC" "$HERE/main.cpp" -o "$WORK/emu"
 "$WORK/emu"

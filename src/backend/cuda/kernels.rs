@@ -23,20 +23,8 @@ include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 /// start-up, not in the middle of a training step.
 pub const KERNEL_NAMES: &[(&str, &[&str])] = &[
     ("adamw", &["adamw_bf16g", "adamw_f32g", "sum_squares_bf16", "sum_squares_f32"]),
-    ("attention", &["attn_fwd_d32", "attn_fwd_d64", "attn_fwd_d96", "attn_fwd_d128"]),
-    (
-        "attention_bwd",
-        &[
-            "attn_bwd_dq_d32",
-            "attn_bwd_dq_d64",
-            "attn_bwd_dq_d96",
-            "attn_bwd_dq_d128",
-            "attn_bwd_dkdv_d32",
-            "attn_bwd_dkdv_d64",
-            "attn_bwd_dkdv_d96",
-            "attn_bwd_dkdv_d128",
-        ],
-    ),
+    ("attention", &["attn_fwd"]),
+    ("attention_bwd", &["attn_bwd_dq", "attn_bwd_dkdv"]),
     (
         "elementwise",
         &[

@@ -83,7 +83,7 @@ impl CudaBackend {
         let stream = ctx.new_stream()?;
         let (major, minor) = ctx.compute_capability()?;
         let kernels = kernels::Kernels::load(&ctx)?;
-        ops_attention::allow_attention_smem(&kernels)?;
+        ops_attention::allow_attention_smem(&ctx, &kernels)?;
         let blas = blas::Gemm::new(&stream, major)?;
         let scratch = Mutex::new(ops_vocab::Scratch::new(&stream)?);
         let label = format!(

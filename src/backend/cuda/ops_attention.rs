@@ -8,56 +8,69 @@ use super::kernels::Kernels;
 use super::{to_i32, CudaBackend};
 use crate::backend::{AttnShape, Dropout};
 use anyhow::{bail, Context, Result};
-use cudarc::driver::sys::CUfunction_attribute_enum;
-use cudarc::driver::LaunchConfig;
+use cudarc::driver::sys::{CUdevice_attribute_enum, CUfunction_attribute_enum};
+use cudarc::driver::{CudaContext, LaunchConfig};
 
-/// Largest head the kernels handle (4 dims per lane).
+/// Largest head the kernels handle (8 chunks of 16 dims; the shared tiles grow with it).
 const MAX_HEAD_DIM: usize = 128;
-/// Rows a block owns (ATT_QROWS in attention.cuh) and the tile the other side streams in (ATT_KT).
-const QROWS: usize = 16;
-const KT: usize = 32;
-const THREADS: u32 = 128;
+/// Rows a block owns and the tile the other side streams in (ATT_KT in attention.cuh): 4 warps of
+/// 16 rows each.
+const ROWS: usize = 64;
+const WARPS: usize = 4;
+const THREADS: u32 = (WARPS * 32) as u32;
 /// Dynamic shared memory a block may use without opting in.
 const SMEM_DEFAULT_LIMIT: usize = 48 * 1024;
 
-/// Kernel variants by head dims per lane: index `head_dim.div_ceil(32) - 1`.
-const FWD: [&str; 4] = ["attn_fwd_d32", "attn_fwd_d64", "attn_fwd_d96", "attn_fwd_d128"];
-const BWD_DQ: [&str; 4] = ["attn_bwd_dq_d32", "attn_bwd_dq_d64", "attn_bwd_dq_d96", "attn_bwd_dq_d128"];
-const BWD_DKDV: [&str; 4] = ["attn_bwd_dkdv_d32", "attn_bwd_dkdv_d64", "attn_bwd_dkdv_d96", "attn_bwd_dkdv_d128"];
+const FWD: &str = "attn_fwd";
+const BWD_DQ: &str = "attn_bwd_dq";
+const BWD_DKDV: &str = "attn_bwd_dkdv";
 
-/// `attn_odd_stride` of attention.cuh.
-fn odd_stride(d: usize) -> usize {
-    if d % 2 == 1 {
-        d
-    } else {
-        d + 1
-    }
+/// The shared-memory pieces of attention.cuh at head size `d` (padded to 16 for the fragments):
+/// a bf16 tile of ROWS rows (stride `d16 + 8`), a warp's f32 accumulator tile (16 rows, stride
+/// `d16 + 4`), and the per-warp score area (ATT_SCORE_BYTES: 16 f32 rows of stride ROWS + 4, or two
+/// 16-row bf16 tiles of stride ROWS + 8).
+fn tile_bytes(d: usize) -> usize {
+    ROWS * (d.next_multiple_of(16) + 8) * 2
 }
+fn acc_bytes(d: usize) -> usize {
+    16 * (d.next_multiple_of(16) + 4) * 4
+}
+const SCORE_BYTES: usize = {
+    let (f32_scores, bf16_pair) = (16 * (ROWS + 4) * 4, 2 * 16 * (ROWS + 8) * 2);
+    if f32_scores > bf16_pair {
+        f32_scores
+    } else {
+        bf16_pair
+    }
+};
 
-/// Dynamic shared memory (bytes) of each kernel at head size `d`, as laid out in the .cu files.
+/// Dynamic shared memory (bytes) of each kernel at head size `d`, in the order the .cu files carve it.
 fn fwd_smem(d: usize) -> usize {
-    (KT * odd_stride(d) + KT * d + QROWS * d) * 4
+    3 * tile_bytes(d) + WARPS * (SCORE_BYTES + acc_bytes(d)) + ROWS * 4
 }
 fn bwd_dq_smem(d: usize) -> usize {
-    (2 * KT * odd_stride(d) + 2 * QROWS * d) * 4
+    4 * tile_bytes(d) + WARPS * (SCORE_BYTES + acc_bytes(d)) + ROWS * 4
 }
 fn bwd_dkdv_smem(d: usize) -> usize {
-    (2 * KT * odd_stride(d) + 2 * QROWS * d + 2 * KT) * 4
+    4 * tile_bytes(d) + WARPS * (SCORE_BYTES + 2 * acc_bytes(d)) + 2 * ROWS * 4
 }
 
-/// Lets every attention kernel variant take the shared memory its largest head needs (the
-/// backward at head_dim 128 needs a little over the 48 KB a block gets by default). Called once
-/// after the kernels are loaded.
-pub(crate) fn allow_attention_smem(kernels: &Kernels) -> Result<()> {
-    for v in 0..4 {
-        let d = 32 * (v + 1);
-        for (name, bytes) in [(FWD[v], fwd_smem(d)), (BWD_DQ[v], bwd_dq_smem(d)), (BWD_DKDV[v], bwd_dkdv_smem(d))] {
-            if bytes > SMEM_DEFAULT_LIMIT {
-                kernels
-                    .get(name)?
-                    .set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
-                    .with_context(|| format!("allowing {bytes} bytes of shared memory to {name}"))?;
-            }
+/// Lets each attention kernel take the shared memory its largest head needs (everything past 48 KB
+/// must be opted into), capped at what the GPU allows a block: Hopper's 227 KB covers every head,
+/// and on a smaller GPU only the heads that do not fit fail, at launch. Called once after the
+/// kernels are loaded.
+pub(crate) fn allow_attention_smem(ctx: &CudaContext, kernels: &Kernels) -> Result<()> {
+    let optin = ctx
+        .attribute(CUdevice_attribute_enum::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+        .context("querying the GPU's shared memory per block")?;
+    let optin = usize::try_from(optin).unwrap_or(0);
+    for (name, smem) in [(FWD, fwd_smem as fn(usize) -> usize), (BWD_DQ, bwd_dq_smem), (BWD_DKDV, bwd_dkdv_smem)] {
+        let bytes = smem(MAX_HEAD_DIM).min(optin);
+        if bytes > SMEM_DEFAULT_LIMIT {
+            kernels
+                .get(name)?
+                .set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes as i32)
+                .with_context(|| format!("allowing {bytes} bytes of shared memory to {name}"))?;
         }
     }
     Ok(())
@@ -79,7 +92,6 @@ struct Geometry {
     h: i32,
     d: i32,
     scale: f32,
-    variant: usize,
     grid: (u32, u32, u32),
 }
 
@@ -107,8 +119,7 @@ fn geometry(op: &str, s: AttnShape) -> Result<Option<Geometry>> {
         h,
         d,
         scale: 1.0 / (head_dim as f32).sqrt(),
-        variant: head_dim.div_ceil(32) - 1,
-        grid: (seq.div_ceil(QROWS) as u32, heads as u32, batch as u32),
+        grid: (seq.div_ceil(ROWS) as u32, heads as u32, batch as u32),
     }))
 }
 
@@ -141,7 +152,7 @@ impl CudaBackend {
         let cfg = g.cfg(fwd_smem(shape.head_dim));
         launch!(
             self,
-            FWD[g.variant],
+            FWD,
             cfg,
             [qs.get(), kk.get(), vs.get(), &key_mask.dev, os, ls, &g.t, &g.h, &g.d, &g.scale, &p, &keep_scale, &seed, &stream]
         )
@@ -185,7 +196,7 @@ impl CudaBackend {
             let cfg = g.cfg(bwd_dq_smem(shape.head_dim));
             launch!(
                 self,
-                BWD_DQ[g.variant],
+                BWD_DQ,
                 cfg,
                 [
                     qs.get(), kk.get(), vs.get(), &key_mask.dev, os.get(), gs.get(), ls.get(), &mut drow, dqs,
@@ -198,7 +209,7 @@ impl CudaBackend {
         let cfg = g.cfg(bwd_dkdv_smem(shape.head_dim));
         launch!(
             self,
-            BWD_DKDV[g.variant],
+            BWD_DKDV,
             cfg,
             [
                 qs.get(), kk.get(), vs.get(), &key_mask.dev, gs.get(), ls.get(), &drow, dks, dvs,
@@ -212,16 +223,27 @@ impl CudaBackend {
 mod tests {
     use super::*;
 
-    /// Only the largest backward variant should need more than the default shared memory, and
-    /// nothing may exceed what an sm_80+ block can opt into (99 KB; Hopper allows 227 KB).
+    /// Every head fits what a Hopper block can opt into (227 KB), and at XLM-R's head_dim 64 (and
+    /// below) two blocks of each kernel fit one SM (228 KB, 1 KB of it reserved per block).
     #[test]
     fn shared_memory_fits() {
         for d in 1..=MAX_HEAD_DIM {
             for bytes in [fwd_smem(d), bwd_dq_smem(d), bwd_dkdv_smem(d)] {
-                assert!(bytes <= 99 * 1024, "head_dim {d}: {bytes} bytes");
+                assert!(bytes <= 227 * 1024, "head_dim {d}: {bytes} bytes");
+                if d <= 64 {
+                    assert!(2 * (bytes + 1024) <= 228 * 1024, "head_dim {d}: {bytes} bytes, not two blocks per SM");
+                }
             }
-            assert!(fwd_smem(d) <= SMEM_DEFAULT_LIMIT, "the forward at head_dim {d} should not need the opt-in");
         }
-        assert!(bwd_dkdv_smem(128) > SMEM_DEFAULT_LIMIT);
+    }
+
+    /// The sizes the kernels' layouts imply (written out once more by the emulator,
+    /// scripts/emulate-kernels/main.cpp, which checks that no kernel writes past them).
+    #[test]
+    fn shared_memory_sizes() {
+        assert_eq!(SCORE_BYTES, 4608);
+        assert_eq!((fwd_smem(64), bwd_dq_smem(64), bwd_dkdv_smem(64)), (63744, 72960, 90624));
+        assert_eq!((fwd_smem(128), bwd_dq_smem(128), bwd_dkdv_smem(128)), (104704, 122112, 156160));
+        assert_eq!(fwd_smem(7), fwd_smem(16));
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 /// One `kernels/<name>.cu` as embedded by build.rs.
 pub struct KernelModule {
     pub name: &'static str,
-    /// sm_90a SASS + compute_90 PTX, when nvcc was found at build time.
+    /// sm_90a and sm_80 SASS + compute_90 PTX, when nvcc was found at build time.
     pub fatbin: Option<&'static [u8]>,
     /// The source with its `#include "…"` lines inlined (for NVRTC).
     pub source: &'static str,

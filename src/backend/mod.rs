@@ -99,6 +99,11 @@ pub trait Backend {
         self.upload(data)
     }
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    /// Waits until every op issued so far has finished (for timing; a no-op on synchronous
+    /// backends).
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
     fn upload_i32(&self, data: &[i32]) -> Result<Self::IBuf>;
     /// Overwrites an integer buffer with as many values as it holds, without allocating (so a
     /// recorded step can be replayed on new inputs).

@@ -138,7 +138,7 @@ fn time_train<B: Backend>(model: &mut XlmR<B>, prompts: &[Vec<i32>], s: &Shape, 
         model.zero_grads()?;
         model.loss_and_grad(&n.batch, &n.loss, Dropout { p: 0.1, seed: i as u64 }, 0.0)?;
         opt.update(model, 1e-5, Some(1.0))?;
-        model.backend().download(&model.values()[0])?; // wait for the device
+        model.backend().synchronize()?;
         if i >= s.warmup {
             total += t.elapsed().as_secs_f64() * 1e3;
         }

@@ -178,6 +178,9 @@ impl Backend for CudaBackend {
     fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
         self.download_f32(buf)
     }
+    fn synchronize(&self) -> Result<()> {
+        CudaBackend::synchronize(self)
+    }
     fn upload_i32(&self, data: &[i32]) -> Result<CudaIBuf> {
         self.upload_ints(data)
     }

@@ -132,6 +132,12 @@ __device__ __forceinline__ float philox_gumbel(u64 seed, u64 stream, u64 idx) {
     return gumbel_from_u32(philox_u32(seed, stream, idx));
 }
 
+// An int that orders floats as Rust's f32::total_cmp does (-NaN < -inf < ... < -0 < +0 < ... < NaN).
+__device__ __forceinline__ int total_order_key(float v) {
+    const int x = __float_as_int(v);
+    return x ^ (int)(((u32)(x >> 31)) >> 1);
+}
+
 // Block-wide log-sum-exp merge; every thread gets the block's (m, s).
 __device__ void block_lse_merge(float& m, float& s) {
     __shared__ float pm[32], ps[32];

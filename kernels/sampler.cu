@@ -87,3 +87,62 @@ extern "C" __global__ void vocab_pick_bf16(const bf16* logits, int rows, int voc
         }
     }
 }
+
+// One reparameterized RDM step per canvas, one block each: the ranking, the lowest set and the
+// slot update of diffusion::step (`lowest_set`, `reparam_update`); CPU twin: cpu::remask. The
+// canvases' slots are flat arrays (tokens, scores, masked), and the picks of this step are in the
+// same order. canvases[3b..3b+3] = first slot, slot count n, flat position of slot 0 in `ids`
+// (where the updated tokens go, ready for the next forward). step[4b..4b+4] = k (slots the lowest
+// set may hold), the ranking-noise stream (high, low) and its scale (f32 bits) for this step.
+// Dynamic shared memory: n floats for the largest n.
+extern "C" __global__ void reparam_step(const int* canvases, const int* step, const int* pick_token,
+                                        const float* pick_lp, int* tokens, float* scores, int* masked, int* ids,
+                                        int cond, int noise, u64 seed, int mask_id) {
+    extern __shared__ float ranked[];
+    __shared__ float cutoff;
+    const int b = blockIdx.x;
+    const int s0 = canvases[3 * b], n = canvases[3 * b + 1], pos0 = canvases[3 * b + 2];
+    const int k = step[4 * b];
+    const u64 stream = ((u64)(u32)step[4 * b + 1] << 32) | (u64)(u32)step[4 * b + 2];
+    const float scale = __int_as_float(step[4 * b + 3]);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        float v = pick_lp[s0 + j];
+        // Unfused, as the host computes it.
+        if (noise) v = __fadd_rn(v, __fmul_rn(scale, philox_gumbel(seed, stream, (u64)j)));
+        ranked[j] = v;
+    }
+    if (threadIdx.x == 0) cutoff = 1000.0f;  // step::NON_TARGET_SCORE: k >= n takes every slot
+    __syncthreads();
+    if (k < n) {
+        // The cutoff is the k-th smallest ranked value in f32::total_cmp order (the host sorts):
+        // slot j holds sorted positions [less, less_eq) of the keys.
+        for (int j = threadIdx.x; j < n; j += blockDim.x) {
+            const int kj = total_order_key(ranked[j]);
+            int less = 0, less_eq = 0;
+            for (int i = 0; i < n; ++i) {
+                const int ki = total_order_key(ranked[i]);
+                less += ki < kj;
+                less_eq += ki <= kj;
+            }
+            if (less <= k && k < less_eq) cutoff = ranked[j];  // equal keys write equal values
+        }
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+        const int t = s0 + j;
+        const bool was_masked = masked[t] != 0;
+        const int cur = pick_token[t];
+        const float cur_lp = pick_lp[t];
+        const bool to_mask = ranked[j] < cutoff && (!cond || was_masked || (cur == tokens[t] && cur_lp < scores[t]));
+        if (to_mask) {
+            tokens[t] = mask_id;
+            scores[t] = -INFINITY;
+            masked[t] = 1;
+        } else if (was_masked) {
+            tokens[t] = cur;
+            scores[t] = cur_lp;
+            masked[t] = 0;
+        }
+        ids[pos0 + j] = tokens[t];
+    }
+}

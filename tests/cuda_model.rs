@@ -22,9 +22,9 @@
 mod common;
 use common::*;
 use dlm_engine::backend::cpu::CpuBackend;
-use dlm_engine::backend::{Backend, Dropout};
+use dlm_engine::backend::{Backend, Dropout, RowStats};
 use dlm_engine::data::ExampleBatches;
-use dlm_engine::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
+use dlm_engine::diffusion::sampler::{generate, Denoiser, PickGroup, SamplerConfig, SpecialIds};
 use dlm_engine::model::{Batch, LossRows, PickOpts, XlmR};
 use dlm_engine::train::Trainer;
 use std::path::Path;
@@ -131,6 +131,42 @@ fn recorded_sampling_step_replays_on_new_inputs() {
         }
         assert!(g.sampling_step_recorded(), "sampling {sampling}: the step was never recorded");
         assert!(!d.sampling_step_recorded());
+    }
+}
+
+/// The model as a denoiser without its device path (the host loop re-masks).
+struct HostOnly<'a, B: Backend>(&'a mut XlmR<B>);
+
+impl<B: Backend> Denoiser for HostOnly<'_, B> {
+    fn pick(&mut self, batch: &Batch, rows: &[i32], opts: &PickOpts) -> anyhow::Result<RowStats> {
+        self.0.pick(batch, rows, opts)
+    }
+    fn pick_groups(&mut self, batch: &Batch, groups: &[PickGroup]) -> anyhow::Result<Vec<RowStats>> {
+        let g: Vec<(&[i32], &PickOpts)> = groups.iter().map(|g| (g.rows.as_slice(), &g.opts)).collect();
+        self.0.pick_many(batch, &g)
+    }
+}
+
+/// On the GPU, the device-resident decode (re-masking kernel, recorded step, no read-back until
+/// the end) gives the host loop's results on the same GPU picks. Deterministic ranking only: with
+/// ranking noise the device's logf may differ from the host's ln by an ulp.
+#[test]
+fn device_decode_matches_the_host_loop_on_gpu() {
+    let Some(mut be) = gpu("device_decode_matches_the_host_loop_on_gpu") else { return };
+    be.set_sync_each_launch(false);
+    be.set_graphs(true);
+    let mut g = XlmR::load(be, &fixtures().join("postln")).unwrap();
+    let prompts: Vec<Vec<i32>> = vec![vec![0, 47, 108, 44], vec![0, 55], vec![0, 9, 10, 11, 12, 13], vec![0, 200, 201]];
+    let lengths = [5, 9, 0, 3];
+    let special = SpecialIds { bos: 0, pad: 1, eos: 2, mask: 301 };
+    for strategy in ["reparam-uncond-deterministic-cosine", "reparam-cond-deterministic-linear"] {
+        for sample in [false, true] {
+            let cfg = SamplerConfig { steps: 6, strategy: strategy.parse().unwrap(), temperature: 0.9, sample, seed: 77, record_steps: false };
+            let host = generate(&mut HostOnly(&mut g), &prompts, &lengths, special, &cfg, 4, None).unwrap();
+            let dev = generate(&mut g, &prompts, &lengths, special, &cfg, 4, None).unwrap();
+            assert_eq!(dev, host, "{strategy} sample={sample}");
+            assert!(g.sampling_step_recorded(), "{strategy} sample={sample}: the decode step was not recorded");
+        }
     }
 }
 

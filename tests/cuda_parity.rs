@@ -20,7 +20,7 @@ mod common;
 use common::*;
 use dlm_engine::backend::cpu::{self, CpuBackend};
 use dlm_engine::backend::cuda::CudaBackend;
-use dlm_engine::backend::{pack_gumbel, AdamW, AttnShape, Backend, Dropout, RowStats};
+use dlm_engine::backend::{pack_gumbel, AdamW, AttnShape, Backend, Dropout, ReparamRule, RowStats};
 
 const TOL_BF16: f64 = 1e-2;
 const TOL_STAT: f64 = 1e-4;
@@ -373,6 +373,58 @@ fn attention_backward_matches_cpu() {
     let (mut a, mut b, mut c) = (g.zeros(258).unwrap(), g.zeros(258).unwrap(), g.zeros(258).unwrap());
     let l = g.zeros(2).unwrap();
     assert!(g.attention_bwd(&z, &z, &z, &m, &z, &l, &z, &mut a, &mut b, &mut c, s, Dropout::off(), 0).is_err());
+}
+
+/// The re-masking step on canvases of mixed lengths (one empty): random log-probs with ties and
+/// −inf, every k from 0 past n, both rules, with and without ranking noise. Everything the
+/// kernel computes is exact in f32 except the noise's logf (an ulp from the host's ln at most;
+/// the chance that this moves a slot across the cutoff is negligible), so the slots must agree
+/// exactly.
+#[test]
+fn reparam_step_matches_cpu() {
+    let Some(g) = gpu("reparam_step_matches_cpu") else { return };
+    let mut rng = fresh_rng("reparam_step");
+    let lens = [7usize, 1, 0, 64, 33];
+    let n: usize = lens.iter().sum();
+    let seq = 80;
+    let (mut meta, mut at) = (Vec::new(), 0);
+    for (b, &l) in lens.iter().enumerate() {
+        meta.extend([at as i32, l as i32, (b * seq + 5) as i32]);
+        at += l;
+    }
+    let gmeta = g.upload_i32(&meta).unwrap();
+    for (cond, noise) in [(false, false), (true, false), (false, true), (true, true)] {
+        let rule = ReparamRule { cond, noise, seed: rng.next_u64(), mask: 9 };
+        // Slots: some masked (−inf), some committed with scores; picks with ties and repeats.
+        let tokens: Vec<i32> = (0..n).map(|i| if i % 3 == 0 { 9 } else { 10 + (i % 5) as i32 }).collect();
+        let masked: Vec<i32> = tokens.iter().map(|&t| (t == 9) as i32).collect();
+        let scores: Vec<f32> = masked.iter().map(|&m| if m == 1 { f32::NEG_INFINITY } else { -(rng.uniform() as f32) * 3.0 }).collect();
+        let pick_token: Vec<i32> = (0..n).map(|i| 10 + (i % 4) as i32).collect();
+        let pick_lp: Vec<f32> = (0..n).map(|i| match i % 7 { 0 => -0.5, 1 => f32::NEG_INFINITY, _ => -(rng.uniform() as f32) * 4.0 }).collect();
+        let ks: [fn(usize) -> usize; 5] = [|_| 0, |l| l / 2, |l| l.saturating_sub(1), |l| l, |l| l + 3];
+        for k_of in ks {
+            let step: Vec<i32> = lens
+                .iter()
+                .enumerate()
+                .flat_map(|(b, &l)| {
+                    let st = pack_gumbel(&[((b as u64) << 40 | 17, 0)]).0;
+                    [k_of(l) as i32, st[0], st[1], (0.7f32 + b as f32).to_bits() as i32]
+                })
+                .collect();
+            let (mut wt, mut ws, mut wm, mut wids) = (tokens.clone(), scores.clone(), masked.clone(), vec![-1i32; lens.len() * seq]);
+            cpu::remask::reparam_step(&meta, &step, &pick_token, &pick_lp, &mut wt, &mut ws, &mut wm, &mut wids, rule);
+            let (mut gt, mut gm, mut gids) = (g.upload_i32(&tokens).unwrap(), g.upload_i32(&masked).unwrap(), g.upload_i32(&vec![-1; lens.len() * seq]).unwrap());
+            let mut gs = g.upload_f32(&scores).unwrap();
+            let (gpt, gpl, gstep) = (g.upload_i32(&pick_token).unwrap(), g.upload_f32(&pick_lp).unwrap(), g.upload_i32(&step).unwrap());
+            g.reparam_step(&gmeta, lens.len(), &gstep, &gpt, &gpl, &mut gt, &mut gs, &mut gm, &mut gids, rule).unwrap();
+            let tag = format!("reparam_step cond={cond} noise={noise} k(64)={}", k_of(64));
+            assert_eq!(g.read_i32(&gt).unwrap(), wt, "{tag}: tokens");
+            assert_eq!(g.read_i32(&gm).unwrap(), wm, "{tag}: masked");
+            assert_eq!(g.read_i32(&gids).unwrap(), wids, "{tag}: ids");
+            let got = down(&g, &gs);
+            assert!(got.iter().zip(&ws).all(|(a, b)| a == b || (a.is_infinite() && b.is_infinite() && a.signum() == b.signum())), "{tag}: scores {got:?} vs {ws:?}");
+        }
+    }
 }
 
 #[test]

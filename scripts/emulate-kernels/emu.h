@@ -60,6 +60,7 @@ template <typename T> T __shfl_xor_sync(unsigned, T v, int o) { return shfl_impl
 template <typename T> T __shfl_sync(unsigned, T v, int src) { return shfl_impl(v, src); }
 inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
 inline float __fmul_rn(float a, float b) { volatile float r = a * b; return r; }
 inline float __fadd_rn(float a, float b) { volatile float r = a + b; return r; }
 inline float __fsub_rn(float a, float b) { volatile float r = a - b; return r; }
@@ -68,7 +69,7 @@ inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 template <typename T> T atomicAdd(T* p, T v) { std::lock_guard<std::mutex> g(g_atomic_mutex); T o = *p; *p = o + v; return o; }
 using std::min; using std::max;
 // dynamic shared memory arrays by the names the kernels declare
-float smem[65536]; float row[65536]; float part[65536]; int forb[65536];
+float smem[65536]; float row[65536]; float part[65536]; int forb[65536]; float ranked[65536];
 alignas(128) unsigned char attn_smem[1 << 18];
 
 // nvcuda::wmma, only what the attention kernels use: 16x16x16 fragments (bf16 matrix_a/matrix_b,

@@ -245,6 +245,59 @@ void test_pick(int rows, int vocab, int valid, std::vector<int> forbid, float te
     printf("vocab_pick %dx%d valid %d gumbel %d: token[0]=%d ok\n", rows, vocab, valid, gumbel, tok[0]);
 }
 
+// The re-masking step against diffusion::step's rules written out again: the cutoff is the k-th
+// smallest ranked score (sorted as f32::total_cmp sorts), the lowest set is strictly below it.
+void test_remask(bool cond, bool noise) {
+    const std::vector<int> lens = {7, 1, 0, 64, 33};
+    const int seq = 80, mask_id = 9;
+    const u64 seed = gen();
+    std::vector<int> meta;
+    int n = 0;
+    for (size_t b = 0; b < lens.size(); ++b) { meta.insert(meta.end(), {n, lens[b], (int)b * seq + 5}); n += lens[b]; }
+    std::uniform_real_distribution<float> u(-4.f, 0.f);
+    for (int kcase = 0; kcase < 5; ++kcase) {
+        std::vector<int> tok(n), msk(n), ptok(n), step;
+        std::vector<float> sc(n), plp(n);
+        for (int i = 0; i < n; ++i) {
+            tok[i] = i % 3 == 0 ? mask_id : 10 + i % 5; msk[i] = tok[i] == mask_id;
+            sc[i] = msk[i] ? -INFINITY : u(gen); ptok[i] = 10 + i % 4;
+            plp[i] = i % 7 == 0 ? -0.5f : i % 7 == 1 ? -INFINITY : u(gen);
+        }
+        for (size_t b = 0; b < lens.size(); ++b) {
+            const int l = lens[b], k = kcase == 0 ? 0 : kcase == 1 ? l / 2 : kcase == 2 ? std::max(l - 1, 0) : kcase == 3 ? l : l + 3;
+            const u64 st = ((u64)b << 40) | 17;
+            float scale = 0.7f + b; int sbits; memcpy(&sbits, &scale, 4);
+            step.insert(step.end(), {k, (int)(u32)(st >> 32), (int)(u32)st, sbits});
+        }
+        auto wt = tok, wm = msk; auto ws = sc; std::vector<int> wids(lens.size() * seq, -1), ids = wids;
+        for (size_t b = 0; b < lens.size(); ++b) {
+            const int s0 = meta[3*b], l = meta[3*b+1], pos0 = meta[3*b+2], k = step[4*b];
+            const u64 st = ((u64)(u32)step[4*b+1] << 32) | (u32)step[4*b+2];
+            const float scale = __int_as_float(step[4*b+3]);
+            std::vector<float> r(l);
+            for (int j = 0; j < l; ++j) r[j] = noise ? __fadd_rn(plp[s0+j], __fmul_rn(scale, philox_gumbel(seed, st, j))) : plp[s0+j];
+            auto key = [](float v) { int x; memcpy(&x, &v, 4); return x ^ (int)(((u32)(x >> 31)) >> 1); };
+            auto sorted = r; std::sort(sorted.begin(), sorted.end(), [&](float a, float c) { return key(a) < key(c); });
+            const float cut = k < l ? sorted[k] : 1000.f;
+            for (int j = 0; j < l; ++j) {
+                const int t = s0 + j;
+                const bool to_mask = r[j] < cut && (!cond || wm[t] || (ptok[t] == wt[t] && plp[t] < ws[t]));
+                if (to_mask) { wt[t] = mask_id; ws[t] = -INFINITY; wm[t] = 1; }
+                else if (wm[t]) { wt[t] = ptok[t]; ws[t] = plp[t]; wm[t] = 0; }
+                wids[pos0 + j] = wt[t];
+            }
+        }
+        launch({(unsigned)lens.size(),1,1}, {256,1,1}, [&] {
+            reparam_step(meta.data(), step.data(), ptok.data(), plp.data(), tok.data(), sc.data(), msk.data(), ids.data(), cond, noise, seed, mask_id);
+        });
+        int bad = 0;
+        for (int i = 0; i < n; ++i) bad += tok[i] != wt[i] || msk[i] != wm[i] || !(sc[i] == ws[i] || (std::isinf(sc[i]) && std::isinf(ws[i])));
+        for (size_t i = 0; i < ids.size(); ++i) bad += ids[i] != wids[i];
+        CHECK(bad == 0, "reparam_step cond %d noise %d k case %d: %d slots differ", cond, noise, kcase, bad);
+    }
+    printf("reparam_step cond %d noise %d: ok\n", cond, noise);
+}
+
 void test_ce(int rows, int vocab, int valid, float ls) {
     auto x = rand_bf16((size_t)rows*vocab, 3); auto x0 = x;
     std::vector<int> t(rows); std::vector<float> w(rows), loss(rows, NAN);
@@ -318,6 +371,7 @@ int main() {
     test_pick(3, 1003, 1000, {0, 5, 999, 2000, -1}, 0.7f, true, 12345);
     test_pick(2, 33, 33, {}, 1.3f, true, ~0ull);
     test_pick(2, 5000, 4097, {9}, 1.0f, false, 0);
+    test_remask(false, false); test_remask(true, false); test_remask(false, true); test_remask(true, true);
     test_ce(3, 1003, 1000, 0.0f); test_ce(2, 3000, 2999, 0.1f);
     test_colsum(700, 77); test_colsum(3, 5);
     test_sumsq(100003);

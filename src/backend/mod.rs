@@ -105,6 +105,9 @@ pub trait Backend {
         Ok(())
     }
     fn upload_i32(&self, data: &[i32]) -> Result<Self::IBuf>;
+    /// Overwrites a buffer in place with as many values as it holds, kept at full precision as
+    /// `upload_f32` keeps them (so a recorded step sees the new values).
+    fn write_f32(&self, dst: &mut Self::Buf, data: &[f32]) -> Result<()>;
     /// Overwrites an integer buffer with as many values as it holds, without allocating (so a
     /// recorded step can be replayed on new inputs).
     fn write_i32(&self, dst: &mut Self::IBuf, data: &[i32]) -> Result<()>;
@@ -319,6 +322,30 @@ pub trait Backend {
         logprob: &mut Self::Buf,
     ) -> Result<()>;
 
+    /// One reparameterized RDM step (diffusion::step's ranking, `lowest_set` and
+    /// `reparam_update`) on `n_canvases` canvases whose slots live in the flat arrays `tokens`,
+    /// `scores` (log-prob at commit, −inf while masked) and `masked` (0/1), in place; each
+    /// updated slot token is also written to `ids`, the next forward's input.
+    /// - `canvases`: three i32 per canvas: its first slot, its slot count n, and the flat position
+    ///   in `ids` of its slot 0;
+    /// - `step`: four i32 per canvas for this step: k (`lowest_set`'s k), the ranking-noise stream
+    ///   (high, low 32 bits) and the noise scale (f32 bits), unused without `rule.noise`;
+    /// - `pick_token`, `pick_logprob`: this step's picks at every slot, in slot order.
+    #[allow(clippy::too_many_arguments)]
+    fn reparam_step(
+        &self,
+        canvases: &Self::IBuf,
+        n_canvases: usize,
+        step: &Self::IBuf,
+        pick_token: &Self::IBuf,
+        pick_logprob: &Self::Buf,
+        tokens: &mut Self::IBuf,
+        scores: &mut Self::Buf,
+        masked: &mut Self::IBuf,
+        ids: &mut Self::IBuf,
+        rule: ReparamRule,
+    ) -> Result<()>;
+
     // ---- recorded steps (CUDA graphs) -----------------------------------------------------------
     /// Starts recording the ops issued from now on instead of running them. Returns false, and
     /// changes nothing, when the backend cannot record; the caller then runs the ops directly.
@@ -362,6 +389,15 @@ pub trait Backend {
         lr: f32,
         step: u64,
     ) -> Result<()>;
+}
+
+/// The fixed part of `reparam_step`: `Cond` re-masking, ranking noise on and its seed, `<mask>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReparamRule {
+    pub cond: bool,
+    pub noise: bool,
+    pub seed: u64,
+    pub mask: i32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -19,11 +19,11 @@
 //! moment it was last committed. This includes `cmlm` and `ar`, where the official code instead
 //! reports the mean of the LAST step's max log-probs; dlm-engine keeps one definition for all.
 
-use super::step::{self, Slots};
-use super::strategy::Strategy;
-use crate::backend::RowStats;
-use crate::model::{Batch, PickOpts};
-use crate::rng::{philox_gumbel, philox_u32, philox_uniform};
+use super::step::{self, RankNoise, Slots};
+use super::strategy::{Remask, Strategy};
+use crate::backend::{ReparamRule, RowStats};
+use crate::model::{Batch, CanvasSlots, CanvasStep, DecodeSpec, PickOpts};
+use crate::rng::{philox_u32, philox_uniform};
 use anyhow::{bail, ensure, Result};
 
 /// A model that, for each flat position `b·seq + t` in `rows`, picks a token (argmax, or a sample
@@ -42,6 +42,21 @@ pub trait Denoiser {
     fn pick_groups(&mut self, batch: &Batch, groups: &[PickGroup]) -> Result<Vec<RowStats>> {
         groups.iter().map(|g| self.pick(batch, &g.rows, &g.opts)).collect()
     }
+
+    /// A denoiser that can keep a batch's canvases on its device and run whole reparameterized
+    /// steps there returns itself here; `generate` then queues the steps without waiting for
+    /// them and reads the slots back once (see `decode_on_device`).
+    fn device_steps(&mut self) -> Option<&mut dyn DeviceSteps> {
+        None
+    }
+}
+
+/// Whole reparameterized steps on the device (the model's `decode_*`): the sampler computes
+/// every step's inputs (k, ranking-noise streams, sampling seeds), the device does the rest.
+pub trait DeviceSteps {
+    fn start(&mut self, batch: &Batch, first: &[usize], lens: &[usize], spec: &DecodeSpec) -> Result<()>;
+    fn step(&mut self, steps: &[CanvasStep]) -> Result<()>;
+    fn finish(&mut self) -> Result<Vec<CanvasSlots>>;
 }
 
 /// Flat positions of one batch to pick at, and how.
@@ -133,11 +148,20 @@ pub fn generate(
         let mut canvases: Vec<Canvas> = (start..end)
             .map(|i| Canvas { example: i, prompt: &prompts[i], slots: Slots::all_masked(lengths[i], special.mask), history: cfg.record_steps.then(Vec::new) })
             .collect();
-        for s in 1..=cfg.steps {
-            denoise_step(d, &mut canvases, special, cfg, s)?;
-            if let Some(hook) = on_step.as_deref_mut() {
-                let rows: Vec<Vec<i32>> = canvases.iter().map(|c| c.row(special)).collect();
-                hook(s, &rows);
+        // The device path has no per-step view of the canvases, which hooks and histories need.
+        let device = match cfg.strategy {
+            Strategy::Reparam { .. } if on_step.is_none() && !cfg.record_steps && canvases.iter().any(|c| !c.slots.is_empty()) => d.device_steps(),
+            _ => None,
+        };
+        if let Some(dev) = device {
+            decode_on_device(dev, &mut canvases, special, cfg)?;
+        } else {
+            for s in 1..=cfg.steps {
+                denoise_step(d, &mut canvases, special, cfg, s)?;
+                if let Some(hook) = on_step.as_deref_mut() {
+                    let rows: Vec<Vec<i32>> = canvases.iter().map(|c| c.row(special)).collect();
+                    hook(s, &rows);
+                }
             }
         }
         for c in canvases {
@@ -263,21 +287,48 @@ fn denoise_step(d: &mut impl Denoiser, canvases: &mut [Canvas], special: Special
     Ok(())
 }
 
+/// All steps of a reparameterized strategy on the device: the same picks and updates as
+/// `denoise_step` + `apply` (every slot scored, one pick group per canvas when sampling), with
+/// the same random streams.
+fn decode_on_device(dev: &mut dyn DeviceSteps, canvases: &mut [Canvas], special: SpecialIds, cfg: &SamplerConfig) -> Result<()> {
+    let Strategy::Reparam { remask, noise_scale, schedule } = cfg.strategy else { bail!("internal: device decoding is for reparam strategies") };
+    let rows: Vec<Vec<i32>> = canvases.iter().map(|c| c.row(special)).collect();
+    let batch = Batch::from_rows(&rows, special.pad);
+    let first: Vec<usize> = canvases.iter().map(|c| c.prompt.len()).collect();
+    let lens: Vec<usize> = canvases.iter().map(|c| c.slots.len()).collect();
+    let rule = ReparamRule { cond: remask == Remask::Cond, noise: noise_scale.is_some(), seed: cfg.seed, mask: special.mask };
+    let spec = DecodeSpec { forbid: vec![special.mask], temperature: cfg.temperature, sampling: cfg.sample, rule };
+    dev.start(&batch, &first, &lens, &spec)?;
+    for s in 1..=cfg.steps {
+        let rate = schedule.rate(s, cfg.steps);
+        let steps: Vec<CanvasStep> = canvases
+            .iter()
+            .map(|c| CanvasStep {
+                k: super::strategy::stay_masked(c.slots.len(), rate),
+                rank_stream: stream(RANK_NOISE, c.example, s),
+                noise_scale: noise_scale.map_or(0.0, |scale| (scale * rate) as f32),
+                sample_seed: sample_seed(cfg.seed, c.example, s),
+            })
+            .collect();
+        dev.step(&steps)?;
+    }
+    let out = dev.finish()?;
+    ensure!(out.len() == canvases.len(), "device decoding returned {} canvases for {}", out.len(), canvases.len());
+    for (c, (tokens, scores, masked)) in canvases.iter_mut().zip(out) {
+        ensure!(tokens.len() == c.slots.len(), "device decoding returned {} slots for {}", tokens.len(), c.slots.len());
+        c.slots = Slots { tokens, scores, masked };
+    }
+    Ok(())
+}
+
 /// Applies the picks at the planned slots of one canvas.
 fn apply(c: &mut Canvas, plan: &[usize], tok: &[i32], score: &[f32], special: SpecialIds, cfg: &SamplerConfig, s: usize) {
     match cfg.strategy {
         Strategy::Reparam { remask, noise_scale, schedule } => {
             let rate = schedule.rate(s, cfg.steps);
             let k = super::strategy::stay_masked(c.slots.len(), rate);
-            let ranked: Vec<f32> = match noise_scale {
-                None => score.to_vec(),
-                Some(scale) => {
-                    let scale = (scale * rate) as f32;
-                    let st = stream(RANK_NOISE, c.example, s);
-                    score.iter().enumerate().map(|(j, &v)| v + scale * philox_gumbel(cfg.seed, st, j as u64)).collect()
-                }
-            };
-            let lowest = step::lowest_set(&ranked, k);
+            let noise = noise_scale.map(|scale| RankNoise { scale: (scale * rate) as f32, seed: cfg.seed, stream: stream(RANK_NOISE, c.example, s) });
+            let lowest = step::lowest_set(&step::ranked(score, noise), k);
             step::reparam_update(&mut c.slots, tok, score, &lowest, remask, special.mask);
         }
         Strategy::Cmlm | Strategy::Ar => step::fill(&mut c.slots, plan, tok, score),
@@ -303,6 +354,22 @@ impl<B: crate::backend::Backend> Denoiser for crate::model::XlmR<B> {
     fn pick_groups(&mut self, batch: &Batch, groups: &[PickGroup]) -> Result<Vec<RowStats>> {
         let g: Vec<(&[i32], &PickOpts)> = groups.iter().map(|g| (g.rows.as_slice(), &g.opts)).collect();
         self.pick_many(batch, &g)
+    }
+
+    fn device_steps(&mut self) -> Option<&mut dyn DeviceSteps> {
+        Some(self)
+    }
+}
+
+impl<B: crate::backend::Backend> DeviceSteps for crate::model::XlmR<B> {
+    fn start(&mut self, batch: &Batch, first: &[usize], lens: &[usize], spec: &DecodeSpec) -> Result<()> {
+        self.decode_start(batch, first, lens, spec)
+    }
+    fn step(&mut self, steps: &[CanvasStep]) -> Result<()> {
+        self.decode_step(steps)
+    }
+    fn finish(&mut self) -> Result<Vec<CanvasSlots>> {
+        self.decode_finish()
     }
 }
 

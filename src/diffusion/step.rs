@@ -2,6 +2,7 @@
 //! of one canvas. The batch loop, the denoiser and the random streams live in `sampler`.
 
 use super::strategy::Remask;
+use crate::rng::philox_gumbel;
 
 /// Score given to every non-target position in the reference's ranking. Only target slots are
 /// ranked here, which is the same as long as every ranked target score stays below it (log-probs
@@ -40,6 +41,23 @@ impl Slots {
         self.tokens[j] = mask_id;
         self.scores[j] = f32::NEG_INFINITY;
         self.masked[j] = true;
+    }
+}
+
+/// Ranking noise of `stochastic<c>` for one canvas at one step: Gumbel noise number j (the
+/// slot) of Philox stream (`seed`, `stream`), times `scale` (`f32(c·rate)`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RankNoise {
+    pub scale: f32,
+    pub seed: u64,
+    pub stream: u64,
+}
+
+/// The scores the top-k ranks: the picks' log-probs, plus the ranking noise when there is any.
+pub fn ranked(score: &[f32], noise: Option<RankNoise>) -> Vec<f32> {
+    match noise {
+        None => score.to_vec(),
+        Some(n) => score.iter().enumerate().map(|(j, &v)| v + n.scale * philox_gumbel(n.seed, n.stream, j as u64)).collect(),
     }
 }
 

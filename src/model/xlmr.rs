@@ -12,7 +12,10 @@ use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
 
+mod decode;
 mod pick;
+
+pub use decode::{CanvasSlots, CanvasStep, DecodeSpec};
 
 #[derive(Clone, Copy)]
 struct Linear {

@@ -5,7 +5,7 @@
 //! tolerances in tests/cuda_model.rs, and runs those tests' comparison code on every machine.
 
 use dlm_engine::backend::cpu::{self as ck, CpuBackend};
-use dlm_engine::backend::{AdamW, AttnShape, Backend, Dropout};
+use dlm_engine::backend::{AdamW, AttnShape, Backend, Dropout, ReparamRule};
 
 /// A buffer: the values ops read (bf16-representable where the GPU stores bf16), and for a
 /// parameter after its first AdamW step the f32 master that the update works on.
@@ -43,6 +43,10 @@ impl Backend for Bf16Sim {
     }
     fn upload_i32(&self, d: &[i32]) -> R<Vec<i32>> {
         Ok(d.to_vec())
+    }
+    fn write_f32(&self, dst: &mut SimBuf, d: &[f32]) -> R<()> {
+        *dst = SimBuf { v: d.to_vec(), master: None };
+        Ok(())
     }
     fn write_i32(&self, dst: &mut Vec<i32>, d: &[i32]) -> R<()> {
         dst.copy_from_slice(d);
@@ -261,6 +265,11 @@ impl Backend for Bf16Sim {
         tok.copy_from_slice(&st.token);
         lp.v.copy_from_slice(&st.logprob);
         lp.master = None;
+        Ok(())
+    }
+    fn reparam_step(&self, c: &Vec<i32>, _n: usize, st: &Vec<i32>, pt: &Vec<i32>, pl: &SimBuf, tok: &mut Vec<i32>, sc: &mut SimBuf, m: &mut Vec<i32>, ids: &mut Vec<i32>, rule: ReparamRule) -> R<()> {
+        // Scores and log-probs are f32 on the GPU too.
+        ck::remask::reparam_step(c, st, pt, &pl.v, tok, &mut sc.v, m, ids, rule);
         Ok(())
     }
     fn sum_squares(&self, x: &SimBuf) -> R<f64> {

@@ -10,9 +10,10 @@ pub mod elementwise;
 pub mod embed;
 pub mod layernorm;
 pub mod linear;
+pub mod remask;
 pub mod vocab;
 
-use super::{AdamW, AttnShape, Backend, Dropout};
+use super::{AdamW, AttnShape, Backend, Dropout, ReparamRule};
 use anyhow::Result;
 
 #[derive(Clone, Debug)]
@@ -68,6 +69,11 @@ impl Backend for CpuBackend {
     }
     fn upload_i32(&self, data: &[i32]) -> Result<Vec<i32>> {
         Ok(data.to_vec())
+    }
+    fn write_f32(&self, dst: &mut Vec<f32>, data: &[f32]) -> Result<()> {
+        anyhow::ensure!(dst.len() == data.len(), "write_f32: {} values into a buffer of {}", data.len(), dst.len());
+        dst.copy_from_slice(data);
+        Ok(())
     }
     fn write_i32(&self, dst: &mut Vec<i32>, data: &[i32]) -> Result<()> {
         anyhow::ensure!(dst.len() == data.len(), "write_i32: {} values into a buffer of {}", data.len(), dst.len());
@@ -230,6 +236,13 @@ impl Backend for CpuBackend {
         let st = vocab::vocab_pick(logits, rows, vocab, valid_vocab, forbid, temperature, gumbel.map(|(s, t)| (s.as_slice(), t.as_slice())));
         token[..rows].copy_from_slice(&st.token);
         logprob[..rows].copy_from_slice(&st.logprob);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reparam_step(&self, canvases: &Vec<i32>, n_canvases: usize, step: &Vec<i32>, pick_token: &Vec<i32>, pick_logprob: &Vec<f32>, tokens: &mut Vec<i32>, scores: &mut Vec<f32>, masked: &mut Vec<i32>, ids: &mut Vec<i32>, rule: ReparamRule) -> Result<()> {
+        anyhow::ensure!(canvases.len() == 3 * n_canvases && step.len() == 4 * n_canvases, "reparam_step: canvas arrays do not hold {n_canvases} canvases");
+        remask::reparam_step(canvases, step, pick_token, pick_logprob, tokens, scores, masked, ids, rule);
         Ok(())
     }
 

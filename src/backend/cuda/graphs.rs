@@ -1,11 +1,11 @@
-//! Recorded steps (CUDA graphs) and the in-place integer copies that feed them new inputs.
+//! Recorded steps (CUDA graphs) and the in-place copies that feed them new inputs.
 //!
 //! A sampling step at batch 1 is ~150 small launches; replaying them as one graph removes the
 //! per-launch host cost that otherwise bounds it (architecture.md, GPU notes). The model records
 //! a step once per shape, after one direct run has settled every buffer's storage, and replays it
 //! after writing the step's inputs in place with `write_ints`.
 
-use super::buffer::CudaIBuf;
+use super::buffer::{CudaBuf, CudaIBuf, Store};
 use super::CudaBackend;
 use anyhow::{bail, Context, Result};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -67,6 +67,28 @@ impl CudaBackend {
             self.stream.memcpy_htod(data, &mut dst.dev)?;
         }
         dst.host.copy_from_slice(data);
+        Ok(())
+    }
+
+    /// Copies `data` into a buffer of the same length in its current storage (bf16 rounds; f32
+    /// and master weights keep every bit), without reallocating it.
+    pub(crate) fn write_floats(&self, dst: &mut CudaBuf, data: &[f32]) -> Result<()> {
+        Self::check_len("write_f32", data.len(), dst.len)?;
+        if dst.len != data.len() {
+            bail!("write_f32: {} values into a buffer of {}", data.len(), dst.len);
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        let halves = || data.iter().map(|&v| half::bf16::from_f32(v)).collect::<Vec<_>>();
+        match &mut dst.store {
+            Store::F32(s) => self.stream.memcpy_htod(data, s)?,
+            Store::Bf16(s) => self.stream.memcpy_htod(&halves(), s)?,
+            Store::Master { master, shadow } => {
+                self.stream.memcpy_htod(data, master)?;
+                self.stream.memcpy_htod(&halves(), shadow)?;
+            }
+        }
         Ok(())
     }
 

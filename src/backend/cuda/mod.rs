@@ -37,7 +37,7 @@ mod ops_vocab;
 pub use buffer::{CudaBuf, CudaIBuf};
 pub use kernels::KernelSource;
 
-use super::{AdamW, AttnShape, Backend, Dropout};
+use super::{AdamW, AttnShape, Backend, Dropout, ReparamRule};
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaStream, LaunchConfig};
 use std::sync::{Arc, Mutex};
@@ -184,6 +184,9 @@ impl Backend for CudaBackend {
     fn upload_i32(&self, data: &[i32]) -> Result<CudaIBuf> {
         self.upload_ints(data)
     }
+    fn write_f32(&self, dst: &mut CudaBuf, data: &[f32]) -> Result<()> {
+        self.write_floats(dst, data)
+    }
     fn write_i32(&self, dst: &mut CudaIBuf, data: &[i32]) -> Result<()> {
         self.write_ints(dst, data)
     }
@@ -319,6 +322,10 @@ impl Backend for CudaBackend {
 
     fn vocab_pick(&self, logits: &CudaBuf, rows: usize, vocab: usize, valid_vocab: usize, forbid: &CudaIBuf, temperature: f32, gumbel: Option<(&CudaIBuf, &CudaIBuf)>, token: &mut CudaIBuf, logprob: &mut CudaBuf) -> Result<()> {
         self.pick(logits, rows, vocab, valid_vocab, forbid, temperature, gumbel, token, logprob)
+    }
+
+    fn reparam_step(&self, canvases: &CudaIBuf, n_canvases: usize, step: &CudaIBuf, pick_token: &CudaIBuf, pick_logprob: &CudaBuf, tokens: &mut CudaIBuf, scores: &mut CudaBuf, masked: &mut CudaIBuf, ids: &mut CudaIBuf, rule: ReparamRule) -> Result<()> {
+        self.remask(canvases, n_canvases, step, pick_token, pick_logprob, tokens, scores, masked, ids, rule)
     }
 
     fn begin_capture(&self) -> Result<bool> {

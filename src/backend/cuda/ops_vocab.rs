@@ -1,8 +1,9 @@
-//! Passes over the vocabulary: the sampler's pick and the fused cross-entropy.
-//! Kernels: sampler.cu, vocab.cu. CPU twin: cpu/vocab.rs.
+//! The sampler's kernels (the pick over the vocabulary, the re-masking step) and the fused
+//! cross-entropy. Kernels: sampler.cu, vocab.cu. CPU twins: cpu/vocab.rs, cpu/remask.rs.
 
 use super::buffer::{CudaBuf, CudaIBuf};
 use super::{cfg_rows, to_i32, CudaBackend};
+use crate::backend::ReparamRule;
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use std::sync::{Arc, MutexGuard};
@@ -11,6 +12,8 @@ use std::sync::{Arc, MutexGuard};
 const VOCAB_THREADS: u32 = 1024;
 /// Forbidden ids live in the sampler's shared memory.
 const MAX_FORBID: usize = 8192;
+/// A canvas's ranked scores live in the re-masking kernel's shared memory.
+const MAX_SLOTS: usize = 8192;
 
 /// Small device buffers reused across calls, so the sampling loop does not allocate.
 pub struct Scratch {
@@ -87,6 +90,51 @@ impl CudaBackend {
             "vocab_pick_bf16",
             cfg,
             [xs.get(), &nr, &nv, &nvalid, &forbid.dev, &nf, &temperature, &use_gumbel, &seeds.dev, &streams.dev, &mut token.dev, lp]
+        )
+    }
+
+    /// One reparameterized step on every canvas (see `Backend::reparam_step`). Launch only; the
+    /// canvas layout is checked against the host copy of `canvases`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn remask(
+        &self,
+        canvases: &CudaIBuf,
+        n_canvases: usize,
+        step: &CudaIBuf,
+        pick_token: &CudaIBuf,
+        pick_logprob: &CudaBuf,
+        tokens: &mut CudaIBuf,
+        scores: &mut CudaBuf,
+        masked: &mut CudaIBuf,
+        ids: &mut CudaIBuf,
+        rule: ReparamRule,
+    ) -> Result<()> {
+        Self::check_len("reparam_step canvases", canvases.len(), 3 * n_canvases)?;
+        Self::check_len("reparam_step step", step.len(), 4 * n_canvases)?;
+        let slots = tokens.len();
+        let mut widest = 0;
+        for (b, c) in canvases.host[..3 * n_canvases].chunks_exact(3).enumerate() {
+            let (s0, n, pos0) = (c[0].max(0) as usize, c[1].max(0) as usize, c[2].max(0) as usize);
+            if c.iter().any(|&v| v < 0) || s0 + n > slots || pos0 + n > ids.len() || n > MAX_SLOTS {
+                bail!("reparam_step: canvas {b} (slots {s0}+{n}, ids from {pos0}) does not fit {slots} slots, {} ids, {MAX_SLOTS} slots a canvas", ids.len());
+            }
+            widest = widest.max(n);
+        }
+        for (what, have) in [("scores", scores.len), ("masked", masked.len()), ("pick tokens", pick_token.len()), ("pick log-probs", pick_logprob.len)] {
+            Self::check_len(&format!("reparam_step {what}"), have, slots)?;
+        }
+        if n_canvases == 0 {
+            return Ok(());
+        }
+        let lp = self.as_f32(pick_logprob)?;
+        let sc = self.acc_f32(scores)?;
+        let (cond, noise) = (rule.cond as i32, rule.noise as i32);
+        let cfg = cfg_rows(n_canvases, 256, (widest * 4) as u32)?;
+        launch!(
+            self,
+            "reparam_step",
+            cfg,
+            [&canvases.dev, &step.dev, &pick_token.dev, lp.get(), &mut tokens.dev, sc, &mut masked.dev, &mut ids.dev, &cond, &noise, &rule.seed, &rule.mask]
         )
     }
 

@@ -5,33 +5,38 @@
 //! once the first has settled every buffer's storage, and replayed from then on: a step is then
 //! the input copies, one replay and the read-back of one token and one log-prob per row.
 
+use super::decode::Canvases;
 use super::{check_rows, Encoder, Head, XlmR};
-use crate::backend::{pack_gumbel, Backend, Dropout, RowStats};
+use crate::backend::{pack_gumbel, Backend, Dropout, ReparamRule, RowStats};
 use crate::model::{Batch, PickOpts};
 use anyhow::Result;
 
 /// What a recording depends on besides the buffers' contents.
 #[derive(Clone, Debug, PartialEq)]
-struct StepKey {
-    batch: usize,
-    seq: usize,
+pub(super) struct StepKey {
+    pub batch: usize,
+    pub seq: usize,
     /// Rows of each pick group, in order.
-    group_rows: Vec<usize>,
-    forbid: Vec<i32>,
-    temperature: u32,
-    sampling: bool,
+    pub group_rows: Vec<usize>,
+    pub forbid: Vec<i32>,
+    pub temperature: u32,
+    pub sampling: bool,
+    /// A device-resident decode (decode.rs): the re-masking step follows the pick.
+    pub decode: Option<ReparamRule>,
 }
 
 pub(super) struct StepPlan<B: Backend> {
-    key: StepKey,
-    enc: Encoder<B>,
-    head: Head<B>,
+    pub key: StepKey,
+    pub enc: Encoder<B>,
+    pub head: Head<B>,
     forbid: B::IBuf,
     /// Gumbel noise streams of each row (`pack_gumbel`); empty without sampling.
-    seeds: B::IBuf,
-    streams: B::IBuf,
-    token: B::IBuf,
-    logprob: B::Buf,
+    pub seeds: B::IBuf,
+    pub streams: B::IBuf,
+    pub token: B::IBuf,
+    pub logprob: B::Buf,
+    /// The canvases of a device-resident decode.
+    pub canvases: Option<Canvases<B>>,
     /// Direct runs so far; recording waits for the first to have settled the buffers.
     runs: usize,
     graph: Option<usize>,
@@ -69,13 +74,12 @@ impl<B: Backend> XlmR<B> {
             forbid: opts.forbid.clone(),
             temperature: opts.temperature.to_bits(),
             sampling: opts.sample_seed.is_some(),
+            decode: None,
         };
         if key.group_rows.iter().sum::<usize>() == 0 {
             return Ok(vec![RowStats::default(); groups.len()]);
         }
-        if self.step.as_ref().is_none_or(|p| p.key != key) {
-            self.new_step_plan(key)?;
-        }
+        self.step_plan_for(key)?;
         let mut plan = self.step.take().expect("step plan");
         let r = self.run_step(&mut plan, batch, groups);
         self.step = Some(plan);
@@ -87,7 +91,12 @@ impl<B: Backend> XlmR<B> {
         self.step.as_ref().is_some_and(|p| p.graph.is_some())
     }
 
-    fn new_step_plan(&mut self, key: StepKey) -> Result<()> {
+    /// Makes `self.step` a plan for `key`, keeping the current one (and its recording) when it
+    /// already is.
+    pub(super) fn step_plan_for(&mut self, key: StepKey) -> Result<()> {
+        if self.step.as_ref().is_some_and(|p| p.key == key) {
+            return Ok(());
+        }
         if let Some(old) = self.step.take() {
             if let Some(g) = old.graph {
                 self.backend.release(g)?;
@@ -107,6 +116,7 @@ impl<B: Backend> XlmR<B> {
             streams: be.upload_i32(&vec![0; noise_rows])?,
             token: be.upload_i32(&vec![0; rows])?,
             logprob: be.zeros(rows)?,
+            canvases: key.decode.map(|rule| Canvases::alloc(be, &key.group_rows, key.batch, rule)).transpose()?,
             runs: 0,
             graph: None,
             unrecordable: false,
@@ -128,6 +138,23 @@ impl<B: Backend> XlmR<B> {
             be.write_i32(&mut plan.seeds, &seeds)?;
             be.write_i32(&mut plan.streams, &streams)?;
         }
+        self.execute(plan)?;
+        let token = be.read_i32(&plan.token)?;
+        let logprob = be.download(&plan.logprob)?;
+        let mut out = Vec::with_capacity(groups.len());
+        let mut at = 0;
+        for (rows, _) in groups {
+            let n = rows.len();
+            out.push(RowStats { token: token[at..at + n].to_vec(), logprob: logprob[at..at + n].to_vec() });
+            at += n;
+        }
+        Ok(out)
+    }
+
+    /// Runs the plan's ops on the inputs its buffers hold: replays the recording, or records it
+    /// (from the second run on), or runs the ops one by one.
+    pub(super) fn execute(&self, plan: &mut StepPlan<B>) -> Result<()> {
+        let be = &self.backend;
         match plan.graph {
             Some(g) => be.replay(g)?,
             None if plan.runs > 0 && !plan.unrecordable && be.begin_capture()? => match self.record_step(plan) {
@@ -146,16 +173,7 @@ impl<B: Backend> XlmR<B> {
                 plan.runs += 1;
             }
         }
-        let token = be.read_i32(&plan.token)?;
-        let logprob = be.download(&plan.logprob)?;
-        let mut out = Vec::with_capacity(groups.len());
-        let mut at = 0;
-        for (rows, _) in groups {
-            let n = rows.len();
-            out.push(RowStats { token: token[at..at + n].to_vec(), logprob: logprob[at..at + n].to_vec() });
-            at += n;
-        }
-        Ok(out)
+        Ok(())
     }
 
     /// Runs the step's ops inside a capture begun by the caller and ends it, also on failure.
@@ -189,6 +207,10 @@ impl<B: Backend> XlmR<B> {
             gumbel,
             &mut plan.token,
             &mut plan.logprob,
-        )
+        )?;
+        match plan.canvases.as_mut() {
+            Some(c) => c.remask(&self.backend, &plan.token, &plan.logprob, &mut plan.enc.ids),
+            None => Ok(()),
+        }
     }
 }

@@ -1,0 +1,155 @@
+//! A device-resident decode: the canvases of one batch stay on the device and every step runs
+//! the forward, the pick and the re-masking (`Backend::reparam_step`) there, writing the next
+//! step's token ids in place. The host only queues steps (no read-back, no wait) and reads the
+//! slots once at the end. The step is the sampling step of pick.rs plus the re-masking, recorded
+//! and replayed the same way.
+
+use super::pick::StepKey;
+use super::XlmR;
+use crate::backend::{pack_gumbel, Backend, ReparamRule};
+use crate::model::Batch;
+use anyhow::{ensure, Context, Result};
+
+/// The slots of every canvas, flat, in canvas order (canvas b's first slot is the sum of the
+/// earlier canvases' lengths), and the per-canvas arrays of `Backend::reparam_step`.
+pub(super) struct Canvases<B: Backend> {
+    n: usize,
+    rule: ReparamRule,
+    meta: B::IBuf,
+    step: B::IBuf,
+    tokens: B::IBuf,
+    scores: B::Buf,
+    masked: B::IBuf,
+}
+
+impl<B: Backend> Canvases<B> {
+    pub fn alloc(be: &B, lens: &[usize], n: usize, rule: ReparamRule) -> Result<Self> {
+        let slots: usize = lens.iter().sum();
+        Ok(Canvases {
+            n,
+            rule,
+            meta: be.upload_i32(&vec![0; 3 * n])?,
+            step: be.upload_i32(&vec![0; 4 * n])?,
+            tokens: be.upload_i32(&vec![0; slots])?,
+            scores: be.upload_f32(&vec![f32::NEG_INFINITY; slots])?,
+            masked: be.upload_i32(&vec![1; slots])?,
+        })
+    }
+
+    /// The re-masking after the pick, which writes the canvases' tokens into `ids`.
+    pub fn remask(&mut self, be: &B, token: &B::IBuf, logprob: &B::Buf, ids: &mut B::IBuf) -> Result<()> {
+        be.reparam_step(&self.meta, self.n, &self.step, token, logprob, &mut self.tokens, &mut self.scores, &mut self.masked, ids, self.rule)
+    }
+}
+
+/// How one batch is decoded (fixed for all its steps).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodeSpec {
+    /// Ids never picked (the sampler's `<mask>`).
+    pub forbid: Vec<i32>,
+    pub temperature: f32,
+    /// Gumbel-max sampling (each canvas's own seed per step) rather than the argmax.
+    pub sampling: bool,
+    pub rule: ReparamRule,
+}
+
+/// One canvas's inputs for one step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CanvasStep {
+    /// `lowest_set`'s k.
+    pub k: usize,
+    /// The ranking-noise stream and scale (unused without `rule.noise`).
+    pub rank_stream: u64,
+    pub noise_scale: f32,
+    /// The Gumbel-max seed of the pick (row j of the canvas draws stream (seed, j)); unused
+    /// without sampling.
+    pub sample_seed: u64,
+}
+
+/// One canvas's slots after the last step: tokens, the log-prob each had when committed, masked.
+pub type CanvasSlots = (Vec<i32>, Vec<f32>, Vec<bool>);
+
+impl<B: Backend> XlmR<B> {
+    /// Starts a device-resident decode of `batch`, whose row b holds canvas b with its slots,
+    /// all `<mask>`, at positions `first[b] .. first[b] + lens[b]` of the row.
+    pub fn decode_start(&mut self, batch: &Batch, first: &[usize], lens: &[usize], spec: &DecodeSpec) -> Result<()> {
+        ensure!(first.len() == batch.batch && lens.len() == batch.batch, "decode: {} canvases for a batch of {}", first.len(), batch.batch);
+        ensure!(first.iter().zip(lens).all(|(f, l)| f + l <= batch.seq), "decode: a canvas's slots run past its row of {}", batch.seq);
+        self.check_batch(batch)?;
+        let key = StepKey {
+            batch: batch.batch,
+            seq: batch.seq,
+            group_rows: lens.to_vec(),
+            forbid: spec.forbid.clone(),
+            temperature: spec.temperature.to_bits(),
+            sampling: spec.sampling,
+            decode: Some(spec.rule),
+        };
+        self.step_plan_for(key)?;
+        let mut plan = self.step.take().context("decode plan")?;
+        let r = (|| {
+            let be = &self.backend;
+            self.set_encoder_inputs(&mut plan.enc, batch)?;
+            let mut rows = Vec::new();
+            let mut meta = Vec::with_capacity(3 * lens.len());
+            for (b, (&f, &n)) in first.iter().zip(lens).enumerate() {
+                let pos0 = b * batch.seq + f;
+                meta.extend([rows.len() as i32, n as i32, pos0 as i32]);
+                rows.extend((pos0..pos0 + n).map(|p| p as i32));
+            }
+            be.write_i32(&mut plan.head.idx, &rows)?;
+            if spec.sampling {
+                let streams: Vec<(u64, u32)> = lens.iter().flat_map(|&n| (0..n as u32).map(|j| (0, j))).collect();
+                be.write_i32(&mut plan.streams, &pack_gumbel(&streams).1)?;
+            }
+            let c = plan.canvases.as_mut().context("decode plan without canvases")?;
+            be.write_i32(&mut c.meta, &meta)?;
+            be.write_i32(&mut c.tokens, &vec![spec.rule.mask; rows.len()])?;
+            be.write_f32(&mut c.scores, &vec![f32::NEG_INFINITY; rows.len()])?;
+            be.write_i32(&mut c.masked, &vec![1; rows.len()])
+        })();
+        self.step = Some(plan);
+        r
+    }
+
+    /// Queues one step with each canvas's inputs; waits for nothing.
+    pub fn decode_step(&mut self, steps: &[CanvasStep]) -> Result<()> {
+        let _range = nvtx::range!("decode step");
+        let mut plan = self.step.take().context("decode_step before decode_start")?;
+        let r = (|| {
+            let be = &self.backend;
+            let c = plan.canvases.as_mut().context("decode_step before decode_start")?;
+            ensure!(steps.len() == c.n, "decode: inputs for {} canvases, the batch has {}", steps.len(), c.n);
+            let per: Vec<i32> = steps
+                .iter()
+                .flat_map(|s| {
+                    let (st, sc) = (pack_gumbel(&[(s.rank_stream, 0)]).0, s.noise_scale.to_bits() as i32);
+                    [s.k.min(i32::MAX as usize) as i32, st[0], st[1], sc]
+                })
+                .collect();
+            be.write_i32(&mut c.step, &per)?;
+            if plan.key.sampling {
+                let seeds: Vec<(u64, u32)> = steps.iter().zip(&plan.key.group_rows).flat_map(|(s, &n)| std::iter::repeat_n((s.sample_seed, 0), n)).collect();
+                be.write_i32(&mut plan.seeds, &pack_gumbel(&seeds).0)?;
+            }
+            self.execute(&mut plan)
+        })();
+        self.step = Some(plan);
+        r
+    }
+
+    /// Every canvas's slots after the steps queued so far.
+    pub fn decode_finish(&mut self) -> Result<Vec<CanvasSlots>> {
+        let plan = self.step.as_ref().context("decode_finish before decode_start")?;
+        let c = plan.canvases.as_ref().context("decode_finish before decode_start")?;
+        let be = &self.backend;
+        let (tokens, scores, masked) = (be.read_i32(&c.tokens)?, be.download(&c.scores)?, be.read_i32(&c.masked)?);
+        let mut out = Vec::with_capacity(c.n);
+        let mut at = 0;
+        for &n in &plan.key.group_rows {
+            out.push((tokens[at..at + n].to_vec(), scores[at..at + n].to_vec(), masked[at..at + n].iter().map(|&m| m != 0).collect()));
+            at += n;
+        }
+        Ok(out)
+    }
+}

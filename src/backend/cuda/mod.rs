@@ -81,6 +81,8 @@ impl CudaBackend {
         // SAFETY: called before this backend allocates anything; all its work is on one stream.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream()?;
+        // Best effort: a device without memory pools allocates synchronously anyway.
+        let _ = keep_freed_memory(&ctx);
         let (major, minor) = ctx.compute_capability()?;
         let kernels = kernels::Kernels::load(&ctx)?;
         ops_attention::allow_attention_smem(&ctx, &kernels)?;
@@ -132,6 +134,26 @@ impl CudaBackend {
         }
         Ok(())
     }
+}
+
+/// Buffers come from the device's default stream-ordered pool (cuMemAllocAsync). By default the
+/// pool hands freed memory back to the driver at every synchronisation, so a training step, which
+/// frees its ~1 GB of logits and synchronises to read the loss, would map that memory again on
+/// the next step; keeping it in the pool makes the per-step buffers cheap, as PyTorch's caching
+/// allocator does.
+fn keep_freed_memory(ctx: &CudaContext) -> Result<()> {
+    use cudarc::driver::sys;
+    ctx.bind_to_thread()?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut keep = u64::MAX;
+    // SAFETY: plain driver calls on this context's device with valid out-pointers.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result().context("getting the device's memory pool")?;
+        sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &mut keep as *mut u64 as *mut std::ffi::c_void)
+            .result()
+            .context("setting the memory pool's release threshold")?;
+    }
+    Ok(())
 }
 
 /// A grid-stride launch over `n` elements: 256 threads a block, at most 65536 blocks.

@@ -398,9 +398,9 @@ fn reparam_step_matches_cpu() {
         // Slots: some masked (−inf), some committed with scores; picks with ties and repeats.
         let tokens: Vec<i32> = (0..n).map(|i| if i % 3 == 0 { 9 } else { 10 + (i % 5) as i32 }).collect();
         let masked: Vec<i32> = tokens.iter().map(|&t| (t == 9) as i32).collect();
-        let scores: Vec<f32> = masked.iter().map(|&m| if m == 1 { f32::NEG_INFINITY } else { -(rng.uniform() as f32) * 3.0 }).collect();
+        let scores: Vec<f32> = masked.iter().map(|&m| if m == 1 { f32::NEG_INFINITY } else { -rng.uniform() * 3.0 }).collect();
         let pick_token: Vec<i32> = (0..n).map(|i| 10 + (i % 4) as i32).collect();
-        let pick_lp: Vec<f32> = (0..n).map(|i| match i % 7 { 0 => -0.5, 1 => f32::NEG_INFINITY, _ => -(rng.uniform() as f32) * 4.0 }).collect();
+        let pick_lp: Vec<f32> = (0..n).map(|i| match i % 7 { 0 => -0.5, 1 => f32::NEG_INFINITY, _ => -rng.uniform() * 4.0 }).collect();
         let ks: [fn(usize) -> usize; 5] = [|_| 0, |l| l / 2, |l| l.saturating_sub(1), |l| l, |l| l + 3];
         for k_of in ks {
             let step: Vec<i32> = lens

@@ -122,6 +122,7 @@ pub trait Backend {
 
     // ---- dense layers -------------------------------------------------------------------------
     /// `y[m,n] = x[m,k] · w[n,k]ᵀ (+ bias[n])`.
+    #[allow(clippy::too_many_arguments)]
     fn linear_fwd(
         &self,
         x: &Self::Buf,

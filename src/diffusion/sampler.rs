@@ -392,7 +392,7 @@ mod tests {
     fn streams_of_examples_steps_and_purposes_do_not_collide() {
         assert_ne!(stream(RANK_NOISE, 1, 0), stream(RANK_NOISE, 0, 1));
         assert_ne!(stream(RANK_NOISE, 0, 1), stream(CMLM_DRAW, 0, 1));
-        assert_eq!(stream(SAMPLE_SEED, (MAX_EXAMPLES - 1) as usize, MAX_STEPS - 1) >> 56, SAMPLE_SEED);
+        assert_eq!(stream(SAMPLE_SEED, MAX_EXAMPLES - 1, MAX_STEPS - 1) >> 56, SAMPLE_SEED);
         assert_ne!(sample_seed(0, 0, 1), sample_seed(0, 1, 1));
     }
 }

@@ -120,7 +120,7 @@ impl ModelConfig {
             hidden_dropout: get_f32(v, "hidden_dropout_prob", 0.1),
             attention_dropout: get_f32(v, "attention_probs_dropout_prob", 0.1),
         };
-        if cfg.heads == 0 || cfg.hidden % cfg.heads != 0 {
+        if cfg.heads == 0 || !cfg.hidden.is_multiple_of(cfg.heads) {
             bail!("{file}: field `hidden_size` ({}) is not a multiple of `num_attention_heads` ({})", cfg.hidden, cfg.heads);
         }
         if cfg.max_positions <= cfg.pad_id as usize + 1 {

@@ -42,11 +42,9 @@ pub fn save<B: Backend>(dir: &Path, model: &XlmR<B>, opt: &Optimizer<B>, state: 
     std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
     model.save(&tmp)?;
     std::fs::copy(tokenizer, tmp.join("tokenizer.json")).with_context(|| format!("{}: cannot copy the tokenizer", tokenizer.display()))?;
-    for extra in ["training_defaults.json"] {
-        let src = tokenizer.with_file_name(extra);
-        if src.is_file() {
-            std::fs::copy(&src, tmp.join(extra)).ok();
-        }
+    let defaults = tokenizer.with_file_name("training_defaults.json");
+    if defaults.is_file() {
+        std::fs::copy(&defaults, tmp.join("training_defaults.json")).ok();
     }
     opt.save(model, &tmp.join(OPTIMIZER_FILE))?;
     crate::util::write_atomic(&tmp.join(STATE_FILE), serde_json::to_string_pretty(state)?.as_bytes())?;

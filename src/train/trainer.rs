@@ -186,7 +186,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 let tps = window.2 as f64 / window.3.elapsed().as_secs_f64().max(1e-9);
                 b.set_message(format!("loss {step_loss:.4}  {tps:.0} tok/s  lr {lr:.2e}"));
             }
-            if state.step % cfg.log_every == 0 || state.step == total {
+            if state.step.is_multiple_of(cfg.log_every) || state.step == total {
                 let secs = window.3.elapsed().as_secs_f64().max(1e-9);
                 let log = StepLog {
                     step: state.step,
@@ -208,10 +208,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 }
                 window = (0.0, 0, 0, Instant::now());
             }
-            if cfg.eval_every > 0 && state.step % cfg.eval_every == 0 {
+            if cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every) {
                 self.validate(&mut metrics, state.step, bar.as_ref())?;
             }
-            if cfg.save_every > 0 && state.step % cfg.save_every == 0 && state.step < total {
+            if cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every) && state.step < total {
                 state.data = self.data.state();
                 let dir = cfg.out_dir.join(format!("checkpoint-{}", state.step));
                 checkpoint::save(&dir, &self.model, &opt, &state, &self.tokenizer_path)?;

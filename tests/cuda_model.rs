@@ -132,6 +132,16 @@ fn recorded_sampling_step_replays_on_new_inputs() {
         assert!(g.sampling_step_recorded(), "sampling {sampling}: the step was never recorded");
         assert!(!d.sampling_step_recorded());
     }
+    // New weights (a new device buffer) after the recording: the step must use them.
+    let i = g.param_names().iter().position(|n| n.ends_with("intermediate.dense.weight")).unwrap();
+    let w: Vec<f32> = g.download_param(i, &g.values()[i]).unwrap().iter().map(|x| -2.0 * x).collect();
+    g.set_value(i, &w).unwrap();
+    d.set_value(i, &w).unwrap();
+    let o = PickOpts { forbid: vec![301], temperature: 1.0, sample_seed: None };
+    for _ in 0..3 {
+        assert_eq!(g.pick_many(&a, &[(&rows, &o)]).unwrap(), d.pick_many(&a, &[(&rows, &o)]).unwrap(), "after set_value");
+    }
+    assert!(g.sampling_step_recorded());
 }
 
 /// The model as a denoiser without its device path (the host loop re-masks).

@@ -323,6 +323,7 @@ impl<B: Backend> XlmR<B> {
     /// Calls `f(backend, i, value, grad)` for every parameter (after a `loss_and_grad`).
     pub fn for_each_param_mut(&mut self, mut f: impl FnMut(&B, usize, &mut B::Buf, &mut B::Buf) -> Result<()>) -> Result<()> {
         self.ensure_grads()?;
+        self.forget_recording()?;
         for (i, (v, g)) in self.values.iter_mut().zip(self.grads.iter_mut()).enumerate() {
             f(&self.backend, i, v, g)?;
         }
@@ -339,6 +340,7 @@ impl<B: Backend> XlmR<B> {
 
     /// Replaces the value of parameter `i` (used when restoring checkpoints).
     pub fn set_value(&mut self, i: usize, data: &[f32]) -> Result<()> {
+        self.forget_recording()?;
         self.values[i] = self.upload_param(i, data, false)?;
         Ok(())
     }

@@ -86,6 +86,19 @@ impl<B: Backend> XlmR<B> {
         r
     }
 
+    /// Drops the sampling step's recording: it holds the parameters' device addresses, which a
+    /// caller with mutable access may change (a new buffer, a first optimizer step turning a
+    /// weight into an f32 master). The next step runs directly once, then records again.
+    pub(super) fn forget_recording(&mut self) -> Result<()> {
+        if let Some(p) = self.step.as_mut() {
+            p.runs = 0;
+            if let Some(g) = p.graph.take() {
+                self.backend.release(g)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the last shape's sampling step is replayed from a recording (a CUDA graph).
     pub fn sampling_step_recorded(&self) -> bool {
         self.step.as_ref().is_some_and(|p| p.graph.is_some())

@@ -18,7 +18,7 @@ __device__ __forceinline__ void pick_merge(float& key, int& id, float key2, int 
 // Philox stream (seed_r, stream_r), seed_r = seeds[2r] << 32 | seeds[2r+1]; each thread takes
 // aligned groups of 4 columns, one Philox block each. `seeds` and `streams` are unused (may be
 // null) without Gumbel noise.
-extern "C" __global__ void vocab_pick_bf16(const bf16* logits, int rows, int vocab, int valid, const int* forbid,
+extern "C" __global__ void __launch_bounds__(1024) vocab_pick_bf16(const bf16* logits, int rows, int vocab, int valid, const int* forbid,
                                            int n_forbid, float temperature, int use_gumbel, const int* seeds,
                                            const int* streams, int* out_token, float* out_logprob) {
     extern __shared__ int forb[];
@@ -39,9 +39,19 @@ extern "C" __global__ void vocab_pick_bf16(const bf16* logits, int rows, int voc
     float key = -INFINITY;              // best key so far; candidates must beat -inf strictly
     int id = NO_PICK;
     const int groups = (valid + 3) >> 2;
+    // Rows start 8-byte aligned when vocab is a multiple of 4 (the padded head always is): then a
+    // group's four logits are one 8-byte load.
+    const bool vec4 = (vocab & 3) == 0;
     for (int g = threadIdx.x; g < groups; g += blockDim.x) {
         uint4 noise = make_uint4(0, 0, 0, 0);
         if (use_gumbel) noise = philox_block(seed, noise_stream, (u64)g);
+        bf16 xs[4];
+        if (vec4 && g * 4 + 3 < vocab) {
+            *reinterpret_cast<uint2*>(xs) = reinterpret_cast<const uint2*>(logits + base)[g];
+        } else {
+#pragma unroll
+            for (int q = 0; q < 4; ++q) xs[q] = g * 4 + q < vocab ? logits[base + g * 4 + q] : logits[base];
+        }
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
             const int c = g * 4 + q;
@@ -49,7 +59,7 @@ extern "C" __global__ void vocab_pick_bf16(const bf16* logits, int rows, int voc
             bool allowed = true;
             for (int f = 0; f < n_forbid; ++f) allowed = allowed && forb[f] != c;
             if (!allowed) continue;
-            const float x = ldf(logits, base + c);
+            const float x = __bfloat162float(xs[q]);
             lse_merge(m, s, x, 1.0f);
             const float k = use_gumbel ? x / temperature + gumbel_from_u32(uint4_lane(noise, q)) : x;
             if (k > key) {  // columns rise within a thread, so strict > keeps the lowest id

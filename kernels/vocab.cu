@@ -6,7 +6,7 @@
 // smoothing needs their mean). Pass 2 overwrites the row with
 // weight * (softmax - (1-ls) * onehot(target) - ls/valid), zero past `valid`.
 // `ls_over_valid` = ls / valid is computed on the host in f32, exactly as the CPU backend does.
-extern "C" __global__ void cross_entropy_bf16(bf16* logits, const int* targets, const float* weights, float* loss,
+extern "C" __global__ void __launch_bounds__(1024) cross_entropy_bf16(bf16* logits, const int* targets, const float* weights, float* loss,
                                               int rows, int vocab, int valid, float ls, float ls_over_valid) {
     const int r = blockIdx.x;
     if (r >= rows) return;  // uniform per block

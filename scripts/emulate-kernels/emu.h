@@ -17,6 +17,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __global__
+#define __launch_bounds__(...)
 #define __shared__ static
 #define __restrict__
 #define __align__(n)

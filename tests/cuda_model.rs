@@ -22,9 +22,9 @@
 mod common;
 use common::*;
 use dlm_engine::backend::cpu::CpuBackend;
-use dlm_engine::backend::{Backend, Dropout, RowStats};
+use dlm_engine::backend::{Backend, Dropout};
 use dlm_engine::data::ExampleBatches;
-use dlm_engine::diffusion::sampler::{generate, Denoiser, PickGroup, SamplerConfig, SpecialIds};
+use dlm_engine::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
 use dlm_engine::model::{Batch, LossRows, PickOpts, XlmR};
 use dlm_engine::train::Trainer;
 use std::path::Path;
@@ -142,19 +142,6 @@ fn recorded_sampling_step_replays_on_new_inputs() {
         assert_eq!(g.pick_many(&a, &[(&rows, &o)]).unwrap(), d.pick_many(&a, &[(&rows, &o)]).unwrap(), "after set_value");
     }
     assert!(g.sampling_step_recorded());
-}
-
-/// The model as a denoiser without its device path (the host loop re-masks).
-struct HostOnly<'a, B: Backend>(&'a mut XlmR<B>);
-
-impl<B: Backend> Denoiser for HostOnly<'_, B> {
-    fn pick(&mut self, batch: &Batch, rows: &[i32], opts: &PickOpts) -> anyhow::Result<RowStats> {
-        self.0.pick(batch, rows, opts)
-    }
-    fn pick_groups(&mut self, batch: &Batch, groups: &[PickGroup]) -> anyhow::Result<Vec<RowStats>> {
-        let g: Vec<(&[i32], &PickOpts)> = groups.iter().map(|g| (g.rows.as_slice(), &g.opts)).collect();
-        self.0.pick_many(batch, &g)
-    }
 }
 
 /// On the GPU, the device-resident decode (re-masking kernel, recorded step, no read-back until

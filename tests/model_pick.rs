@@ -7,8 +7,7 @@
 mod common;
 use common::*;
 use dlm_engine::backend::cpu::CpuBackend;
-use dlm_engine::backend::RowStats;
-use dlm_engine::diffusion::sampler::{generate, Denoiser, PickGroup, SamplerConfig, SpecialIds};
+use dlm_engine::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
 use dlm_engine::model::{Batch, PickOpts, XlmR};
 use dlm_engine::rng::philox_gumbel;
 
@@ -72,20 +71,6 @@ fn pick_many_matches_the_logits() {
 #[test]
 fn pick_many_matches_the_logits_with_a_padded_head() {
     check(CpuBackend::with_vocab_align(64));
-}
-
-/// The model as a denoiser without its device path: `generate` then runs every step through
-/// `pick_groups` and re-masks on the host.
-struct HostOnly<'a>(&'a mut XlmR<CpuBackend>);
-
-impl Denoiser for HostOnly<'_> {
-    fn pick(&mut self, batch: &Batch, rows: &[i32], opts: &PickOpts) -> anyhow::Result<RowStats> {
-        self.0.pick(batch, rows, opts)
-    }
-    fn pick_groups(&mut self, batch: &Batch, groups: &[PickGroup]) -> anyhow::Result<Vec<RowStats>> {
-        let g: Vec<(&[i32], &PickOpts)> = groups.iter().map(|g| (g.rows.as_slice(), &g.opts)).collect();
-        self.0.pick_many(batch, &g)
-    }
 }
 
 /// The device-resident decode (canvases on the backend, `reparam_step` after each pick) gives

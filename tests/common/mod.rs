@@ -102,6 +102,9 @@ pub fn ids(t: &T) -> Vec<i32> {
 
 
 use dlm_engine::backend::cuda::CudaBackend;
+use dlm_engine::backend::{Backend, RowStats};
+use dlm_engine::diffusion::sampler::{Denoiser, PickGroup};
+use dlm_engine::model::{Batch, PickOpts, XlmR};
 use dlm_engine::rng::Rng;
 
 /// The CUDA backend, or `None` after printing a skip line. Set `DLM_REQUIRE_GPU=1` (the GPU
@@ -182,4 +185,18 @@ fn first_diff(got: &[f32], want: &[f32]) -> String {
 /// A NaN-filled host vector: outputs start poisoned, so an element the kernel misses shows.
 pub fn poison(n: usize) -> Vec<f32> {
     vec![f32::NAN; n]
+}
+
+/// The model as a denoiser without its device path: `generate` then runs every step through
+/// `pick_groups` and re-masks on the host (the reference for the device-resident decode).
+pub struct HostOnly<'a, B: Backend>(pub &'a mut XlmR<B>);
+
+impl<B: Backend> Denoiser for HostOnly<'_, B> {
+    fn pick(&mut self, batch: &Batch, rows: &[i32], opts: &PickOpts) -> anyhow::Result<RowStats> {
+        self.0.pick(batch, rows, opts)
+    }
+    fn pick_groups(&mut self, batch: &Batch, groups: &[PickGroup]) -> anyhow::Result<Vec<RowStats>> {
+        let g: Vec<(&[i32], &PickOpts)> = groups.iter().map(|g| (g.rows.as_slice(), &g.opts)).collect();
+        self.0.pick_many(batch, &g)
+    }
 }

@@ -1,0 +1,230 @@
+//! The backward pass: the loss on the gathered rows, the LM head's backward and the encoder's,
+//! layer by layer from the saved activations (dropout masks regenerated from their Philox streams).
+
+use super::*;
+
+impl<B: Backend> XlmR<B> {
+    /// Forward and backward of `Σ_r weight_r · CE(logits[rows[r]], targets[r])`; gradients
+    /// accumulate into the parameter gradients (call `zero_grads` between optimizer steps).
+    /// Returns the weighted sum of the per-row losses.
+    pub fn loss_and_grad(&mut self, batch: &Batch, loss: &LossRows, drop: Dropout, label_smoothing: f32) -> Result<f32> {
+        if loss.rows.len() != loss.targets.len() || loss.rows.len() != loss.weights.len() {
+            bail!("loss rows, targets and weights differ in length");
+        }
+        self.ensure_grads()?;
+        self.encode(batch, drop)?;
+        let mut hd = self.head_forward(&loss.rows)?;
+        let be = &self.backend;
+        let (r, vsz) = (loss.rows.len(), self.head_vocab());
+        let targets = be.upload_i32(&loss.targets)?;
+        let per_row = be.cross_entropy_fwd_bwd(&mut hd.logits, &targets, &loss.weights, r, vsz, self.valid_vocab(), label_smoothing)?;
+        let total: f64 = per_row.iter().zip(&loss.weights).map(|(l, w)| (*l as f64) * (*w as f64)).sum();
+        let dhidden = self.head_backward(&hd)?;
+        self.encoder_backward(dhidden, drop)?;
+        Ok(total as f32)
+    }
+
+    /// Backward of the head; returns d(encoder output), `[tokens, hidden]`.
+    fn head_backward(&mut self, hd: &Head<B>) -> Result<B::Buf> {
+        let _range = nvtx::range!("lm_head backward");
+        let be = &self.backend;
+        let (r, h, vsz) = (hd.rows, self.cfg.hidden, self.head_vocab());
+        let dec = self.decoder();
+        let v = &self.values;
+        let g = &mut self.grads;
+        let mut dz = be.zeros(r * h)?;
+        {
+            let (gd, gb) = two_mut(g, dec, self.ix.head_bias);
+            be.linear_bwd(&hd.z, &v[dec], &hd.logits, Some(&mut dz), gd, Some(gb), r, vsz, h)?;
+        }
+        let mut dg1 = be.zeros(r * h)?;
+        let ln = self.ix.head_ln;
+        {
+            let (gg, gb) = two_mut(g, ln.g, ln.b);
+            be.layernorm_bwd(&hd.g1, &dz, &v[ln.g], &hd.mean, &hd.rstd, &mut dg1, false, gg, gb, r, h)?;
+        }
+        let mut dd1 = be.zeros(r * h)?;
+        be.gelu_bwd(&hd.d1, &dg1, &mut dd1)?;
+        let dn = self.ix.head_dense;
+        let mut dx = be.zeros(r * h)?;
+        {
+            let (gw, gb) = two_mut(g, dn.w, dn.b);
+            be.linear_bwd(&hd.x, &v[dn.w], &dd1, Some(&mut dx), gw, Some(gb), r, h, h)?;
+        }
+        let enc = self.enc.as_ref().expect("encode first");
+        let mut dout = be.zeros(enc.batch * enc.seq * h)?;
+        be.scatter_add_rows(&dx, &hd.idx, &mut dout, r, h)?;
+        Ok(dout)
+    }
+
+    fn encoder_backward(&mut self, mut dcur: B::Buf, drop: Dropout) -> Result<()> {
+        let _range = nvtx::range!("encoder backward");
+        let enc = self.enc.take().expect("encode first");
+        let r = self.encoder_backward_with(&enc, &mut dcur, drop);
+        self.enc = Some(enc);
+        r
+    }
+
+    fn encoder_backward_with(&mut self, enc: &Encoder<B>, dcur: &mut B::Buf, drop: Dropout) -> Result<()> {
+        let be = &self.backend;
+        let cfg = &self.cfg;
+        let (n, h, f) = (enc.batch * enc.seq, cfg.hidden, cfg.intermediate);
+        let v = &self.values;
+        let g = &mut self.grads;
+        let hidden_drop = Dropout { p: if drop.active() { cfg.hidden_dropout } else { 0.0 }, seed: drop.seed };
+        let attn_drop = Dropout { p: if drop.active() { cfg.attention_dropout } else { 0.0 }, seed: drop.seed };
+        let shape = AttnShape { batch: enc.batch, seq: enc.seq, heads: cfg.heads, head_dim: cfg.head_dim() };
+
+        // Scratch buffers shared by all layers.
+        let mut t_h1 = be.zeros(n * h)?;
+        let mut t_h2 = be.zeros(n * h)?;
+        let mut t_f1 = be.zeros(n * f)?;
+        let mut t_f2 = be.zeros(n * f)?;
+        let (mut dq, mut dk, mut dv) = (be.zeros(n * h)?, be.zeros(n * h)?, be.zeros(n * h)?);
+        let mut dctx = be.zeros(n * h)?;
+
+        if let Some(ln) = self.ix.final_ln {
+            let (gg, gb) = two_mut(g, ln.g, ln.b);
+            be.layernorm_bwd(&enc.hs[cfg.layers], dcur, &v[ln.g], &enc.out_mean, &enc.out_rstd, &mut t_h1, false, gg, gb, n, h)?;
+            be.copy(&t_h1, dcur)?;
+        }
+
+        for li in (0..cfg.layers).rev() {
+            let _r = nvtx::range!("layer {} backward", li);
+            let layer = self.layers[li];
+            let a = &enc.layers[li];
+            let x = &enc.hs[li];
+            // On entry dcur = d(layer output); on exit dcur = d(layer input).
+            match cfg.arch {
+                Arch::PostLn => {
+                    // out = LN2(h1 + drop(f2))
+                    let ds2 = &mut t_h1;
+                    {
+                        let (gg, gb) = two_mut(g, layer.ffn_ln.g, layer.ffn_ln.b);
+                        be.layernorm_bwd(&a.s2, dcur, &v[layer.ffn_ln.g], &a.mean2, &a.rstd2, ds2, false, gg, gb, n, h)?;
+                    }
+                    let df2 = &mut t_h2;
+                    be.copy(ds2, df2)?;
+                    be.dropout_bwd(df2, hidden_drop, stream(li, S_FFN_OUT))?;
+                    {
+                        let (gw, gb) = two_mut(g, layer.ffn_out.w, layer.ffn_out.b);
+                        be.linear_bwd(&a.g, &v[layer.ffn_out.w], df2, Some(&mut t_f1), gw, Some(gb), n, h, f)?;
+                    }
+                    be.gelu_bwd(&a.f1, &t_f1, &mut t_f2)?;
+                    {
+                        let (gw, gb) = two_mut(g, layer.ffn_in.w, layer.ffn_in.b);
+                        be.linear_bwd(&a.h1, &v[layer.ffn_in.w], &t_f2, Some(dcur), gw, Some(gb), n, f, h)?;
+                    }
+                    // dh1 = ds2 + ffn path (in dcur)
+                    be.add_assign(dcur, &t_h1)?;
+                    // h1 = LN1(x + drop(attn))
+                    {
+                        let (gg, gb) = two_mut(g, layer.attn_ln.g, layer.attn_ln.b);
+                        be.layernorm_bwd(&a.s1, dcur, &v[layer.attn_ln.g], &a.mean1, &a.rstd1, &mut t_h1, false, gg, gb, n, h)?;
+                    }
+                    // t_h1 = ds1: flows to x directly and through the attention block.
+                    be.copy(&t_h1, &mut t_h2)?;
+                    be.dropout_bwd(&mut t_h2, hidden_drop, stream(li, S_ATTN_OUT))?;
+                    Self::attention_block_backward(be, v, g, layer, a, x, &enc.key_mask, &t_h2, &mut dctx, &mut dq, &mut dk, &mut dv, dcur, shape, attn_drop, li)?;
+                    be.add_assign(dcur, &t_h1)?;
+                }
+                Arch::PreLn => {
+                    // out = h1 + W2·gelu(W1·LN_ffn(h1) + b1) + b2
+                    {
+                        let (gw, gb) = two_mut(g, layer.ffn_out.w, layer.ffn_out.b);
+                        be.linear_bwd(&a.g, &v[layer.ffn_out.w], dcur, Some(&mut t_f1), gw, Some(gb), n, h, f)?;
+                    }
+                    be.gelu_bwd(&a.f1, &t_f1, &mut t_f2)?;
+                    {
+                        let (gw, gb) = two_mut(g, layer.ffn_in.w, layer.ffn_in.b);
+                        be.linear_bwd(&a.h1, &v[layer.ffn_in.w], &t_f2, Some(&mut t_h1), gw, Some(gb), n, f, h)?;
+                    }
+                    {
+                        let (gg, gb) = two_mut(g, layer.ffn_ln.g, layer.ffn_ln.b);
+                        be.layernorm_bwd(&a.s1, &t_h1, &v[layer.ffn_ln.g], &a.mean1, &a.rstd1, dcur, true, gg, gb, n, h)?;
+                    }
+                    // dcur = d(h1); h1 = x + drop(O·attn(LN_attn(x)))
+                    be.copy(dcur, &mut t_h2)?;
+                    be.dropout_bwd(&mut t_h2, hidden_drop, stream(li, S_ATTN_OUT))?;
+                    Self::attention_block_backward(be, v, g, layer, a, &a.a_in, &enc.key_mask, &t_h2, &mut dctx, &mut dq, &mut dk, &mut dv, &mut t_h1, shape, attn_drop, li)?;
+                    let (gg, gb) = two_mut(g, layer.attn_ln.g, layer.attn_ln.b);
+                    be.layernorm_bwd(x, &t_h1, &v[layer.attn_ln.g], &a.a_mean, &a.a_rstd, dcur, true, gg, gb, n, h)?;
+                }
+            }
+        }
+
+        // Embeddings.
+        be.dropout_bwd(dcur, hidden_drop, S_EMB)?;
+        let demb: &B::Buf = match self.ix.emb_ln {
+            Some(ln) => {
+                let (gg, gb) = two_mut(g, ln.g, ln.b);
+                be.layernorm_bwd(&enc.emb, dcur, &v[ln.g], &enc.emb_mean, &enc.emb_rstd, &mut t_h1, false, gg, gb, n, h)?;
+                &t_h1
+            }
+            None => dcur,
+        };
+        let (gw, gp, gt) = three_mut(g, self.ix.word, self.ix.pos, self.ix.typ);
+        be.embed_bwd(&enc.ids, &enc.pos_ids, demb, gw, gp, gt, n, h, cfg.pad_id)?;
+        Ok(())
+    }
+
+    /// Backward of `attn = O · attention(Q x, K x, V x)` given `dattn`; writes d(x) into `dx`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_block_backward(
+        be: &B,
+        v: &[B::Buf],
+        g: &mut [B::Buf],
+        layer: Layer,
+        a: &LayerActs<B>,
+        x: &B::Buf,
+        key_mask: &B::IBuf,
+        dattn: &B::Buf,
+        dctx: &mut B::Buf,
+        dq: &mut B::Buf,
+        dk: &mut B::Buf,
+        dv: &mut B::Buf,
+        dx: &mut B::Buf,
+        shape: AttnShape,
+        attn_drop: Dropout,
+        li: usize,
+    ) -> Result<()> {
+        let (n, h) = (shape.tokens(), shape.hidden());
+        {
+            let (gw, gb) = two_mut(g, layer.o.w, layer.o.b);
+            be.linear_bwd(&a.ctx, &v[layer.o.w], dattn, Some(dctx), gw, Some(gb), n, h, h)?;
+        }
+        be.attention_bwd(&a.q, &a.k, &a.v, key_mask, &a.ctx, &a.lse, dctx, dq, dk, dv, shape, attn_drop, stream(li, S_ATTN_PROBS))?;
+        // dx = dq·Wq + dk·Wk + dv·Wv; `dctx` is free again and serves as scratch.
+        {
+            let (gw, gb) = two_mut(g, layer.q.w, layer.q.b);
+            be.linear_bwd(x, &v[layer.q.w], dq, Some(dx), gw, Some(gb), n, h, h)?;
+        }
+        for (lin, d) in [(layer.k, &*dk), (layer.v, &*dv)] {
+            let (gw, gb) = two_mut(g, lin.w, lin.b);
+            be.linear_bwd(x, &v[lin.w], d, Some(dctx), gw, Some(gb), n, h, h)?;
+            be.add_assign(dx, dctx)?;
+        }
+        Ok(())
+    }
+}
+
+/// Two distinct mutable elements of a slice.
+fn two_mut<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
+    assert_ne!(i, j);
+    if i < j {
+        let (a, b) = v.split_at_mut(j);
+        (&mut a[i], &mut b[0])
+    } else {
+        let (a, b) = v.split_at_mut(i);
+        (&mut b[0], &mut a[j])
+    }
+}
+
+/// Three distinct mutable elements of a slice.
+fn three_mut<T>(v: &mut [T], i: usize, j: usize, k: usize) -> (&mut T, &mut T, &mut T) {
+    assert!(i != j && j != k && i != k);
+    let p = v.as_mut_ptr();
+    assert!(i < v.len() && j < v.len() && k < v.len());
+    // SAFETY: the indices are distinct and in bounds, so the references never alias.
+    unsafe { (&mut *p.add(i), &mut *p.add(j), &mut *p.add(k)) }
+}

@@ -11,8 +11,10 @@
 # The whole run keeps to GPU_CHECK_BUDGET_S (default 480 s, for a 15-minute device lease): each
 # stage's timeout is cut to what is left, a stage with under 20 s left is skipped, and torch's
 # compiled runs only start within TORCH_BUDGET_S (derived from what is left).
-# Full logs go to $OUT (or .gpu-stage/out). Knobs: SKIP_BENCH=1, SKIP_TORCH=1, TORCH_COMPILE=0,
-# DLM_BENCH_SAMPLE_ARGS="...", DLM_BENCH_TRAIN_ARGS="...", TORCH_PY=/path/to/python.
+# Full logs go to $OUT (or .gpu-stage/out). Knobs: SKIP_BENCH=1 (criterion), SKIP_ENGINE=1
+# (dlm-engine bench), SKIP_TORCH=1, PARITY_ONLY=1 (all three: a quick rerun after a fix),
+# TESTS="cuda_parity" (which staged test binaries), TORCH_COMPILE=0, DLM_BENCH_SAMPLE_ARGS="...",
+# DLM_BENCH_TRAIN_ARGS="...", TORCH_PY=/path/to/python.
 # Never touches the GPU's settings.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -20,6 +22,7 @@ OUT=${OUT:-$HERE/out}
 mkdir -p "$OUT"
 TORCH_PY=${TORCH_PY:-/opt/torch/.venv/bin/python}
 BUDGET=${GPU_CHECK_BUDGET_S:-480}
+if [ "${PARITY_ONLY:-0}" = 1 ]; then SKIP_BENCH=1 SKIP_ENGINE=1 SKIP_TORCH=1; fi
 T_START=$(date +%s)
 STATUS=0
 SUMMARY=$OUT/summary.txt
@@ -42,6 +45,7 @@ export DLM_FIXTURES=${DLM_FIXTURES:-$PWD/tests/golden/fixtures}
 N_TESTS=0
 for t in "$HERE"/tests/*; do
     [ -x "$t" ] || continue
+    if [ -n "${TESTS:-}" ] && ! grep -qw "$(basename "$t")" <<<"$TESTS"; then continue; fi
     N_TESTS=$((N_TESTS + 1))
     name=$(basename "$t")
     cap=$(allow 240)
@@ -82,7 +86,9 @@ engine_bench() {
     timeout "$cap" "$HERE/dlm-engine" bench "$@" >"$OUT/$log" 2>&1 || { STATUS=1; say "dlm-engine bench $* FAILED (see $log)"; }
     while read -r key ms _; do DLM[$key]=$ms; done < <(grep -E '^[A-Za-z0-9_]+ +[0-9.]+ +ms/step' "$OUT/$log")
 }
-if [ -x "$HERE/dlm-engine" ] && "$HERE/dlm-engine" bench train --help >/dev/null 2>&1; then
+if [ "${SKIP_ENGINE:-0}" = 1 ]; then
+    say "dlm-engine benches skipped (SKIP_ENGINE=1)"
+elif [ -x "$HERE/dlm-engine" ] && "$HERE/dlm-engine" bench train --help >/dev/null 2>&1; then
     # Batch 1 op by op first (no CUDA graph), to show what recording the step buys; its line is
     # reported, then overwritten in the table by the default (recorded) run below.
     # shellcheck disable=SC2086

@@ -165,8 +165,13 @@ mod tests {
         for &(module_name, names) in KERNEL_NAMES {
             let m = MODULES.iter().find(|m| m.name == module_name).unwrap_or_else(|| panic!("{module_name}.cu not embedded"));
             for name in names {
-                let decl = format!("__global__ void {name}(");
-                assert!(m.source.contains(&decl), "{module_name}.cu does not define {name}");
+                // `__global__ void name(` or `__global__ void __launch_bounds__(…) name(`.
+                let defined = m.source.match_indices(&format!(" {name}(")).any(|(at, _)| {
+                    let before = &m.source[..at];
+                    let line = &before[before.rfind('\n').map_or(0, |i| i + 1)..];
+                    line.contains("__global__ void")
+                });
+                assert!(defined, "{module_name}.cu does not define {name}");
             }
             assert!(!m.source.contains("#include \""), "{module_name}: includes were not inlined");
             assert!(m.source.contains("philox4x32_10"), "{module_name}: common.cuh not inlined");

@@ -308,7 +308,7 @@ pub trait Backend {
     /// picks the argmax, or, with `gumbel` (the packed `(seeds, streams)` of `pack_gumbel`), a
     /// sample from `softmax(logits / temperature)` by Gumbel-max. Writes the chosen id to `token`
     /// and its log-softmax at temperature 1, the confidence the RDM sampler ranks (method.md §4.3),
-    /// to `logprob`. Everything stays on the device: no host synchronisation, no allocation.
+    /// to `logprob`. Everything stays on the device (no host synchronisation).
     #[allow(clippy::too_many_arguments)]
     fn vocab_pick(
         &self,

@@ -20,7 +20,7 @@ mod common;
 use common::*;
 use dlm_engine::backend::cpu::{self, CpuBackend};
 use dlm_engine::backend::cuda::CudaBackend;
-use dlm_engine::backend::{pack_gumbel, AdamW, AttnShape, Backend, Dropout, ReparamRule, RowStats};
+use dlm_engine::backend::{pack_gumbel, pack_seed, AdamW, AttnShape, Backend, Dropout, ReparamRule, RowStats};
 
 const TOL_BF16: f64 = 1e-2;
 const TOL_STAT: f64 = 1e-4;
@@ -407,8 +407,8 @@ fn reparam_step_matches_cpu() {
                 .iter()
                 .enumerate()
                 .flat_map(|(b, &l)| {
-                    let st = pack_gumbel(&[((b as u64) << 40 | 17, 0)]).0;
-                    [k_of(l) as i32, st[0], st[1], (0.7f32 + b as f32).to_bits() as i32]
+                    let [hi, lo] = pack_seed((b as u64) << 40 | 17);
+                    [k_of(l) as i32, hi, lo, (0.7f32 + b as f32).to_bits() as i32]
                 })
                 .collect();
             let (mut wt, mut ws, mut wm, mut wids) = (tokens.clone(), scores.clone(), masked.clone(), vec![-1i32; lens.len() * seq]);

@@ -64,11 +64,16 @@ pub struct RowStats {
 /// Packs per-row Gumbel noise streams for `vocab_pick`: row r draws number c (the vocabulary id)
 /// of Philox stream `rows[r] = (seed, stream)`. Seeds become two i32 per row (high, low bits).
 pub fn pack_gumbel(rows: &[(u64, u32)]) -> (Vec<i32>, Vec<i32>) {
-    let seeds = rows.iter().flat_map(|&(s, _)| [(s >> 32) as u32 as i32, s as u32 as i32]).collect();
+    let seeds = rows.iter().flat_map(|&(s, _)| pack_seed(s)).collect();
     (seeds, rows.iter().map(|&(_, st)| st as i32).collect())
 }
 
-/// Row r's seed from the packed form of `pack_gumbel`.
+/// A 64-bit seed or stream id as the kernels take it from an i32 buffer: high, low 32 bits.
+pub fn pack_seed(s: u64) -> [i32; 2] {
+    [(s >> 32) as u32 as i32, s as u32 as i32]
+}
+
+/// Row r's seed from the packed form of `pack_gumbel` (or of `pack_seed` at r = 0).
 pub fn unpack_seed(seeds: &[i32], r: usize) -> u64 {
     ((seeds[2 * r] as u32 as u64) << 32) | seeds[2 * r + 1] as u32 as u64
 }

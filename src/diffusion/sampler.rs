@@ -20,7 +20,7 @@
 //! reports the mean of the LAST step's max log-probs; dlm-engine keeps one definition for all.
 
 use super::step::{self, RankNoise, Slots};
-use super::strategy::{Remask, Strategy};
+use super::strategy::{Remask, Schedule, Strategy};
 use crate::backend::{ReparamRule, RowStats};
 use crate::model::{Batch, CanvasSlots, CanvasStep, DecodeSpec, PickOpts};
 use crate::rng::{philox_u32, philox_uniform};
@@ -300,14 +300,16 @@ fn decode_on_device(dev: &mut dyn DeviceSteps, canvases: &mut [Canvas], special:
     let spec = DecodeSpec { forbid: vec![special.mask], temperature: cfg.temperature, sampling: cfg.sample, rule };
     dev.start(&batch, &first, &lens, &spec)?;
     for s in 1..=cfg.steps {
-        let rate = schedule.rate(s, cfg.steps);
         let steps: Vec<CanvasStep> = canvases
             .iter()
-            .map(|c| CanvasStep {
-                k: super::strategy::stay_masked(c.slots.len(), rate),
-                rank_stream: stream(RANK_NOISE, c.example, s),
-                noise_scale: noise_scale.map_or(0.0, |scale| (scale * rate) as f32),
-                sample_seed: sample_seed(cfg.seed, c.example, s),
+            .map(|c| {
+                let (k, noise) = topk_inputs(c, noise_scale, schedule, cfg, s);
+                CanvasStep {
+                    k,
+                    rank_stream: noise.map_or(0, |n| n.stream),
+                    noise_scale: noise.map_or(0.0, |n| n.scale),
+                    sample_seed: sample_seed(cfg.seed, c.example, s),
+                }
             })
             .collect();
         dev.step(&steps)?;
@@ -321,13 +323,20 @@ fn decode_on_device(dev: &mut dyn DeviceSteps, canvases: &mut [Canvas], special:
     Ok(())
 }
 
+/// A reparameterized strategy's top-k inputs for one canvas at step `s`: how many slots the
+/// lowest set may hold, and the `stochastic<c>` ranking noise (scale `f32(c·rate)`).
+fn topk_inputs(c: &Canvas, noise_scale: Option<f64>, schedule: Schedule, cfg: &SamplerConfig, s: usize) -> (usize, Option<RankNoise>) {
+    let rate = schedule.rate(s, cfg.steps);
+    let k = super::strategy::stay_masked(c.slots.len(), rate);
+    let noise = noise_scale.map(|scale| RankNoise { scale: (scale * rate) as f32, seed: cfg.seed, stream: stream(RANK_NOISE, c.example, s) });
+    (k, noise)
+}
+
 /// Applies the picks at the planned slots of one canvas.
 fn apply(c: &mut Canvas, plan: &[usize], tok: &[i32], score: &[f32], special: SpecialIds, cfg: &SamplerConfig, s: usize) {
     match cfg.strategy {
         Strategy::Reparam { remask, noise_scale, schedule } => {
-            let rate = schedule.rate(s, cfg.steps);
-            let k = super::strategy::stay_masked(c.slots.len(), rate);
-            let noise = noise_scale.map(|scale| RankNoise { scale: (scale * rate) as f32, seed: cfg.seed, stream: stream(RANK_NOISE, c.example, s) });
+            let (k, noise) = topk_inputs(c, noise_scale, schedule, cfg, s);
             let lowest = step::lowest_set(&step::ranked(score, noise), k);
             step::reparam_update(&mut c.slots, tok, score, &lowest, remask, special.mask);
         }

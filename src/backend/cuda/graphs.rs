@@ -62,7 +62,9 @@ impl CudaBackend {
 
     /// Copies `data` into an existing integer buffer of the same length (device and host copy).
     pub(crate) fn write_ints(&self, dst: &mut CudaIBuf, data: &[i32]) -> Result<()> {
-        Self::check_len("write_i32", data.len(), dst.len())?;
+        if dst.len() != data.len() {
+            bail!("write_i32: {} values into a buffer of {}", data.len(), dst.len());
+        }
         if !data.is_empty() {
             self.stream.memcpy_htod(data, &mut dst.dev)?;
         }
@@ -73,7 +75,6 @@ impl CudaBackend {
     /// Copies `data` into a buffer of the same length in its current storage (bf16 rounds; f32
     /// and master weights keep every bit), without reallocating it.
     pub(crate) fn write_floats(&self, dst: &mut CudaBuf, data: &[f32]) -> Result<()> {
-        Self::check_len("write_f32", data.len(), dst.len)?;
         if dst.len != data.len() {
             bail!("write_f32: {} values into a buffer of {}", data.len(), dst.len);
         }

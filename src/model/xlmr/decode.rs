@@ -6,7 +6,7 @@
 
 use super::pick::StepKey;
 use super::XlmR;
-use crate::backend::{pack_gumbel, Backend, ReparamRule};
+use crate::backend::{pack_gumbel, pack_seed, Backend, ReparamRule};
 use crate::model::Batch;
 use anyhow::{ensure, Context, Result};
 
@@ -123,8 +123,8 @@ impl<B: Backend> XlmR<B> {
             let per: Vec<i32> = steps
                 .iter()
                 .flat_map(|s| {
-                    let (st, sc) = (pack_gumbel(&[(s.rank_stream, 0)]).0, s.noise_scale.to_bits() as i32);
-                    [s.k.min(i32::MAX as usize) as i32, st[0], st[1], sc]
+                    let [hi, lo] = pack_seed(s.rank_stream);
+                    [s.k.min(i32::MAX as usize) as i32, hi, lo, s.noise_scale.to_bits() as i32]
                 })
                 .collect();
             be.write_i32(&mut c.step, &per)?;

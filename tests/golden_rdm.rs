@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use dlm_engine::backend::cpu::CpuBackend;
 use dlm_engine::backend::Dropout;
-use dlm_engine::diffusion::noise::{build_noised, Reweighting, Example};
+use dlm_engine::diffusion::noise::{build_noised, doubled_batch, q_sample_coupled, Example, NoiseSpec, Reweighting};
 use dlm_engine::model::XlmR;
 
 #[test]
@@ -43,4 +43,38 @@ fn rdm_loss_and_gradients_match_pytorch() {
     let loss = model.loss_and_grad(&noised.batch, &noised.loss, Dropout::off(), 0.1).unwrap() as f64;
     let want = g["loss_reciprocal_ls"].data[0];
     assert!(((loss - want) / want).abs() < 1e-5, "reciprocal + label smoothing loss {loss} vs reference {want}");
+}
+
+#[test]
+fn device_noise_path_gives_the_host_objective() {
+    // `noised_loss_and_grad` (the noise drawn by the backend, what training runs) against
+    // `loss_and_grad` on the host draw of the same key: same loss, same gradients, for several
+    // keys, with dropout and label smoothing.
+    let dir = fixtures().join("postln");
+    let g = read(&dir.join("rdm.safetensors"));
+    let x0 = ids(&g["x0"]);
+    let partial = ids(&g["partial"]);
+    let (b, l) = (g["x0"].shape[0], g["x0"].shape[1]);
+    let rows: Vec<Example> = (0..b)
+        .map(|i| Example { ids: x0[i * l..(i + 1) * l].to_vec(), src_len: partial[i * l..(i + 1) * l].iter().filter(|&&p| p != 0).count() })
+        .collect();
+    let mut host = XlmR::load(CpuBackend::new(), &dir).unwrap();
+    let mut device = XlmR::load(CpuBackend::new(), &dir).unwrap();
+    let (batch, src_len) = doubled_batch(&rows, 1);
+    for key in [1u64, 0xdead_beef, u64::MAX] {
+        let spec = NoiseSpec { key, steps: 50, pad: 1, mask_id: 301, reweighting: Reweighting::Reciprocal, scale: 0.5 };
+        let drop = Dropout { p: 0.1, seed: key ^ 5 };
+        host.zero_grads().unwrap();
+        device.zero_grads().unwrap();
+        let noised = q_sample_coupled(&rows, &spec);
+        assert!(!noised.loss.rows.is_empty(), "key {key} masked nothing");
+        let want = host.loss_and_grad(&noised.batch, &noised.loss, drop, 0.1).unwrap();
+        let (got, n) = device.noised_loss_and_grad(&batch, &src_len, &spec, drop, 0.1).unwrap();
+        assert_eq!(n, noised.loss.rows.len(), "key {key}: masked count");
+        assert_eq!(got.to_bits(), want.to_bits(), "key {key}: loss {got} vs {want}");
+        for (i, name) in host.param_names().iter().enumerate() {
+            assert!(host.grads()[i] == device.grads()[i], "key {key}: gradient of {name} differs");
+        }
+    }
+    assert!(device.noised_loss_and_grad(&batch, &src_len[..1], &NoiseSpec { key: 0, steps: 50, pad: 1, mask_id: 301, reweighting: Reweighting::Linear, scale: 1.0 }, Dropout::off(), 0.0).is_err(), "a batch that is not the doubled one must be an error");
 }

@@ -59,6 +59,7 @@ template <typename T> T shfl_impl(T v, int src_lane) {
 }
 template <typename T> T __shfl_xor_sync(unsigned, T v, int o) { return shfl_impl(v, (flat_tid() & 31) ^ o); }
 template <typename T> T __shfl_sync(unsigned, T v, int src) { return shfl_impl(v, src); }
+template <typename T> T __shfl_up_sync(unsigned, T v, unsigned d) { const int lane = flat_tid() & 31; return shfl_impl(v, lane >= (int)d ? lane - (int)d : lane); }
 inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }

@@ -1,6 +1,7 @@
 // Host emulation of the CUDA execution model, for checking kernel logic without a GPU (see run.sh).
 #include "emu.h"
 #include <random>
+#include <string>
 #include "elementwise.cu"
 #include "attention.cu"
 #include "attention_bwd.cu"
@@ -10,6 +11,7 @@
 #include "rows.cu"
 #include "adamw.cu"
 #include "embed.cu"
+#include "noise.cu"
 
 static std::mt19937_64 gen(12345);
 static int failures = 0;
@@ -339,6 +341,98 @@ void test_sumsq(size_t n) {
     printf("sum_squares %zu: %.6f vs %.6f\n", n, out, w);
 }
 
+// Philox4x32-10 against the Random123 known-answer vectors (as src/rng.rs's test): the device
+// generator every dropout mask, Gumbel draw and training-noise mask comes from.
+void test_philox_kat() {
+    const uint4 a = philox4x32_10(make_uint4(0, 0, 0, 0), 0, 0);
+    CHECK(a.x == 0x6627e8d5u && a.y == 0xe169c58du && a.z == 0xbc57ac4cu && a.w == 0x9b00dbd8u, "philox KAT zeros");
+    const uint4 b = philox4x32_10(make_uint4(~0u, ~0u, ~0u, ~0u), ~0u, ~0u);
+    CHECK(b.x == 0x408f276du && b.y == 0x41c83b0eu && b.z == 0xa20bc7c6u && b.w == 0x6d5451fdu, "philox KAT ones");
+    const uint4 c = philox4x32_10(make_uint4(0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u), 0xa4093822u, 0x299f31d0u);
+    CHECK(c.x == 0xd16cfe09u && c.y == 0x94fdccebu && c.z == 0x5001e420u && c.w == 0x24126ea1u, "philox KAT pi");
+    printf("philox known answers checked\n");
+}
+
+// The training noise against noise::q_sample_flat's rules written out again, serially: coupled
+// timesteps from Philox numbers 0 and 1 of stream b, slot j's draws from numbers 2+2j and 3+2j,
+// integer comparisons of the 24-bit uniforms, weights w(t)/N/(2B)*scale, row-major loss rows.
+void test_q_sample(int B, int seq, unsigned steps, int rw, unsigned long long key) {
+    const int pad = 1, mask_id = 3;
+    const float scale = 0.25f;
+    std::vector<int> src_len(B), ids(2 * B * seq, pad);
+    for (int b = 0; b < B; ++b) {
+        const int len = 1 + gen() % seq;
+        src_len[b] = b == 0 ? len : (int)(gen() % len);
+        for (int j = 0; j < len; ++j) ids[b * seq + j] = ids[(B + b) * seq + j] = 4 + gen() % 5000;
+    }
+    std::vector<std::vector<char>> m(2 * B, std::vector<char>(seq, 0));
+    std::vector<float> row_w(2 * B);
+    for (int b = 0; b < B; ++b) {
+        auto t_of = [&](u64 idx) { return 1u + (u32)(((u64)philox_u32(key, b, idx) * steps) >> 32); };
+        const u32 t1 = t_of(0), t2 = t_of(1), ta = std::max(t1, t2), tb = std::min(t1, t2);
+        int n = 0;
+        for (int j = 0; j < seq; ++j) {
+            if (j < src_len[b] || ids[b * seq + j] == pad) continue;
+            ++n;
+            const u64 ua = philox_u32(key, b, 2 + 2 * (u64)j) >> 8, ub = philox_u32(key, b, 3 + 2 * (u64)j) >> 8;
+            const bool a = ua * steps < ((u64)ta << 24);
+            m[b][j] = a;
+            m[B + b][j] = ta != tb ? a && ub * ta < ((u64)tb << 24) : ub * steps < ((u64)ta << 24);
+        }
+        auto wt = [&](u32 t) { return rw == 0 ? (float)(steps - t + 1) : rw == 1 ? (float)steps / (float)t : (float)steps; };
+        row_w[b] = wt(ta) / (float)std::max(n, 1) / (float)(2 * B) * scale;
+        row_w[B + b] = wt(tb) / (float)std::max(n, 1) / (float)(2 * B) * scale;
+    }
+    std::vector<int> want_ids = ids, want_rows, want_tgt;
+    std::vector<float> want_w;
+    for (int i = 0; i < 2 * B; ++i)
+        for (int j = 0; j < seq; ++j)
+            if (m[i][j]) { want_rows.push_back(i * seq + j); want_tgt.push_back(ids[i * seq + j]); want_w.push_back(row_w[i]); want_ids[i * seq + j] = mask_id; }
+
+    const size_t n = ids.size();
+    std::vector<int> flags(n, -1), counts(2 * B, -1), rows(n, -1), tgt(n, -1), total(1, -1);
+    std::vector<float> rwv(2 * B, NAN), w(n, NAN);
+    launch({(unsigned)B, 1, 1}, {256, 1, 1}, [&] {
+        q_sample_mask(ids.data(), src_len.data(), B, seq, pad, steps, key, rw, scale, flags.data(), counts.data(), rwv.data());
+    });
+    launch({(unsigned)(2 * B), 1, 1}, {256, 1, 1}, [&] {
+        q_sample_compact(ids.data(), flags.data(), counts.data(), rwv.data(), 2 * B, seq, mask_id, rows.data(), tgt.data(), w.data(), total.data());
+    });
+    const size_t k = want_rows.size();
+    CHECK(total[0] == (int)k, "q_sample B=%d seq=%d: %d masked, want %zu", B, seq, total[0], k);
+    CHECK(ids == want_ids, "q_sample B=%d seq=%d: noised ids differ", B, seq);
+    CHECK(std::equal(want_rows.begin(), want_rows.end(), rows.begin()), "q_sample B=%d seq=%d: positions differ", B, seq);
+    CHECK(std::equal(want_tgt.begin(), want_tgt.end(), tgt.begin()), "q_sample B=%d seq=%d: targets differ", B, seq);
+    CHECK(std::equal(want_w.begin(), want_w.end(), w.begin()), "q_sample B=%d seq=%d: weights differ", B, seq);
+    printf("q_sample B=%d seq=%d T=%u rw=%d: %zu masked, exact\n", B, seq, steps, rw, k);
+}
+
+// The same pinned draw as noise.rs's `draws_match_the_pinned_known_answer`: the kernel and the
+// Rust twin must agree on concrete numbers, not only with references written alike.
+void test_q_sample_pinned() {
+    const int B = 4, seq = 24;
+    const unsigned long long key = 0x0123456789abcdefull;
+    std::vector<int> ids(2 * B * seq, 7), src_len(B, 0), flags(2 * B * seq), counts(2 * B);
+    std::vector<float> rwv(2 * B);
+    launch({(unsigned)B, 1, 1}, {256, 1, 1}, [&] {
+        q_sample_mask(ids.data(), src_len.data(), B, seq, 1, 50, key, 0, 1.0f, flags.data(), counts.data(), rwv.data());
+    });
+    const char* want[2] = {"BBB.BBaBBBBaBB...BBBBBBB", "a.B.....B...B.....B....."};
+    const int ex[2] = {0, 3};
+    for (int e = 0; e < 2; ++e) {
+        std::string got;
+        for (int j = 0; j < seq; ++j) {
+            const bool a = flags[ex[e] * seq + j], b = flags[(B + ex[e]) * seq + j];
+            got += a && b ? 'B' : a ? 'a' : b ? 'b' : '.';
+        }
+        CHECK(got == want[e], "pinned q_sample draw of example %d: %s, want %s", ex[e], got.c_str(), want[e]);
+    }
+    // ta 39 and 36 (example 0), 16 and 13 (example 3): the linear weights (T-t+1)/24/8.
+    CHECK(rwv[0] == 12.0f / 24.0f / 8.0f && rwv[B] == 15.0f / 24.0f / 8.0f, "pinned weights of example 0: %g %g", rwv[0], rwv[B]);
+    CHECK(rwv[3] == 35.0f / 24.0f / 8.0f && rwv[B + 3] == 38.0f / 24.0f / 8.0f, "pinned weights of example 3: %g %g", rwv[3], rwv[B + 3]);
+    printf("q_sample pinned draw: ok\n");
+}
+
 int main() {
     // The same sizes as src/backend/cuda/ops_attention.rs's shared_memory_sizes test.
     CHECK(fwd_smem(64) == 63744 && bwd_dq_smem(64) == 72960 && bwd_dkdv_smem(64) == 90624, "attention smem sizes at 64");
@@ -375,6 +469,12 @@ int main() {
     test_ce(3, 1003, 1000, 0.0f); test_ce(2, 3000, 2999, 0.1f);
     test_colsum(700, 77); test_colsum(3, 5);
     test_sumsq(100003);
+    test_philox_kat();
+    test_q_sample_pinned();
+    test_q_sample(3, 37, 50, 0, 7);
+    test_q_sample(5, 300, 1000, 1, 0xfeedface12345ull);
+    test_q_sample(2, 700, 2, 2, ~0ull);
+    test_q_sample(4, 64, 1, 0, 99);
     printf(failures ? "FAILURES: %d\n" : "all emulated kernel checks passed\n", failures);
     return failures != 0;
 }

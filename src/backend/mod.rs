@@ -13,6 +13,7 @@ pub mod cpu;
 pub mod cuda;
 
 use anyhow::Result;
+pub use crate::diffusion::noise::NoiseSpec;
 
 /// Dropout settings for one forward pass. `seed` and the per-call `stream` id select a counter-based
 /// (Philox) random stream, so the backward pass regenerates exactly the same mask without storing it,
@@ -291,6 +292,26 @@ pub trait Backend {
         n_rows: usize,
         cols: usize,
     ) -> Result<()>;
+
+    // ---- the training noise ---------------------------------------------------------------------
+    /// The RDM forward noise of one step (method.md §3) on the doubled clean batch `ids`
+    /// (`[2·src_len.len(), seq]`; rows b and B+b hold example b, whose source is `src_len[b]`
+    /// tokens), in place: draws the coupled timesteps and nested masks from `spec.key` (counter-based
+    /// Philox, so every backend draws the same ones; `diffusion::noise::q_sample_flat` is the
+    /// reference), writes `<mask>` into the masked slots and their flat positions, clean ids and
+    /// weights, in row-major order, into the first entries of `rows`, `targets` and `weights`
+    /// (each at least `ids`' length). Returns how many slots were masked.
+    #[allow(clippy::too_many_arguments)]
+    fn q_sample(
+        &self,
+        ids: &mut Self::IBuf,
+        seq: usize,
+        src_len: &[i32],
+        spec: &NoiseSpec,
+        rows: &mut Self::IBuf,
+        targets: &mut Self::IBuf,
+        weights: &mut Self::Buf,
+    ) -> Result<usize>;
 
     // ---- vocabulary ---------------------------------------------------------------------------
     /// Weighted softmax cross-entropy over `rows` rows of `vocab` logits, only the first

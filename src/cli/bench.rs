@@ -4,7 +4,7 @@
 
 use super::device::{dispatch, Job};
 use crate::backend::{Backend, Dropout};
-use crate::diffusion::noise::{q_sample_coupled, Reweighting, Example};
+use crate::diffusion::noise::{doubled_batch, Example, NoiseSpec, Reweighting};
 use crate::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
 use crate::model::{ModelConfig, XlmR};
 use crate::rng::Rng;
@@ -134,9 +134,10 @@ fn time_train<B: Backend>(model: &mut XlmR<B>, prompts: &[Vec<i32>], s: &Shape, 
     let (pad, mut total) = (model.config().pad_id, 0.0);
     for i in 0..s.warmup + s.steps.max(1) {
         let t = Instant::now();
-        let n = q_sample_coupled(&rows, pad, mask, 50, Reweighting::Linear, 1.0, rng);
+        let spec = NoiseSpec { key: rng.next_u64(), steps: 50, pad, mask_id: mask, reweighting: Reweighting::Linear, scale: 1.0 };
+        let (batch, src_len) = doubled_batch(&rows, pad);
         model.zero_grads()?;
-        model.loss_and_grad(&n.batch, &n.loss, Dropout { p: 0.1, seed: i as u64 }, 0.0)?;
+        model.noised_loss_and_grad(&batch, &src_len, &spec, Dropout { p: 0.1, seed: i as u64 }, 0.0)?;
         opt.update(model, 1e-5, Some(1.0))?;
         model.backend().synchronize()?;
         if i >= s.warmup {

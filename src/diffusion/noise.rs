@@ -3,7 +3,7 @@
 
 pub use crate::data::layout::Example;
 use crate::model::{Batch, LossRows};
-use crate::rng::Rng;
+use crate::rng::philox_u32;
 use anyhow::{bail, Result};
 
 /// RDM's reweighting of the per-timestep loss, as the multiplier `T·λ(t)` of each masked token.
@@ -50,33 +50,101 @@ pub struct Noised {
     pub t: Vec<u32>,
 }
 
-/// Draws the coupled pair of timesteps and nested masks for every row (method.md §3):
-/// t1, t2 ~ U{1..T}, ta = max, tb = min; m_a masks each maskable slot with probability ta/T;
-/// m_b keeps a slot of m_a with probability tb/ta (so it has marginal tb/T and m_b ⊆ m_a),
-/// or is drawn independently when ta = tb.
-pub fn coupled_masks(rows: &[Example], pad: i32, steps: u32, rng: &mut Rng) -> (Vec<u32>, Vec<Vec<bool>>) {
+/// One draw of the training noise: the counter-based key it comes from and the objective's
+/// constants. Every number of the draw is a pure function of `(key, example, index)`, so the CUDA
+/// kernel (`kernels/noise.cu`) and this module give the same masks, and a step is reproducible
+/// from its key alone.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NoiseSpec {
+    pub key: u64,
+    /// T, the number of diffusion timesteps.
+    pub steps: u32,
+    pub pad: i32,
+    pub mask_id: i32,
+    pub reweighting: Reweighting,
+    /// Multiplies every weight (e.g. 1/accumulation steps).
+    pub scale: f32,
+}
+
+/// The coupled timesteps (ta ≥ tb) of example `ex`: t1, t2 ~ U{1..T} (Philox numbers 0 and 1 of
+/// stream `ex`, scaled by a 32×32-bit multiply: bias below T/2^32), ta = max, tb = min.
+pub fn coupled_t(key: u64, ex: usize, steps: u32) -> (u32, u32) {
+    let draw = |idx| 1 + ((philox_u32(key, ex as u64, idx) as u64 * steps as u64) >> 32) as u32;
+    let (t1, t2) = (draw(0), draw(1));
+    (t1.max(t2), t1.min(t2))
+}
+
+/// Whether maskable slot `j` of example `ex` is masked in its t_a copy and in its t_b copy
+/// (method.md §3): m_a with probability ta/T; m_b keeps a slot of m_a with probability tb/ta (so
+/// its marginal is tb/T and m_b ⊆ m_a), or is drawn independently when ta = tb. Slot j uses
+/// Philox numbers 2+2j and 3+2j (one Philox block holds both); the 24-bit uniform u is compared
+/// with the ratio in integers, so host and device agree exactly.
+pub fn slot_masks(key: u64, ex: usize, j: usize, ta: u32, tb: u32, steps: u32) -> (bool, bool) {
+    let u = |idx: u64| (philox_u32(key, ex as u64, idx) >> 8) as u64;
+    let below = |u: u64, num: u32, den: u32| (u * den as u64) < (num as u64) << 24;
+    let (ua, ub) = (u(2 + 2 * j as u64), u(3 + 2 * j as u64));
+    let a = below(ua, ta, steps);
+    let b = if ta != tb { a && below(ub, tb, ta) } else { below(ub, ta, steps) };
+    (a, b)
+}
+
+/// The doubled clean batch `[2B, seq]` (rows b and B+b hold example b) and each example's source
+/// length, the inputs of `q_sample_flat` / `Backend::q_sample`.
+pub fn doubled_batch(rows: &[Example], pad: i32) -> (Batch, Vec<i32>) {
     let b = rows.len();
+    let doubled: Vec<Vec<i32>> = (0..2 * b).map(|i| rows[i % b].ids.clone()).collect();
+    (Batch::from_rows(&doubled, pad), rows.iter().map(|r| r.src_len as i32).collect())
+}
+
+/// Slot `j` of a row can be masked: a target token or the final `</s>`, never the source or padding.
+fn maskable(row: &[i32], src_len: i32, pad: i32, j: usize) -> bool {
+    j >= src_len as usize && row[j] != pad
+}
+
+/// The timesteps and masks of every row of the doubled batch `ids` (`[2B, seq]`, clean).
+pub fn draw_masks(ids: &[i32], seq: usize, src_len: &[i32], spec: &NoiseSpec) -> (Vec<u32>, Vec<Vec<bool>>) {
+    let b = src_len.len();
     let mut t = vec![0u32; 2 * b];
     let mut masks = vec![Vec::new(); 2 * b];
-    for (i, r) in rows.iter().enumerate() {
-        let t1 = rng.int_in(1, steps as u64) as u32;
-        let t2 = rng.int_in(1, steps as u64) as u32;
-        let (ta, tb) = (t1.max(t2), t1.min(t2));
-        let maskable = |j: usize| j >= r.src_len && r.ids[j] != pad;
-        let pa = ta as f32 / steps as f32;
-        let ma: Vec<bool> = (0..r.ids.len()).map(|j| maskable(j) && rng.uniform() < pa).collect();
-        let mb: Vec<bool> = if ta != tb {
-            let drop_frac = (ta - tb) as f32 / ta as f32;
-            (0..r.ids.len()).map(|j| ma[j] && rng.uniform() > drop_frac).collect()
-        } else {
-            (0..r.ids.len()).map(|j| maskable(j) && rng.uniform() < pa).collect()
-        };
-        t[i] = ta;
-        t[b + i] = tb;
-        masks[i] = ma;
-        masks[b + i] = mb;
+    for ex in 0..b {
+        let row = &ids[ex * seq..][..seq];
+        let (ta, tb) = coupled_t(spec.key, ex, spec.steps);
+        let (ma, mb): (Vec<bool>, Vec<bool>) = (0..seq)
+            .map(|j| if maskable(row, src_len[ex], spec.pad, j) { slot_masks(spec.key, ex, j, ta, tb, spec.steps) } else { (false, false) })
+            .unzip();
+        (t[ex], t[b + ex]) = (ta, tb);
+        (masks[ex], masks[b + ex]) = (ma, mb);
     }
     (t, masks)
+}
+
+/// Writes `<mask>` into the doubled batch `ids` where `masks` say, and returns the loss rows in
+/// row-major order with their weights w(t_i)/N_i/(2B)·scale, N_i the number of maskable slots of
+/// row i. Loss = Σ_rows weight·CE (method.md §3).
+fn apply_masks(ids: &mut [i32], seq: usize, src_len: &[i32], t: &[u32], masks: &[Vec<bool>], spec: &NoiseSpec) -> LossRows {
+    let b = src_len.len();
+    let n_maskable: Vec<usize> =
+        (0..b).map(|ex| (0..seq).filter(|&j| maskable(&ids[ex * seq..][..seq], src_len[ex], spec.pad, j)).count().max(1)).collect();
+    let mut loss = LossRows::default();
+    for i in 0..2 * b {
+        let w = spec.reweighting.weight(t[i], spec.steps) / n_maskable[i % b] as f32 / (2 * b) as f32 * spec.scale;
+        for (j, _) in masks[i].iter().enumerate().filter(|(_, &m)| m) {
+            let flat = i * seq + j;
+            loss.rows.push(flat as i32);
+            loss.targets.push(ids[flat]);
+            loss.weights.push(w);
+            ids[flat] = spec.mask_id;
+        }
+    }
+    loss
+}
+
+/// The reference of `Backend::q_sample` (and the CPU backend's op): noises the doubled clean
+/// batch `ids` (`[2B, seq]`; `src_len[b]` is example b's source length) in place and returns
+/// the masked slots, their clean ids and their weights.
+pub fn q_sample_flat(ids: &mut [i32], seq: usize, src_len: &[i32], spec: &NoiseSpec) -> LossRows {
+    let (t, masks) = draw_masks(ids, seq, src_len, spec);
+    apply_masks(ids, seq, src_len, &t, &masks, spec)
 }
 
 /// Builds the doubled noised batch and the weighted loss rows from given timesteps and masks
@@ -85,31 +153,19 @@ pub fn coupled_masks(rows: &[Example], pad: i32, steps: u32, rng: &mut Rng) -> (
 /// `scale` multiplies every weight (e.g. 1/accumulation steps).
 #[allow(clippy::too_many_arguments)]
 pub fn build_noised(rows: &[Example], t: &[u32], masks: &[Vec<bool>], pad: i32, mask_id: i32, steps: u32, rw: Reweighting, scale: f32) -> Noised {
-    let b = rows.len();
-    let doubled: Vec<Vec<i32>> = (0..2 * b).map(|i| rows[i % b].ids.clone()).collect();
-    let mut batch = Batch::from_rows(&doubled, pad);
-    let mut loss = LossRows::default();
-    for i in 0..2 * b {
-        let r = &rows[i % b];
-        let n_maskable = (r.src_len..r.ids.len()).filter(|&j| r.ids[j] != pad).count().max(1);
-        let w = rw.weight(t[i], steps) / n_maskable as f32 / (2 * b) as f32 * scale;
-        for (j, &m) in masks[i].iter().enumerate() {
-            if m {
-                let flat = i * batch.seq + j;
-                loss.rows.push(flat as i32);
-                loss.targets.push(r.ids[j]);
-                loss.weights.push(w);
-                batch.ids[flat] = mask_id;
-            }
-        }
-    }
+    let (mut batch, src_len) = doubled_batch(rows, pad);
+    let spec = NoiseSpec { key: 0, steps, pad, mask_id, reweighting: rw, scale };
+    let padded: Vec<Vec<bool>> = masks.iter().map(|m| (0..batch.seq).map(|j| m.get(j).copied().unwrap_or(false)).collect()).collect();
+    let loss = apply_masks(&mut batch.ids, batch.seq, &src_len, t, &padded, &spec);
     Noised { batch, loss, t: t.to_vec() }
 }
 
-/// `coupled_masks` followed by `build_noised`.
-pub fn q_sample_coupled(rows: &[Example], pad: i32, mask_id: i32, steps: u32, rw: Reweighting, scale: f32, rng: &mut Rng) -> Noised {
-    let (t, masks) = coupled_masks(rows, pad, steps, rng);
-    build_noised(rows, &t, &masks, pad, mask_id, steps, rw, scale)
+/// The whole draw on the host: `doubled_batch`, then `q_sample_flat`.
+pub fn q_sample_coupled(rows: &[Example], spec: &NoiseSpec) -> Noised {
+    let (mut batch, src_len) = doubled_batch(rows, spec.pad);
+    let (t, masks) = draw_masks(&batch.ids, batch.seq, &src_len, spec);
+    let loss = apply_masks(&mut batch.ids, batch.seq, &src_len, &t, &masks, spec);
+    Noised { batch, loss, t }
 }
 
 #[cfg(test)]
@@ -123,41 +179,90 @@ mod tests {
         ]
     }
 
+    fn spec(key: u64) -> NoiseSpec {
+        NoiseSpec { key, steps: 50, pad: 1, mask_id: 99, reweighting: Reweighting::Linear, scale: 1.0 }
+    }
+
     #[test]
     fn masks_are_nested_and_only_on_maskable_slots() {
-        let mut rng = Rng::new(5, 0);
-        for _ in 0..200 {
-            let (t, m) = coupled_masks(&rows(), 1, 50, &mut rng);
+        let (batch, src_len) = doubled_batch(&rows(), 1);
+        let mut nested_draws = 0;
+        for key in 0..200 {
+            let (t, m) = draw_masks(&batch.ids, batch.seq, &src_len, &spec(key));
             for i in 0..2 {
                 assert!(t[i] >= t[2 + i] && t[2 + i] >= 1 && t[i] <= 50);
-                for j in 0..rows()[i].ids.len() {
-                    if j < rows()[i].src_len {
-                        assert!(!m[i][j] && !m[2 + i][j]);
+                for j in 0..batch.seq {
+                    if j < rows()[i].src_len || j >= rows()[i].ids.len() {
+                        assert!(!m[i][j] && !m[2 + i][j], "source or padding slot masked");
                     }
                     if t[i] != t[2 + i] && m[2 + i][j] {
                         assert!(m[i][j], "m_b must be a subset of m_a");
+                        nested_draws += 1;
                     }
                 }
             }
         }
+        assert!(nested_draws > 50, "the subset check ran on only {nested_draws} slots");
     }
 
     #[test]
-    fn marginal_mask_rates_follow_t_over_big_t() {
-        // With many draws, the fraction of masked slots among rows with timestep t is ≈ t/T,
-        // for the t_a copies and for the nested t_b copies alike.
+    fn marginal_rates_follow_t_over_big_t_and_timesteps_are_uniform() {
+        // Over many keys, the fraction of masked slots among rows with timestep t is ≈ t/T, for
+        // the t_a copies and for the nested t_b copies alike; t1, t2 ~ U{1..T} gives
+        // P(ta = t) = (2t-1)/T².
         let long = vec![Example { ids: (0..200).map(|i| if i == 0 { 0 } else { 5 + i }).collect(), src_len: 1 }];
-        let mut rng = Rng::new(9, 1);
+        let (batch, src_len) = doubled_batch(&long, 1);
         let (mut num, mut den) = (0.0f64, 0.0f64);
-        for _ in 0..400 {
-            let (t, m) = coupled_masks(&long, 1, 50, &mut rng);
+        let mut ta_hist = [0u32; 51];
+        let keys = 2000;
+        for key in 0..keys {
+            let (t, m) = draw_masks(&batch.ids, batch.seq, &src_len, &spec(key * 7919));
+            ta_hist[t[0] as usize] += 1;
             for i in 0..2 {
                 let masked = m[i].iter().filter(|&&x| x).count() as f64;
                 num += masked - 199.0 * t[i] as f64 / 50.0;
                 den += 199.0;
             }
         }
-        assert!((num / den).abs() < 0.01, "mean deviation {}", num / den);
+        assert!((num / den).abs() < 0.005, "mean deviation {}", num / den);
+        let low: u32 = ta_hist[1..=25].iter().sum();
+        // P(ta ≤ 25) = (25/50)² = 1/4.
+        let frac = low as f64 / keys as f64;
+        assert!((frac - 0.25).abs() < 0.03, "P(ta <= 25) = {frac}");
+    }
+
+    #[test]
+    fn a_draw_is_a_function_of_its_key() {
+        let r = rows();
+        let a = q_sample_coupled(&r, &spec(42));
+        assert_eq!(a, q_sample_coupled(&r, &spec(42)));
+        let differ = (43..60).filter(|&k| q_sample_coupled(&r, &spec(k)) != a).count();
+        assert!(differ > 10, "only {differ} of 17 other keys changed the draw");
+        // The flat form (the backends' op) gives the same batch and loss rows.
+        let (mut batch, src_len) = doubled_batch(&r, 1);
+        let loss = q_sample_flat(&mut batch.ids, batch.seq, &src_len, &spec(42));
+        assert_eq!((batch, loss), (a.batch, a.loss));
+    }
+
+    #[test]
+    fn draws_match_the_pinned_known_answer() {
+        // The CUDA kernel must draw these same masks (scripts/emulate-kernels pins the same
+        // string; a change here is a change to kernels/noise.cu too). 'B' both copies masked,
+        // 'a' only the t_a copy, '.' neither.
+        let key = 0x0123_4567_89ab_cdef;
+        for (ex, want_t, want) in [(0, (39, 36), "BBB.BBaBBBBaBB...BBBBBBB"), (3, (16, 13), "a.B.....B...B.....B.....")] {
+            let (ta, tb) = coupled_t(key, ex, 50);
+            assert_eq!((ta, tb), want_t);
+            let got: String = (0..24)
+                .map(|j| match slot_masks(key, ex, j, ta, tb, 50) {
+                    (true, true) => 'B',
+                    (true, false) => 'a',
+                    (false, true) => 'b',
+                    (false, false) => '.',
+                })
+                .collect();
+            assert_eq!(got, want, "example {ex}");
+        }
     }
 
     #[test]

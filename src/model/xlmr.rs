@@ -7,7 +7,7 @@
 use super::config::{Arch, ModelConfig};
 use super::weights;
 use super::{Batch, LossRows};
-use crate::backend::{AttnShape, Backend, Dropout};
+use crate::backend::{AttnShape, Backend, Dropout, NoiseSpec};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -429,14 +429,19 @@ impl<B: Backend> XlmR<B> {
     /// Runs the encoder over `batch`, keeping every activation for a backward pass.
     fn encode(&mut self, batch: &Batch, drop: Dropout) -> Result<()> {
         self.check_batch(batch)?;
-        let reuse = matches!(&self.enc, Some(e) if e.batch == batch.batch && e.seq == batch.seq);
-        if !reuse {
-            self.enc = Some(self.alloc_encoder(batch)?);
-        }
-        let mut enc = self.enc.take().expect("encoder workspace");
+        let mut enc = self.take_encoder(batch)?;
         let r = self.set_encoder_inputs(&mut enc, batch).and_then(|_| self.run_encoder(&mut enc, drop));
         self.enc = Some(enc);
         r
+    }
+
+    /// The encoder workspace for `batch`'s shape, reused when the shape is unchanged; the caller
+    /// puts it back in `self.enc`.
+    fn take_encoder(&mut self, batch: &Batch) -> Result<Encoder<B>> {
+        match self.enc.take() {
+            Some(e) if e.batch == batch.batch && e.seq == batch.seq => Ok(e),
+            _ => self.alloc_encoder(batch),
+        }
     }
 
     /// Writes the token ids of `batch` (checked, of the workspace's shape), their padding-aware
@@ -547,11 +552,16 @@ impl<B: Backend> XlmR<B> {
     }
 
     fn alloc_head(&self, r: usize) -> Result<Head<B>> {
+        self.alloc_head_on(self.backend.upload_i32(&vec![0; r])?, r)
+    }
+
+    /// A head workspace for `r` rows whose positions are the first `r` entries of `idx`.
+    fn alloc_head_on(&self, idx: B::IBuf, r: usize) -> Result<Head<B>> {
         let be = &self.backend;
         let h = self.cfg.hidden;
         Ok(Head {
             rows: r,
-            idx: be.upload_i32(&vec![0; r])?,
+            idx,
             x: be.zeros(r * h)?,
             d1: be.zeros(r * h)?,
             g1: be.zeros(r * h)?,

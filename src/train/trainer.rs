@@ -6,7 +6,7 @@ use super::checkpoint::{self, TrainerState};
 use super::optim::Optimizer;
 use super::schedule::Schedule;
 use crate::backend::{AdamW, Backend, Dropout};
-use crate::diffusion::noise::{self, Reweighting, Example};
+use crate::diffusion::noise::{self, Example, NoiseSpec, Reweighting};
 use crate::model::XlmR;
 use crate::rng::{philox_u32, Rng};
 use anyhow::{bail, Result};
@@ -157,17 +157,19 @@ impl<'a, B: Backend> Trainer<'a, B> {
             let mut step_tokens = 0u64;
             for micro in 0..cfg.accumulate {
                 let rows = self.data.next_batch()?;
-                let noised = noise::q_sample_coupled(
-                    &rows,
-                    self.pad,
-                    self.mask,
-                    cfg.timesteps,
-                    cfg.reweighting,
-                    1.0 / cfg.accumulate as f32,
-                    &mut state.rng,
-                );
+                // Each micro-batch's noise is a pure function of one key from the run's RNG, so
+                // the device draws it and a resumed run draws the same one.
+                let spec = NoiseSpec {
+                    key: state.rng.next_u64(),
+                    steps: cfg.timesteps,
+                    pad: self.pad,
+                    mask_id: self.mask,
+                    reweighting: cfg.reweighting,
+                    scale: 1.0 / cfg.accumulate as f32,
+                };
+                let (batch, src_len) = noise::doubled_batch(&rows, self.pad);
                 let drop = if cfg.dropout > 0.0 { Dropout { p: cfg.dropout, seed: dropout_seed(cfg.seed, state.step, micro) } } else { Dropout::off() };
-                step_loss += self.model.loss_and_grad(&noised.batch, &noised.loss, drop, cfg.label_smoothing)? as f64;
+                step_loss += self.model.noised_loss_and_grad(&batch, &src_len, &spec, drop, cfg.label_smoothing)?.0 as f64;
                 step_tokens += rows.iter().map(|r| r.ids.len() as u64).sum::<u64>();
             }
             let info = opt.update(&mut self.model, lr, Some(cfg.clip_norm))?;

@@ -5,7 +5,7 @@
 //! tolerances in tests/cuda_model.rs, and runs those tests' comparison code on every machine.
 
 use dlm_engine::backend::cpu::{self as ck, CpuBackend};
-use dlm_engine::backend::{AdamW, AttnShape, Backend, Dropout, ReparamRule};
+use dlm_engine::backend::{AdamW, AttnShape, Backend, Dropout, NoiseSpec, ReparamRule};
 
 /// A buffer: the values ops read (bf16-representable where the GPU stores bf16), and for a
 /// parameter after its first AdamW step the f32 master that the update works on.
@@ -254,6 +254,11 @@ impl Backend for Bf16Sim {
         CpuBackend::new().scatter_add_rows(&d.v, rows, &mut dx.v, n, c)?;
         rnd(&mut dx.v);
         Ok(())
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn q_sample(&self, ids: &mut Vec<i32>, seq: usize, src_len: &[i32], spec: &NoiseSpec, rows: &mut Vec<i32>, t: &mut Vec<i32>, w: &mut SimBuf) -> R<usize> {
+        // The weights are f32 on the GPU too.
+        CpuBackend::new().q_sample(ids, seq, src_len, spec, rows, t, &mut w.v)
     }
     fn cross_entropy_fwd_bwd(&self, l: &mut SimBuf, t: &Vec<i32>, w: &[f32], rows: usize, v: usize, vv: usize, ls: f32) -> R<Vec<f32>> {
         let r = ck::vocab::cross_entropy_fwd_bwd(&mut l.v, t, w, rows, v, vv, ls);

@@ -13,7 +13,8 @@ pub mod linear;
 pub mod remask;
 pub mod vocab;
 
-use super::{AdamW, AttnShape, Backend, Dropout, ReparamRule};
+use super::{AdamW, AttnShape, Backend, Dropout, NoiseSpec, ReparamRule};
+use crate::diffusion::noise;
 use anyhow::Result;
 
 #[derive(Clone, Debug)]
@@ -225,6 +226,19 @@ impl Backend for CpuBackend {
             }
         }
         Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn q_sample(&self, ids: &mut Vec<i32>, seq: usize, src_len: &[i32], spec: &NoiseSpec, rows: &mut Vec<i32>, targets: &mut Vec<i32>, weights: &mut Vec<f32>) -> Result<usize> {
+        let n = ids.len();
+        anyhow::ensure!(n == 2 * src_len.len() * seq, "q_sample: {n} ids for 2×{} rows of {seq}", src_len.len());
+        anyhow::ensure!(rows.len() >= n && targets.len() >= n && weights.len() >= n, "q_sample: output buffers hold fewer than {n} entries");
+        let loss = noise::q_sample_flat(ids, seq, src_len, spec);
+        let r = loss.rows.len();
+        rows[..r].copy_from_slice(&loss.rows);
+        targets[..r].copy_from_slice(&loss.targets);
+        weights[..r].copy_from_slice(&loss.weights);
+        Ok(r)
     }
 
     fn cross_entropy_fwd_bwd(&self, logits: &mut Vec<f32>, targets: &Vec<i32>, weights: &[f32], rows: usize, vocab: usize, valid_vocab: usize, label_smoothing: f32) -> Result<Vec<f32>> {

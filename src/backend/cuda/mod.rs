@@ -32,12 +32,13 @@ macro_rules! launch {
 mod ops_attention;
 mod ops_basic;
 mod ops_dense;
+mod ops_noise;
 mod ops_vocab;
 
 pub use buffer::{CudaBuf, CudaIBuf};
 pub use kernels::KernelSource;
 
-use super::{AdamW, AttnShape, Backend, Dropout, ReparamRule};
+use super::{AdamW, AttnShape, Backend, Dropout, NoiseSpec, ReparamRule};
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaStream, LaunchConfig};
 use std::sync::{Arc, Mutex};
@@ -336,6 +337,11 @@ impl Backend for CudaBackend {
 
     fn scatter_add_rows(&self, dout: &CudaBuf, rows: &CudaIBuf, dx: &mut CudaBuf, n_rows: usize, cols: usize) -> Result<()> {
         self.scatter_add(dout, rows, dx, n_rows, cols)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn q_sample(&self, ids: &mut CudaIBuf, seq: usize, src_len: &[i32], spec: &NoiseSpec, rows: &mut CudaIBuf, targets: &mut CudaIBuf, weights: &mut CudaBuf) -> Result<usize> {
+        self.noise(ids, seq, src_len, spec, rows, targets, weights)
     }
 
     fn cross_entropy_fwd_bwd(&self, logits: &mut CudaBuf, targets: &CudaIBuf, weights: &[f32], rows: usize, vocab: usize, valid_vocab: usize, label_smoothing: f32) -> Result<Vec<f32>> {

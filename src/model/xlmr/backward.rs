@@ -13,12 +13,55 @@ impl<B: Backend> XlmR<B> {
         }
         self.ensure_grads()?;
         self.encode(batch, drop)?;
-        let mut hd = self.head_forward(&loss.rows)?;
+        let enc = self.enc.as_ref().expect("encode first");
+        check_rows(&loss.rows, enc.batch * enc.seq)?;
         let be = &self.backend;
-        let (r, vsz) = (loss.rows.len(), self.head_vocab());
+        let rows = be.upload_i32(&loss.rows)?;
         let targets = be.upload_i32(&loss.targets)?;
-        let per_row = be.cross_entropy_fwd_bwd(&mut hd.logits, &targets, &loss.weights, r, vsz, self.valid_vocab(), label_smoothing)?;
-        let total: f64 = per_row.iter().zip(&loss.weights).map(|(l, w)| (*l as f64) * (*w as f64)).sum();
+        self.head_loss_and_grad(rows, &targets, &loss.weights, drop, label_smoothing)
+    }
+
+    /// The RDM objective of one micro-batch with the noise drawn on the device: `batch` is the
+    /// doubled clean batch and `src_len` its examples' source lengths (`noise::doubled_batch`);
+    /// `Backend::q_sample` masks it in place after its inputs are written, then the forward and
+    /// backward run as in `loss_and_grad`. Returns the loss and the number of masked slots.
+    pub fn noised_loss_and_grad(&mut self, batch: &Batch, src_len: &[i32], spec: &NoiseSpec, drop: Dropout, label_smoothing: f32) -> Result<(f32, usize)> {
+        if batch.batch != 2 * src_len.len() {
+            bail!("noised batch: {} rows for {} examples (expected the doubled batch)", batch.batch, src_len.len());
+        }
+        if spec.mask_id < 0 || spec.mask_id as usize >= self.cfg.vocab_size {
+            bail!("<mask> id {} is outside the model's vocabulary of {}", spec.mask_id, self.cfg.vocab_size);
+        }
+        self.ensure_grads()?;
+        self.check_batch(batch)?;
+        let mut enc = self.take_encoder(batch)?;
+        let be = &self.backend;
+        let cap = batch.tokens();
+        let mut rows = be.upload_i32(&vec![0; cap])?;
+        let mut targets = be.upload_i32(&vec![0; cap])?;
+        let mut weights = be.zeros(cap)?;
+        let noised = self
+            .set_encoder_inputs(&mut enc, batch)
+            .and_then(|_| be.q_sample(&mut enc.ids, batch.seq, src_len, spec, &mut rows, &mut targets, &mut weights))
+            .and_then(|n| self.run_encoder(&mut enc, drop).map(|_| n));
+        self.enc = Some(enc);
+        let n = noised?;
+        let mut w = be.download(&weights)?;
+        w.truncate(n);
+        let loss = self.head_loss_and_grad(rows, &targets, &w, drop, label_smoothing)?;
+        Ok((loss, n))
+    }
+
+    /// The head, the weighted CE and the whole backward on `n = weights.len()` rows of the last
+    /// encoder run (positions in `rows`, clean ids in `targets`).
+    fn head_loss_and_grad(&mut self, rows: B::IBuf, targets: &B::IBuf, weights: &[f32], drop: Dropout, label_smoothing: f32) -> Result<f32> {
+        let r = weights.len();
+        let mut hd = self.alloc_head_on(rows, r)?;
+        self.run_head(self.enc.as_ref().expect("encode first"), &mut hd)?;
+        let be = &self.backend;
+        let vsz = self.head_vocab();
+        let per_row = be.cross_entropy_fwd_bwd(&mut hd.logits, targets, weights, r, vsz, self.valid_vocab(), label_smoothing)?;
+        let total: f64 = per_row.iter().zip(weights).map(|(l, w)| (*l as f64) * (*w as f64)).sum();
         let dhidden = self.head_backward(&hd)?;
         self.encoder_backward(dhidden, drop)?;
         Ok(total as f32)

@@ -144,7 +144,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
     let mut step = 0u64;
     timed(&mut group, "adamw", (np * (4 * 3 * 2 + 2 + 2)) as u64, &mut || {
         step += 1;
-        be.adamw(&mut p, &g, &mut m1, &mut m2, AdamW::default(), 1e-4, step).unwrap()
+        be.adamw(&mut p, &g, &mut m1, &mut m2, AdamW::default(), 1e-4, step, 0.5).unwrap()
     });
     group.finish();
 }

@@ -5,14 +5,15 @@
 
 // PyTorch single-tensor AdamW, in the CPU twin's operation order with every operation rounded
 // separately (the _rn intrinsics forbid fused multiply-adds), so f32 results match the CPU bit for
-// bit. Host-computed constants: decay = 1 - lr*wd, one_m_b1 = 1 - beta1, one_m_b2 = 1 - beta2,
+// bit. Each gradient is multiplied by gscale as it is read: gradient clipping without a pass of
+// its own over the gradients. Host-computed constants: decay = 1 - lr*wd, one_m_b1 = 1 - beta1, one_m_b2 = 1 - beta2,
 // step_size = lr / (1 - beta1^t), bc2_sqrt = sqrt(1 - beta2^t).
 template <typename TG>
-__device__ __forceinline__ void adamw_body(float* p, bf16* shadow, const TG* g, float* m, float* v, u64 n, float b2,
+__device__ __forceinline__ void adamw_body(float* p, bf16* shadow, const TG* g, float* m, float* v, u64 n, float gscale, float b2,
                                            float one_m_b1, float one_m_b2, float eps, float decay, float step_size,
                                            float bc2_sqrt) {
     GRID_STRIDE(i, n) {
-        const float gi = ldf(g, i);
+        const float gi = __fmul_rn(ldf(g, i), gscale);
         float pi = __fmul_rn(p[i], decay);
         const float mi = __fadd_rn(m[i], __fmul_rn(__fsub_rn(gi, m[i]), one_m_b1));
         const float vi = __fadd_rn(__fmul_rn(v[i], b2), __fmul_rn(__fmul_rn(one_m_b2, gi), gi));
@@ -24,15 +25,15 @@ __device__ __forceinline__ void adamw_body(float* p, bf16* shadow, const TG* g, 
         if (shadow != nullptr) stf(shadow, i, pi);
     }
 }
-extern "C" __global__ void adamw_bf16g(float* p, bf16* shadow, const bf16* g, float* m, float* v, u64 n, float b2,
+extern "C" __global__ void adamw_bf16g(float* p, bf16* shadow, const bf16* g, float* m, float* v, u64 n, float gscale, float b2,
                                        float one_m_b1, float one_m_b2, float eps, float decay, float step_size,
                                        float bc2_sqrt) {
-    adamw_body(p, shadow, g, m, v, n, b2, one_m_b1, one_m_b2, eps, decay, step_size, bc2_sqrt);
+    adamw_body(p, shadow, g, m, v, n, gscale, b2, one_m_b1, one_m_b2, eps, decay, step_size, bc2_sqrt);
 }
-extern "C" __global__ void adamw_f32g(float* p, bf16* shadow, const float* g, float* m, float* v, u64 n, float b2,
+extern "C" __global__ void adamw_f32g(float* p, bf16* shadow, const float* g, float* m, float* v, u64 n, float gscale, float b2,
                                       float one_m_b1, float one_m_b2, float eps, float decay, float step_size,
                                       float bc2_sqrt) {
-    adamw_body(p, shadow, g, m, v, n, b2, one_m_b1, one_m_b2, eps, decay, step_size, bc2_sqrt);
+    adamw_body(p, shadow, g, m, v, n, gscale, b2, one_m_b1, one_m_b2, eps, decay, step_size, bc2_sqrt);
 }
 
 // *out += sum of x^2 in f64 (one atomic per block; launch a bounded grid).

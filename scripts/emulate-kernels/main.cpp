@@ -433,6 +433,106 @@ void test_q_sample_pinned() {
     printf("q_sample pinned draw: ok\n");
 }
 
+// The simple families, on small grids so the grid-stride loops wrap: AdamW (with a clipping
+// factor) and dropout must equal their CPU twins' f32 arithmetic exactly; GELU within bf16 rounding.
+void test_elementwise(size_t n) {
+    std::normal_distribution<float> d(0, 1);
+    std::vector<float> p(n), g(n), m(n), v(n);
+    for (size_t i = 0; i < n; ++i) { p[i] = 0.05f * d(gen); g[i] = 0.1f * d(gen); m[i] = 0.01f * d(gen); v[i] = 1e-4f * std::fabs(d(gen)); }
+    auto wp = p, wm = m, wv = v;
+    const float gs = 0.37f, b1 = 0.9f, b2 = 0.98f, eps = 1e-8f, lr = 1e-3f, wd = 0.01f;
+    const float step_size = (float)(lr / (1.0 - std::pow((double)b1, 3))), bc2_sqrt = (float)std::sqrt(1.0 - std::pow((double)b2, 3));
+    const float decay = 1.0f - lr * wd;
+    for (size_t i = 0; i < n; ++i) {  // cpu/adamw.rs, operation by operation
+        const float gi = g[i] * gs;
+        wp[i] *= decay;
+        wm[i] += (gi - wm[i]) * (1.0f - b1);
+        wv[i] = wv[i] * b2 + (1.0f - b2) * gi * gi;
+        const float denom = std::sqrt(wv[i]) / bc2_sqrt + eps;
+        wp[i] -= step_size * wm[i] / denom;
+    }
+    std::vector<bf16> shadow(n);
+    launch({3, 1, 1}, {64, 1, 1}, [&] { adamw_f32g(p.data(), shadow.data(), g.data(), m.data(), v.data(), n, gs, b2, 1.0f - b1, 1.0f - b2, eps, decay, step_size, bc2_sqrt); });
+    CHECK(p == wp && m == wm && v == wv, "adamw n=%zu differs from the CPU order of operations", n);
+    bool shadow_ok = true;
+    for (size_t i = 0; i < n; ++i) shadow_ok &= __bfloat162float(shadow[i]) == __bfloat162float(__float2bfloat16_rn(wp[i]));
+    CHECK(shadow_ok, "adamw bf16 copy does not follow the master");
+
+    std::vector<float> x(n), y(n);
+    for (auto& e : x) e = d(gen);
+    y = x;
+    const float pdrop = 0.1f, keep = 1.0f / (1.0f - pdrop);
+    launch({2, 1, 1}, {96, 1, 1}, [&] { dropout_f32(y.data(), n, pdrop, keep, 77, 5); });
+    bool drop_ok = true;
+    for (size_t i = 0; i < n; ++i) {
+        const float u = (float)(philox_u32(77, 5, i) >> 8) * (1.0f / 16777216.0f);
+        drop_ok &= y[i] == (u >= pdrop ? x[i] * keep : 0.0f);
+    }
+    CHECK(drop_ok, "dropout n=%zu differs from the Philox mask", n);
+
+    auto xb = rand_bf16(n, 2), dyb = rand_bf16(n, 1);
+    std::vector<bf16> yb(n), dxb(n);
+    launch({2, 1, 1}, {64, 1, 1}, [&] { gelu_fwd_bf16(xb.data(), yb.data(), n); gelu_bwd_bf16(xb.data(), dyb.data(), dxb.data(), n); });
+    std::vector<double> gy, wy, gdx, wdx;
+    for (size_t i = 0; i < n; ++i) {
+        const double a = f(xb[i]), cdf = 0.5 * (1 + std::erf(a / std::sqrt(2.0))), pdf = std::exp(-0.5 * a * a) / std::sqrt(2 * M_PI);
+        gy.push_back(f(yb[i])); wy.push_back(a * cdf);
+        gdx.push_back(f(dxb[i])); wdx.push_back(f(dyb[i]) * (cdf + a * pdf));
+    }
+    const double ey = relerr(gy, wy), edx = relerr(gdx, wdx);
+    CHECK(ey < 4e-3 && edx < 4e-3, "gelu n=%zu: fwd %.2e bwd %.2e", n, ey, edx);
+    printf("adamw, dropout n=%zu: exact; gelu fwd %.2e bwd %.2e\n", n, ey, edx);
+}
+
+// Embeddings and row moves: the forward sum in HF's association order and gathers are exact;
+// the backward's atomics only reorder f32 adds; padding_idx rows get no gradient.
+void test_embed_rows(int tokens, int hidden) {
+    const int vocab = 50, npos = 40, pad = 1;
+    std::vector<int> ids(tokens), pos(tokens);
+    for (int i = 0; i < tokens; ++i) { ids[i] = i % 7 == 0 ? pad : (int)(gen() % vocab); pos[i] = i % 5 == 0 ? pad : 2 + (int)(gen() % (npos - 2)); }
+    auto word = rand_bf16((size_t)vocab * hidden, 1), pe = rand_bf16((size_t)npos * hidden, 1), typ = rand_bf16(hidden, 1), dout = rand_bf16((size_t)tokens * hidden, 1);
+    std::vector<bf16> out((size_t)tokens * hidden);
+    launch({(unsigned)tokens, 1, 1}, {64, 1, 1}, [&] { embed_fwd_bf16(ids.data(), pos.data(), word.data(), pe.data(), typ.data(), out.data(), tokens, hidden); });
+    bool fwd_ok = true;
+    for (int i = 0; i < tokens; ++i)
+        for (int c = 0; c < hidden; ++c) {
+            const float want = (__bfloat162float(word[(size_t)ids[i] * hidden + c]) + __bfloat162float(typ[c])) + __bfloat162float(pe[(size_t)pos[i] * hidden + c]);
+            fwd_ok &= __bfloat162float(out[(size_t)i * hidden + c]) == __bfloat162float(__float2bfloat16_rn(want));
+        }
+    CHECK(fwd_ok, "embed_fwd %dx%d differs", tokens, hidden);
+    std::vector<float> dword((size_t)vocab * hidden, 0), dpos((size_t)npos * hidden, 0);
+    launch({(unsigned)tokens, 1, 1}, {64, 1, 1}, [&] { embed_bwd_bf16(ids.data(), pos.data(), dout.data(), dword.data(), dpos.data(), tokens, hidden, pad); });
+    std::vector<double> ww(dword.size(), 0), wp(dpos.size(), 0), gw(dword.begin(), dword.end()), gp(dpos.begin(), dpos.end());
+    for (int i = 0; i < tokens; ++i)
+        for (int c = 0; c < hidden; ++c) {
+            if (ids[i] != pad) ww[(size_t)ids[i] * hidden + c] += f(dout[(size_t)i * hidden + c]);
+            if (pos[i] != pad) wp[(size_t)pos[i] * hidden + c] += f(dout[(size_t)i * hidden + c]);
+        }
+    const double ew = relerr(gw, ww), ep = relerr(gp, wp);
+    CHECK(ew < 1e-6 && ep < 1e-6, "embed_bwd %dx%d: word %.2e pos %.2e", tokens, hidden, ew, ep);
+    bool pad_ok = true;
+    for (int c = 0; c < hidden; ++c) pad_ok &= dword[(size_t)pad * hidden + c] == 0 && dpos[(size_t)pad * hidden + c] == 0;
+    CHECK(pad_ok, "embed_bwd wrote a padding_idx row");
+
+    // Gather then scatter-add back: distinct rows in a shuffled order.
+    std::vector<int> rows(tokens);
+    for (int i = 0; i < tokens; ++i) rows[i] = i;
+    std::shuffle(rows.begin(), rows.end(), gen);
+    const int nr = tokens / 2 + 1;
+    std::vector<bf16> g((size_t)nr * hidden);
+    launch({(unsigned)nr, 1, 1}, {32, 1, 1}, [&] { gather_rows_bf16(dout.data(), rows.data(), g.data(), nr, hidden); });
+    std::vector<float> acc((size_t)tokens * hidden, 0.5f);
+    launch({(unsigned)nr, 1, 1}, {32, 1, 1}, [&] { scatter_add_rows_f32(g.data(), rows.data(), acc.data(), nr, hidden); });
+    bool rows_ok = true;
+    for (int r = 0; r < nr; ++r)
+        for (int c = 0; c < hidden; ++c) {
+            rows_ok &= __bfloat162float(g[(size_t)r * hidden + c]) == __bfloat162float(dout[(size_t)rows[r] * hidden + c]);
+            rows_ok &= acc[(size_t)rows[r] * hidden + c] == 0.5f + __bfloat162float(dout[(size_t)rows[r] * hidden + c]);
+        }
+    CHECK(rows_ok, "gather/scatter %d of %d rows x %d differ", nr, tokens, hidden);
+    printf("embed fwd exact, bwd word %.2e pos %.2e; gather/scatter %dx%d exact\n", ew, ep, nr, hidden);
+}
+
 int main() {
     // The same sizes as src/backend/cuda/ops_attention.rs's shared_memory_sizes test.
     CHECK(fwd_smem(64) == 63744 && bwd_dq_smem(64) == 72960 && bwd_dkdv_smem(64) == 90624, "attention smem sizes at 64");
@@ -469,6 +569,8 @@ int main() {
     test_ce(3, 1003, 1000, 0.0f); test_ce(2, 3000, 2999, 0.1f);
     test_colsum(700, 77); test_colsum(3, 5);
     test_sumsq(100003);
+    test_elementwise(1000); test_elementwise(77);
+    test_embed_rows(45, 70); test_embed_rows(9, 33);
     test_philox_kat();
     test_q_sample_pinned();
     test_q_sample(3, 37, 50, 0, 7);

@@ -403,8 +403,9 @@ pub trait Backend {
     }
     /// `x *= s`.
     fn scale(&self, x: &mut Self::Buf, s: f32) -> Result<()>;
-    /// One decoupled-weight-decay Adam update of `param` given `grad` and moments `m`, `v`
-    /// (PyTorch `AdamW` semantics; `step` is 1-based, for bias correction).
+    /// One decoupled-weight-decay Adam update of `param` given `grad · grad_scale` and moments
+    /// `m`, `v` (PyTorch `AdamW` semantics; `step` is 1-based, for bias correction). The scale is
+    /// gradient clipping's factor, applied as the gradient is read rather than in a pass of its own.
     #[allow(clippy::too_many_arguments)]
     fn adamw(
         &self,
@@ -415,6 +416,7 @@ pub trait Backend {
         hp: AdamW,
         lr: f32,
         step: u64,
+        grad_scale: f32,
     ) -> Result<()>;
 }
 

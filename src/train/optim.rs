@@ -54,14 +54,10 @@ impl<B: Backend> Optimizer<B> {
         self.step += 1;
         let step = self.step;
         let hp = self.hp;
-        // Clipping scales the gradients in place; they are zeroed before the next step anyway.
+        // The clipping factor is applied inside the update, as each gradient is read.
         let (m, v) = (&mut self.m, &mut self.v);
-        model.for_each_param_mut(|be, i, value, grad| {
-            if let Some(c) = clip {
-                be.scale(grad, c)?;
-            }
-            be.adamw(value, grad, &mut m[i], &mut v[i], hp, lr, step)
-        })?;
+        let grad_scale = clip.unwrap_or(1.0);
+        model.for_each_param_mut(|be, i, value, grad| be.adamw(value, grad, &mut m[i], &mut v[i], hp, lr, step, grad_scale))?;
         Ok(UpdateInfo { grad_norm: norm, skipped: false })
     }
 

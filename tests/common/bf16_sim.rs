@@ -287,10 +287,11 @@ impl Backend for Bf16Sim {
     }
     // The update works on the f32 master (made from the bf16 value on the first step); forward
     // ops then read its bf16 copy.
-    fn adamw(&self, p: &mut SimBuf, g: &SimBuf, m: &mut SimBuf, v: &mut SimBuf, hp: AdamW, lr: f32, step: u64) -> R<()> {
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(&self, p: &mut SimBuf, g: &SimBuf, m: &mut SimBuf, v: &mut SimBuf, hp: AdamW, lr: f32, step: u64, gs: f32) -> R<()> {
         let pv = p.v.clone();
         let master = p.master.get_or_insert(pv);
-        ck::adamw::adamw(master, &g.v, &mut m.v, &mut v.v, hp, lr, step);
+        ck::adamw::adamw(master, &g.v, &mut m.v, &mut v.v, hp, lr, step, gs);
         p.v = master.clone();
         rnd(&mut p.v);
         Ok(())

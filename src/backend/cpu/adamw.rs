@@ -3,7 +3,9 @@
 use crate::backend::AdamW;
 use rayon::prelude::*;
 
-pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], hp: AdamW, lr: f32, step: u64) {
+/// `grad_scale` multiplies each gradient as it is read (gradient clipping; 1 leaves it as is).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], hp: AdamW, lr: f32, step: u64, grad_scale: f32) {
     let bc1 = 1.0 - (hp.beta1 as f64).powi(step as i32);
     let bc2 = 1.0 - (hp.beta2 as f64).powi(step as i32);
     let step_size = (lr as f64 / bc1) as f32;
@@ -14,6 +16,7 @@ pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], hp: 
         .zip(grad.par_iter())
         .zip(m.par_iter_mut().zip(v.par_iter_mut()))
         .for_each(|((p, &g), (mm, vv))| {
+            let g = g * grad_scale;
             *p *= decay;
             *mm += (g - *mm) * (1.0 - hp.beta1);
             *vv = *vv * hp.beta2 + (1.0 - hp.beta2) * g * g;

@@ -267,8 +267,9 @@ impl Backend for CpuBackend {
         x.iter_mut().for_each(|v| *v *= s);
         Ok(())
     }
-    fn adamw(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, hp: AdamW, lr: f32, step: u64) -> Result<()> {
-        adamw::adamw(param, grad, m, v, hp, lr, step);
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, hp: AdamW, lr: f32, step: u64, grad_scale: f32) -> Result<()> {
+        adamw::adamw(param, grad, m, v, hp, lr, step, grad_scale);
         Ok(())
     }
 }

@@ -183,6 +183,98 @@ mod tests {
         }
     }
 
+    /// The text between the bracket at `open` and its partner, and the index after the partner.
+    fn enclosed(s: &str, open: usize) -> (&str, usize) {
+        let mut depth = 0;
+        for (i, ch) in s[open..].char_indices() {
+            match ch {
+                '(' | '[' | '{' => depth += 1,
+                ')' | ']' | '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return (&s[open + 1..open + i], open + i + 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        panic!("unbalanced brackets after byte {open}");
+    }
+
+    /// Splits at the commas outside any brackets (a trailing comma adds no item).
+    fn top_level_items(s: &str) -> Vec<&str> {
+        let (mut items, mut depth, mut start) = (Vec::new(), 0, 0);
+        for (i, ch) in s.char_indices() {
+            match ch {
+                '(' | '[' | '{' | '<' => depth += 1,
+                ')' | ']' | '}' | '>' => depth -= 1,
+                ',' if depth == 0 => {
+                    items.push(s[start..i].trim());
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        if !s[start..].trim().is_empty() {
+            items.push(s[start..].trim());
+        }
+        items
+    }
+
+    /// Catches, without a GPU, a launch whose argument list does not match its kernel's
+    /// parameters (a missing or extra argument shifts every later one: garbage on the device).
+    /// Every `launch!` in the CUDA ops files is found, its kernel resolved (a string literal, or a
+    /// `const`/`let` string in the same file) and its arguments counted against the kernel's.
+    #[test]
+    fn every_launch_passes_as_many_arguments_as_its_kernel_takes() {
+        let files = [
+            ("ops_attention.rs", include_str!("ops_attention.rs")),
+            ("ops_basic.rs", include_str!("ops_basic.rs")),
+            ("ops_dense.rs", include_str!("ops_dense.rs")),
+            ("ops_noise.rs", include_str!("ops_noise.rs")),
+            ("ops_vocab.rs", include_str!("ops_vocab.rs")),
+        ];
+        let params = |name: &str| -> usize {
+            for m in MODULES {
+                for (at, _) in m.source.match_indices(&format!(" {name}(")) {
+                    let line_start = m.source[..at].rfind('\n').map_or(0, |i| i + 1);
+                    if m.source[line_start..at].contains("__global__ void") {
+                        return top_level_items(enclosed(m.source, at + name.len() + 1).0).len();
+                    }
+                }
+            }
+            panic!("kernel {name} is not defined in any module");
+        };
+        let mut launched = std::collections::HashSet::new();
+        for (file, src) in files {
+            for (at, _) in src.match_indices("launch!(") {
+                if src[..at].ends_with("macro_rules! ") {
+                    continue;
+                }
+                let items = top_level_items(enclosed(src, at + "launch!".len()).0);
+                assert_eq!(items.len(), 4, "{file}: launch at byte {at} is not (self, kernel, config, [args])");
+                let name = match items[1].strip_prefix('"') {
+                    Some(lit) => lit.trim_end_matches('"').to_string(),
+                    None => {
+                        let ident = items[1];
+                        let defs = [format!("const {ident}: &str = \""), format!("let {ident} = \"")];
+                        let def = defs.iter().find_map(|d| src.find(d.as_str()).map(|i| i + d.len())).unwrap_or_else(|| panic!("{file}: cannot resolve kernel name `{ident}`"));
+                        src[def..def + src[def..].find('"').unwrap()].to_string()
+                    }
+                };
+                let args = items[3].strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or_else(|| panic!("{file}: {name}: arguments are not a [list]"));
+                let (have, want) = (top_level_items(args).len(), params(&name));
+                assert_eq!(have, want, "{file}: launch of {name} passes {have} arguments, the kernel takes {want}");
+                launched.insert(name);
+            }
+        }
+        for &(_, names) in KERNEL_NAMES {
+            for name in names {
+                assert!(launched.contains(*name), "{name} is listed but never launched from the ops files");
+            }
+        }
+    }
+
     /// The NVRTC fallback compiles every embedded source (no GPU needed, only libnvrtc and the
     /// CUDA headers; skipped when either is missing).
     #[test]

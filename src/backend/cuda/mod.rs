@@ -378,8 +378,9 @@ impl Backend for CudaBackend {
     fn scale(&self, x: &mut CudaBuf, s: f32) -> Result<()> {
         self.scale_in_place(x, s)
     }
-    fn adamw(&self, param: &mut CudaBuf, grad: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, hp: AdamW, lr: f32, step: u64) -> Result<()> {
-        self.adamw_step(param, grad, m, v, hp, lr, step)
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(&self, param: &mut CudaBuf, grad: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, hp: AdamW, lr: f32, step: u64, grad_scale: f32) -> Result<()> {
+        self.adamw_step(param, grad, m, v, hp, lr, step, grad_scale)
     }
 }
 

@@ -232,7 +232,7 @@ impl CudaBackend {
 
     /// One AdamW step. The parameter becomes (or stays) an f32 master with a bf16 copy, the moments f32.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn adamw_step(&self, param: &mut CudaBuf, grad: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, hp: AdamW, lr: f32, step: u64) -> Result<()> {
+    pub(crate) fn adamw_step(&self, param: &mut CudaBuf, grad: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, hp: AdamW, lr: f32, step: u64, grad_scale: f32) -> Result<()> {
         let n = param.len;
         if grad.len != n || m.len != n || v.len != n {
             bail!("adamw: lengths differ (param {n}, grad {}, m {}, v {})", grad.len, m.len, v.len);
@@ -260,13 +260,13 @@ impl CudaBackend {
                 self,
                 "adamw_bf16g",
                 cfg,
-                [pm, ps, g, ms, vs, &n64, &hp.beta2, &one_m_b1, &one_m_b2, &hp.eps, &decay, &step_size, &bc2_sqrt]
+                [pm, ps, g, ms, vs, &n64, &grad_scale, &hp.beta2, &one_m_b1, &one_m_b2, &hp.eps, &decay, &step_size, &bc2_sqrt]
             ),
             AnyArg::F32(g) => launch!(
                 self,
                 "adamw_f32g",
                 cfg,
-                [pm, ps, g, ms, vs, &n64, &hp.beta2, &one_m_b1, &one_m_b2, &hp.eps, &decay, &step_size, &bc2_sqrt]
+                [pm, ps, g, ms, vs, &n64, &grad_scale, &hp.beta2, &one_m_b1, &one_m_b2, &hp.eps, &decay, &step_size, &bc2_sqrt]
             ),
         }
     }

@@ -10,7 +10,8 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dlm_engine::backend::cpu::CpuBackend;
 use dlm_engine::backend::cuda::CudaBackend;
-use dlm_engine::backend::{pack_gumbel, AdamW, AttnShape, Backend, Dropout};
+use dlm_engine::backend::{pack_gumbel, AdamW, AttnShape, Backend, Dropout, NoiseSpec};
+use dlm_engine::diffusion::noise::Reweighting;
 use dlm_engine::rng::Rng;
 use std::time::{Duration, Instant};
 
@@ -118,6 +119,16 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
     let typ = be.upload(&random(HIDDEN, 0.02, 14)).unwrap();
     timed(&mut group, "embed_fwd/b64", 2 * 3 * n as u64, &mut || be.embed_fwd(&ids, &pos_ids, &word, &pos, &typ, &mut out, rows, HIDDEN).unwrap());
 
+    // The training noise over a doubled batch of `rows` tokens (64-token sources), including its
+    // read-back of the masked count.
+    let examples = rows / (2 * SEQ);
+    let clean: Vec<i32> = (0..rows as i32).map(|i| 4 + (i * 7919) % 5000).collect();
+    let mut noisy = be.upload_i32(&clean).unwrap();
+    let (mut lr, mut lt, mut lw) = (be.upload_i32(&vec![0; rows]).unwrap(), be.upload_i32(&vec![0; rows]).unwrap(), be.zeros(rows).unwrap());
+    let spec = NoiseSpec { key: 5, steps: 50, pad: 1, mask_id: 3, reweighting: Reweighting::Linear, scale: 1.0 };
+    timed(&mut group, "q_sample/b64", 4 * 4 * rows as u64, &mut || {
+        be.q_sample(&mut noisy, SEQ, &vec![64; examples], &spec, &mut lr, &mut lt, &mut lw).unwrap();
+    });
     // Attention: batch-64 and batch-1 steps of 128 tokens, with padding in every other sequence.
     for (tag, batch) in [("b64", sz.batch_big), ("b1", 1)] {
         let s = AttnShape { batch, seq: SEQ, heads: HEADS, head_dim: HIDDEN / HEADS };

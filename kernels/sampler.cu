@@ -39,13 +39,13 @@ extern "C" __global__ void __launch_bounds__(1024) vocab_pick_bf16(const bf16* l
     float key = -INFINITY;              // best key so far; candidates must beat -inf strictly
     int id = NO_PICK;
     const int groups = (valid + 3) >> 2;
-    // Rows start 8-byte aligned when vocab is a multiple of 4 (the padded head always is): then a
-    // group's four logits are one 8-byte load.
-    const bool vec4 = (vocab & 3) == 0;
+    // Rows start 8-byte aligned when vocab is a multiple of 4 (the padded head always is) and the
+    // buffer is: then a group's four logits are one 8-byte load.
+    const bool vec4 = (vocab & 3) == 0 && (reinterpret_cast<u64>(logits) & 7) == 0;
     for (int g = threadIdx.x; g < groups; g += blockDim.x) {
         uint4 noise = make_uint4(0, 0, 0, 0);
         if (use_gumbel) noise = philox_block(seed, noise_stream, (u64)g);
-        bf16 xs[4];
+        __align__(8) bf16 xs[4];  // stored through a uint2
         if (vec4 && g * 4 + 3 < vocab) {
             *reinterpret_cast<uint2*>(xs) = reinterpret_cast<const uint2*>(logits + base)[g];
         } else {

@@ -104,6 +104,12 @@ pub trait Backend {
     fn upload_f32(&self, data: &[f32]) -> Result<Self::Buf> {
         self.upload(data)
     }
+    /// A parameter an optimizer will update: kept at full precision as `upload_f32` keeps it, and
+    /// ready for forward ops (on the GPU its bf16 copy is made now, not converted for every op
+    /// until the first update).
+    fn upload_master(&self, data: &[f32]) -> Result<Self::Buf> {
+        self.upload_f32(data)
+    }
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     /// Waits until every op issued so far has finished (for timing; a no-op on synchronous
     /// backends).

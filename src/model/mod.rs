@@ -9,7 +9,7 @@ pub mod weights;
 pub mod xlmr;
 
 pub use config::{Arch, ModelConfig};
-pub use xlmr::{CanvasSlots, CanvasStep, DecodeSpec, XlmR};
+pub use xlmr::{CanvasSlots, CanvasStep, DecodeSpec, ParamStorage, XlmR};
 
 /// A right-padded batch of token ids, `batch × seq`, row-major.
 #[derive(Clone, Debug, PartialEq)]

@@ -240,7 +240,7 @@ impl<B: Backend> XlmR<B> {
             model.stored.push(padded);
             model.names.push(n);
             model.shapes.push(s);
-            let buf = model.upload_param(i, &d, f32_master)?;
+            let buf = model.upload_param(i, &d, if f32_master { ParamStorage::Master } else { ParamStorage::Compact })?;
             model.values.push(buf);
         }
         Ok(model)
@@ -257,9 +257,9 @@ impl<B: Backend> XlmR<B> {
         self.stored[i]
     }
 
-    /// Uploads the values of parameter `i` (its HF shape), zero-padded to its stored length;
-    /// `f32_master` as in `Backend::upload_f32`.
-    pub fn upload_param(&self, i: usize, data: &[f32], f32_master: bool) -> Result<B::Buf> {
+    /// Uploads the values of parameter `i` (its HF shape), zero-padded to its stored length, in
+    /// the given storage.
+    pub fn upload_param(&self, i: usize, data: &[f32], storage: ParamStorage) -> Result<B::Buf> {
         let n: usize = self.shapes[i].iter().product();
         if data.len() != n {
             bail!("parameter `{}`: {} values given, expected {n}", self.names[i], data.len());
@@ -271,10 +271,10 @@ impl<B: Backend> XlmR<B> {
             padded = [data, &vec![0.0; self.stored[i] - n]].concat();
             &padded
         };
-        if f32_master {
-            self.backend.upload_f32(data)
-        } else {
-            self.backend.upload(data)
+        match storage {
+            ParamStorage::Compact => self.backend.upload(data),
+            ParamStorage::F32 => self.backend.upload_f32(data),
+            ParamStorage::Master => self.backend.upload_master(data),
         }
     }
 
@@ -342,7 +342,7 @@ impl<B: Backend> XlmR<B> {
     /// Replaces the value of parameter `i` (used when restoring checkpoints).
     pub fn set_value(&mut self, i: usize, data: &[f32]) -> Result<()> {
         self.forget_recording()?;
-        self.values[i] = self.upload_param(i, data, false)?;
+        self.values[i] = self.upload_param(i, data, ParamStorage::Compact)?;
         Ok(())
     }
 
@@ -605,6 +605,17 @@ impl<B: Backend> XlmR<B> {
             self.cfg.vocab_size
         }
     }
+}
+
+/// How `XlmR::upload_param` stores a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamStorage {
+    /// The backend's compact storage (`Backend::upload`: bf16 on the GPU), for inference.
+    Compact,
+    /// Full precision (`Backend::upload_f32`), e.g. optimizer moments.
+    F32,
+    /// A trained parameter (`Backend::upload_master`).
+    Master,
 }
 
 /// Rejects flat positions outside a batch of `n`.

@@ -2,7 +2,7 @@
 //! the gradients are not finite.
 
 use crate::backend::{AdamW, Backend};
-use crate::model::XlmR;
+use crate::model::{ParamStorage, XlmR};
 use anyhow::{bail, Result};
 use std::path::Path;
 
@@ -91,7 +91,7 @@ impl<B: Backend> Optimizer<B> {
                 if x.data.len() != n {
                     bail!("{file}: tensor `{key}` has {} values, expected {n}", x.data.len());
                 }
-                *dst = model.upload_param(i, &x.data, true)?;
+                *dst = model.upload_param(i, &x.data, ParamStorage::F32)?;
             }
         }
         let bytes = std::fs::read(path)?;

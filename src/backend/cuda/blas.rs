@@ -109,6 +109,8 @@ impl Gemm {
         if !unsafe { sys::is_culib_present() } {
             bail!("libcublasLt was not found (it ships with the CUDA toolkit, e.g. /usr/local/cuda/lib64/libcublasLt.so.13)");
         }
+        // cuBLASLt works in the thread's current context; cudarc binds it only in its own calls.
+        stream.context().bind_to_thread()?;
         let handle = lt::create_handle().map_err(cublas("create handle"))?;
         // NVIDIA's recommendation: 32 MiB on Hopper, 4 MiB before.
         let ws = if compute_major >= 9 { 32 << 20 } else { 4 << 20 };
@@ -132,6 +134,7 @@ impl Gemm {
         bias: Option<CUdeviceptr>,
         accumulate: bool,
     ) -> Result<()> {
+        self.stream.context().bind_to_thread()?;
         let key = PlanKey {
             shape,
             out,

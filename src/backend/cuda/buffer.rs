@@ -14,7 +14,7 @@
 
 use super::CudaBackend;
 use anyhow::{bail, Result};
-use cudarc::driver::{CudaSlice, CudaView};
+use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DeviceRepr};
 use half::bf16;
 
 pub enum Store {
@@ -142,6 +142,13 @@ impl CudaBackend {
         Ok(CudaBuf { len: data.len(), store: Store::F32(s) })
     }
 
+    /// A parameter at full precision with its bf16 copy made at once (`Backend::upload_master`).
+    pub fn upload_master(&self, data: &[f32]) -> Result<CudaBuf> {
+        let mut buf = self.upload_f32(data)?;
+        self.as_master(&mut buf)?;
+        Ok(buf)
+    }
+
     pub(crate) fn upload_ints(&self, data: &[i32]) -> Result<CudaIBuf> {
         let mut dev = self.alloc_zeros::<i32>(data.len())?;
         if !data.is_empty() {
@@ -158,12 +165,12 @@ impl CudaBackend {
         match &buf.store {
             Store::Bf16(s) => {
                 let mut host = vec![bf16::ZERO; n];
-                self.stream.memcpy_dtoh(&view(s, n), &mut host)?;
+                self.to_host(&view(s, n), &mut host)?;
                 Ok(host.into_iter().map(f32::from).collect())
             }
             Store::F32(s) | Store::Master { master: s, .. } => {
                 let mut host = vec![0.0f32; n];
-                self.stream.memcpy_dtoh(&view(s, n), &mut host)?;
+                self.to_host(&view(s, n), &mut host)?;
                 Ok(host)
             }
         }
@@ -200,9 +207,20 @@ impl CudaBackend {
         }
     }
 
+    /// A buffer's storage changes only outside a capture: inside one, the new allocation would be
+    /// the graph's. The model settles every storage in a direct run before recording, so this
+    /// error means a bug, and the step then runs unrecorded.
+    fn storage_may_change(&self) -> Result<()> {
+        if self.capturing.load(std::sync::atomic::Ordering::Relaxed) {
+            bail!("a buffer changed its storage type during a CUDA graph capture");
+        }
+        Ok(())
+    }
+
     /// The buffer as a bf16 output that the op overwrites entirely (old contents are dropped).
     pub(crate) fn out_bf16<'a>(&self, buf: &'a mut CudaBuf) -> Result<&'a mut CudaSlice<bf16>> {
         if !matches!(buf.store, Store::Bf16(_)) {
+            self.storage_may_change()?;
             buf.store = Store::Bf16(self.alloc_zeros(buf.len)?);
         }
         match &mut buf.store {
@@ -214,6 +232,7 @@ impl CudaBackend {
     /// The buffer as an f32 output that the op overwrites entirely.
     pub(crate) fn out_f32<'a>(&self, buf: &'a mut CudaBuf) -> Result<&'a mut CudaSlice<f32>> {
         if !matches!(buf.store, Store::F32(_)) {
+            self.storage_may_change()?;
             buf.store = Store::F32(self.alloc_zeros(buf.len)?);
         }
         match &mut buf.store {
@@ -225,6 +244,9 @@ impl CudaBackend {
     /// The buffer as an f32 accumulator, keeping its value (bf16 converts exactly).
     pub(crate) fn acc_f32<'a>(&self, buf: &'a mut CudaBuf) -> Result<&'a mut CudaSlice<f32>> {
         let n = buf.len;
+        if !matches!(buf.store, Store::F32(_)) {
+            self.storage_may_change()?;
+        }
         match &buf.store {
             Store::F32(_) => {}
             Store::Bf16(s) => {
@@ -248,6 +270,7 @@ impl CudaBackend {
     /// The buffer as a bf16 buffer updated in place, keeping its value (f32 storage is rounded).
     pub(crate) fn inout_bf16<'a>(&self, buf: &'a mut CudaBuf) -> Result<&'a mut CudaSlice<bf16>> {
         if !matches!(buf.store, Store::Bf16(_)) {
+            self.storage_may_change()?;
             let n = buf.len;
             let mut t = self.alloc_zeros::<bf16>(n)?;
             match &buf.store {
@@ -266,6 +289,9 @@ impl CudaBackend {
     /// A parameter as f32 master + bf16 copy (created, value kept, on the first AdamW step).
     pub(crate) fn as_master<'a>(&self, buf: &'a mut CudaBuf) -> Result<(&'a mut CudaSlice<f32>, &'a mut CudaSlice<bf16>)> {
         let n = buf.len;
+        if !matches!(buf.store, Store::Master { .. }) {
+            self.storage_may_change()?;
+        }
         match &buf.store {
             Store::Master { .. } => {}
             Store::Bf16(shadow) => {
@@ -303,6 +329,15 @@ impl CudaBackend {
         if let InPlace::F32(master, Some(shadow)) = p {
             self.convert_to_bf16(master, shadow, n)?;
         }
+        Ok(())
+    }
+
+    /// A device-to-host copy that returns once the data has arrived. cudarc issues an async copy
+    /// for plain host slices; drivers block for pageable memory, but CUDA does not promise it, so
+    /// the stream is synchronised explicitly (free when the copy already blocked).
+    pub(crate) fn to_host<T: DeviceRepr, S: DevicePtr<T>>(&self, src: &S, dst: &mut [T]) -> Result<()> {
+        self.stream.memcpy_dtoh(src, dst)?;
+        self.stream.synchronize()?;
         Ok(())
     }
 

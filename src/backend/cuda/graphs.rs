@@ -8,7 +8,8 @@
 use super::buffer::{CudaBuf, CudaIBuf, Store};
 use super::CudaBackend;
 use anyhow::{bail, Context, Result};
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode, CUstreamCaptureStatus};
+use std::sync::atomic::Ordering;
 use cudarc::driver::CudaGraph;
 
 /// The recordings, by id; `None` once released.
@@ -32,11 +33,28 @@ impl CudaBackend {
         // Thread-local: a call from this thread that is illegal during capture (an allocation that
         // synchronises, a blocking copy) fails the capture instead of running unrecorded.
         self.stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).context("beginning a CUDA graph capture")?;
+        self.capturing.store(true, Ordering::Relaxed);
         Ok(true)
     }
 
+    /// Ends the capture, also after a failure inside it, and leaves the stream usable.
     pub(crate) fn capture_end(&self) -> Result<usize> {
-        let graph = self.stream.end_capture(CUgraphInstantiate_flags(0)).context("ending a CUDA graph capture")?;
+        // An op refused during the capture invalidates it, and the frees that follow (drops of
+        // temporaries) record their errors in the context; cudarc's end_capture would return that
+        // stale error before ending the capture, leaving the stream capturing. Nothing has run on
+        // the device during a capture, so these errors only concern the capture: clear them.
+        let stale = self.ctx.check_err();
+        let ended = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        self.capturing.store(false, Ordering::Relaxed);
+        let _ = self.ctx.check_err();
+        let status = self.stream.capture_status().context("querying the stream's capture status")?;
+        if status != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+            bail!("the CUDA stream is still capturing after ending the capture ({status:?})");
+        }
+        let graph = ended.with_context(|| match stale {
+            Err(e) => format!("ending a CUDA graph capture (an op inside it failed: {e})"),
+            Ok(()) => "ending a CUDA graph capture".into(),
+        })?;
         let Some(graph) = graph else { bail!("the CUDA graph capture recorded nothing") };
         graph.upload().context("uploading a CUDA graph")?;
         let mut g = self.graphs.lock().map_err(|_| anyhow::anyhow!("CUDA graph table poisoned"))?;
@@ -98,7 +116,7 @@ impl CudaBackend {
     pub(crate) fn read_ints(&self, src: &CudaIBuf) -> Result<Vec<i32>> {
         let mut out = vec![0i32; src.len()];
         if !out.is_empty() {
-            self.stream.memcpy_dtoh(&src.dev.slice(0..out.len()), &mut out)?;
+            self.to_host(&src.dev.slice(0..out.len()), &mut out)?;
         }
         Ok(out)
     }

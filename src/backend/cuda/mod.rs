@@ -41,6 +41,7 @@ pub use kernels::KernelSource;
 use super::{AdamW, AttnShape, Backend, Dropout, NoiseSpec, ReparamRule};
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaStream, LaunchConfig};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 pub struct CudaBackend {
@@ -52,6 +53,9 @@ pub struct CudaBackend {
     sync_each_launch: bool,
     use_graphs: bool,
     graphs: Mutex<graphs::Graphs>,
+    /// Set between `capture_begin` and `capture_end`: a buffer must not change its storage then
+    /// (the new allocation would belong to the graph, not to the buffer).
+    capturing: AtomicBool,
     label: String,
 }
 
@@ -100,7 +104,7 @@ impl CudaBackend {
         );
         let sync_each_launch = std::env::var_os("DLM_CUDA_SYNC").is_some_and(|v| v != "0");
         let use_graphs = std::env::var_os("DLM_CUDA_GRAPHS").is_none_or(|v| v != "0");
-        Ok(CudaBackend { ctx, stream, kernels, blas, scratch, sync_each_launch, use_graphs, graphs: Mutex::default(), label })
+        Ok(CudaBackend { ctx, stream, kernels, blas, scratch, sync_each_launch, use_graphs, graphs: Mutex::default(), capturing: AtomicBool::new(false), label })
     }
 
     /// Synchronise after every kernel, so an asynchronous fault is reported with the name of the
@@ -137,6 +141,18 @@ impl CudaBackend {
     }
 }
 
+impl Drop for CudaBackend {
+    /// Queued work (a decode queues steps without waiting) may still use the graphs, the kernel
+    /// modules and the cuBLASLt handle, which the fields' drops release: wait for it first, and
+    /// destroy the graphs before the modules they launch.
+    fn drop(&mut self) {
+        let _ = self.stream.synchronize();
+        if let Ok(mut g) = self.graphs.lock() {
+            *g = graphs::Graphs::default();
+        }
+    }
+}
+
 /// Buffers come from the device's default stream-ordered pool (cuMemAllocAsync). By default the
 /// pool hands freed memory back to the driver at every synchronisation, so a training step, which
 /// frees its ~1 GB of logits and synchronises to read the loss, would map that memory again on
@@ -165,6 +181,8 @@ pub(crate) fn cfg_1d(n: usize) -> LaunchConfig {
 
 /// One block per row with `threads` threads (a multiple of 32) and `smem` bytes of dynamic shared memory.
 pub(crate) fn cfg_rows(rows: usize, threads: u32, smem: u32) -> Result<LaunchConfig> {
+    // The block reductions shuffle with a full warp mask: a partial warp would be undefined.
+    debug_assert!(threads % 32 == 0 && (32..=1024).contains(&threads), "{threads} threads per block");
     if rows > i32::MAX as usize {
         bail!("{rows} rows is more than one launch can cover");
     }
@@ -251,6 +269,9 @@ impl Backend for CudaBackend {
     fn upload_f32(&self, data: &[f32]) -> Result<CudaBuf> {
         // The inherent method: f32 storage, which AdamW turns into master + bf16 copy.
         CudaBackend::upload_f32(self, data)
+    }
+    fn upload_master(&self, data: &[f32]) -> Result<CudaBuf> {
+        CudaBackend::upload_master(self, data)
     }
 
     fn embed_fwd(&self, ids: &CudaIBuf, pos_ids: &CudaIBuf, word: &CudaBuf, pos: &CudaBuf, typ: &CudaBuf, out: &mut CudaBuf, tokens: usize, hidden: usize) -> Result<()> {

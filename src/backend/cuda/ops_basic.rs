@@ -226,7 +226,7 @@ impl CudaBackend {
             }
         }
         let mut host = [0.0f64];
-        self.stream.memcpy_dtoh(&*acc, &mut host)?;
+        self.to_host(&*acc, &mut host)?;
         Ok(host[0])
     }
 
@@ -280,6 +280,8 @@ impl CudaBackend {
         let mut out = self.stream.alloc_zeros::<u32>(n)?;
         let n64 = n as u64;
         launch!(self, "philox_fill_u32", cfg_1d(n), [&mut out, &n64, &seed, &stream, &first])?;
-        Ok(self.stream.clone_dtoh(&out)?)
+        let mut host = vec![0u32; n];
+        self.to_host(&out, &mut host)?;
+        Ok(host)
     }
 }

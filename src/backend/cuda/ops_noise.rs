@@ -10,9 +10,9 @@ const THREADS: u32 = 256;
 
 impl CudaBackend {
     /// `Backend::q_sample`: two launches, then one read-back of the masked count. The host copies
-    /// of `rows` and `targets` are refreshed from the device, so the later gather, scatter and
-    /// cross-entropy checks run on what the kernel wrote (positions in range and distinct,
-    /// targets in the vocabulary).
+    /// of `ids`, `rows` and `targets` are refreshed from the device, so the later embedding,
+    /// gather, scatter and cross-entropy checks run on what the kernel wrote (positions in range
+    /// and distinct, targets in the vocabulary).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn noise(
         &self,
@@ -40,6 +40,8 @@ impl CudaBackend {
         if n == 0 {
             return Ok(0);
         }
+        // Flat positions are i32 in the kernels.
+        to_i32("batch positions", n)?;
         let (ex, rows2, seq32) = (to_i32("examples", b)?, to_i32("rows", 2 * b)?, to_i32("seq", seq)?);
         let rw: i32 = match spec.reweighting {
             Reweighting::Linear => 0,
@@ -65,14 +67,15 @@ impl CudaBackend {
             [&mut ids.dev, &flags, &counts, &row_w, &rows2, &seq32, &spec.mask_id, &mut rows.dev, &mut targets.dev, w, &mut total]
         )?;
         let mut count = [0i32];
-        self.stream.memcpy_dtoh(&total, &mut count)?;
+        self.to_host(&total, &mut count)?;
         let count = count[0] as usize;
         if count > n {
             bail!("q_sample: the kernel reported {count} masked slots in a batch of {n}");
         }
+        self.to_host(&ids.dev.slice(0..n), &mut ids.host[..])?;
         for buf in [rows, targets] {
             if count > 0 {
-                self.stream.memcpy_dtoh(&buf.dev.slice(0..count), &mut buf.host[..count])?;
+                self.to_host(&buf.dev.slice(0..count), &mut buf.host[..count])?;
             }
         }
         Ok(count)

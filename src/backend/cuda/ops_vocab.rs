@@ -171,7 +171,7 @@ impl CudaBackend {
             [xs, &targets.dev, &sc.floats, &mut sc.floats2, &nr, &nv, &nvalid, &ls, &ls_over_valid]
         )?;
         let mut loss = vec![0f32; rows];
-        self.stream.memcpy_dtoh(&sc.floats2.slice(0..rows), &mut loss)?;
+        self.to_host(&sc.floats2.slice(0..rows), &mut loss)?;
         Ok(loss)
     }
 }

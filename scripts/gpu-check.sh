@@ -14,7 +14,10 @@
 # Full logs go to $OUT (or .gpu-stage/out). Knobs: SKIP_BENCH=1 (criterion), SKIP_ENGINE=1
 # (dlm-engine bench), SKIP_TORCH=1, PARITY_ONLY=1 (all three: a quick rerun after a fix),
 # TESTS="cuda_parity" (which staged test binaries), TORCH_COMPILE=0, DLM_BENCH_SAMPLE_ARGS="...",
-# DLM_BENCH_TRAIN_ARGS="...", TORCH_PY=/path/to/python.
+# DLM_BENCH_TRAIN_ARGS="...", TORCH_PY=/path/to/python, SANITIZE=memcheck|racecheck|synccheck
+# (runs the parity tests under compute-sanitizer with that tool: 10-100x slower, so pair it with
+# PARITY_ONLY=1 TESTS=cuda_parity; reparam_step's tied `cutoff` writes store one value and are a
+# known, harmless racecheck report).
 # Never touches the GPU's settings.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -40,6 +43,17 @@ echo "== $(head -2 "$OUT/gpu.txt" | tail -1)"
 # ---- 1. parity tests -------------------------------------------------------------------------
 say "== parity tests"
 export DLM_REQUIRE_GPU=1
+SAN=()
+if [ -n "${SANITIZE:-}" ]; then
+    san_bin=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1 || true)
+    if [ -n "$san_bin" ]; then
+        SAN=("$san_bin" --tool "$SANITIZE" --error-exitcode 1)
+        say "(under compute-sanitizer --tool $SANITIZE)"
+    else
+        say "SANITIZE=$SANITIZE asked, but compute-sanitizer was not found: running without it"
+        STATUS=1
+    fi
+fi
 # The staged binaries look for the golden fixtures here when their build path is absent.
 export DLM_FIXTURES=${DLM_FIXTURES:-$PWD/tests/golden/fixtures}
 N_TESTS=0
@@ -52,7 +66,7 @@ for t in "$HERE"/tests/*; do
     if [ "$cap" = 0 ]; then say "$name: skipped (budget spent)"; STATUS=1; continue; fi
     start=$(date +%s)
     # A hung kernel must not eat the whole device lease.
-    if timeout "$cap" "$t" --test-threads=1 >"$OUT/test-$name.log" 2>&1; then verdict=PASS; else verdict=FAIL; STATUS=1; fi
+    if timeout "$cap" ${SAN[@]+"${SAN[@]}"} "$t" --test-threads=1 >"$OUT/test-$name.log" 2>&1; then verdict=PASS; else verdict=FAIL; STATUS=1; fi
     line=$(grep -E "^test result" "$OUT/test-$name.log" | tail -1)
     say "$(printf '%-24s %s  %s  (%ss)' "$name" "$verdict" "${line#test result: }" "$(( $(date +%s) - start ))")"
     if [ "$verdict" = FAIL ]; then

@@ -26,14 +26,15 @@ impl<B: Backend> XlmR<B> {
     /// `Backend::q_sample` masks it in place after its inputs are written, then the forward and
     /// backward run as in `loss_and_grad`. Returns the loss and the number of masked slots.
     pub fn noised_loss_and_grad(&mut self, batch: &Batch, src_len: &[i32], spec: &NoiseSpec, drop: Dropout, label_smoothing: f32) -> Result<(f32, usize)> {
-        if batch.batch != 2 * src_len.len() {
-            bail!("noised batch: {} rows for {} examples (expected the doubled batch)", batch.batch, src_len.len());
+        self.check_batch(batch)?;
+        let half = src_len.len() * batch.seq;
+        if batch.batch != 2 * src_len.len() || batch.ids[..half] != batch.ids[half..] {
+            bail!("noised batch: {} rows for {} examples, not the doubled batch (rows b and B+b equal)", batch.batch, src_len.len());
         }
         if spec.mask_id < 0 || spec.mask_id as usize >= self.cfg.vocab_size {
             bail!("<mask> id {} is outside the model's vocabulary of {}", spec.mask_id, self.cfg.vocab_size);
         }
         self.ensure_grads()?;
-        self.check_batch(batch)?;
         let mut enc = self.take_encoder(batch)?;
         let be = &self.backend;
         let cap = batch.tokens();

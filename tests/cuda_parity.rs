@@ -473,9 +473,9 @@ fn check_q_sample<B: Backend>(g: &B) {
         assert_eq!(&g.read_i32(&g_rows).unwrap()[..nc], &c_rows[..nc], "{tag}: positions");
         assert_eq!(&g.read_i32(&g_tgt).unwrap()[..nc], &c_tgt[..nc], "{tag}: targets");
         assert_exact(&format!("{tag}: weights"), &g.download(&g_w).unwrap()[..nc], &c_w[..nc]);
-        for ex in 0..b {
+        for (ex, r) in rows.iter().enumerate() {
             let (ta, tb) = coupled_t(spec.key, ex, spec.steps);
-            let maskable = (rows[ex].src_len..rows[ex].ids.len()).count() as f64;
+            let maskable = (r.src_len..r.ids.len()).count() as f64;
             for (copy, t) in [(ex, ta), (b + ex, tb)] {
                 let row = &c_ids[copy * batch.seq..][..batch.seq];
                 let masked = row.iter().filter(|&&x| x == mask_id).count() as f64;

@@ -191,12 +191,12 @@ mod tests {
             let (t, m) = draw_masks(&batch.ids, batch.seq, &src_len, &spec(key));
             for i in 0..2 {
                 assert!(t[i] >= t[2 + i] && t[2 + i] >= 1 && t[i] <= 50);
-                for j in 0..batch.seq {
+                for (j, (&a, &b)) in m[i].iter().zip(&m[2 + i]).enumerate() {
                     if j < rows()[i].src_len || j >= rows()[i].ids.len() {
-                        assert!(!m[i][j] && !m[2 + i][j], "source or padding slot masked");
+                        assert!(!a && !b, "source or padding slot masked");
                     }
-                    if t[i] != t[2 + i] && m[2 + i][j] {
-                        assert!(m[i][j], "m_b must be a subset of m_a");
+                    if t[i] != t[2 + i] && b {
+                        assert!(a, "m_b must be a subset of m_a");
                         nested_draws += 1;
                     }
                 }

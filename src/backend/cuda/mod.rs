@@ -182,7 +182,7 @@ pub(crate) fn cfg_1d(n: usize) -> LaunchConfig {
 /// One block per row with `threads` threads (a multiple of 32) and `smem` bytes of dynamic shared memory.
 pub(crate) fn cfg_rows(rows: usize, threads: u32, smem: u32) -> Result<LaunchConfig> {
     // The block reductions shuffle with a full warp mask: a partial warp would be undefined.
-    debug_assert!(threads % 32 == 0 && (32..=1024).contains(&threads), "{threads} threads per block");
+    debug_assert!(threads.is_multiple_of(32) && (32..=1024).contains(&threads), "{threads} threads per block");
     if rows > i32::MAX as usize {
         bail!("{rows} rows is more than one launch can cover");
     }

@@ -38,6 +38,9 @@ pub enum OutType {
     F32,
 }
 
+/// Plans kept before the cache starts over.
+const MAX_PLANS: usize = 4096;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct PlanKey {
     shape: GemmShape,
@@ -143,6 +146,11 @@ impl Gemm {
             align: [alignment(a), alignment(b), alignment(d), bias.map_or(256, alignment)],
         };
         let mut plans = self.plans.lock().map_err(|_| anyhow::anyhow!("cuBLASLt plan cache poisoned"))?;
+        // Training's head GEMMs take a new row count (the masked slots) almost every step, so the
+        // cache would grow without end; the plans are host objects, cheap to rebuild.
+        if plans.len() >= MAX_PLANS && !plans.contains_key(&key) {
+            plans.clear();
+        }
         let plan = match plans.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(self.make_plan(&key)?),

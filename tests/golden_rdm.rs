@@ -9,16 +9,24 @@ use dlm_engine::backend::Dropout;
 use dlm_engine::diffusion::noise::{build_noised, doubled_batch, q_sample_coupled, Example, NoiseSpec, Reweighting};
 use dlm_engine::model::XlmR;
 
-#[test]
-fn rdm_loss_and_gradients_match_pytorch() {
+/// The fixture directory, the PyTorch objective's dump and its clean examples (source length =
+/// the `partial` flags).
+fn golden_rows() -> (std::path::PathBuf, std::collections::HashMap<String, T>, Vec<Example>) {
     let dir = fixtures().join("postln");
     let g = read(&dir.join("rdm.safetensors"));
     let x0 = ids(&g["x0"]);
     let partial = ids(&g["partial"]);
     let (b, l) = (g["x0"].shape[0], g["x0"].shape[1]);
-    let rows: Vec<Example> = (0..b)
+    let rows = (0..b)
         .map(|i| Example { ids: x0[i * l..(i + 1) * l].to_vec(), src_len: partial[i * l..(i + 1) * l].iter().filter(|&&p| p != 0).count() })
         .collect();
+    (dir, g, rows)
+}
+
+#[test]
+fn rdm_loss_and_gradients_match_pytorch() {
+    let (dir, g, rows) = golden_rows();
+    let (b, l) = (rows.len(), g["x0"].shape[1]);
     let t: Vec<u32> = ids(&g["t"]).iter().map(|&v| v as u32).collect();
     let lm = ids(&g["loss_mask"]);
     let masks: Vec<Vec<bool>> = (0..2 * b).map(|i| lm[i * l..(i + 1) * l].iter().map(|&m| m != 0).collect()).collect();
@@ -50,14 +58,7 @@ fn device_noise_path_gives_the_host_objective() {
     // `noised_loss_and_grad` (the noise drawn by the backend, what training runs) against
     // `loss_and_grad` on the host draw of the same key: same loss, same gradients, for several
     // keys, with dropout and label smoothing.
-    let dir = fixtures().join("postln");
-    let g = read(&dir.join("rdm.safetensors"));
-    let x0 = ids(&g["x0"]);
-    let partial = ids(&g["partial"]);
-    let (b, l) = (g["x0"].shape[0], g["x0"].shape[1]);
-    let rows: Vec<Example> = (0..b)
-        .map(|i| Example { ids: x0[i * l..(i + 1) * l].to_vec(), src_len: partial[i * l..(i + 1) * l].iter().filter(|&&p| p != 0).count() })
-        .collect();
+    let (dir, _, rows) = golden_rows();
     let mut host = XlmR::load(CpuBackend::new(), &dir).unwrap();
     let mut device = XlmR::load(CpuBackend::new(), &dir).unwrap();
     let (batch, src_len) = doubled_batch(&rows, 1);

@@ -1,4 +1,4 @@
-// Elementwise kernels: dtype conversion, add, scale, dropout (Philox masks identical to the CPU
+// Elementwise kernels: dtype conversion, add, dropout (Philox masks identical to the CPU
 // backend's), exact-erf GELU forward and backward. CPU twin: src/backend/cpu/elementwise.rs.
 // All take 64-bit element counts and use grid-stride loops, so any launch size is correct.
 #include "common.cuh"
@@ -20,12 +20,6 @@ extern "C" __global__ void add_bf16_f32(bf16* dst, const float* src, u64 n) { ad
 extern "C" __global__ void add_f32_bf16(float* dst, const bf16* src, u64 n) { add_body(dst, src, n); }
 extern "C" __global__ void add_f32_f32(float* dst, const float* src, u64 n) { add_body(dst, src, n); }
 
-template <typename T>
-__device__ __forceinline__ void scale_body(T* x, float s, u64 n) {
-    GRID_STRIDE(i, n) stf(x, i, ldf(x, i) * s);
-}
-extern "C" __global__ void scale_bf16(bf16* x, float s, u64 n) { scale_body(x, s, n); }
-extern "C" __global__ void scale_f32(float* x, float s, u64 n) { scale_body(x, s, n); }
 
 // Inverted dropout in place: element i kept when uniform(seed, stream, i) >= p, then scaled by
 // `scale` = 1/(1-p) (computed on the host in f32, exactly as the CPU backend does).

@@ -407,8 +407,6 @@ pub trait Backend {
     fn sum_squares_all(&self, xs: &[&Self::Buf]) -> Result<f64> {
         xs.iter().map(|x| self.sum_squares(x)).sum()
     }
-    /// `x *= s`.
-    fn scale(&self, x: &mut Self::Buf, s: f32) -> Result<()>;
     /// One decoupled-weight-decay Adam update of `param` given `grad · grad_scale` and moments
     /// `m`, `v` (PyTorch `AdamW` semantics; `step` is 1-based, for bias correction). The scale is
     /// gradient clipping's factor, applied as the gradient is read rather than in a pass of its own.

@@ -280,11 +280,6 @@ impl Backend for Bf16Sim {
     fn sum_squares(&self, x: &SimBuf) -> R<f64> {
         Ok(ck::adamw::sum_squares(&x.v))
     }
-    // Only gradient clipping scales, and parameter gradients are f32.
-    fn scale(&self, x: &mut SimBuf, s: f32) -> R<()> {
-        x.v.iter_mut().for_each(|a| *a *= s);
-        Ok(())
-    }
     // The update works on the f32 master (made from the bf16 value on the first step); forward
     // ops then read its bf16 copy.
     #[allow(clippy::too_many_arguments)]

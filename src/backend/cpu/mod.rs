@@ -263,10 +263,6 @@ impl Backend for CpuBackend {
     fn sum_squares(&self, x: &Vec<f32>) -> Result<f64> {
         Ok(adamw::sum_squares(x))
     }
-    fn scale(&self, x: &mut Vec<f32>, s: f32) -> Result<()> {
-        x.iter_mut().for_each(|v| *v *= s);
-        Ok(())
-    }
     #[allow(clippy::too_many_arguments)]
     fn adamw(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, hp: AdamW, lr: f32, step: u64, grad_scale: f32) -> Result<()> {
         adamw::adamw(param, grad, m, v, hp, lr, step, grad_scale);

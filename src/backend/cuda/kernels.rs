@@ -34,8 +34,6 @@ pub const KERNEL_NAMES: &[(&str, &[&str])] = &[
             "add_bf16_f32",
             "add_f32_bf16",
             "add_f32_f32",
-            "scale_bf16",
-            "scale_f32",
             "dropout_bf16",
             "dropout_f32",
             "gelu_fwd_bf16",

@@ -396,9 +396,6 @@ impl Backend for CudaBackend {
     fn sum_squares_all(&self, xs: &[&CudaBuf]) -> Result<f64> {
         self.sum_of_squares(xs)
     }
-    fn scale(&self, x: &mut CudaBuf, s: f32) -> Result<()> {
-        self.scale_in_place(x, s)
-    }
     #[allow(clippy::too_many_arguments)]
     fn adamw(&self, param: &mut CudaBuf, grad: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, hp: AdamW, lr: f32, step: u64, grad_scale: f32) -> Result<()> {
         self.adamw_step(param, grad, m, v, hp, lr, step, grad_scale)

@@ -85,20 +85,6 @@ impl CudaBackend {
         self.finish_in_place(target, n)
     }
 
-    pub(crate) fn scale_in_place(&self, x: &mut CudaBuf, s: f32) -> Result<()> {
-        let n = x.len;
-        if n == 0 {
-            return Ok(());
-        }
-        let n64 = n as u64;
-        let mut target = Self::in_place(x);
-        match &mut target {
-            InPlace::Bf16(d) => launch!(self, "scale_bf16", cfg_1d(n), [&mut **d, &s, &n64])?,
-            InPlace::F32(d, _) => launch!(self, "scale_f32", cfg_1d(n), [&mut **d, &s, &n64])?,
-        }
-        self.finish_in_place(target, n)
-    }
-
     /// Inverted dropout in place with the mask of (`drop.seed`, `stream`), element i of the buffer
     /// using Philox number i: the CPU backend's mask exactly.
     pub(crate) fn dropout_in_place(&self, x: &mut CudaBuf, drop: Dropout, stream: u64) -> Result<()> {

@@ -43,6 +43,9 @@ struct Sizes {
 fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Sizes) {
     let label = be.name();
     eprintln!("benchmarking {label}");
+    if label.contains(dlm_engine::backend::cuda::SOFTWARE_DEVICE_MARK) {
+        eprintln!("warning: the software CUDA device runs the kernels on the CPU: these timings mean nothing");
+    }
     let mut group = c.benchmark_group(if label.starts_with("cuda") { "cuda" } else { "cpu" });
     group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
     let timed = |group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str, bytes: u64, op: &mut dyn FnMut()| {

@@ -9,13 +9,24 @@
 
 mod common;
 use common::{fixtures, gpu};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TOL_TRAIN: f64 = 5e-3;
 
+/// The binary cargo built beside this test, or, staged for the GPU machine (scripts/stage-gpu.sh:
+/// `.gpu-stage/tests/<test>` and `.gpu-stage/dlm-engine`), the one staged with it.
+fn binary() -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_dlm-engine"));
+    if built.is_file() {
+        return built;
+    }
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).map(|stage| stage.join("dlm-engine")).filter(|p| p.is_file()).unwrap_or(built)
+}
+
 fn run(args: &[&str], paths: &[(&str, &Path)]) -> String {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_dlm-engine"));
+    let mut c = Command::new(binary());
     c.args(args);
     for (flag, p) in paths {
         c.arg(flag).arg(p);

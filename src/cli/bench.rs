@@ -82,6 +82,9 @@ impl Job for BenchJob {
         let peak = s.peak_tflops.or(if is_cpu { None } else { Some(789.0) });
         let mut model = XlmR::random(backend, cfg.clone(), 0)?;
         eprintln!("{} preset ({} parameters) on {name}", s.preset, model.param_count());
+        if name.contains(crate::backend::cuda::SOFTWARE_DEVICE_MARK) {
+            eprintln!("warning: this is the software CUDA device of the tests, which runs the kernels on the CPU: its timings mean nothing");
+        }
         let mut rng = Rng::new(1, 1);
         let mask = cfg.vocab_size as i32 - 1;
         for &b in &batches {

@@ -3,7 +3,7 @@
 # once under AddressSanitizer + UndefinedBehaviorSanitizer.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-out="${OUT_DIR:-$(mktemp -d)}"
+if [ -n "${OUT_DIR:-}" ]; then out=$OUT_DIR; else out=$(mktemp -d); trap 'rm -rf "$out"' EXIT; fi
 flags=(-std=c++20 -O1 -Wall -Wextra -Werror -ffp-contract=off)
 g++ "${flags[@]}" -o "$out/cublaslt_selftest" "$here/cublaslt_selftest.cpp" "$here/cublaslt.cpp"
 "$out/cublaslt_selftest"

@@ -59,6 +59,10 @@ pub struct CudaBackend {
     label: String,
 }
 
+/// What the test suite's software CUDA device (tests/swdev) puts in its device name, and so in
+/// `Backend::name`: its timings are those of a CPU emulation.
+pub const SOFTWARE_DEVICE_MARK: &str = "software device";
+
 /// Why there is no usable GPU, or `None` when `CudaBackend::new(0)` can be tried.
 pub fn unavailable_reason() -> Option<String> {
     if !unsafe { cudarc::driver::sys::is_culib_present() } {

@@ -3,8 +3,8 @@
 # binaries that need a GPU on the software device, and every other one as it is.
 # On the software device: the stand-in libcuda.so.1 and libcublasLt.so come first on the library
 # path, AddressSanitizer's runtime is preloaded (the stand-ins are built with it; leaks are not
-# checked, since Rust frees some statics never), DLM_SWDEV=1 lets the tests reduce their shapes,
-# and DLM_REQUIRE_GPU=1 turns a missing device into a failure instead of a skip.
+# checked, since Rust frees some statics never), and DLM_REQUIRE_GPU=1 turns a missing device into
+# a failure instead of a skip.
 set -euo pipefail
 bin=$1
 case "$(basename "$bin")" in
@@ -13,7 +13,7 @@ case "$(basename "$bin")" in
         export LD_LIBRARY_PATH="$ROOT/target/swdev/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
         export LD_PRELOAD="$(g++ -print-file-name=libasan.so)"
         export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
-        export DLM_SWDEV=1 DLM_REQUIRE_GPU=1
+        export DLM_REQUIRE_GPU=1
         ;;
 esac
 exec "$@"

@@ -84,12 +84,8 @@ fn main() {
             Some(p) => format!("Some(include_bytes!({:?}))", p.display().to_string()),
             None => "None".to_string(),
         };
-        writeln!(
-            gen,
-            "    KernelModule {{ name: {stem:?}, fatbin: {fat}, source: include_str!({:?}) }},",
-            src_path.display().to_string()
-        )
-        .unwrap();
+        writeln!(gen, "    KernelModule {{ name: {stem:?}, fatbin: {fat}, source: include_str!({:?}) }},", src_path.display().to_string())
+            .unwrap();
     }
     gen.push_str("];\n");
     write_if_changed(&out_dir.join("kernels.rs"), &gen);

@@ -48,19 +48,20 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
     }
     let mut group = c.benchmark_group(if label.starts_with("cuda") { "cuda" } else { "cpu" });
     group.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
-    let timed = |group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str, bytes: u64, op: &mut dyn FnMut()| {
-        group.throughput(Throughput::Bytes(bytes));
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let t = Instant::now();
-                for _ in 0..iters {
-                    op();
-                }
-                sync();
-                t.elapsed()
-            })
-        });
-    };
+    let timed =
+        |group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str, bytes: u64, op: &mut dyn FnMut()| {
+            group.throughput(Throughput::Bytes(bytes));
+            group.bench_function(name, |b| {
+                b.iter_custom(|iters| {
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        op();
+                    }
+                    sync();
+                    t.elapsed()
+                })
+            });
+        };
 
     // Dense layers (bytes: bf16 operands read + output written once).
     for (tag, rows) in [("b64", sz.rows_big), ("b1", sz.rows_small)] {
@@ -70,7 +71,9 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
             let b = be.upload(&random(n, 0.02, 3)).unwrap();
             let mut y = be.zeros(rows * n).unwrap();
             let bytes = 2 * (rows * k + n * k + rows * n) as u64;
-            timed(&mut group, &format!("linear_fwd/{what}/{tag}"), bytes, &mut || be.linear_fwd(&x, &w, Some(&b), &mut y, rows, n, k).unwrap());
+            timed(&mut group, &format!("linear_fwd/{what}/{tag}"), bytes, &mut || {
+                be.linear_fwd(&x, &w, Some(&b), &mut y, rows, n, k).unwrap()
+            });
         }
     }
     let (vocab_padded, vocab) = (sz.vocab_padded, sz.vocab);
@@ -79,7 +82,9 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
         let x = be.upload(&random(rows * HIDDEN, 1.0, 4)).unwrap();
         let mut y = be.zeros(rows * vocab_padded).unwrap();
         let bytes = 2 * (rows * HIDDEN + vocab_padded * HIDDEN + rows * vocab_padded) as u64;
-        timed(&mut group, &format!("linear_fwd/lm_head_{vocab_padded}/{tag}"), bytes, &mut || be.linear_fwd(&x, &w, None, &mut y, rows, vocab_padded, HIDDEN).unwrap());
+        timed(&mut group, &format!("linear_fwd/lm_head_{vocab_padded}/{tag}"), bytes, &mut || {
+            be.linear_fwd(&x, &w, None, &mut y, rows, vocab_padded, HIDDEN).unwrap()
+        });
         let forbid = be.upload_i32(&[0, 1, 2, 3, vocab as i32 - 1]).unwrap();
         let (seeds, streams) = pack_gumbel(&(0..rows as u32).map(|r| (7, r)).collect::<Vec<_>>());
         let (seeds, streams) = (be.upload_i32(&seeds).unwrap(), be.upload_i32(&streams).unwrap());
@@ -120,14 +125,17 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
     let word = be.upload(&random(vocab * HIDDEN, 0.02, 12)).unwrap();
     let pos = be.upload(&random(514 * HIDDEN, 0.02, 13)).unwrap();
     let typ = be.upload(&random(HIDDEN, 0.02, 14)).unwrap();
-    timed(&mut group, "embed_fwd/b64", 2 * 3 * n as u64, &mut || be.embed_fwd(&ids, &pos_ids, &word, &pos, &typ, &mut out, rows, HIDDEN).unwrap());
+    timed(&mut group, "embed_fwd/b64", 2 * 3 * n as u64, &mut || {
+        be.embed_fwd(&ids, &pos_ids, &word, &pos, &typ, &mut out, rows, HIDDEN).unwrap()
+    });
 
     // The training noise over a doubled batch of `rows` tokens (64-token sources), including its
     // read-back of the masked count.
     let examples = rows / (2 * SEQ);
     let clean: Vec<i32> = (0..rows as i32).map(|i| 4 + (i * 7919) % 5000).collect();
     let mut noisy = be.upload_i32(&clean).unwrap();
-    let (mut lr, mut lt, mut lw) = (be.upload_i32(&vec![0; rows]).unwrap(), be.upload_i32(&vec![0; rows]).unwrap(), be.zeros(rows).unwrap());
+    let (mut lr, mut lt, mut lw) =
+        (be.upload_i32(&vec![0; rows]).unwrap(), be.upload_i32(&vec![0; rows]).unwrap(), be.zeros(rows).unwrap());
     let spec = NoiseSpec { key: 5, steps: 50, pad: 1, mask_id: 3, reweighting: Reweighting::Linear, scale: 1.0 };
     timed(&mut group, "q_sample/b64", 4 * 4 * rows as u64, &mut || {
         be.q_sample(&mut noisy, SEQ, &vec![64; examples], &spec, &mut lr, &mut lt, &mut lw).unwrap();
@@ -136,13 +144,18 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
     for (tag, batch) in [("b64", sz.batch_big), ("b1", 1)] {
         let s = AttnShape { batch, seq: SEQ, heads: HEADS, head_dim: HIDDEN / HEADS };
         let n = s.tokens() * s.hidden();
-        let (q, k, v) = (be.upload(&random(n, 1.0, 15)).unwrap(), be.upload(&random(n, 1.0, 16)).unwrap(), be.upload(&random(n, 1.0, 17)).unwrap());
+        let (q, k, v) =
+            (be.upload(&random(n, 1.0, 15)).unwrap(), be.upload(&random(n, 1.0, 16)).unwrap(), be.upload(&random(n, 1.0, 17)).unwrap());
         let mask: Vec<i32> = (0..batch * SEQ).map(|i| ((i / SEQ).is_multiple_of(2) || i % SEQ < 100) as i32).collect();
         let m = be.upload_i32(&mask).unwrap();
         let (mut o, mut l) = (be.zeros(n).unwrap(), be.zeros(batch * HEADS * SEQ).unwrap());
-        timed(&mut group, &format!("attention_fwd/{tag}"), 2 * 4 * n as u64, &mut || be.attention_fwd(&q, &k, &v, &m, &mut o, &mut l, s, Dropout::off(), 0).unwrap());
+        timed(&mut group, &format!("attention_fwd/{tag}"), 2 * 4 * n as u64, &mut || {
+            be.attention_fwd(&q, &k, &v, &m, &mut o, &mut l, s, Dropout::off(), 0).unwrap()
+        });
         let drop = Dropout { p: 0.1, seed: 3 };
-        timed(&mut group, &format!("attention_fwd_dropout/{tag}"), 2 * 4 * n as u64, &mut || be.attention_fwd(&q, &k, &v, &m, &mut o, &mut l, s, drop, 0).unwrap());
+        timed(&mut group, &format!("attention_fwd_dropout/{tag}"), 2 * 4 * n as u64, &mut || {
+            be.attention_fwd(&q, &k, &v, &m, &mut o, &mut l, s, drop, 0).unwrap()
+        });
         // Backward from the dropout forward's outputs (bytes: q, k, v, out, dout read, dq, dk, dv written).
         let dout = be.upload(&random(n, 1.0, 20)).unwrap();
         let (mut dq, mut dk, mut dv) = (be.zeros(n).unwrap(), be.zeros(n).unwrap(), be.zeros(n).unwrap());
@@ -166,12 +179,30 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
 fn kernels(c: &mut Criterion) {
     match CudaBackend::new(0) {
         Ok(gpu) => {
-            let sizes = Sizes { rows_big: 64 * SEQ, rows_small: SEQ, pick_rows_big: 64 * 64, pick_rows_small: 64, batch_big: 64, adam_params: 1 << 26, vocab_padded: 250_048, vocab: 250_002 };
+            let sizes = Sizes {
+                rows_big: 64 * SEQ,
+                rows_small: SEQ,
+                pick_rows_big: 64 * 64,
+                pick_rows_small: 64,
+                batch_big: 64,
+                adam_params: 1 << 26,
+                vocab_padded: 250_048,
+                vocab: 250_002,
+            };
             bench_backend(c, &gpu, &|| gpu.synchronize().unwrap(), &sizes);
         }
         Err(e) => {
             eprintln!("no GPU ({e:#}): benchmarking the CPU backend at reduced sizes");
-            let sizes = Sizes { rows_big: 4 * SEQ, rows_small: SEQ, pick_rows_big: 16, pick_rows_small: 2, batch_big: 4, adam_params: 1 << 20, vocab_padded: 25_024, vocab: 25_002 };
+            let sizes = Sizes {
+                rows_big: 4 * SEQ,
+                rows_small: SEQ,
+                pick_rows_big: 16,
+                pick_rows_small: 2,
+                batch_big: 4,
+                adam_params: 1 << 20,
+                vocab_padded: 25_024,
+                vocab: 25_002,
+            };
             bench_backend(c, &CpuBackend::new(), &|| {}, &sizes);
         }
     }

@@ -37,10 +37,7 @@ pub fn philox4x32(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 #[inline]
 pub fn philox_u32(seed: u64, stream: u64, idx: u64) -> u32 {
     let block = idx >> 2;
-    let out = philox4x32(
-        [block as u32, (block >> 32) as u32, stream as u32, (stream >> 32) as u32],
-        [seed as u32, (seed >> 32) as u32],
-    );
+    let out = philox4x32([block as u32, (block >> 32) as u32, stream as u32, (stream >> 32) as u32], [seed as u32, (seed >> 32) as u32]);
     out[(idx & 3) as usize]
 }
 
@@ -131,10 +128,7 @@ mod tests {
     fn philox_known_answer() {
         // Known-answer vectors from the Random123 distribution (kat_vectors, philox4x32_10).
         assert_eq!(philox4x32([0, 0, 0, 0], [0, 0]), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
-        assert_eq!(
-            philox4x32([0xffffffff; 4], [0xffffffff, 0xffffffff]),
-            [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
-        );
+        assert_eq!(philox4x32([0xffffffff; 4], [0xffffffff, 0xffffffff]), [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]);
         assert_eq!(
             philox4x32([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0]),
             [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]

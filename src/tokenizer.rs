@@ -47,11 +47,7 @@ pub struct Tok {
 
 impl std::fmt::Debug for Tok {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tok")
-            .field("origin", &self.origin)
-            .field("vocab_size", &self.vocab_size())
-            .field("special", &self.special)
-            .finish()
+        f.debug_struct("Tok").field("origin", &self.origin).field("vocab_size", &self.vocab_size()).field("special", &self.special).finish()
     }
 }
 
@@ -59,10 +55,8 @@ impl Tok {
     /// Loads a `tokenizer.json` (Hugging Face `tokenizers` format).
     pub fn load(path: impl AsRef<Path>) -> Result<Tok> {
         let path = path.as_ref();
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read tokenizer file {}", path.display()))?;
-        let inner = Tokenizer::from_bytes(text.as_bytes())
-            .map_err(|e| anyhow!("{}: not a valid tokenizer.json: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read tokenizer file {}", path.display()))?;
+        let inner = Tokenizer::from_bytes(text.as_bytes()).map_err(|e| anyhow!("{}: not a valid tokenizer.json: {e}", path.display()))?;
         Tok::from_tokenizer(inner, path.display().to_string())
     }
 
@@ -72,8 +66,7 @@ impl Tok {
             let id = inner.token_to_id(s).ok_or_else(|| anyhow!("{origin}: the tokenizer has no special token {s}"))?;
             i32::try_from(id).map_err(|_| anyhow!("{origin}: id {id} of {s} does not fit in i32"))
         };
-        let special =
-            SpecialIds { bos: find(BOS)?, pad: find(PAD)?, eos: find(EOS)?, unk: find(UNK)?, mask: find(MASK)? };
+        let special = SpecialIds { bos: find(BOS)?, pad: find(PAD)?, eos: find(EOS)?, unk: find(UNK)?, mask: find(MASK)? };
         Ok(Tok { inner, special, origin })
     }
 
@@ -260,8 +253,7 @@ where
     tok.train(&mut trainer, counted).map_err(|e| anyhow!("tokenizer training failed: {e}"))?;
     add_whole_words(&mut tok, words.into_inner().unwrap_or_else(|e| e.into_inner()), vocab_size - 1)?;
 
-    tok.add_special_tokens([AddedToken::from(MASK, true).lstrip(true)])
-        .map_err(|e| anyhow!("cannot add {MASK}: {e}"))?;
+    tok.add_special_tokens([AddedToken::from(MASK, true).lstrip(true)]).map_err(|e| anyhow!("cannot add {MASK}: {e}"))?;
     let post = TemplateProcessing::builder()
         .try_single(format!("{BOS} $A {EOS}"))
         .and_then(|b| b.try_pair(format!("{BOS} $A {EOS} {EOS} $B {EOS}")))

@@ -22,7 +22,8 @@ fn fill_mask_matches_the_hf_pipeline() {
         }
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> =
+            String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), cases.len());
         for (got, exp) in lines.iter().zip(cases) {
             assert_eq!(got["text"], exp["text"]);
@@ -87,7 +88,10 @@ fn bad_checkpoints_give_one_line_errors() {
 
     let d = tmp.path().join("unknown-arch");
     copy_model(&d);
-    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap().replace("\"xlm-roberta\"", "\"gpt2\"").replace("XLMRobertaForMaskedLM", "GPT2LMHeadModel");
+    let cfg = std::fs::read_to_string(d.join("config.json"))
+        .unwrap()
+        .replace("\"xlm-roberta\"", "\"gpt2\"")
+        .replace("XLMRobertaForMaskedLM", "GPT2LMHeadModel");
     std::fs::write(d.join("config.json"), cfg).unwrap();
     expect_clean_error(&fm, &d, "unknown architecture");
 
@@ -116,6 +120,12 @@ fn init_writes_a_loadable_model_with_training_defaults() {
     assert_eq!(m.config().vocab_size, 302);
     assert_eq!(m.config().arch, dlm_engine::model::Arch::PreLn);
     // A second init into the same directory refuses without --force.
-    let again = bin().args(["init", "--preset", "micro", "--tokenizer"]).arg(fixtures().join("tokenizer.json")).arg("--out").arg(&out).output().unwrap();
+    let again = bin()
+        .args(["init", "--preset", "micro", "--tokenizer"])
+        .arg(fixtures().join("tokenizer.json"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert_eq!(again.status.code(), Some(2));
 }

@@ -11,7 +11,13 @@ fn bin() -> Command {
 }
 
 fn init_micro(dir: &Path) {
-    let st = bin().args(["init", "--preset", "micro", "--tokenizer"]).arg(fixtures().join("tokenizer.json")).arg("--out").arg(dir).output().unwrap();
+    let st = bin()
+        .args(["init", "--preset", "micro", "--tokenizer"])
+        .arg(fixtures().join("tokenizer.json"))
+        .arg("--out")
+        .arg(dir)
+        .output()
+        .unwrap();
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
 }
 
@@ -28,7 +34,15 @@ fn bad_training_lines_name_file_line_and_key_unless_skipped() {
     init_micro(&model);
     let data = tmp.path().join("train.jsonl");
     write(&data, &[GOOD, r#"{"src": "no target here"}"#, GOOD]);
-    let out = bin().args(["train", "--max-steps", "2", "--no-progress", "--model"]).arg(&model).arg("--train").arg(&data).arg("--out").arg(tmp.path().join("run")).output().unwrap();
+    let out = bin()
+        .args(["train", "--max-steps", "2", "--no-progress", "--model"])
+        .arg(&model)
+        .arg("--train")
+        .arg(&data)
+        .arg("--out")
+        .arg(tmp.path().join("run"))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("train.jsonl:2") && err.contains("tgt"), "error should name file, line 2 and key `tgt`: {err}");
@@ -64,7 +78,15 @@ fn sample_writes_one_line_per_input_with_steps() {
     let input = tmp.path().join("in.jsonl");
     write(&input, &[GOOD, r#"{"src": "a dog", "tgt": "ein Hund bellt laut"}"#]);
     let outp = tmp.path().join("out.jsonl");
-    let out = bin().args(["sample", "--steps", "4", "--save-steps", "--metric", "exact", "--model"]).arg(&model).arg("--input").arg(&input).arg("--out").arg(&outp).output().unwrap();
+    let out = bin()
+        .args(["sample", "--steps", "4", "--save-steps", "--metric", "exact", "--model"])
+        .arg(&model)
+        .arg("--input")
+        .arg(&input)
+        .arg("--out")
+        .arg(&outp)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Exact ="));
     let tok = dlm_engine::tokenizer::Tok::load(fixtures().join("tokenizer.json")).unwrap();
@@ -92,9 +114,7 @@ fn sample_writes_one_line_per_input_with_steps() {
 fn tokenizer_init_train_sample_eval_from_the_cli() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("d.jsonl");
-    let rows: Vec<String> = (0..40)
-        .map(|i| format!(r#"{{"src": "number {} plus one", "tgt": "gives {}"}}"#, i, i + 1))
-        .collect();
+    let rows: Vec<String> = (0..40).map(|i| format!(r#"{{"src": "number {} plus one", "tgt": "gives {}"}}"#, i, i + 1)).collect();
     std::fs::write(&data, rows.join("\n")).unwrap();
     let tok = tmp.path().join("tok.json");
     let run = |args: &[&str], paths: &[(&str, &Path)]| {
@@ -133,7 +153,13 @@ fn batched_sampling_equals_one_at_a_time_with_a_real_model() {
         .map(|(s, t)| Request { src: s.to_string(), tgt: Some(t.to_string()) })
         .collect();
     for strategy in ["reparam-uncond-deterministic-cosine", "reparam-cond-stochastic1.0-linear", "cmlm"] {
-        let sampler = SamplerConfig { steps: 6, strategy: strategy.parse().unwrap(), sample: strategy == "cmlm", record_steps: true, ..SamplerConfig::default() };
+        let sampler = SamplerConfig {
+            steps: 6,
+            strategy: strategy.parse().unwrap(),
+            sample: strategy == "cmlm",
+            record_steps: true,
+            ..SamplerConfig::default()
+        };
         let opts = |bs| DecodeOptions { sampler: sampler.clone(), length: None, batch_size: bs, show_steps: false };
         let batched = decode(&mut m, &tok, &reqs, &opts(3)).unwrap();
         let single = decode(&mut m, &tok, &reqs, &opts(1)).unwrap();

@@ -49,7 +49,8 @@ fn round_weights_to_bf16(file: &Path) {
         let rounded: Vec<f32> = vals.iter().map(|&v| half::bf16::from_f32(v).to_f32()).collect();
         tensors.push((name, view.shape().to_vec(), bytemuck::cast_slice(&rounded).to_vec()));
     }
-    let views: Vec<(String, TensorView)> = tensors.iter().map(|(n, s, d)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), d).unwrap())).collect();
+    let views: Vec<(String, TensorView)> =
+        tensors.iter().map(|(n, s, d)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), d).unwrap())).collect();
     std::fs::write(file, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 

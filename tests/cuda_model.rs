@@ -122,7 +122,8 @@ fn recorded_sampling_step_replays_on_new_inputs() {
     // Argmax, then sampling (a new shape key, so a second recording).
     for sampling in [false, true] {
         for (step, batch) in [&a, &b, &a, &b, &a].into_iter().enumerate() {
-            let opts = |k: u64| PickOpts { forbid: vec![301, 0], temperature: 0.8, sample_seed: sampling.then_some(1000 * step as u64 + k) };
+            let opts =
+                |k: u64| PickOpts { forbid: vec![301, 0], temperature: 0.8, sample_seed: sampling.then_some(1000 * step as u64 + k) };
             let (o1, o2) = (opts(1), opts(2));
             let groups: Vec<(&[i32], &PickOpts)> = vec![(first, &o1), (rest, &o2)];
             let want = d.pick_many(batch, &groups).unwrap();
@@ -158,7 +159,8 @@ fn device_decode_matches_the_host_loop_on_gpu() {
     let special = SpecialIds { bos: 0, pad: 1, eos: 2, mask: 301 };
     for strategy in ["reparam-uncond-deterministic-cosine", "reparam-cond-deterministic-linear"] {
         for sample in [false, true] {
-            let cfg = SamplerConfig { steps: 6, strategy: strategy.parse().unwrap(), temperature: 0.9, sample, seed: 77, record_steps: false };
+            let cfg =
+                SamplerConfig { steps: 6, strategy: strategy.parse().unwrap(), temperature: 0.9, sample, seed: 77, record_steps: false };
             let host = generate(&mut HostOnly(&mut g), &prompts, &lengths, special, &cfg, 4, None).unwrap();
             let dev = generate(&mut g, &prompts, &lengths, special, &cfg, 4, None).unwrap();
             assert_eq!(dev, host, "{strategy} sample={sample}");

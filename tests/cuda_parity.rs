@@ -202,7 +202,20 @@ fn add_layernorm_matches_cpu() {
             let mut out = g.upload(&poison(n)).unwrap();
             let mut sum = g.upload(&poison(n)).unwrap();
             let (mut mean, mut rstd) = (g.upload_f32(&poison(rows)).unwrap(), g.upload_f32(&poison(rows)).unwrap());
-            g.add_layernorm_fwd(&x, with_res.then_some(&r), Some(&mut sum), &gamma, &beta, &mut out, &mut mean, &mut rstd, rows, cols, 1e-5).unwrap();
+            g.add_layernorm_fwd(
+                &x,
+                with_res.then_some(&r),
+                Some(&mut sum),
+                &gamma,
+                &beta,
+                &mut out,
+                &mut mean,
+                &mut rstd,
+                rows,
+                cols,
+                1e-5,
+            )
+            .unwrap();
             // The kernel normalises the bf16-rounded sum it stores; the reference does the same.
             let input = if with_res {
                 let s = bf16_round(&xr.iter().zip(&rr).map(|(a, b)| a + b).collect::<Vec<_>>());
@@ -282,7 +295,12 @@ fn attention_forward_matches_cpu() {
         let (q, qr) = up(&g, &normal_vec(&mut rng, n, 1.0));
         let (k, kr) = up(&g, &normal_vec(&mut rng, n, 1.0));
         let (v, vr) = up(&g, &normal_vec(&mut rng, n, 1.0));
-        for (padded, drop) in [(true, Dropout::off()), (false, Dropout::off()), (true, Dropout { p: 0.1, seed: 42 }), (false, Dropout { p: 0.5, seed: u64::MAX })] {
+        for (padded, drop) in [
+            (true, Dropout::off()),
+            (false, Dropout::off()),
+            (true, Dropout { p: 0.1, seed: 42 }),
+            (false, Dropout { p: 0.5, seed: u64::MAX }),
+        ] {
             let mask = key_mask(&mut rng, batch, seq, padded);
             let gm = g.upload_i32(&mask).unwrap();
             let stream = 17 + head_dim as u64;
@@ -329,7 +347,11 @@ fn attention_dropout_mask_matches_cpu_exactly() {
             assert_eq!(a == 0.0, b == 0.0, "p={p}: mask differs at element {i} (gpu {a}, cpu {b})");
             assert!(!a.is_nan(), "p={p}: element {i} not written");
             if i % s.head_dim < s.seq && mask[(i / s.hidden() / s.seq) * s.seq + i % s.head_dim] != 0 {
-                if b == 0.0 { dropped += 1 } else { kept += 1 }
+                if b == 0.0 {
+                    dropped += 1
+                } else {
+                    kept += 1
+                }
             }
         }
         // Both decisions occur, near the expected rate.
@@ -350,7 +372,12 @@ fn attention_backward_matches_cpu() {
         let (k, kr) = up(&g, &normal_vec(&mut rng, n, 1.0));
         let (v, vr) = up(&g, &normal_vec(&mut rng, n, 1.0));
         let (dout, dr) = up(&g, &normal_vec(&mut rng, n, 1.0));
-        for (padded, drop) in [(true, Dropout::off()), (false, Dropout::off()), (true, Dropout { p: 0.1, seed: 7 }), (false, Dropout { p: 0.3, seed: 1 << 40 })] {
+        for (padded, drop) in [
+            (true, Dropout::off()),
+            (false, Dropout::off()),
+            (true, Dropout { p: 0.1, seed: 7 }),
+            (false, Dropout { p: 0.3, seed: 1 << 40 }),
+        ] {
             let mask = key_mask(&mut rng, batch, seq, padded);
             let gm = g.upload_i32(&mask).unwrap();
             let stream = 3 + seq as u64;
@@ -402,7 +429,13 @@ fn reparam_step_matches_cpu() {
         let masked: Vec<i32> = tokens.iter().map(|&t| (t == 9) as i32).collect();
         let scores: Vec<f32> = masked.iter().map(|&m| if m == 1 { f32::NEG_INFINITY } else { -rng.uniform() * 3.0 }).collect();
         let pick_token: Vec<i32> = (0..n).map(|i| 10 + (i % 4) as i32).collect();
-        let pick_lp: Vec<f32> = (0..n).map(|i| match i % 7 { 0 => -0.5, 1 => f32::NEG_INFINITY, _ => -rng.uniform() * 4.0 }).collect();
+        let pick_lp: Vec<f32> = (0..n)
+            .map(|i| match i % 7 {
+                0 => -0.5,
+                1 => f32::NEG_INFINITY,
+                _ => -rng.uniform() * 4.0,
+            })
+            .collect();
         let ks: [fn(usize) -> usize; 5] = [|_| 0, |l| l / 2, |l| l.saturating_sub(1), |l| l, |l| l + 3];
         for k_of in ks {
             let step: Vec<i32> = lens
@@ -415,7 +448,8 @@ fn reparam_step_matches_cpu() {
                 .collect();
             let (mut wt, mut ws, mut wm, mut wids) = (tokens.clone(), scores.clone(), masked.clone(), vec![-1i32; lens.len() * seq]);
             cpu::remask::reparam_step(&meta, &step, &pick_token, &pick_lp, &mut wt, &mut ws, &mut wm, &mut wids, rule);
-            let (mut gt, mut gm, mut gids) = (g.upload_i32(&tokens).unwrap(), g.upload_i32(&masked).unwrap(), g.upload_i32(&vec![-1; lens.len() * seq]).unwrap());
+            let (mut gt, mut gm, mut gids) =
+                (g.upload_i32(&tokens).unwrap(), g.upload_i32(&masked).unwrap(), g.upload_i32(&vec![-1; lens.len() * seq]).unwrap());
             let mut gs = g.upload_f32(&scores).unwrap();
             let (gpt, gpl, gstep) = (g.upload_i32(&pick_token).unwrap(), g.upload_f32(&pick_lp).unwrap(), g.upload_i32(&step).unwrap());
             g.reparam_step(&gmeta, lens.len(), &gstep, &gpt, &gpl, &mut gt, &mut gs, &mut gm, &mut gids, rule).unwrap();
@@ -424,7 +458,10 @@ fn reparam_step_matches_cpu() {
             assert_eq!(g.read_i32(&gm).unwrap(), wm, "{tag}: masked");
             assert_eq!(g.read_i32(&gids).unwrap(), wids, "{tag}: ids");
             let got = down(&g, &gs);
-            assert!(got.iter().zip(&ws).all(|(a, b)| a == b || (a.is_infinite() && b.is_infinite() && a.signum() == b.signum())), "{tag}: scores {got:?} vs {ws:?}");
+            assert!(
+                got.iter().zip(&ws).all(|(a, b)| a == b || (a.is_infinite() && b.is_infinite() && a.signum() == b.signum())),
+                "{tag}: scores {got:?} vs {ws:?}"
+            );
         }
     }
 }
@@ -465,7 +502,8 @@ fn check_q_sample<B: Backend>(g: &B) {
         let (mut c_ids, mut c_rows, mut c_tgt, mut c_w) = (batch.ids.clone(), vec![-7; n], vec![-7; n], vec![f32::NAN; n]);
         let nc = cpu_be.q_sample(&mut c_ids, batch.seq, &src_len, &spec, &mut c_rows, &mut c_tgt, &mut c_w).unwrap();
         let mut g_ids = g.upload_i32(&batch.ids).unwrap();
-        let (mut g_rows, mut g_tgt, mut g_w) = (g.upload_i32(&vec![-7; n]).unwrap(), g.upload_i32(&vec![-7; n]).unwrap(), g.upload_f32(&poison(n)).unwrap());
+        let (mut g_rows, mut g_tgt, mut g_w) =
+            (g.upload_i32(&vec![-7; n]).unwrap(), g.upload_i32(&vec![-7; n]).unwrap(), g.upload_f32(&poison(n)).unwrap());
         let ng = g.q_sample(&mut g_ids, batch.seq, &src_len, &spec, &mut g_rows, &mut g_tgt, &mut g_w).unwrap();
         let tag = format!("q_sample trial {trial} (B={b}, seq={}, T={}, {rw:?})", batch.seq, spec.steps);
         assert_eq!(ng, nc, "{tag}: masked count");
@@ -547,7 +585,10 @@ fn cross_entropy_matches_cpu() {
     }
     let (mut logits, _) = up(&g, &normal_vec(&mut rng, 2 * 10, 1.0));
     let bad = g.upload_i32(&[1, 10]).unwrap();
-    assert!(g.cross_entropy_fwd_bwd(&mut logits, &bad, &[1.0, 1.0], 2, 10, 10, 0.0).is_err(), "a target past the vocabulary must be an error");
+    assert!(
+        g.cross_entropy_fwd_bwd(&mut logits, &bad, &[1.0, 1.0], 2, 10, 10, 0.0).is_err(),
+        "a target past the vocabulary must be an error"
+    );
 }
 
 #[test]
@@ -570,9 +611,28 @@ fn vocab_pick_matches_cpu() {
             let gnoise = packed.as_ref().map(|(s, t)| (g.upload_i32(s).unwrap(), g.upload_i32(t).unwrap()));
             let mut token = g.upload_i32(&vec![-7; rows]).unwrap();
             let mut logprob = g.upload_f32(&poison(rows)).unwrap();
-            g.vocab_pick(&logits, rows, vocab, valid, &gforbid, temperature, gnoise.as_ref().map(|(s, t)| (s, t)), &mut token, &mut logprob).unwrap();
+            g.vocab_pick(
+                &logits,
+                rows,
+                vocab,
+                valid,
+                &gforbid,
+                temperature,
+                gnoise.as_ref().map(|(s, t)| (s, t)),
+                &mut token,
+                &mut logprob,
+            )
+            .unwrap();
             let got = RowStats { token: g.read_i32(&token).unwrap(), logprob: down(&g, &logprob) };
-            let want = cpu::vocab::vocab_pick(&lr, rows, vocab, valid, &forbid, temperature, packed.as_ref().map(|(s, t)| (s.as_slice(), t.as_slice())));
+            let want = cpu::vocab::vocab_pick(
+                &lr,
+                rows,
+                vocab,
+                valid,
+                &forbid,
+                temperature,
+                packed.as_ref().map(|(s, t)| (s.as_slice(), t.as_slice())),
+            );
             let tag = format!("vocab_pick {rows}x{vocab} valid {valid} T {temperature} seed {seed:?}");
             for r in 0..rows {
                 let (a, b) = (got.token[r] as usize, want.token[r] as usize);
@@ -588,7 +648,12 @@ fn vocab_pick_matches_cpu() {
                     continue;
                 }
                 let d = (got.logprob[r] - want.logprob[r]).abs() as f64;
-                assert!(d <= TOL_STAT * (1.0 + want.logprob[r].abs() as f64), "{tag} row {r}: logprob {} vs {}", got.logprob[r], want.logprob[r]);
+                assert!(
+                    d <= TOL_STAT * (1.0 + want.logprob[r].abs() as f64),
+                    "{tag} row {r}: logprob {} vs {}",
+                    got.logprob[r],
+                    want.logprob[r]
+                );
             }
         }
     }

@@ -173,7 +173,11 @@ fn a_shared_memory_overrun_of_2_kb_is_caught() {
     }
     launch((cols * 4) as u32);
     assert!(read(&stream, &rstd).iter().all(|v| v.is_finite() && *v > 0.0));
-    assert_died("2 KB less shared memory than the kernel uses", in_child(TEST, "short", &[]), &["heap-buffer-overflow", "add_layernorm_fwd_bf16"]);
+    assert_died(
+        "2 KB less shared memory than the kernel uses",
+        in_child(TEST, "short", &[]),
+        &["heap-buffer-overflow", "add_layernorm_fwd_bf16"],
+    );
 }
 
 #[test]
@@ -191,7 +195,10 @@ fn launches_outside_an_h100s_limits_are_refused() {
     let cfg = |block: u32, smem: u32| LaunchConfig { grid_dim: (4, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: smem };
     assert!(try_launch(&f, cfg(1024, 0)).is_ok(), "1024 threads per block is allowed");
     assert!(try_launch(&f, cfg(1025, 0)).is_err(), "1025 threads per block must be refused");
-    assert!(try_launch(&f, LaunchConfig { grid_dim: (1, 65536, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 }).is_err(), "grid y over 65535");
+    assert!(
+        try_launch(&f, LaunchConfig { grid_dim: (1, 65536, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 }).is_err(),
+        "grid y over 65535"
+    );
     assert!(try_launch(&f, cfg(256, 48 << 10)).is_ok(), "48 KB of dynamic shared memory needs no opt-in");
     assert!(try_launch(&f, cfg(256, (48 << 10) + 16)).is_err(), "over 48 KB without the opt-in attribute must be refused");
     let attr = CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
@@ -273,5 +280,9 @@ fn an_entry_point_the_device_lacks_fails_with_its_name() {
     if software_device(TEST).is_none() {
         return;
     }
-    assert_died("an unmodelled driver call", in_child(TEST, "missing", &[]), &["cuCtxGetApiVersion is not implemented by the software device"]);
+    assert_died(
+        "an unmodelled driver call",
+        in_child(TEST, "missing", &[]),
+        &["cuCtxGetApiVersion is not implemented by the software device"],
+    );
 }

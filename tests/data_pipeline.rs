@@ -2,8 +2,7 @@
 //! errors through the binary, layout, token-budget batching and resumable sampling.
 
 use dlm_engine::data::{
-    build_examples, layout_pair, pad_batch, read_jsonl, BatchSampler, Example, ExampleBatches, JsonlOptions, Overlong,
-    SamplerState,
+    build_examples, layout_pair, pad_batch, read_jsonl, BatchSampler, Example, ExampleBatches, JsonlOptions, Overlong, SamplerState,
 };
 use dlm_engine::tokenizer::{train_unigram, Tok};
 use std::collections::HashMap;
@@ -23,8 +22,7 @@ fn bin() -> Command {
 #[test]
 fn tokenizer_matches_python_golden() {
     let tok = Tok::load(fixture("tokenizer.json")).unwrap();
-    let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("golden.json")).unwrap()).unwrap();
+    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("golden.json")).unwrap()).unwrap();
     assert_eq!(tok.vocab_size() as u64, golden["vocab_size"].as_u64().unwrap());
     let sp = &golden["special"];
     let s = tok.special();
@@ -84,11 +82,7 @@ fn cli_trains_a_tokenizer_with_xlmr_ids_that_round_trips() {
 fn cli_reports_bad_lines_with_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("bad.jsonl");
-    std::fs::write(
-        &data,
-        "{\"src\":\"a b\",\"tgt\":\"c\"}\n{\"src\":\"d\",\"tgt\":7}\n{\"src\":\"e f\",\"tgt\":\"g\"}\n",
-    )
-    .unwrap();
+    std::fs::write(&data, "{\"src\":\"a b\",\"tgt\":\"c\"}\n{\"src\":\"d\",\"tgt\":7}\n{\"src\":\"e f\",\"tgt\":\"g\"}\n").unwrap();
     let out = dir.path().join("tok.json");
     let args = |skip: bool| {
         let mut c = bin();
@@ -101,10 +95,7 @@ fn cli_reports_bad_lines_with_file_line_and_key() {
     let run = args(false);
     assert_eq!(run.status.code(), Some(2));
     let err = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        err.starts_with("error: ") && err.contains(&format!("{}:2:", data.display())) && err.contains("\"tgt\""),
-        "{err}"
-    );
+    assert!(err.starts_with("error: ") && err.contains(&format!("{}:2:", data.display())) && err.contains("\"tgt\""), "{err}");
     assert!(!out.exists());
 
     let run = args(true);
@@ -116,10 +107,8 @@ fn cli_reports_bad_lines_with_file_line_and_key() {
 
 #[test]
 fn cli_names_a_missing_input() {
-    let run = bin()
-        .args(["tokenizer", "train", "--vocab-size", "20", "--input", "/no/such.jsonl", "--out", "/tmp/x.json"])
-        .output()
-        .unwrap();
+    let run =
+        bin().args(["tokenizer", "train", "--vocab-size", "20", "--input", "/no/such.jsonl", "--out", "/tmp/x.json"]).output().unwrap();
     assert_eq!(run.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&run.stderr).contains("/no/such.jsonl"));
 }
@@ -150,10 +139,8 @@ fn examples_follow_the_concatenation_rule() {
     }
     // A budget that forces cuts: counts agree with the pair lengths.
     let (_, ex, truncated, dropped) = corpus_examples(20, Overlong::Truncate);
-    let over = recs
-        .iter()
-        .filter(|r| tok.encode(&r.src).unwrap().len() + tok.encode(r.tgt.as_ref().unwrap()).unwrap().len() - 2 > 20)
-        .count();
+    let over =
+        recs.iter().filter(|r| tok.encode(&r.src).unwrap().len() + tok.encode(r.tgt.as_ref().unwrap()).unwrap().len() - 2 > 20).count();
     assert!(over > 0);
     assert_eq!((ex.len(), truncated, dropped), (recs.len(), over, 0));
     assert!(ex.iter().all(|e| e.len() <= 20 && e.maskable() >= 1));

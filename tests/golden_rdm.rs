@@ -77,5 +77,16 @@ fn device_noise_path_gives_the_host_objective() {
             assert!(host.grads()[i] == device.grads()[i], "key {key}: gradient of {name} differs");
         }
     }
-    assert!(device.noised_loss_and_grad(&batch, &src_len[..1], &NoiseSpec { key: 0, steps: 50, pad: 1, mask_id: 301, reweighting: Reweighting::Linear, scale: 1.0 }, Dropout::off(), 0.0).is_err(), "a batch that is not the doubled one must be an error");
+    assert!(
+        device
+            .noised_loss_and_grad(
+                &batch,
+                &src_len[..1],
+                &NoiseSpec { key: 0, steps: 50, pad: 1, mask_id: 301, reweighting: Reweighting::Linear, scale: 1.0 },
+                Dropout::off(),
+                0.0
+            )
+            .is_err(),
+        "a batch that is not the doubled one must be an error"
+    );
 }

@@ -12,36 +12,21 @@ use dlm_engine::metrics::{exact_match, report, Metric, MetricReport, Tokenize};
 use serde_json::Value;
 
 fn fixture() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/golden/fixtures/metrics.json"
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).expect("read metrics fixture"))
-        .expect("parse fixture")
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/fixtures/metrics.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read metrics fixture")).expect("parse fixture")
 }
 
 fn close(got: f64, want: f64, what: &str) {
     let tol = 1e-9 * want.abs().max(1e-300);
-    assert!(
-        (got - want).abs() <= tol || got == want,
-        "{what}: got {got:.17}, want {want:.17}"
-    );
+    assert!((got - want).abs() <= tol || got == want, "{what}: got {got:.17}, want {want:.17}");
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_owned())
-        .collect()
+    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect()
 }
 
 fn u64s(v: &Value) -> Vec<u64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
 }
 
 fn tokenizer(name: &str) -> Tokenize {
@@ -75,10 +60,7 @@ fn corpora() -> Vec<Corpus> {
 
 impl Corpus {
     fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.hyps
-            .iter()
-            .zip(&self.refs)
-            .map(|(h, r)| (h.as_str(), r.as_str()))
+        self.hyps.iter().zip(&self.refs).map(|(h, r)| (h.as_str(), r.as_str()))
     }
 }
 
@@ -89,27 +71,11 @@ fn tokenizers_match_sacrebleu_and_rouge_score() {
     assert!(cases.len() > 60);
     for case in cases {
         let text = case["text"].as_str().unwrap();
-        assert_eq!(
-            Tokenize::Tok13a.apply(text),
-            case["13a"].as_str().unwrap(),
-            "13a of {text:?}"
-        );
-        assert_eq!(
-            Tokenize::Intl.apply(text),
-            case["intl"].as_str().unwrap(),
-            "intl of {text:?}"
-        );
-        assert_eq!(
-            rouge_tokens(text),
-            strings(&case["rouge"]),
-            "rouge tokens of {text:?}"
-        );
+        assert_eq!(Tokenize::Tok13a.apply(text), case["13a"].as_str().unwrap(), "13a of {text:?}");
+        assert_eq!(Tokenize::Intl.apply(text), case["intl"].as_str().unwrap(), "intl of {text:?}");
+        assert_eq!(rouge_tokens(text), strings(&case["rouge"]), "rouge tokens of {text:?}");
         // Python str.lower() and Rust to_lowercase() must agree for --lowercase to be faithful.
-        assert_eq!(
-            text.to_lowercase(),
-            case["lower"].as_str().unwrap(),
-            "lowercase of {text:?}"
-        );
+        assert_eq!(text.to_lowercase(), case["lower"].as_str().unwrap(), "lowercase of {text:?}");
     }
 }
 
@@ -117,24 +83,11 @@ fn tokenizers_match_sacrebleu_and_rouge_score() {
 fn bleu_segment_statistics_match_sacrebleu() {
     for c in corpora() {
         for b in c.data["bleu"].as_array().unwrap() {
-            let (tok, lc) = (
-                tokenizer(b["tokenize"].as_str().unwrap()),
-                b["lowercase"].as_bool().unwrap(),
-            );
-            for (i, ((h, r), want)) in c.pairs().zip(b["segments"].as_array().unwrap()).enumerate()
-            {
+            let (tok, lc) = (tokenizer(b["tokenize"].as_str().unwrap()), b["lowercase"].as_bool().unwrap());
+            for (i, ((h, r), want)) in c.pairs().zip(b["segments"].as_array().unwrap()).enumerate() {
                 let s = BleuStats::from_segment(h, r, tok, lc);
-                let got: Vec<u64> = [s.sys_len, s.ref_len]
-                    .into_iter()
-                    .chain(s.correct)
-                    .chain(s.total)
-                    .collect();
-                assert_eq!(
-                    got,
-                    u64s(want),
-                    "{} segment {i} ({tok:?}, lowercase={lc}): {h:?} vs {r:?}",
-                    c.name
-                );
+                let got: Vec<u64> = [s.sys_len, s.ref_len].into_iter().chain(s.correct).chain(s.total).collect();
+                assert_eq!(got, u64s(want), "{} segment {i} ({tok:?}, lowercase={lc}): {h:?} vs {r:?}", c.name);
             }
         }
     }
@@ -144,38 +97,16 @@ fn bleu_segment_statistics_match_sacrebleu() {
 fn corpus_bleu_matches_sacrebleu() {
     for c in corpora() {
         for b in c.data["bleu"].as_array().unwrap() {
-            let (tok, lc) = (
-                tokenizer(b["tokenize"].as_str().unwrap()),
-                b["lowercase"].as_bool().unwrap(),
-            );
+            let (tok, lc) = (tokenizer(b["tokenize"].as_str().unwrap()), b["lowercase"].as_bool().unwrap());
             let what = format!("{} {tok:?} lowercase={lc}", c.name);
             let s = corpus_bleu(c.pairs(), tok, lc);
-            assert_eq!(
-                s.stats.correct.to_vec(),
-                u64s(&b["counts"]),
-                "{what} counts"
-            );
+            assert_eq!(s.stats.correct.to_vec(), u64s(&b["counts"]), "{what} counts");
             assert_eq!(s.stats.total.to_vec(), u64s(&b["totals"]), "{what} totals");
-            assert_eq!(
-                (s.sys_len, s.ref_len),
-                (
-                    b["sys_len"].as_u64().unwrap(),
-                    b["ref_len"].as_u64().unwrap()
-                ),
-                "{what}"
-            );
-            close(
-                s.score,
-                b["score"].as_f64().unwrap(),
-                &format!("{what} score"),
-            );
+            assert_eq!((s.sys_len, s.ref_len), (b["sys_len"].as_u64().unwrap(), b["ref_len"].as_u64().unwrap()), "{what}");
+            close(s.score, b["score"].as_f64().unwrap(), &format!("{what} score"));
             close(s.bp, b["bp"].as_f64().unwrap(), &format!("{what} bp"));
             for (n, p) in b["precisions"].as_array().unwrap().iter().enumerate() {
-                close(
-                    s.precisions[n],
-                    p.as_f64().unwrap(),
-                    &format!("{what} precision {}", n + 1),
-                );
+                close(s.precisions[n], p.as_f64().unwrap(), &format!("{what} precision {}", n + 1));
             }
         }
     }
@@ -191,44 +122,20 @@ fn merged_shards_give_the_corpus_score() {
     let (first, second) = pairs.split_at(pairs.len() / 3);
     let mut merged = corpus_bleu(first.iter().copied(), Tokenize::Tok13a, true).stats;
     merged += corpus_bleu(second.iter().copied(), Tokenize::Tok13a, true).stats;
-    close(
-        merged.score().score,
-        b["score"].as_f64().unwrap(),
-        "merged shards",
-    );
+    close(merged.score().score, b["score"].as_f64().unwrap(), "merged shards");
 }
 
 #[test]
 fn rouge_l_matches_rouge_score() {
     for c in corpora() {
         let want = &c.data["rouge_l"];
-        for (i, ((h, r), f)) in c
-            .pairs()
-            .zip(want["per_pair_f"].as_array().unwrap())
-            .enumerate()
-        {
-            close(
-                rouge_l_pair(h, r).f,
-                f.as_f64().unwrap(),
-                &format!("{} pair {i} ROUGE-L F", c.name),
-            );
+        for (i, ((h, r), f)) in c.pairs().zip(want["per_pair_f"].as_array().unwrap()).enumerate() {
+            close(rouge_l_pair(h, r).f, f.as_f64().unwrap(), &format!("{} pair {i} ROUGE-L F", c.name));
         }
         let s = corpus_rouge_l(c.pairs());
-        close(
-            s.f,
-            want["mean_f"].as_f64().unwrap(),
-            &format!("{} mean F", c.name),
-        );
-        close(
-            s.precision,
-            want["mean_p"].as_f64().unwrap(),
-            &format!("{} mean P", c.name),
-        );
-        close(
-            s.recall,
-            want["mean_r"].as_f64().unwrap(),
-            &format!("{} mean R", c.name),
-        );
+        close(s.f, want["mean_f"].as_f64().unwrap(), &format!("{} mean F", c.name));
+        close(s.precision, want["mean_p"].as_f64().unwrap(), &format!("{} mean P", c.name));
+        close(s.recall, want["mean_r"].as_f64().unwrap(), &format!("{} mean R", c.name));
     }
 }
 
@@ -238,17 +145,8 @@ fn exact_match_matches_python() {
         for e in c.data["exact"].as_array().unwrap() {
             let lc = e["lowercase"].as_bool().unwrap();
             let s = exact_match(c.pairs(), lc);
-            assert_eq!(
-                s.matches as u64,
-                e["matches"].as_u64().unwrap(),
-                "{} lowercase={lc}",
-                c.name
-            );
-            close(
-                s.percent(),
-                e["percent"].as_f64().unwrap(),
-                &format!("{} exact percent", c.name),
-            );
+            assert_eq!(s.matches as u64, e["matches"].as_u64().unwrap(), "{} lowercase={lc}", c.name);
+            close(s.percent(), e["percent"].as_f64().unwrap(), &format!("{} exact percent", c.name));
         }
     }
 }
@@ -257,46 +155,25 @@ fn exact_match_matches_python() {
 fn report_carries_the_headline_numbers() {
     let c = corpora().into_iter().find(|c| c.name == "mixed").unwrap();
     let intl_lc = &c.data["bleu"][3];
-    assert_eq!(
-        (intl_lc["tokenize"].as_str(), intl_lc["lowercase"].as_bool()),
-        (Some("intl"), Some(true))
-    );
+    assert_eq!((intl_lc["tokenize"].as_str(), intl_lc["lowercase"].as_bool()), (Some("intl"), Some(true)));
     let r = report(&c.hyps, &c.refs, Metric::Bleu, Tokenize::Intl, true).unwrap();
-    close(
-        r.to_json()["bleu"].as_f64().unwrap(),
-        intl_lc["score"].as_f64().unwrap(),
-        "report bleu",
-    );
+    close(r.to_json()["bleu"].as_f64().unwrap(), intl_lc["score"].as_f64().unwrap(), "report bleu");
     assert_eq!(r.to_json()["tokenize"], "intl");
-    assert!(r.to_string().starts_with(&format!(
-        "BLEU = {:.2} (intl, lowercased) ",
-        intl_lc["score"].as_f64().unwrap()
-    )));
+    assert!(r.to_string().starts_with(&format!("BLEU = {:.2} (intl, lowercased) ", intl_lc["score"].as_f64().unwrap())));
 
     let r = report(&c.hyps, &c.refs, Metric::RougeL, Tokenize::Tok13a, false).unwrap();
-    close(
-        r.to_json()["rouge_l"].as_f64().unwrap(),
-        100.0 * c.data["rouge_l"]["mean_f"].as_f64().unwrap(),
-        "report rouge_l",
-    );
+    close(r.to_json()["rouge_l"].as_f64().unwrap(), 100.0 * c.data["rouge_l"]["mean_f"].as_f64().unwrap(), "report rouge_l");
 
     let r = report(&c.hyps, &c.refs, Metric::Exact, Tokenize::Tok13a, true).unwrap();
     assert!(matches!(r, MetricReport::Exact { .. }));
-    close(
-        r.to_json()["exact"].as_f64().unwrap(),
-        c.data["exact"][1]["percent"].as_f64().unwrap(),
-        "report exact",
-    );
+    close(r.to_json()["exact"].as_f64().unwrap(), c.data["exact"][1]["percent"].as_f64().unwrap(), "report exact");
 }
 
 #[test]
 fn report_rejects_mismatched_or_empty_input() {
     let hyps = vec!["a".to_owned(), "b".to_owned()];
     let err = report(&hyps, &hyps[..1], Metric::Bleu, Tokenize::Tok13a, false).unwrap_err();
-    assert!(
-        err.to_string().contains("2 hypotheses but 1 references"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("2 hypotheses but 1 references"), "{err}");
     let empty: Vec<String> = Vec::new();
     assert!(report(&empty, &empty, Metric::Exact, Tokenize::Tok13a, false).is_err());
 }

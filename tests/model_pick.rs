@@ -56,7 +56,10 @@ fn check(backend: CpuBackend) {
         }
     }
     // Groups that differ in more than their seed still work (each group on its own).
-    let (o1, o2) = (PickOpts { forbid: vec![301], temperature: 1.0, sample_seed: None }, PickOpts { forbid: vec![301, 7], temperature: 1.0, sample_seed: None });
+    let (o1, o2) = (
+        PickOpts { forbid: vec![301], temperature: 1.0, sample_seed: None },
+        PickOpts { forbid: vec![301, 7], temperature: 1.0, sample_seed: None },
+    );
     let got = m.pick_many(&a, &[(first, &o1), (rest, &o2)]).unwrap();
     assert_eq!(got[0], m.pick(&a, first, &o1).unwrap());
     assert_eq!(got[1], m.pick(&a, rest, &o2).unwrap());
@@ -83,9 +86,15 @@ fn device_decode_matches_the_host_loop() {
     let prompts: Vec<Vec<i32>> = vec![vec![0, 47, 108, 44], vec![0, 55], vec![0, 9, 10, 11, 12, 13], vec![0, 200, 201]];
     let lengths = [5, 9, 0, 3];
     let special = SpecialIds { bos: 0, pad: 1, eos: 2, mask: 301 };
-    for strategy in ["reparam-uncond-deterministic-cosine", "reparam-cond-deterministic-linear", "reparam-uncond-stochastic1.0-linear", "reparam-cond-stochastic0.5-cosine"] {
+    for strategy in [
+        "reparam-uncond-deterministic-cosine",
+        "reparam-cond-deterministic-linear",
+        "reparam-uncond-stochastic1.0-linear",
+        "reparam-cond-stochastic0.5-cosine",
+    ] {
         for sample in [false, true] {
-            let cfg = SamplerConfig { steps: 6, strategy: strategy.parse().unwrap(), temperature: 0.9, sample, seed: 77, record_steps: false };
+            let cfg =
+                SamplerConfig { steps: 6, strategy: strategy.parse().unwrap(), temperature: 0.9, sample, seed: 77, record_steps: false };
             let host = generate(&mut HostOnly(&mut m), &prompts, &lengths, special, &cfg, 3, None).unwrap();
             let dev = generate(&mut m, &prompts, &lengths, special, &cfg, 3, None).unwrap();
             assert_eq!(dev, host, "{strategy} sample={sample}");

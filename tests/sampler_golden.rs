@@ -61,7 +61,8 @@ fn every_step_matches_the_numpy_reference_at_every_batch_size() {
         };
         for batch_size in [3, 2, 1] {
             let table = fx.logits.clone();
-            let mut d = TableDenoiser::new(&fx.prompts, &fx.lengths, special, fx.vocab, Box::new(move |e, s, j| table[e][s - 1][j].clone()));
+            let mut d =
+                TableDenoiser::new(&fx.prompts, &fx.lengths, special, fx.vocab, Box::new(move |e, s, j| table[e][s - 1][j].clone()));
             let out = generate(&mut d, &fx.prompts, &fx.lengths, special, &cfg, batch_size, None).unwrap();
             let what = format!("{} sample={} batch_size={batch_size}", case.strategy, case.sample);
             assert_eq!(out.len(), fx.prompts.len());

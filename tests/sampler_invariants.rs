@@ -13,7 +13,9 @@ const SPECIAL: SpecialIds = SpecialIds { bos: 0, pad: 1, eos: 2, mask: 19 };
 
 /// Logits in [-3, 3) from a hash of (example, step, slot, id).
 fn hashed_logits(salt: u64) -> LogitsFn {
-    Box::new(move |e, s, j| (0..V).map(|c| 6.0 * philox_uniform(salt, ((e as u64) << 32) | ((s as u64) << 16) | j as u64, c as u64) - 3.0).collect())
+    Box::new(move |e, s, j| {
+        (0..V).map(|c| 6.0 * philox_uniform(salt, ((e as u64) << 32) | ((s as u64) << 16) | j as u64, c as u64) - 3.0).collect()
+    })
 }
 
 fn prompts() -> Vec<Vec<i32>> {
@@ -113,10 +115,9 @@ fn without_ties_the_masked_count_after_each_step_is_k() {
     // Hand-computed k for N = 7, K = 4 (see strategy.rs) and N = 13, K = 8:
     // cosine 13·cos(sπ/16) = 12.75 12.01 10.81 9.19 7.22 4.97 2.54 0; linear 13·(1 − s/8).
     let lengths = [7, 13];
-    for (schedule, k7, k13) in [
-        ("cosine", vec![6, 4, 2, 0], vec![12, 12, 10, 9, 7, 4, 2, 0]),
-        ("linear", vec![5, 3, 1, 0], vec![11, 9, 8, 6, 4, 3, 1, 0]),
-    ] {
+    for (schedule, k7, k13) in
+        [("cosine", vec![6, 4, 2, 0], vec![12, 12, 10, 9, 7, 4, 2, 0]), ("linear", vec![5, 3, 1, 0], vec![11, 9, 8, 6, 4, 3, 1, 0])]
+    {
         for mode in ["deterministic", "stochastic1.0"] {
             let uncond = format!("reparam-uncond-{mode}-{schedule}");
             let out7 = run(&cfg(&uncond, 4, false, 3), 2, &p, &lengths, hashed_logits(5));

@@ -17,11 +17,7 @@ struct Cycle {
 impl Cycle {
     fn new() -> Self {
         let mut rng = dlm_engine::rng::Rng::new(4, 4);
-        let batches = (0..5)
-            .map(|_| {
-                (0..4).map(|_| common::copy_example(&mut rng, 2, 5, 5, 30)).collect()
-            })
-            .collect();
+        let batches = (0..5).map(|_| (0..4).map(|_| common::copy_example(&mut rng, 2, 5, 5, 30)).collect()).collect();
         Cycle { batches, at: 0 }
     }
 }
@@ -70,7 +66,15 @@ fn straight_first_resumed(backend: CpuBackend) -> (Vec<f64>, Vec<f64>, Vec<f64>)
     let n = 6;
     let run = |out: &str, steps: u64, model: XlmR<CpuBackend>, resume: Option<&Path>| {
         let mut data = Cycle::new();
-        let mut t = Trainer { cfg: config(&tmp.path().join(out), steps, 3e-3), model, tokenizer_path: tok.clone(), data: &mut data, validator: None, pad: 1, mask: 31 };
+        let mut t = Trainer {
+            cfg: config(&tmp.path().join(out), steps, 3e-3),
+            model,
+            tokenizer_path: tok.clone(),
+            data: &mut data,
+            validator: None,
+            pad: 1,
+            mask: 31,
+        };
         t.run(resume).unwrap().losses
     };
     let straight = run("a", 2 * n, tiny_model_on(backend.clone()), None);
@@ -109,7 +113,15 @@ fn tiny_model_loss_falls() {
     let tmp = tempfile::tempdir().unwrap();
     let tok = tokenizer_file(tmp.path());
     let mut data = Cycle::new();
-    let mut t = Trainer { cfg: config(tmp.path(), 150, 5e-3), model: tiny_model(), tokenizer_path: tok, data: &mut data, validator: None, pad: 1, mask: 31 };
+    let mut t = Trainer {
+        cfg: config(tmp.path(), 150, 5e-3),
+        model: tiny_model(),
+        tokenizer_path: tok,
+        data: &mut data,
+        validator: None,
+        pad: 1,
+        mask: 31,
+    };
     let losses = t.run(None).unwrap().losses;
     let head: f64 = losses[..10].iter().sum::<f64>() / 10.0;
     let tail: f64 = losses[losses.len() - 10..].iter().sum::<f64>() / 10.0;

@@ -12,8 +12,8 @@
 pub mod cpu;
 pub mod cuda;
 
-use anyhow::Result;
 pub use crate::diffusion::noise::NoiseSpec;
+use anyhow::Result;
 
 /// Dropout settings for one forward pass. `seed` and the per-call `stream` id select a counter-based
 /// (Philox) random stream, so the backward pass regenerates exactly the same mask without storing it,
@@ -281,23 +281,9 @@ pub trait Backend {
 
     // ---- rows ---------------------------------------------------------------------------------
     /// `out[r] = x[rows[r]]` for rows of `cols`.
-    fn gather_rows(
-        &self,
-        x: &Self::Buf,
-        rows: &Self::IBuf,
-        out: &mut Self::Buf,
-        n_rows: usize,
-        cols: usize,
-    ) -> Result<()>;
+    fn gather_rows(&self, x: &Self::Buf, rows: &Self::IBuf, out: &mut Self::Buf, n_rows: usize, cols: usize) -> Result<()>;
     /// `dx[rows[r]] += dout[r]` (rows are distinct).
-    fn scatter_add_rows(
-        &self,
-        dout: &Self::Buf,
-        rows: &Self::IBuf,
-        dx: &mut Self::Buf,
-        n_rows: usize,
-        cols: usize,
-    ) -> Result<()>;
+    fn scatter_add_rows(&self, dout: &Self::Buf, rows: &Self::IBuf, dx: &mut Self::Buf, n_rows: usize, cols: usize) -> Result<()>;
 
     // ---- the training noise ---------------------------------------------------------------------
     /// The RDM forward noise of one step (method.md §3) on the doubled clean batch `ids`

@@ -75,7 +75,15 @@ impl Job for BenchJob {
         let cfg = ModelConfig::preset(&s.preset)?;
         let name = backend.name();
         let is_cpu = name.starts_with("cpu");
-        let batches = if s.batch.is_empty() { if is_cpu { vec![1] } else { vec![1, 64] } } else { s.batch.clone() };
+        let batches = if s.batch.is_empty() {
+            if is_cpu {
+                vec![1]
+            } else {
+                vec![1, 64]
+            }
+        } else {
+            s.batch.clone()
+        };
         if s.prompt_len + s.target_len + 1 > cfg.max_seq_len() {
             bail!("{} + {} tokens do not fit the {} preset's {} positions", s.prompt_len, s.target_len, s.preset, cfg.max_seq_len());
         }
@@ -83,18 +91,16 @@ impl Job for BenchJob {
         let mut model = XlmR::random(backend, cfg.clone(), 0)?;
         eprintln!("{} preset ({} parameters) on {name}", s.preset, model.param_count());
         if name.contains(crate::backend::cuda::SOFTWARE_DEVICE_MARK) {
-            eprintln!("warning: this is the software CUDA device of the tests, which runs the kernels on the CPU: its timings mean nothing");
+            eprintln!(
+                "warning: this is the software CUDA device of the tests, which runs the kernels on the CPU: its timings mean nothing"
+            );
         }
         let mut rng = Rng::new(1, 1);
         let mask = cfg.vocab_size as i32 - 1;
         for &b in &batches {
             let key = format!("{}_{}_B{b}_L{}", if self.train { "train" } else { "sample" }, s.preset, s.prompt_len + s.target_len);
             let p = prompts(&cfg, b, s, &mut rng);
-            let ms = if self.train {
-                time_train(&mut model, &p, s, mask, &mut rng)?
-            } else {
-                time_sample(&mut model, &p, s, mask)?
-            };
+            let ms = if self.train { time_train(&mut model, &p, s, mask, &mut rng)? } else { time_sample(&mut model, &p, s, mask)? };
             let tokens = (b * (s.prompt_len + s.target_len)) as f64;
             let tps = tokens / (ms / 1e3) * if self.train { 2.0 } else { 1.0 };
             let extra = match (self.train, peak) {

@@ -25,10 +25,8 @@ The paper lowercases hypotheses and references before BLEU: pass --lowercase to 
 (IWSLT14: --tokenize 13a, WMT14: --tokenize intl).";
 
 #[derive(ClapArgs, Debug)]
-#[command(
-    after_help = "Examples:\n  dlm-engine eval --hyp samples.jsonl --metric bleu --lowercase\n  \
-dlm-engine eval --hyp out.txt --ref test.en --metric rouge-l --json"
-)]
+#[command(after_help = "Examples:\n  dlm-engine eval --hyp samples.jsonl --metric bleu --lowercase\n  \
+dlm-engine eval --hyp out.txt --ref test.en --metric rouge-l --json")]
 pub struct Args {
     /// Hypotheses: plain text, or JSONL from `sample` (field `hyp`).
     #[arg(long, value_name = "FILE")]
@@ -60,10 +58,7 @@ fn read_lines(path: &Path) -> Result<Vec<String>> {
         Ok(t) => t,
         Err(e) => {
             let valid = e.utf8_error().valid_up_to();
-            let line = 1 + e.as_bytes()[..valid]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count();
+            let line = 1 + e.as_bytes()[..valid].iter().filter(|&&b| b == b'\n').count();
             bail!("{} line {line}: not valid UTF-8", path.display());
         }
     };
@@ -72,10 +67,7 @@ fn read_lines(path: &Path) -> Result<Vec<String>> {
         return Ok(Vec::new());
     }
     let body = text.strip_suffix('\n').unwrap_or(text);
-    Ok(body
-        .split('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l).to_owned())
-        .collect())
+    Ok(body.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l).to_owned()).collect())
 }
 
 fn as_record(line: &str) -> Option<Map<String, Value>> {
@@ -88,9 +80,7 @@ fn as_record(line: &str) -> Option<Map<String, Value>> {
 fn load(path: &Path) -> Result<Loaded> {
     let lines = read_lines(path)?;
     let first = lines.iter().find(|l| !l.trim().is_empty());
-    let is_jsonl = first
-        .and_then(|l| as_record(l.trim()))
-        .is_some_and(|m| m.contains_key("hyp") || m.contains_key("tgt"));
+    let is_jsonl = first.and_then(|l| as_record(l.trim())).is_some_and(|m| m.contains_key("hyp") || m.contains_key("tgt"));
     if !is_jsonl {
         if lines.is_empty() {
             bail!("{}: empty file, nothing to score", path.display());
@@ -104,11 +94,7 @@ fn load(path: &Path) -> Result<Loaded> {
         }
         match serde_json::from_str::<Value>(line) {
             Ok(Value::Object(map)) => records.push((i + 1, map)),
-            Ok(_) => bail!(
-                "{} line {}: expected a JSON object like the lines before it",
-                path.display(),
-                i + 1
-            ),
+            Ok(_) => bail!("{} line {}: expected a JSON object like the lines before it", path.display(), i + 1),
             Err(e) => bail!("{} line {}: invalid JSON ({e})", path.display(), i + 1),
         }
     }
@@ -121,10 +107,7 @@ fn field(records: &[(usize, Map<String, Value>)], name: &str, path: &Path) -> Re
         .iter()
         .map(|(line, map)| match map.get(name) {
             Some(Value::String(s)) => Ok(s.clone()),
-            Some(other) => bail!(
-                "{} line {line}: field `{name}` is not a string (found {other})",
-                path.display()
-            ),
+            Some(other) => bail!("{} line {line}: field `{name}` is not a string (found {other})", path.display()),
             None => bail!("{} line {line}: missing field `{name}`", path.display()),
         })
         .collect()

@@ -125,10 +125,8 @@ pub fn decode<B: Backend>(model: &mut XlmR<B>, tok: &Tok, reqs: &[Request], opts
     }
     let mut hook = |step: usize, rows: &[Vec<i32>]| {
         for (r, row) in rows.iter().enumerate() {
-            let shown: Vec<String> = row
-                .iter()
-                .map(|&t| if t == tok.mask() { "▒".to_string() } else { tok.id_to_token(t).unwrap_or_default() })
-                .collect();
+            let shown: Vec<String> =
+                row.iter().map(|&t| if t == tok.mask() { "▒".to_string() } else { tok.id_to_token(t).unwrap_or_default() }).collect();
             eprintln!("step {step:>3} row {r:>2}: {}", shown.join(" "));
         }
     };
@@ -136,7 +134,9 @@ pub fn decode<B: Backend>(model: &mut XlmR<B>, tok: &Tok, reqs: &[Request], opts
     let gens = generate(model, &prompts, &lengths, special_ids(tok), &opts.sampler, opts.batch_size, hook_ref)?;
     reqs.iter()
         .zip(gens)
-        .map(|(r, g)| Ok(Output { src: r.src.clone(), hyp: tok.decode(&g.tokens, true)?, score: g.score, tgt: r.tgt.clone(), steps: g.steps }))
+        .map(|(r, g)| {
+            Ok(Output { src: r.src.clone(), hyp: tok.decode(&g.tokens, true)?, score: g.score, tgt: r.tgt.clone(), steps: g.steps })
+        })
         .collect()
 }
 

@@ -125,7 +125,12 @@ impl Job for TrainJob {
     fn run<B: Backend>(mut self, backend: B) -> Result<Summary> {
         let model = XlmR::load_for_training(backend, &self.model_dir)?;
         if self.tok.vocab_size() > model.config().vocab_size {
-            bail!("{}: the tokenizer has {} ids but the model only {} rows", self.model_dir.display(), self.tok.vocab_size(), model.config().vocab_size);
+            bail!(
+                "{}: the tokenizer has {} ids but the model only {} rows",
+                self.model_dir.display(),
+                self.tok.vocab_size(),
+                model.config().vocab_size
+            );
         }
         eprintln!(
             "model {} ({} parameters) on {}; {} training batches per epoch",
@@ -135,9 +140,8 @@ impl Job for TrainJob {
             self.data.sampler().num_batches()
         );
         let (tok, valid, eval_steps) = (&self.tok, &self.valid, self.args.eval_steps);
-        let validator = (!valid.is_empty()).then(|| {
-            Box::new(move |m: &mut XlmR<B>| validate(m, tok, valid, eval_steps)) as Box<crate::train::trainer::Validator<'_, B>>
-        });
+        let validator = (!valid.is_empty())
+            .then(|| Box::new(move |m: &mut XlmR<B>| validate(m, tok, valid, eval_steps)) as Box<crate::train::trainer::Validator<'_, B>>);
         let mut trainer = Trainer {
             cfg: self.cfg.clone(),
             model,
@@ -153,12 +157,8 @@ impl Job for TrainJob {
 
 /// Decodes the validation set (oracle length, argmax, K steps) and scores it.
 pub fn validate<B: Backend>(model: &mut XlmR<B>, tok: &Tok, reqs: &[Request], steps: usize) -> Result<serde_json::Value> {
-    let opts = DecodeOptions {
-        sampler: SamplerConfig { steps, ..SamplerConfig::default() },
-        length: None,
-        batch_size: 64,
-        show_steps: false,
-    };
+    let opts =
+        DecodeOptions { sampler: SamplerConfig { steps, ..SamplerConfig::default() }, length: None, batch_size: 64, show_steps: false };
     let outs: Vec<Output> = decode(model, tok, reqs, &opts)?;
     let hyps: Vec<&str> = outs.iter().map(|o| o.hyp.as_str()).collect();
     let refs: Vec<&str> = outs.iter().map(|o| o.tgt.as_deref().unwrap_or("")).collect();
@@ -213,7 +213,12 @@ pub fn train(args: Args) -> Result<Summary> {
         max_time,
         accumulate: args.accumulate.max(1),
         clip_norm: args.clip_norm.unwrap_or(defaults.clip_norm),
-        adamw: AdamWSettings { beta1: args.beta1, beta2: args.beta2, eps: args.adam_eps, weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay) },
+        adamw: AdamWSettings {
+            beta1: args.beta1,
+            beta2: args.beta2,
+            eps: args.adam_eps,
+            weight_decay: args.weight_decay.unwrap_or(defaults.weight_decay),
+        },
         dropout: args.dropout.unwrap_or(defaults.dropout),
         timesteps: args.timesteps,
         reweighting,

@@ -270,10 +270,7 @@ mod tests {
         assert_eq!(r.keys, Some(Keys::task()));
         assert_eq!(
             r.records,
-            vec![
-                Record { src: "a".into(), tgt: Some("b".into()), line: 1 },
-                Record { src: "c".into(), tgt: Some("d".into()), line: 4 },
-            ]
+            vec![Record { src: "a".into(), tgt: Some("b".into()), line: 1 }, Record { src: "c".into(), tgt: Some("d".into()), line: 4 },]
         );
         let f = file_with("\u{feff}{\"inputs\":\"q\",\"targets\":\"r\"}\r\n");
         let r = read_jsonl(f.path(), &JsonlOptions::training()).unwrap();

@@ -70,7 +70,14 @@ pub fn run(a: Args) -> Result<()> {
     let (train_path, valid_path) = (out.join("data/train.jsonl"), out.join("data/valid.jsonl"));
     write_jsonl(&train_path, &train_set)?;
     write_jsonl(&valid_path, &valid_set)?;
-    eprintln!("   e.g. {:?} -> {:?}; {} train / {} held-out pairs in {}", train_set[0].0, train_set[0].1, train_set.len(), valid_set.len(), out.join("data").display());
+    eprintln!(
+        "   e.g. {:?} -> {:?}; {} train / {} held-out pairs in {}",
+        train_set[0].0,
+        train_set[0].1,
+        train_set.len(),
+        valid_set.len(),
+        out.join("data").display()
+    );
 
     eprintln!("== 2/5 tokenizer: Unigram, XLM-R special ids");
     let texts = train_set.iter().flat_map(|(s, t)| [s.clone(), t.clone()]);
@@ -116,7 +123,8 @@ pub fn run(a: Args) -> Result<()> {
     let show = &outs[0];
     eprintln!("   one denoising trajectory ({:?} -> {:?}):", show.src, show.tgt.as_deref().unwrap_or(""));
     for (s, row) in show.steps.as_deref().unwrap_or(&[]).iter().enumerate() {
-        let words: Vec<String> = row.iter().map(|&t| if t == tok.mask() { "▒".into() } else { tok.id_to_token(t).unwrap_or_default() }).collect();
+        let words: Vec<String> =
+            row.iter().map(|&t| if t == tok.mask() { "▒".into() } else { tok.id_to_token(t).unwrap_or_default() }).collect();
         eprintln!("   step {:>2}: {}", s + 1, words.join(" "));
     }
     for o in outs.iter().take(3) {
@@ -128,7 +136,12 @@ pub fn run(a: Args) -> Result<()> {
     let bleu = metrics::report(&hyps, &refs, Metric::Bleu, Tokenize::Tok13a, false)?;
     println!("held-out: {exact}");
     println!("held-out: {bleu}");
-    eprintln!("demo finished in {:.0}s; samples in {}, model in {}", t0.elapsed().as_secs_f64(), samples.display(), summary.checkpoint.display());
+    eprintln!(
+        "demo finished in {:.0}s; samples in {}, model in {}",
+        t0.elapsed().as_secs_f64(),
+        samples.display(),
+        summary.checkpoint.display()
+    );
     Ok(())
 }
 

@@ -71,11 +71,7 @@ mod tests {
         let valid = dataset(2, 50, &seen);
         assert!(valid.iter().all(|(s, _)| !seen.contains(s)));
         let (s, t) = &train[0];
-        let back: Vec<&str> = t
-            .split(' ')
-            .rev()
-            .map(|g| LEXICON.iter().find(|(_, de)| *de == g).unwrap().0)
-            .collect();
+        let back: Vec<&str> = t.split(' ').rev().map(|g| LEXICON.iter().find(|(_, de)| *de == g).unwrap().0).collect();
         assert_eq!(back.join(" "), *s);
     }
 }

@@ -152,7 +152,16 @@ pub fn q_sample_flat(ids: &mut [i32], seq: usize, src_len: &[i32], spec: &NoiseS
 /// Loss = (1/2B)·Σ_i w(t_i)/N_i · Σ_{j masked} CE, N_i = number of maskable slots of row i;
 /// `scale` multiplies every weight (e.g. 1/accumulation steps).
 #[allow(clippy::too_many_arguments)]
-pub fn build_noised(rows: &[Example], t: &[u32], masks: &[Vec<bool>], pad: i32, mask_id: i32, steps: u32, rw: Reweighting, scale: f32) -> Noised {
+pub fn build_noised(
+    rows: &[Example],
+    t: &[u32],
+    masks: &[Vec<bool>],
+    pad: i32,
+    mask_id: i32,
+    steps: u32,
+    rw: Reweighting,
+    scale: f32,
+) -> Noised {
     let (mut batch, src_len) = doubled_batch(rows, pad);
     let spec = NoiseSpec { key: 0, steps, pad, mask_id, reweighting: rw, scale };
     let padded: Vec<Vec<bool>> = masks.iter().map(|m| (0..batch.seq).map(|j| m.get(j).copied().unwrap_or(false)).collect()).collect();
@@ -173,10 +182,7 @@ mod tests {
     use super::*;
 
     fn rows() -> Vec<Example> {
-        vec![
-            Example { ids: vec![0, 10, 11, 12, 20, 21, 22, 23, 2], src_len: 4 },
-            Example { ids: vec![0, 10, 11, 20, 21, 2], src_len: 3 },
-        ]
+        vec![Example { ids: vec![0, 10, 11, 12, 20, 21, 22, 23, 2], src_len: 4 }, Example { ids: vec![0, 10, 11, 20, 21, 2], src_len: 3 }]
     }
 
     fn spec(key: u64) -> NoiseSpec {

@@ -146,11 +146,18 @@ pub fn generate(
     for start in (0..prompts.len()).step_by(batch_size) {
         let end = (start + batch_size).min(prompts.len());
         let mut canvases: Vec<Canvas> = (start..end)
-            .map(|i| Canvas { example: i, prompt: &prompts[i], slots: Slots::all_masked(lengths[i], special.mask), history: cfg.record_steps.then(Vec::new) })
+            .map(|i| Canvas {
+                example: i,
+                prompt: &prompts[i],
+                slots: Slots::all_masked(lengths[i], special.mask),
+                history: cfg.record_steps.then(Vec::new),
+            })
             .collect();
         // The device path has no per-step view of the canvases, which hooks and histories need.
         let device = match cfg.strategy {
-            Strategy::Reparam { .. } if on_step.is_none() && !cfg.record_steps && canvases.iter().any(|c| !c.slots.is_empty()) => d.device_steps(),
+            Strategy::Reparam { .. } if on_step.is_none() && !cfg.record_steps && canvases.iter().any(|c| !c.slots.is_empty()) => {
+                d.device_steps()
+            }
             _ => None,
         };
         if let Some(dev) = device {
@@ -291,7 +298,9 @@ fn denoise_step(d: &mut impl Denoiser, canvases: &mut [Canvas], special: Special
 /// `denoise_step` + `apply` (every slot scored, one pick group per canvas when sampling), with
 /// the same random streams.
 fn decode_on_device(dev: &mut dyn DeviceSteps, canvases: &mut [Canvas], special: SpecialIds, cfg: &SamplerConfig) -> Result<()> {
-    let Strategy::Reparam { remask, noise_scale, schedule } = cfg.strategy else { bail!("internal: device decoding is for reparam strategies") };
+    let Strategy::Reparam { remask, noise_scale, schedule } = cfg.strategy else {
+        bail!("internal: device decoding is for reparam strategies")
+    };
     let rows: Vec<Vec<i32>> = canvases.iter().map(|c| c.row(special)).collect();
     let batch = Batch::from_rows(&rows, special.pad);
     let first: Vec<usize> = canvases.iter().map(|c| c.prompt.len()).collect();
@@ -328,7 +337,8 @@ fn decode_on_device(dev: &mut dyn DeviceSteps, canvases: &mut [Canvas], special:
 fn topk_inputs(c: &Canvas, noise_scale: Option<f64>, schedule: Schedule, cfg: &SamplerConfig, s: usize) -> (usize, Option<RankNoise>) {
     let rate = schedule.rate(s, cfg.steps);
     let k = super::strategy::stay_masked(c.slots.len(), rate);
-    let noise = noise_scale.map(|scale| RankNoise { scale: (scale * rate) as f32, seed: cfg.seed, stream: stream(RANK_NOISE, c.example, s) });
+    let noise =
+        noise_scale.map(|scale| RankNoise { scale: (scale * rate) as f32, seed: cfg.seed, stream: stream(RANK_NOISE, c.example, s) });
     (k, noise)
 }
 

@@ -124,7 +124,11 @@ mod tests {
 
     #[test]
     fn uncond_remasks_decoded_slots_and_keeps_stored_scores_outside_the_set() {
-        let mut s = Slots { tokens: vec![M, 4, 5, M], scores: vec![f32::NEG_INFINITY, -0.5, -0.2, f32::NEG_INFINITY], masked: vec![true, false, false, true] };
+        let mut s = Slots {
+            tokens: vec![M, 4, 5, M],
+            scores: vec![f32::NEG_INFINITY, -0.5, -0.2, f32::NEG_INFINITY],
+            masked: vec![true, false, false, true],
+        };
         // Slot 1 (decoded) in the set → masked; slot 2 keeps 5/-0.2 although the pick is 7;
         // slot 0 masked in the set stays masked; slot 3 takes the pick.
         reparam_update(&mut s, &[3, 4, 7, 8], &[-1.0, -0.9, -0.1, -0.3], &[true, true, false, false], Remask::Uncond, M);
@@ -135,7 +139,8 @@ mod tests {
 
     #[test]
     fn cond_remasks_only_a_repeated_token_with_a_lower_score() {
-        let mut s = Slots { tokens: vec![4, 5, 6, M], scores: vec![-0.5, -0.5, -0.5, f32::NEG_INFINITY], masked: vec![false, false, false, true] };
+        let mut s =
+            Slots { tokens: vec![4, 5, 6, M], scores: vec![-0.5, -0.5, -0.5, f32::NEG_INFINITY], masked: vec![false, false, false, true] };
         // slot 0: same token, lower score → re-masked; slot 1: other token → kept;
         // slot 2: same token, equal score → kept; slot 3: masked in the set → stays masked.
         reparam_update(&mut s, &[4, 7, 6, 2], &[-0.6, -2.0, -0.5, -0.1], &[true, true, true, true], Remask::Cond, M);

@@ -85,9 +85,7 @@ impl FromStr for Strategy {
         let noise_scale = match parts[2] {
             "deterministic" => None,
             mode => {
-                let c = mode
-                    .strip_prefix("stochastic")
-                    .ok_or_else(|| parse_error(s, &format!("unknown top-k mode {mode:?}")))?;
+                let c = mode.strip_prefix("stochastic").ok_or_else(|| parse_error(s, &format!("unknown top-k mode {mode:?}")))?;
                 let c: f64 = c
                     .parse()
                     .map_err(|_| parse_error(s, &format!("`stochastic` needs a noise scale such as stochastic1.0, got {mode:?}")))?;

@@ -78,11 +78,7 @@ impl BleuStats {
         let hyp_tokens: Vec<&str> = super::tokenize::py_split(hyp).collect();
         let ref_tokens: Vec<&str> = super::tokenize::py_split(reference).collect();
         let ref_counts = ngram_counts(&ref_tokens);
-        let mut stats = BleuStats {
-            sys_len: hyp_tokens.len() as u64,
-            ref_len: ref_tokens.len() as u64,
-            ..Default::default()
-        };
+        let mut stats = BleuStats { sys_len: hyp_tokens.len() as u64, ref_len: ref_tokens.len() as u64, ..Default::default() };
         for (gram, hyp_count) in ngram_counts(&hyp_tokens) {
             let order = gram.len() - 1;
             stats.total[order] += hyp_count;
@@ -94,10 +90,7 @@ impl BleuStats {
 
     /// Statistics of one raw (untokenized) segment pair.
     pub fn from_segment(hyp: &str, reference: &str, tokenize: Tokenize, lowercase: bool) -> Self {
-        Self::from_tokenized(
-            &preprocess(hyp, tokenize, lowercase),
-            &preprocess(reference, tokenize, lowercase),
-        )
+        Self::from_tokenized(&preprocess(hyp, tokenize, lowercase), &preprocess(reference, tokenize, lowercase))
     }
 
     /// The score of these statistics (sacreBLEU `BLEU.compute_bleu` with smoothing "exp").
@@ -111,14 +104,7 @@ impl BleuStats {
             0.0
         };
         let mut precisions = [0.0f64; MAX_ORDER];
-        let result = |score, precisions| BleuScore {
-            score,
-            precisions,
-            bp,
-            sys_len,
-            ref_len,
-            stats: *self,
-        };
+        let result = |score, precisions| BleuScore { score, precisions, bp, sys_len, ref_len, stats: *self };
         if self.correct.iter().all(|&c| c == 0) {
             return result(0.0, precisions);
         }
@@ -141,9 +127,7 @@ impl BleuStats {
         }
         // sacreBLEU floors log(0) at this constant instead of -inf; summing left to right
         // from 0 keeps the float result identical to Python's `sum`.
-        let log_sum = precisions.iter().fold(0.0f64, |acc, &p| {
-            acc + if p == 0.0 { -9_999_999_999.0 } else { p.ln() }
-        });
+        let log_sum = precisions.iter().fold(0.0f64, |acc, &p| acc + if p == 0.0 { -9_999_999_999.0 } else { p.ln() });
         result(bp * (log_sum / MAX_ORDER as f64).exp(), precisions)
     }
 }
@@ -169,16 +153,8 @@ impl std::iter::Sum for BleuStats {
 }
 
 /// Corpus BLEU of (hypothesis, reference) pairs.
-pub fn corpus_bleu<'a>(
-    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
-    tokenize: Tokenize,
-    lowercase: bool,
-) -> BleuScore {
-    pairs
-        .into_iter()
-        .map(|(h, r)| BleuStats::from_segment(h, r, tokenize, lowercase))
-        .sum::<BleuStats>()
-        .score()
+pub fn corpus_bleu<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>, tokenize: Tokenize, lowercase: bool) -> BleuScore {
+    pairs.into_iter().map(|(h, r)| BleuStats::from_segment(h, r, tokenize, lowercase)).sum::<BleuStats>().score()
 }
 
 #[cfg(test)]

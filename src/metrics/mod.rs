@@ -79,10 +79,7 @@ impl ExactScore {
 }
 
 /// Counts lines where `hyp.strip() == ref.strip()` (Python's whitespace), after optional lowercasing.
-pub fn exact_match<'a>(
-    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
-    lowercase: bool,
-) -> ExactScore {
+pub fn exact_match<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>, lowercase: bool) -> ExactScore {
     let norm = |s: &str| -> String {
         if lowercase {
             tokenize::py_strip(&s.to_lowercase()).to_owned()
@@ -101,19 +98,9 @@ pub fn exact_match<'a>(
 /// The result of `report`: one metric with the settings that produced it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MetricReport {
-    Bleu {
-        score: BleuScore,
-        tokenize: Tokenize,
-        lowercase: bool,
-    },
-    RougeL {
-        score: RougeLScore,
-        lowercase: bool,
-    },
-    Exact {
-        score: ExactScore,
-        lowercase: bool,
-    },
+    Bleu { score: BleuScore, tokenize: Tokenize, lowercase: bool },
+    RougeL { score: RougeLScore, lowercase: bool },
+    Exact { score: ExactScore, lowercase: bool },
 }
 
 impl MetricReport {
@@ -139,11 +126,7 @@ impl MetricReport {
     /// under other keys.
     pub fn to_json(&self) -> serde_json::Value {
         let mut obj = match self {
-            MetricReport::Bleu {
-                score,
-                tokenize,
-                lowercase,
-            } => json!({
+            MetricReport::Bleu { score, tokenize, lowercase } => json!({
                 "tokenize": tokenize.name(),
                 "lowercase": lowercase,
                 "precisions": score.precisions,
@@ -209,52 +192,27 @@ impl fmt::Display for MetricReport {
                 100.0 * score.precision,
                 100.0 * score.recall
             ),
-            MetricReport::Exact { score, lowercase } => write!(
-                f,
-                "Exact = {:.2} ({}/{} lines, {})",
-                score.percent(),
-                score.matches,
-                score.sentences,
-                case_word(*lowercase)
-            ),
+            MetricReport::Exact { score, lowercase } => {
+                write!(f, "Exact = {:.2} ({}/{} lines, {})", score.percent(), score.matches, score.sentences, case_word(*lowercase))
+            }
         }
     }
 }
 
 /// Scores hypotheses against references, line by line. `tokenize` only matters for BLEU;
 /// `lowercase` changes nothing for ROUGE-L, whose tokenizer always lowercases.
-pub fn report<S: AsRef<str>>(
-    hyps: &[S],
-    refs: &[S],
-    metric: Metric,
-    tokenize: Tokenize,
-    lowercase: bool,
-) -> Result<MetricReport> {
+pub fn report<S: AsRef<str>>(hyps: &[S], refs: &[S], metric: Metric, tokenize: Tokenize, lowercase: bool) -> Result<MetricReport> {
     if hyps.len() != refs.len() {
-        bail!(
-            "{} hypotheses but {} references: they must pair up line by line",
-            hyps.len(),
-            refs.len()
-        );
+        bail!("{} hypotheses but {} references: they must pair up line by line", hyps.len(), refs.len());
     }
     if hyps.is_empty() {
         bail!("nothing to score: no hypotheses");
     }
     let pairs = || hyps.iter().zip(refs).map(|(h, r)| (h.as_ref(), r.as_ref()));
     Ok(match metric {
-        Metric::Bleu => MetricReport::Bleu {
-            score: bleu::corpus_bleu(pairs(), tokenize, lowercase),
-            tokenize,
-            lowercase,
-        },
+        Metric::Bleu => MetricReport::Bleu { score: bleu::corpus_bleu(pairs(), tokenize, lowercase), tokenize, lowercase },
         // rouge-score's tokenizer lowercases everything, so `lowercase` cannot change the result.
-        Metric::RougeL => MetricReport::RougeL {
-            score: rouge::corpus_rouge_l(pairs()),
-            lowercase,
-        },
-        Metric::Exact => MetricReport::Exact {
-            score: exact_match(pairs(), lowercase),
-            lowercase,
-        },
+        Metric::RougeL => MetricReport::RougeL { score: rouge::corpus_rouge_l(pairs()), lowercase },
+        Metric::Exact => MetricReport::Exact { score: exact_match(pairs(), lowercase), lowercase },
     })
 }

@@ -56,11 +56,7 @@ pub fn lcs_len<T: PartialEq>(a: &[T], b: &[T]) -> usize {
     let mut cur = vec![0usize; b.len() + 1];
     for x in a {
         for (j, y) in b.iter().enumerate() {
-            cur[j + 1] = if x == y {
-                prev[j] + 1
-            } else {
-                prev[j + 1].max(cur[j])
-            };
+            cur[j + 1] = if x == y { prev[j] + 1 } else { prev[j + 1].max(cur[j]) };
         }
         std::mem::swap(&mut prev, &mut cur);
     }
@@ -72,26 +68,14 @@ pub fn rouge_l_pair(hyp: &str, reference: &str) -> RougeLPair {
     let hyp_tokens = rouge_tokens(hyp);
     let ref_tokens = rouge_tokens(reference);
     if hyp_tokens.is_empty() || ref_tokens.is_empty() {
-        return RougeLPair {
-            precision: 0.0,
-            recall: 0.0,
-            f: 0.0,
-        };
+        return RougeLPair { precision: 0.0, recall: 0.0, f: 0.0 };
     }
     let lcs = lcs_len(&ref_tokens, &hyp_tokens) as f64;
     let precision = lcs / hyp_tokens.len() as f64;
     let recall = lcs / ref_tokens.len() as f64;
     // Same operation order as rouge-score's `fmeasure`, so values agree to the last bit.
-    let f = if precision + recall > 0.0 {
-        2.0 * precision * recall / (precision + recall)
-    } else {
-        0.0
-    };
-    RougeLPair {
-        precision,
-        recall,
-        f,
-    }
+    let f = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
+    RougeLPair { precision, recall, f }
 }
 
 /// Mean ROUGE-L over (hypothesis, reference) pairs; all zeros for an empty corpus.
@@ -105,12 +89,7 @@ pub fn corpus_rouge_l<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -
         sentences += 1;
     }
     let n = sentences.max(1) as f64;
-    RougeLScore {
-        f: f / n,
-        precision: precision / n,
-        recall: recall / n,
-        sentences,
-    }
+    RougeLScore { f: f / n, precision: precision / n, recall: recall / n, sentences }
 }
 
 #[cfg(test)]

@@ -54,32 +54,19 @@ static RULES_13A: LazyLock<[(Regex, &str); 4]> = LazyLock::new(|| {
 /// The mteval-v14 "international" rules: Unicode punctuation (`\p{P}`) splits off unless it sits
 /// between digits (`\p{N}`), and every Unicode symbol (`\p{S}`) becomes its own token.
 static RULES_INTL: LazyLock<[(Regex, &str); 3]> = LazyLock::new(|| {
-    [
-        (compile(r"(\P{N})(\p{P})"), "${1} ${2} "),
-        (compile(r"(\p{P})(\P{N})"), " ${1} ${2}"),
-        (compile(r"(\p{S})"), " ${1} "),
-    ]
+    [(compile(r"(\P{N})(\p{P})"), "${1} ${2} "), (compile(r"(\p{P})(\P{N})"), " ${1} ${2}"), (compile(r"(\p{S})"), " ${1} ")]
 });
 
 fn apply_rules(rules: &[(Regex, &str)], line: String) -> String {
-    rules.iter().fold(line, |text, (re, replacement)| {
-        re.replace_all(&text, *replacement).into_owned()
-    })
+    rules.iter().fold(line, |text, (re, replacement)| re.replace_all(&text, *replacement).into_owned())
 }
 
 /// sacreBLEU `Tokenizer13a()(line)`.
 pub fn tokenize_13a(line: &str) -> String {
-    let mut text = line
-        .replace("<skipped>", "")
-        .replace("-\n", "")
-        .replace('\n', " ");
+    let mut text = line.replace("<skipped>", "").replace("-\n", "").replace('\n', " ");
     if text.contains('&') {
         // Sequential on purpose: "&amp;lt;" ends up as "<", as in sacreBLEU.
-        text = text
-            .replace("&quot;", "\"")
-            .replace("&amp;", "&")
-            .replace("&lt;", "<")
-            .replace("&gt;", ">");
+        text = text.replace("&quot;", "\"").replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">");
     }
     // The padding lets the period/comma rules see a non-digit at both ends of the line.
     squeeze_spaces(&apply_rules(&*RULES_13A, format!(" {text} ")))
@@ -97,10 +84,7 @@ mod tests {
 
     #[test]
     fn python_whitespace_includes_information_separators() {
-        assert_eq!(
-            py_split("a\u{1f}b\u{3000}c\u{a0} d").collect::<Vec<_>>(),
-            ["a", "b", "c", "d"]
-        );
+        assert_eq!(py_split("a\u{1f}b\u{3000}c\u{a0} d").collect::<Vec<_>>(), ["a", "b", "c", "d"]);
         assert_eq!(py_strip("\u{1c} x \t"), "x");
         // U+200B (zero width space) is not whitespace for Python or Unicode.
         assert_eq!(py_split("a\u{200b}b").count(), 1);

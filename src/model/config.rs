@@ -80,12 +80,7 @@ impl ModelConfig {
 
     pub fn from_json(v: &Value, file: &str) -> Result<Self> {
         let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("");
-        let arch_name = v
-            .get("architectures")
-            .and_then(Value::as_array)
-            .and_then(|a| a.first())
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let arch_name = v.get("architectures").and_then(Value::as_array).and_then(|a| a.first()).and_then(Value::as_str).unwrap_or("");
         let arch = match (model_type, arch_name) {
             ("xlm-roberta", _) | ("roberta", _) => Arch::PostLn,
             ("xlm-roberta-xl", _) => Arch::PreLn,

@@ -134,9 +134,7 @@ pub fn resolve(cfg: &ModelConfig, mut tensors: HashMap<String, Loaded>, file: &s
     let specs = param_specs(cfg, untied);
     let mut params = Vec::with_capacity(specs.len());
     for (name, shape) in &specs {
-        let t = tensors.remove(name).with_context(|| {
-            format!("{file}: missing tensor `{name}` (expected shape {shape:?})")
-        })?;
+        let t = tensors.remove(name).with_context(|| format!("{file}: missing tensor `{name}` (expected shape {shape:?})"))?;
         if &t.shape != shape {
             bail!("{file}: tensor `{name}` has shape {:?}, expected {shape:?} from config.json", t.shape);
         }

@@ -197,7 +197,13 @@ impl<B: Backend> XlmR<B> {
         Self::from_params(backend, cfg, params, false, true)
     }
 
-    fn from_params(backend: B, cfg: ModelConfig, params: Vec<(String, Vec<usize>, Vec<f32>)>, untied: bool, f32_master: bool) -> Result<Self> {
+    fn from_params(
+        backend: B,
+        cfg: ModelConfig,
+        params: Vec<(String, Vec<usize>, Vec<f32>)>,
+        untied: bool,
+        f32_master: bool,
+    ) -> Result<Self> {
         let pos: HashMap<&str, usize> = params.iter().enumerate().map(|(i, p)| (p.0.as_str(), i)).collect();
         let at = |n: &str| -> Result<usize> { pos.get(n).copied().with_context(|| format!("internal: parameter `{n}` missing")) };
         let lin = |p: &str| -> Result<Linear> { Ok(Linear { w: at(&format!("{p}.weight"))?, b: at(&format!("{p}.bias"))? }) };
@@ -233,7 +239,19 @@ impl<B: Backend> XlmR<B> {
         };
         let head_vocab = cfg.vocab_size.next_multiple_of(backend.vocab_align().max(1));
         let decoder = ix.decoder.unwrap_or(ix.word);
-        let mut model = XlmR { backend, cfg, names: Vec::new(), shapes: Vec::new(), values: Vec::new(), grads: Vec::new(), stored: Vec::new(), ix, layers, enc: None, step: None };
+        let mut model = XlmR {
+            backend,
+            cfg,
+            names: Vec::new(),
+            shapes: Vec::new(),
+            values: Vec::new(),
+            grads: Vec::new(),
+            stored: Vec::new(),
+            ix,
+            layers,
+            enc: None,
+            step: None,
+        };
         for (i, (n, s, d)) in params.into_iter().enumerate() {
             let len = d.len();
             let padded = if i == decoder || i == ix.head_bias { len / model.cfg.vocab_size * head_vocab } else { len };
@@ -480,7 +498,19 @@ impl<B: Backend> XlmR<B> {
 
         be.embed_fwd(&enc.ids, &enc.pos_ids, &v[self.ix.word], &v[self.ix.pos], &v[self.ix.typ], &mut enc.emb, n, h)?;
         match self.ix.emb_ln {
-            Some(ln) => be.add_layernorm_fwd(&enc.emb, None, None, &v[ln.g], &v[ln.b], &mut enc.hs[0], &mut enc.emb_mean, &mut enc.emb_rstd, n, h, eps)?,
+            Some(ln) => be.add_layernorm_fwd(
+                &enc.emb,
+                None,
+                None,
+                &v[ln.g],
+                &v[ln.b],
+                &mut enc.hs[0],
+                &mut enc.emb_mean,
+                &mut enc.emb_rstd,
+                n,
+                h,
+                eps,
+            )?,
             None => be.copy(&enc.emb, &mut enc.hs[0])?,
         }
         be.dropout_fwd(&mut enc.hs[0], hidden_drop, S_EMB)?;
@@ -492,7 +522,19 @@ impl<B: Backend> XlmR<B> {
             let x = &before[li];
             let out = &mut after[0];
             let attn_in: &B::Buf = if cfg.arch == Arch::PreLn {
-                be.add_layernorm_fwd(x, None, None, &v[layer.attn_ln.g], &v[layer.attn_ln.b], &mut a.a_in, &mut a.a_mean, &mut a.a_rstd, n, h, eps)?;
+                be.add_layernorm_fwd(
+                    x,
+                    None,
+                    None,
+                    &v[layer.attn_ln.g],
+                    &v[layer.attn_ln.b],
+                    &mut a.a_in,
+                    &mut a.a_mean,
+                    &mut a.a_rstd,
+                    n,
+                    h,
+                    eps,
+                )?;
                 &a.a_in
             } else {
                 x
@@ -505,17 +547,53 @@ impl<B: Backend> XlmR<B> {
             be.dropout_fwd(&mut a.attn, hidden_drop, stream(li, S_ATTN_OUT))?;
             match cfg.arch {
                 Arch::PostLn => {
-                    be.add_layernorm_fwd(&a.attn, Some(x), Some(&mut a.s1), &v[layer.attn_ln.g], &v[layer.attn_ln.b], &mut a.h1, &mut a.mean1, &mut a.rstd1, n, h, eps)?;
+                    be.add_layernorm_fwd(
+                        &a.attn,
+                        Some(x),
+                        Some(&mut a.s1),
+                        &v[layer.attn_ln.g],
+                        &v[layer.attn_ln.b],
+                        &mut a.h1,
+                        &mut a.mean1,
+                        &mut a.rstd1,
+                        n,
+                        h,
+                        eps,
+                    )?;
                     be.linear_fwd(&a.h1, &v[layer.ffn_in.w], Some(&v[layer.ffn_in.b]), &mut a.f1, n, f, h)?;
                     be.gelu_fwd(&a.f1, &mut a.g)?;
                     be.linear_fwd(&a.g, &v[layer.ffn_out.w], Some(&v[layer.ffn_out.b]), &mut a.f2, n, h, f)?;
                     be.dropout_fwd(&mut a.f2, hidden_drop, stream(li, S_FFN_OUT))?;
-                    be.add_layernorm_fwd(&a.f2, Some(&a.h1), Some(&mut a.s2), &v[layer.ffn_ln.g], &v[layer.ffn_ln.b], out, &mut a.mean2, &mut a.rstd2, n, h, eps)?;
+                    be.add_layernorm_fwd(
+                        &a.f2,
+                        Some(&a.h1),
+                        Some(&mut a.s2),
+                        &v[layer.ffn_ln.g],
+                        &v[layer.ffn_ln.b],
+                        out,
+                        &mut a.mean2,
+                        &mut a.rstd2,
+                        n,
+                        h,
+                        eps,
+                    )?;
                 }
                 Arch::PreLn => {
                     be.copy(x, &mut a.s1)?;
                     be.add_assign(&mut a.s1, &a.attn)?;
-                    be.add_layernorm_fwd(&a.s1, None, None, &v[layer.ffn_ln.g], &v[layer.ffn_ln.b], &mut a.h1, &mut a.mean1, &mut a.rstd1, n, h, eps)?;
+                    be.add_layernorm_fwd(
+                        &a.s1,
+                        None,
+                        None,
+                        &v[layer.ffn_ln.g],
+                        &v[layer.ffn_ln.b],
+                        &mut a.h1,
+                        &mut a.mean1,
+                        &mut a.rstd1,
+                        n,
+                        h,
+                        eps,
+                    )?;
                     be.linear_fwd(&a.h1, &v[layer.ffn_in.w], Some(&v[layer.ffn_in.b]), &mut a.f1, n, f, h)?;
                     be.gelu_fwd(&a.f1, &mut a.g)?;
                     // XL/XXL have no dropout after the FFN output projection.

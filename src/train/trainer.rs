@@ -168,7 +168,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     scale: 1.0 / cfg.accumulate as f32,
                 };
                 let (batch, src_len) = noise::doubled_batch(&rows, self.pad);
-                let drop = if cfg.dropout > 0.0 { Dropout { p: cfg.dropout, seed: dropout_seed(cfg.seed, state.step, micro) } } else { Dropout::off() };
+                let drop = if cfg.dropout > 0.0 {
+                    Dropout { p: cfg.dropout, seed: dropout_seed(cfg.seed, state.step, micro) }
+                } else {
+                    Dropout::off()
+                };
                 step_loss += self.model.noised_loss_and_grad(&batch, &src_len, &spec, drop, cfg.label_smoothing)?.0 as f64;
                 step_tokens += rows.iter().map(|r| r.ids.len() as u64).sum::<u64>();
             }
@@ -227,7 +231,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
         state.elapsed_secs = base_elapsed + start.elapsed().as_secs_f64();
         let dir = cfg.out_dir.join("final");
         checkpoint::save(&dir, &self.model, &opt, &state, &self.tokenizer_path)?;
-        let final_loss = losses.iter().rev().take(cfg.log_every as usize).sum::<f64>() / losses.len().clamp(1, cfg.log_every as usize) as f64;
+        let final_loss =
+            losses.iter().rev().take(cfg.log_every as usize).sum::<f64>() / losses.len().clamp(1, cfg.log_every as usize) as f64;
         Ok(Summary { steps: state.step, final_loss, elapsed_s: state.elapsed_secs, checkpoint: dir, stopped_by, losses })
     }
 

@@ -256,7 +256,16 @@ impl Backend for Bf16Sim {
         Ok(())
     }
     #[allow(clippy::too_many_arguments)]
-    fn q_sample(&self, ids: &mut Vec<i32>, seq: usize, src_len: &[i32], spec: &NoiseSpec, rows: &mut Vec<i32>, t: &mut Vec<i32>, w: &mut SimBuf) -> R<usize> {
+    fn q_sample(
+        &self,
+        ids: &mut Vec<i32>,
+        seq: usize,
+        src_len: &[i32],
+        spec: &NoiseSpec,
+        rows: &mut Vec<i32>,
+        t: &mut Vec<i32>,
+        w: &mut SimBuf,
+    ) -> R<usize> {
         // The weights are f32 on the GPU too.
         CpuBackend::new().q_sample(ids, seq, src_len, spec, rows, t, &mut w.v)
     }
@@ -265,14 +274,37 @@ impl Backend for Bf16Sim {
         rnd(&mut l.v);
         Ok(r)
     }
-    fn vocab_pick(&self, l: &SimBuf, rows: usize, v: usize, vv: usize, f: &Vec<i32>, t: f32, g: Option<(&Vec<i32>, &Vec<i32>)>, tok: &mut Vec<i32>, lp: &mut SimBuf) -> R<()> {
+    fn vocab_pick(
+        &self,
+        l: &SimBuf,
+        rows: usize,
+        v: usize,
+        vv: usize,
+        f: &Vec<i32>,
+        t: f32,
+        g: Option<(&Vec<i32>, &Vec<i32>)>,
+        tok: &mut Vec<i32>,
+        lp: &mut SimBuf,
+    ) -> R<()> {
         let st = ck::vocab::vocab_pick(&l.v, rows, v, vv, f, t, g.map(|(s, t)| (s.as_slice(), t.as_slice())));
         tok.copy_from_slice(&st.token);
         lp.v.copy_from_slice(&st.logprob);
         lp.master = None;
         Ok(())
     }
-    fn reparam_step(&self, c: &Vec<i32>, _n: usize, st: &Vec<i32>, pt: &Vec<i32>, pl: &SimBuf, tok: &mut Vec<i32>, sc: &mut SimBuf, m: &mut Vec<i32>, ids: &mut Vec<i32>, rule: ReparamRule) -> R<()> {
+    fn reparam_step(
+        &self,
+        c: &Vec<i32>,
+        _n: usize,
+        st: &Vec<i32>,
+        pt: &Vec<i32>,
+        pl: &SimBuf,
+        tok: &mut Vec<i32>,
+        sc: &mut SimBuf,
+        m: &mut Vec<i32>,
+        ids: &mut Vec<i32>,
+        rule: ReparamRule,
+    ) -> R<()> {
         // Scores and log-probs are f32 on the GPU too.
         ck::remask::reparam_step(c, st, pt, &pl.v, tok, &mut sc.v, m, ids, rule);
         Ok(())

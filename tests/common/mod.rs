@@ -100,7 +100,6 @@ pub fn ids(t: &T) -> Vec<i32> {
     t.data.iter().map(|&v| v as i32).collect()
 }
 
-
 use dlm_engine::backend::cuda::CudaBackend;
 use dlm_engine::backend::{Backend, RowStats};
 use dlm_engine::diffusion::sampler::{Denoiser, PickGroup};
@@ -128,9 +127,10 @@ pub fn gpu(test: &str) -> Option<CudaBackend> {
 
 /// A generator on a fresh seed per run (printed, so a failure can be replayed with DLM_TEST_SEED).
 pub fn fresh_rng(test: &str) -> Rng {
-    let seed = std::env::var("DLM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-    });
+    let seed = std::env::var("DLM_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
     eprintln!("{test}: DLM_TEST_SEED={seed}");
     Rng::new(seed, 0)
 }

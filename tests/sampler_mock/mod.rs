@@ -63,6 +63,14 @@ impl Denoiser for TableDenoiser {
             buf.extend(row);
         }
         let noise = opts.sample_seed.map(|s| pack_gumbel(&(0..rows.len() as u32).map(|i| (s, i)).collect::<Vec<_>>()));
-        Ok(vocab_pick(&buf, rows.len(), self.vocab, self.vocab, &opts.forbid, opts.temperature, noise.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice()))))
+        Ok(vocab_pick(
+            &buf,
+            rows.len(),
+            self.vocab,
+            self.vocab,
+            &opts.forbid,
+            opts.temperature,
+            noise.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())),
+        ))
     }
 }

@@ -11,18 +11,14 @@ pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], hp: 
     let step_size = (lr as f64 / bc1) as f32;
     let bc2_sqrt = bc2.sqrt() as f32;
     let decay = 1.0 - lr * hp.weight_decay;
-    param
-        .par_iter_mut()
-        .zip(grad.par_iter())
-        .zip(m.par_iter_mut().zip(v.par_iter_mut()))
-        .for_each(|((p, &g), (mm, vv))| {
-            let g = g * grad_scale;
-            *p *= decay;
-            *mm += (g - *mm) * (1.0 - hp.beta1);
-            *vv = *vv * hp.beta2 + (1.0 - hp.beta2) * g * g;
-            let denom = vv.sqrt() / bc2_sqrt + hp.eps;
-            *p -= step_size * *mm / denom;
-        });
+    param.par_iter_mut().zip(grad.par_iter()).zip(m.par_iter_mut().zip(v.par_iter_mut())).for_each(|((p, &g), (mm, vv))| {
+        let g = g * grad_scale;
+        *p *= decay;
+        *mm += (g - *mm) * (1.0 - hp.beta1);
+        *vv = *vv * hp.beta2 + (1.0 - hp.beta2) * g * g;
+        let denom = vv.sqrt() / bc2_sqrt + hp.eps;
+        *p -= step_size * *mm / denom;
+    });
 }
 
 pub fn sum_squares(x: &[f32]) -> f64 {

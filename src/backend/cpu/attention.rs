@@ -51,11 +51,8 @@ pub fn attention_fwd(
     let (t, nh, d) = (s.seq, s.heads, s.head_dim);
     let hid = s.hidden();
     let scale = 1.0 / (d as f32).sqrt();
-    out[..s.tokens() * hid]
-        .par_chunks_mut(t * hid)
-        .zip(lse[..s.batch * nh * t].par_chunks_mut(nh * t))
-        .enumerate()
-        .for_each(|(b, (ob, lb))| {
+    out[..s.tokens() * hid].par_chunks_mut(t * hid).zip(lse[..s.batch * nh * t].par_chunks_mut(nh * t)).enumerate().for_each(
+        |(b, (ob, lb))| {
             let mask = &key_mask[b * t..][..t];
             let base = b * t * hid;
             let mut p = vec![0.0f32; t];
@@ -65,11 +62,7 @@ pub fn attention_fwd(
                     let qi = &q[base + i * hid + h * d..][..d];
                     let mut mx = f32::NEG_INFINITY;
                     for j in 0..t {
-                        p[j] = if mask[j] != 0 {
-                            dot(qi, &k[base + j * hid + h * d..][..d]) * scale
-                        } else {
-                            f32::NEG_INFINITY
-                        };
+                        p[j] = if mask[j] != 0 { dot(qi, &k[base + j * hid + h * d..][..d]) * scale } else { f32::NEG_INFINITY };
                         mx = mx.max(p[j]);
                     }
                     let mut den = 0.0f32;
@@ -96,7 +89,8 @@ pub fn attention_fwd(
                     }
                 }
             }
-        });
+        },
+    );
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -119,11 +113,8 @@ pub fn attention_bwd(
     let hid = s.hidden();
     let scale = 1.0 / (d as f32).sqrt();
     let n = s.tokens() * hid;
-    dq[..n]
-        .par_chunks_mut(t * hid)
-        .zip(dk[..n].par_chunks_mut(t * hid).zip(dv[..n].par_chunks_mut(t * hid)))
-        .enumerate()
-        .for_each(|(b, (dqb, (dkb, dvb)))| {
+    dq[..n].par_chunks_mut(t * hid).zip(dk[..n].par_chunks_mut(t * hid).zip(dv[..n].par_chunks_mut(t * hid))).enumerate().for_each(
+        |(b, (dqb, (dkb, dvb)))| {
             dqb.fill(0.0);
             dkb.fill(0.0);
             dvb.fill(0.0);
@@ -170,7 +161,8 @@ pub fn attention_bwd(
                     }
                 }
             }
-        });
+        },
+    );
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@ pub fn dropout_apply(x: &mut [f32], p: f32, seed: u64, stream: u64) {
         for (q, quad) in chunk.chunks_mut(4).enumerate() {
             let idx = base + 4 * q as u64;
             let block = idx >> 2;
-            let r = philox4x32([block as u32, (block >> 32) as u32, stream as u32, (stream >> 32) as u32], [seed as u32, (seed >> 32) as u32]);
+            let r =
+                philox4x32([block as u32, (block >> 32) as u32, stream as u32, (stream >> 32) as u32], [seed as u32, (seed >> 32) as u32]);
             for (lane, v) in quad.iter_mut().enumerate() {
                 let u = (r[lane] >> 8) as f32 * (1.0 / 16_777_216.0);
                 *v = if u >= p { *v * scale } else { 0.0 };
@@ -48,13 +49,11 @@ pub fn gelu_fwd(x: &[f32], y: &mut [f32]) {
 }
 
 pub fn gelu_bwd(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(
-        |(dc, (xc, gc))| {
-            for ((o, &v), &g) in dc.iter_mut().zip(xc).zip(gc) {
-                *o = g * gelu_grad(v);
-            }
-        },
-    );
+    dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dc, (xc, gc))| {
+        for ((o, &v), &g) in dc.iter_mut().zip(xc).zip(gc) {
+            *o = g * gelu_grad(v);
+        }
+    });
 }
 
 #[cfg(test)]

@@ -3,16 +3,7 @@
 use rayon::prelude::*;
 
 #[allow(clippy::too_many_arguments)]
-pub fn embed_fwd(
-    ids: &[i32],
-    pos_ids: &[i32],
-    word: &[f32],
-    pos: &[f32],
-    typ: &[f32],
-    out: &mut [f32],
-    tokens: usize,
-    hidden: usize,
-) {
+pub fn embed_fwd(ids: &[i32], pos_ids: &[i32], word: &[f32], pos: &[f32], typ: &[f32], out: &mut [f32], tokens: usize, hidden: usize) {
     out[..tokens * hidden].par_chunks_mut(hidden).enumerate().for_each(|(i, row)| {
         let w = &word[ids[i] as usize * hidden..][..hidden];
         let p = &pos[pos_ids[i] as usize * hidden..][..hidden];

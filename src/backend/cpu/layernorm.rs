@@ -17,20 +17,15 @@ pub fn add_layernorm_fwd(
     eps: f32,
 ) {
     if let (Some(r), Some(s)) = (residual, sum.as_deref_mut()) {
-        s[..rows * cols].par_iter_mut().zip(&x[..rows * cols]).zip(&r[..rows * cols]).for_each(
-            |((o, a), b)| *o = a + b,
-        );
+        s[..rows * cols].par_iter_mut().zip(&x[..rows * cols]).zip(&r[..rows * cols]).for_each(|((o, a), b)| *o = a + b);
     }
     let input: &[f32] = match (residual, sum.as_deref()) {
         (Some(_), Some(s)) => s,
         (Some(_), None) => panic!("add_layernorm_fwd: a residual needs a `sum` buffer"),
         (None, _) => x,
     };
-    out[..rows * cols]
-        .par_chunks_mut(cols)
-        .zip(mean[..rows].par_iter_mut().zip(rstd[..rows].par_iter_mut()))
-        .enumerate()
-        .for_each(|(r, (o, (mu, rs)))| {
+    out[..rows * cols].par_chunks_mut(cols).zip(mean[..rows].par_iter_mut().zip(rstd[..rows].par_iter_mut())).enumerate().for_each(
+        |(r, (o, (mu, rs)))| {
             let row = &input[r * cols..][..cols];
             let m = row.iter().map(|&v| v as f64).sum::<f64>() / cols as f64;
             let var = row.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / cols as f64;
@@ -40,7 +35,8 @@ pub fn add_layernorm_fwd(
             for c in 0..cols {
                 o[c] = (((row[c] as f64 - m) * s) as f32) * gamma[c] + beta[c];
             }
-        });
+        },
+    );
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -28,17 +28,11 @@ pub fn sgemm(
         }
         return;
     }
-    let span = |rows: usize, cols: usize, rs: isize, cs: isize| {
-        (rows - 1) * rs as usize + (cols - 1) * cs as usize + 1
-    };
+    let span = |rows: usize, cols: usize, rs: isize, cs: isize| (rows - 1) * rs as usize + (cols - 1) * cs as usize + 1;
     assert!(a.len() >= span(m, k, a_rs, a_cs), "gemm: lhs too small");
     assert!(b.len() >= span(k, n, b_rs, b_cs), "gemm: rhs too small");
     // Why: small products pay more for thread wake-ups than they gain.
-    let par = if m * n * k >= 1 << 18 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = if m * n * k >= 1 << 18 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     // SAFETY: the asserts above bound every index the strides can reach.
     unsafe {
         gemm::gemm(

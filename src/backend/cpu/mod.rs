@@ -102,7 +102,16 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn linear_fwd(&self, x: &Vec<f32>, w: &Vec<f32>, bias: Option<&Vec<f32>>, y: &mut Vec<f32>, m: usize, n: usize, k: usize) -> Result<()> {
+    fn linear_fwd(
+        &self,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        bias: Option<&Vec<f32>>,
+        y: &mut Vec<f32>,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
         linear::linear_fwd(x, w, bias.map(|b| b.as_slice()), y, m, n, k);
         Ok(())
     }
@@ -123,12 +132,33 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn embed_fwd(&self, ids: &Vec<i32>, pos_ids: &Vec<i32>, word: &Vec<f32>, pos: &Vec<f32>, typ: &Vec<f32>, out: &mut Vec<f32>, tokens: usize, hidden: usize) -> Result<()> {
+    fn embed_fwd(
+        &self,
+        ids: &Vec<i32>,
+        pos_ids: &Vec<i32>,
+        word: &Vec<f32>,
+        pos: &Vec<f32>,
+        typ: &Vec<f32>,
+        out: &mut Vec<f32>,
+        tokens: usize,
+        hidden: usize,
+    ) -> Result<()> {
         embed::embed_fwd(ids, pos_ids, word, pos, typ, out, tokens, hidden);
         Ok(())
     }
 
-    fn embed_bwd(&self, ids: &Vec<i32>, pos_ids: &Vec<i32>, dout: &Vec<f32>, dword: &mut Vec<f32>, dpos: &mut Vec<f32>, dtyp: &mut Vec<f32>, tokens: usize, hidden: usize, padding_idx: i32) -> Result<()> {
+    fn embed_bwd(
+        &self,
+        ids: &Vec<i32>,
+        pos_ids: &Vec<i32>,
+        dout: &Vec<f32>,
+        dword: &mut Vec<f32>,
+        dpos: &mut Vec<f32>,
+        dtyp: &mut Vec<f32>,
+        tokens: usize,
+        hidden: usize,
+        padding_idx: i32,
+    ) -> Result<()> {
         embed::embed_bwd(ids, pos_ids, dout, dword, dpos, dtyp, tokens, hidden, padding_idx);
         Ok(())
     }
@@ -164,7 +194,19 @@ impl Backend for CpuBackend {
         cols: usize,
         eps: f32,
     ) -> Result<()> {
-        layernorm::add_layernorm_fwd(x, residual.map(|r| r.as_slice()), sum.map(|s| s.as_mut_slice()), gamma, beta, out, mean, rstd, rows, cols, eps);
+        layernorm::add_layernorm_fwd(
+            x,
+            residual.map(|r| r.as_slice()),
+            sum.map(|s| s.as_mut_slice()),
+            gamma,
+            beta,
+            out,
+            mean,
+            rstd,
+            rows,
+            cols,
+            eps,
+        );
         Ok(())
     }
 
@@ -186,7 +228,18 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn attention_fwd(&self, q: &Vec<f32>, k: &Vec<f32>, v: &Vec<f32>, key_mask: &Vec<i32>, out: &mut Vec<f32>, lse: &mut Vec<f32>, shape: AttnShape, drop: Dropout, stream: u64) -> Result<()> {
+    fn attention_fwd(
+        &self,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        key_mask: &Vec<i32>,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        shape: AttnShape,
+        drop: Dropout,
+        stream: u64,
+    ) -> Result<()> {
         attention::attention_fwd(q, k, v, key_mask, out, lse, shape, drop, stream);
         Ok(())
     }
@@ -229,10 +282,22 @@ impl Backend for CpuBackend {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn q_sample(&self, ids: &mut Vec<i32>, seq: usize, src_len: &[i32], spec: &NoiseSpec, rows: &mut Vec<i32>, targets: &mut Vec<i32>, weights: &mut Vec<f32>) -> Result<usize> {
+    fn q_sample(
+        &self,
+        ids: &mut Vec<i32>,
+        seq: usize,
+        src_len: &[i32],
+        spec: &NoiseSpec,
+        rows: &mut Vec<i32>,
+        targets: &mut Vec<i32>,
+        weights: &mut Vec<f32>,
+    ) -> Result<usize> {
         let n = ids.len();
         anyhow::ensure!(n == 2 * src_len.len() * seq, "q_sample: {n} ids for 2×{} rows of {seq}", src_len.len());
-        anyhow::ensure!(rows.len() >= n && targets.len() >= n && weights.len() >= n, "q_sample: output buffers hold fewer than {n} entries");
+        anyhow::ensure!(
+            rows.len() >= n && targets.len() >= n && weights.len() >= n,
+            "q_sample: output buffers hold fewer than {n} entries"
+        );
         let loss = noise::q_sample_flat(ids, seq, src_len, spec);
         let r = loss.rows.len();
         rows[..r].copy_from_slice(&loss.rows);
@@ -241,21 +306,57 @@ impl Backend for CpuBackend {
         Ok(r)
     }
 
-    fn cross_entropy_fwd_bwd(&self, logits: &mut Vec<f32>, targets: &Vec<i32>, weights: &[f32], rows: usize, vocab: usize, valid_vocab: usize, label_smoothing: f32) -> Result<Vec<f32>> {
+    fn cross_entropy_fwd_bwd(
+        &self,
+        logits: &mut Vec<f32>,
+        targets: &Vec<i32>,
+        weights: &[f32],
+        rows: usize,
+        vocab: usize,
+        valid_vocab: usize,
+        label_smoothing: f32,
+    ) -> Result<Vec<f32>> {
         Ok(vocab::cross_entropy_fwd_bwd(logits, targets, weights, rows, vocab, valid_vocab, label_smoothing))
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn vocab_pick(&self, logits: &Vec<f32>, rows: usize, vocab: usize, valid_vocab: usize, forbid: &Vec<i32>, temperature: f32, gumbel: Option<(&Vec<i32>, &Vec<i32>)>, token: &mut Vec<i32>, logprob: &mut Vec<f32>) -> Result<()> {
-        let st = vocab::vocab_pick(logits, rows, vocab, valid_vocab, forbid, temperature, gumbel.map(|(s, t)| (s.as_slice(), t.as_slice())));
+    fn vocab_pick(
+        &self,
+        logits: &Vec<f32>,
+        rows: usize,
+        vocab: usize,
+        valid_vocab: usize,
+        forbid: &Vec<i32>,
+        temperature: f32,
+        gumbel: Option<(&Vec<i32>, &Vec<i32>)>,
+        token: &mut Vec<i32>,
+        logprob: &mut Vec<f32>,
+    ) -> Result<()> {
+        let st =
+            vocab::vocab_pick(logits, rows, vocab, valid_vocab, forbid, temperature, gumbel.map(|(s, t)| (s.as_slice(), t.as_slice())));
         token[..rows].copy_from_slice(&st.token);
         logprob[..rows].copy_from_slice(&st.logprob);
         Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn reparam_step(&self, canvases: &Vec<i32>, n_canvases: usize, step: &Vec<i32>, pick_token: &Vec<i32>, pick_logprob: &Vec<f32>, tokens: &mut Vec<i32>, scores: &mut Vec<f32>, masked: &mut Vec<i32>, ids: &mut Vec<i32>, rule: ReparamRule) -> Result<()> {
-        anyhow::ensure!(canvases.len() == 3 * n_canvases && step.len() == 4 * n_canvases, "reparam_step: canvas arrays do not hold {n_canvases} canvases");
+    fn reparam_step(
+        &self,
+        canvases: &Vec<i32>,
+        n_canvases: usize,
+        step: &Vec<i32>,
+        pick_token: &Vec<i32>,
+        pick_logprob: &Vec<f32>,
+        tokens: &mut Vec<i32>,
+        scores: &mut Vec<f32>,
+        masked: &mut Vec<i32>,
+        ids: &mut Vec<i32>,
+        rule: ReparamRule,
+    ) -> Result<()> {
+        anyhow::ensure!(
+            canvases.len() == 3 * n_canvases && step.len() == 4 * n_canvases,
+            "reparam_step: canvas arrays do not hold {n_canvases} canvases"
+        );
         remask::reparam_step(canvases, step, pick_token, pick_logprob, tokens, scores, masked, ids, rule);
         Ok(())
     }
@@ -264,7 +365,17 @@ impl Backend for CpuBackend {
         Ok(adamw::sum_squares(x))
     }
     #[allow(clippy::too_many_arguments)]
-    fn adamw(&self, param: &mut Vec<f32>, grad: &Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, hp: AdamW, lr: f32, step: u64, grad_scale: f32) -> Result<()> {
+    fn adamw(
+        &self,
+        param: &mut Vec<f32>,
+        grad: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        hp: AdamW,
+        lr: f32,
+        step: u64,
+        grad_scale: f32,
+    ) -> Result<()> {
         adamw::adamw(param, grad, m, v, hp, lr, step, grad_scale);
         Ok(())
     }

@@ -22,9 +22,14 @@ pub fn reparam_step(
     for (c, st) in canvases.chunks_exact(3).zip(step.chunks_exact(4)) {
         let (s0, n, pos0) = (c[0] as usize, c[1] as usize, c[2] as usize);
         let slots = s0..s0 + n;
-        let noise = rule.noise.then(|| RankNoise { scale: f32::from_bits(st[3] as u32), seed: rule.seed, stream: unpack_seed(&st[1..3], 0) });
+        let noise =
+            rule.noise.then(|| RankNoise { scale: f32::from_bits(st[3] as u32), seed: rule.seed, stream: unpack_seed(&st[1..3], 0) });
         let lowest = step::lowest_set(&step::ranked(&pick_logprob[slots.clone()], noise), st[0] as usize);
-        let mut s = Slots { tokens: tokens[slots.clone()].to_vec(), scores: scores[slots.clone()].to_vec(), masked: masked[slots.clone()].iter().map(|&m| m != 0).collect() };
+        let mut s = Slots {
+            tokens: tokens[slots.clone()].to_vec(),
+            scores: scores[slots.clone()].to_vec(),
+            masked: masked[slots.clone()].iter().map(|&m| m != 0).collect(),
+        };
         let remask = if rule.cond { Remask::Cond } else { Remask::Uncond };
         step::reparam_update(&mut s, &pick_token[slots.clone()], &pick_logprob[slots.clone()], &lowest, remask, rule.mask);
         tokens[slots.clone()].copy_from_slice(&s.tokens);

@@ -221,7 +221,12 @@ impl Gemm {
         let result = (|| {
             use sys::cublasLtMatmulPreferenceAttributes_t as P;
             let ws = self.workspace.len();
-            lt::set_matmul_pref_attribute(pref, P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws as *const usize as *const c_void, size_of::<usize>())?;
+            lt::set_matmul_pref_attribute(
+                pref,
+                P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const usize as *const c_void,
+                size_of::<usize>(),
+            )?;
             for (attr, al) in [
                 (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align[0]),
                 (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align[1]),
@@ -233,7 +238,8 @@ impl Gemm {
             lt::get_matmul_algo_heuristic(self.handle, plan.desc, plan.a, plan.b, plan.c, plan.c, pref)
         })();
         let _ = lt::destroy_matmul_pref(pref);
-        let heuristic = result.map_err(|e| anyhow::anyhow!("cuBLASLt found no algorithm for {s:?} out {:?} bias {}: {e:?}", key.out, key.bias))?;
+        let heuristic =
+            result.map_err(|e| anyhow::anyhow!("cuBLASLt found no algorithm for {s:?} out {:?} bias {}: {e:?}", key.out, key.bias))?;
         plan.algo = heuristic.algo;
         Ok(plan)
     }

@@ -9,8 +9,8 @@ use super::buffer::{CudaBuf, CudaIBuf, Store};
 use super::CudaBackend;
 use anyhow::{bail, Context, Result};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode, CUstreamCaptureStatus};
-use std::sync::atomic::Ordering;
 use cudarc::driver::CudaGraph;
+use std::sync::atomic::Ordering;
 
 /// The recordings, by id; `None` once released.
 #[derive(Default)]

@@ -256,11 +256,17 @@ mod tests {
                     None => {
                         let ident = items[1];
                         let defs = [format!("const {ident}: &str = \""), format!("let {ident} = \"")];
-                        let def = defs.iter().find_map(|d| src.find(d.as_str()).map(|i| i + d.len())).unwrap_or_else(|| panic!("{file}: cannot resolve kernel name `{ident}`"));
+                        let def = defs
+                            .iter()
+                            .find_map(|d| src.find(d.as_str()).map(|i| i + d.len()))
+                            .unwrap_or_else(|| panic!("{file}: cannot resolve kernel name `{ident}`"));
                         src[def..def + src[def..].find('"').unwrap()].to_string()
                     }
                 };
-                let args = items[3].strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or_else(|| panic!("{file}: {name}: arguments are not a [list]"));
+                let args = items[3]
+                    .strip_prefix('[')
+                    .and_then(|a| a.strip_suffix(']'))
+                    .unwrap_or_else(|| panic!("{file}: {name}: arguments are not a [list]"));
                 let (have, want) = (top_level_items(args).len(), params(&name));
                 assert_eq!(have, want, "{file}: launch of {name} passes {have} arguments, the kernel takes {want}");
                 launched.insert(name);

@@ -108,7 +108,18 @@ impl CudaBackend {
         );
         let sync_each_launch = std::env::var_os("DLM_CUDA_SYNC").is_some_and(|v| v != "0");
         let use_graphs = std::env::var_os("DLM_CUDA_GRAPHS").is_none_or(|v| v != "0");
-        Ok(CudaBackend { ctx, stream, kernels, blas, scratch, sync_each_launch, use_graphs, graphs: Mutex::default(), capturing: AtomicBool::new(false), label })
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            kernels,
+            blas,
+            scratch,
+            sync_each_launch,
+            use_graphs,
+            graphs: Mutex::default(),
+            capturing: AtomicBool::new(false),
+            label,
+        })
     }
 
     /// Synchronise after every kernel, so an asynchronous fault is reported with the name of the
@@ -170,9 +181,13 @@ fn keep_freed_memory(ctx: &CudaContext) -> Result<()> {
     // SAFETY: plain driver calls on this context's device with valid out-pointers.
     unsafe {
         sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result().context("getting the device's memory pool")?;
-        sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &mut keep as *mut u64 as *mut std::ffi::c_void)
-            .result()
-            .context("setting the memory pool's release threshold")?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut keep as *mut u64 as *mut std::ffi::c_void,
+        )
+        .result()
+        .context("setting the memory pool's release threshold")?;
     }
     Ok(())
 }
@@ -278,11 +293,32 @@ impl Backend for CudaBackend {
         CudaBackend::upload_master(self, data)
     }
 
-    fn embed_fwd(&self, ids: &CudaIBuf, pos_ids: &CudaIBuf, word: &CudaBuf, pos: &CudaBuf, typ: &CudaBuf, out: &mut CudaBuf, tokens: usize, hidden: usize) -> Result<()> {
+    fn embed_fwd(
+        &self,
+        ids: &CudaIBuf,
+        pos_ids: &CudaIBuf,
+        word: &CudaBuf,
+        pos: &CudaBuf,
+        typ: &CudaBuf,
+        out: &mut CudaBuf,
+        tokens: usize,
+        hidden: usize,
+    ) -> Result<()> {
         self.embed_forward(ids, pos_ids, word, pos, typ, out, tokens, hidden)
     }
 
-    fn embed_bwd(&self, ids: &CudaIBuf, pos_ids: &CudaIBuf, dout: &CudaBuf, dword: &mut CudaBuf, dpos: &mut CudaBuf, dtyp: &mut CudaBuf, tokens: usize, hidden: usize, padding_idx: i32) -> Result<()> {
+    fn embed_bwd(
+        &self,
+        ids: &CudaIBuf,
+        pos_ids: &CudaIBuf,
+        dout: &CudaBuf,
+        dword: &mut CudaBuf,
+        dpos: &mut CudaBuf,
+        dtyp: &mut CudaBuf,
+        tokens: usize,
+        hidden: usize,
+        padding_idx: i32,
+    ) -> Result<()> {
         self.embed_backward(ids, pos_ids, dout, dword, dpos, dtyp, tokens, hidden, padding_idx)
     }
 
@@ -333,7 +369,18 @@ impl Backend for CudaBackend {
         self.layernorm_backward(x, dout, gamma, mean, rstd, dx, accumulate, dgamma, dbeta, rows, cols)
     }
 
-    fn attention_fwd(&self, q: &CudaBuf, k: &CudaBuf, v: &CudaBuf, key_mask: &CudaIBuf, out: &mut CudaBuf, lse: &mut CudaBuf, shape: AttnShape, drop: Dropout, stream: u64) -> Result<()> {
+    fn attention_fwd(
+        &self,
+        q: &CudaBuf,
+        k: &CudaBuf,
+        v: &CudaBuf,
+        key_mask: &CudaIBuf,
+        out: &mut CudaBuf,
+        lse: &mut CudaBuf,
+        shape: AttnShape,
+        drop: Dropout,
+        stream: u64,
+    ) -> Result<()> {
         self.attention_forward(q, k, v, key_mask, out, lse, shape, drop, stream)
     }
 
@@ -365,19 +412,60 @@ impl Backend for CudaBackend {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn q_sample(&self, ids: &mut CudaIBuf, seq: usize, src_len: &[i32], spec: &NoiseSpec, rows: &mut CudaIBuf, targets: &mut CudaIBuf, weights: &mut CudaBuf) -> Result<usize> {
+    fn q_sample(
+        &self,
+        ids: &mut CudaIBuf,
+        seq: usize,
+        src_len: &[i32],
+        spec: &NoiseSpec,
+        rows: &mut CudaIBuf,
+        targets: &mut CudaIBuf,
+        weights: &mut CudaBuf,
+    ) -> Result<usize> {
         self.noise(ids, seq, src_len, spec, rows, targets, weights)
     }
 
-    fn cross_entropy_fwd_bwd(&self, logits: &mut CudaBuf, targets: &CudaIBuf, weights: &[f32], rows: usize, vocab: usize, valid_vocab: usize, label_smoothing: f32) -> Result<Vec<f32>> {
+    fn cross_entropy_fwd_bwd(
+        &self,
+        logits: &mut CudaBuf,
+        targets: &CudaIBuf,
+        weights: &[f32],
+        rows: usize,
+        vocab: usize,
+        valid_vocab: usize,
+        label_smoothing: f32,
+    ) -> Result<Vec<f32>> {
         self.cross_entropy(logits, targets, weights, rows, vocab, valid_vocab, label_smoothing)
     }
 
-    fn vocab_pick(&self, logits: &CudaBuf, rows: usize, vocab: usize, valid_vocab: usize, forbid: &CudaIBuf, temperature: f32, gumbel: Option<(&CudaIBuf, &CudaIBuf)>, token: &mut CudaIBuf, logprob: &mut CudaBuf) -> Result<()> {
+    fn vocab_pick(
+        &self,
+        logits: &CudaBuf,
+        rows: usize,
+        vocab: usize,
+        valid_vocab: usize,
+        forbid: &CudaIBuf,
+        temperature: f32,
+        gumbel: Option<(&CudaIBuf, &CudaIBuf)>,
+        token: &mut CudaIBuf,
+        logprob: &mut CudaBuf,
+    ) -> Result<()> {
         self.pick(logits, rows, vocab, valid_vocab, forbid, temperature, gumbel, token, logprob)
     }
 
-    fn reparam_step(&self, canvases: &CudaIBuf, n_canvases: usize, step: &CudaIBuf, pick_token: &CudaIBuf, pick_logprob: &CudaBuf, tokens: &mut CudaIBuf, scores: &mut CudaBuf, masked: &mut CudaIBuf, ids: &mut CudaIBuf, rule: ReparamRule) -> Result<()> {
+    fn reparam_step(
+        &self,
+        canvases: &CudaIBuf,
+        n_canvases: usize,
+        step: &CudaIBuf,
+        pick_token: &CudaIBuf,
+        pick_logprob: &CudaBuf,
+        tokens: &mut CudaIBuf,
+        scores: &mut CudaBuf,
+        masked: &mut CudaIBuf,
+        ids: &mut CudaIBuf,
+        rule: ReparamRule,
+    ) -> Result<()> {
         self.remask(canvases, n_canvases, step, pick_token, pick_logprob, tokens, scores, masked, ids, rule)
     }
 
@@ -401,7 +489,17 @@ impl Backend for CudaBackend {
         self.sum_of_squares(xs)
     }
     #[allow(clippy::too_many_arguments)]
-    fn adamw(&self, param: &mut CudaBuf, grad: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, hp: AdamW, lr: f32, step: u64, grad_scale: f32) -> Result<()> {
+    fn adamw(
+        &self,
+        param: &mut CudaBuf,
+        grad: &CudaBuf,
+        m: &mut CudaBuf,
+        v: &mut CudaBuf,
+        hp: AdamW,
+        lr: f32,
+        step: u64,
+        grad_scale: f32,
+    ) -> Result<()> {
         self.adamw_step(param, grad, m, v, hp, lr, step, grad_scale)
     }
 }

@@ -114,13 +114,7 @@ fn geometry(op: &str, s: AttnShape) -> Result<Option<Geometry>> {
         bail!("{op}: batch {batch} or heads {heads} exceeds 65535");
     }
     let (t, h, d) = (to_i32("seq", seq)?, to_i32("heads", heads)?, to_i32("head_dim", head_dim)?);
-    Ok(Some(Geometry {
-        t,
-        h,
-        d,
-        scale: 1.0 / (head_dim as f32).sqrt(),
-        grid: (seq.div_ceil(ROWS) as u32, heads as u32, batch as u32),
-    }))
+    Ok(Some(Geometry { t, h, d, scale: 1.0 / (head_dim as f32).sqrt(), grid: (seq.div_ceil(ROWS) as u32, heads as u32, batch as u32) }))
 }
 
 impl CudaBackend {
@@ -180,7 +174,9 @@ impl CudaBackend {
         let Some(g) = geometry("attention_bwd", shape)? else { return Ok(()) };
         let n = shape.tokens() * shape.hidden();
         let rows = shape.batch * shape.heads * shape.seq;
-        for (what, len) in [("q", q.len), ("k", k.len), ("v", v.len), ("out", out.len), ("dout", dout.len), ("dq", dq.len), ("dk", dk.len), ("dv", dv.len)] {
+        for (what, len) in
+            [("q", q.len), ("k", k.len), ("v", v.len), ("out", out.len), ("dout", dout.len), ("dq", dq.len), ("dk", dk.len), ("dv", dv.len)]
+        {
             Self::check_len(&format!("attention_bwd {what}"), len, n)?;
         }
         Self::check_len("attention_bwd lse", lse.len, rows)?;
@@ -199,8 +195,23 @@ impl CudaBackend {
                 BWD_DQ,
                 cfg,
                 [
-                    qs.get(), kk.get(), vs.get(), &key_mask.dev, os.get(), gs.get(), ls.get(), &mut drow, dqs,
-                    &g.t, &g.h, &g.d, &g.scale, &p, &keep_scale, &seed, &stream
+                    qs.get(),
+                    kk.get(),
+                    vs.get(),
+                    &key_mask.dev,
+                    os.get(),
+                    gs.get(),
+                    ls.get(),
+                    &mut drow,
+                    dqs,
+                    &g.t,
+                    &g.h,
+                    &g.d,
+                    &g.scale,
+                    &p,
+                    &keep_scale,
+                    &seed,
+                    &stream
                 ]
             )?;
         }
@@ -212,8 +223,23 @@ impl CudaBackend {
             BWD_DKDV,
             cfg,
             [
-                qs.get(), kk.get(), vs.get(), &key_mask.dev, gs.get(), ls.get(), &drow, dks, dvs,
-                &g.t, &g.h, &g.d, &g.scale, &p, &keep_scale, &seed, &stream
+                qs.get(),
+                kk.get(),
+                vs.get(),
+                &key_mask.dev,
+                gs.get(),
+                ls.get(),
+                &drow,
+                dks,
+                dvs,
+                &g.t,
+                &g.h,
+                &g.d,
+                &g.scale,
+                &p,
+                &keep_scale,
+                &seed,
+                &stream
             ]
         )
     }

@@ -205,7 +205,11 @@ impl CudaBackend {
         for x in xs.iter().filter(|x| x.len > 0) {
             let n64 = x.len as u64;
             // A bounded grid keeps the f64 atomics few.
-            let cfg = cudarc::driver::LaunchConfig { grid_dim: (x.len.div_ceil(256).min(1024) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            let cfg = cudarc::driver::LaunchConfig {
+                grid_dim: (x.len.div_ceil(256).min(1024) as u32, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
             match Self::as_any(x) {
                 AnyArg::Bf16(s) => launch!(self, "sum_squares_bf16", cfg, [s, &n64, &mut *acc])?,
                 AnyArg::F32(s) => launch!(self, "sum_squares_f32", cfg, [s, &n64, &mut *acc])?,
@@ -218,7 +222,17 @@ impl CudaBackend {
 
     /// One AdamW step. The parameter becomes (or stays) an f32 master with a bf16 copy, the moments f32.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn adamw_step(&self, param: &mut CudaBuf, grad: &CudaBuf, m: &mut CudaBuf, v: &mut CudaBuf, hp: AdamW, lr: f32, step: u64, grad_scale: f32) -> Result<()> {
+    pub(crate) fn adamw_step(
+        &self,
+        param: &mut CudaBuf,
+        grad: &CudaBuf,
+        m: &mut CudaBuf,
+        v: &mut CudaBuf,
+        hp: AdamW,
+        lr: f32,
+        step: u64,
+        grad_scale: f32,
+    ) -> Result<()> {
         let n = param.len;
         if grad.len != n || m.len != n || v.len != n {
             bail!("adamw: lengths differ (param {n}, grad {}, m {}, v {})", grad.len, m.len, v.len);

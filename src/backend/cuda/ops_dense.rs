@@ -21,7 +21,16 @@ impl CudaBackend {
     /// A = w (stored k×n, transposed), B = x (stored k×m); the bias epilogue adds bias[n] to each
     /// of D's n rows.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn linear_forward(&self, x: &CudaBuf, w: &CudaBuf, bias: Option<&CudaBuf>, y: &mut CudaBuf, m: usize, n: usize, k: usize) -> Result<()> {
+    pub(crate) fn linear_forward(
+        &self,
+        x: &CudaBuf,
+        w: &CudaBuf,
+        bias: Option<&CudaBuf>,
+        y: &mut CudaBuf,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -38,7 +47,8 @@ impl CudaBackend {
         let ws = self.as_bf16(w)?;
         let bs = bias.map(|b| self.as_bf16(b)).transpose()?;
         let ys = self.out_bf16(y)?;
-        let shape = GemmShape { m: n as u64, n: m as u64, k: k as u64, trans_a: true, trans_b: false, lda: k as i64, ldb: k as i64, ldc: n as i64 };
+        let shape =
+            GemmShape { m: n as u64, n: m as u64, k: k as u64, trans_a: true, trans_b: false, lda: k as i64, ldb: k as i64, ldc: n as i64 };
         let (wp, _g1) = ws.get().device_ptr(&self.stream);
         let (xp, _g2) = xs.get().device_ptr(&self.stream);
         let bp = bs.as_ref().map(|b| b.get().device_ptr(&self.stream));
@@ -77,7 +87,16 @@ impl CudaBackend {
                 if n == 0 {
                     self.stream.memset_zeros(dxs)?;
                 } else {
-                    let shape = GemmShape { m: k as u64, n: m as u64, k: n as u64, trans_a: false, trans_b: false, lda: k as i64, ldb: n as i64, ldc: k as i64 };
+                    let shape = GemmShape {
+                        m: k as u64,
+                        n: m as u64,
+                        k: n as u64,
+                        trans_a: false,
+                        trans_b: false,
+                        lda: k as i64,
+                        ldb: n as i64,
+                        ldc: k as i64,
+                    };
                     let (wp, _g1) = ws.get().device_ptr(&self.stream);
                     let (gp, _g2) = dys.get().device_ptr(&self.stream);
                     let (dp, _g3) = dxs.device_ptr_mut(&self.stream);
@@ -89,7 +108,16 @@ impl CudaBackend {
         if m > 0 && n > 0 && k > 0 {
             let xs = self.as_bf16(x)?;
             let dws = self.acc_f32(dw)?;
-            let shape = GemmShape { m: k as u64, n: n as u64, k: m as u64, trans_a: false, trans_b: true, lda: k as i64, ldb: n as i64, ldc: k as i64 };
+            let shape = GemmShape {
+                m: k as u64,
+                n: n as u64,
+                k: m as u64,
+                trans_a: false,
+                trans_b: true,
+                lda: k as i64,
+                ldb: n as i64,
+                ldc: k as i64,
+            };
             let (xp, _g1) = xs.get().device_ptr(&self.stream);
             let (gp, _g2) = dys.get().device_ptr(&self.stream);
             let (dp, _g3) = dws.device_ptr_mut(&self.stream);
@@ -116,7 +144,17 @@ impl CudaBackend {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn embed_forward(&self, ids: &CudaIBuf, pos_ids: &CudaIBuf, word: &CudaBuf, pos: &CudaBuf, typ: &CudaBuf, out: &mut CudaBuf, tokens: usize, hidden: usize) -> Result<()> {
+    pub(crate) fn embed_forward(
+        &self,
+        ids: &CudaIBuf,
+        pos_ids: &CudaIBuf,
+        word: &CudaBuf,
+        pos: &CudaBuf,
+        typ: &CudaBuf,
+        out: &mut CudaBuf,
+        tokens: usize,
+        hidden: usize,
+    ) -> Result<()> {
         if tokens == 0 || hidden == 0 {
             return Ok(());
         }
@@ -134,7 +172,18 @@ impl CudaBackend {
     /// Scatter-add into the tables' gradients (made f32): word and position rows with atomics, the
     /// token-type row as a column sum.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn embed_backward(&self, ids: &CudaIBuf, pos_ids: &CudaIBuf, dout: &CudaBuf, dword: &mut CudaBuf, dpos: &mut CudaBuf, dtyp: &mut CudaBuf, tokens: usize, hidden: usize, padding_idx: i32) -> Result<()> {
+    pub(crate) fn embed_backward(
+        &self,
+        ids: &CudaIBuf,
+        pos_ids: &CudaIBuf,
+        dout: &CudaBuf,
+        dword: &mut CudaBuf,
+        dpos: &mut CudaBuf,
+        dtyp: &mut CudaBuf,
+        tokens: usize,
+        hidden: usize,
+        padding_idx: i32,
+    ) -> Result<()> {
         if tokens == 0 || hidden == 0 {
             return Ok(());
         }
@@ -231,7 +280,9 @@ impl CudaBackend {
         for (what, len, need) in [("x", x.len, n), ("dout", dout.len, n), ("dx", dx.len, n), ("gamma", gamma.len, cols)] {
             Self::check_len(&format!("layernorm_bwd {what}"), len, need)?;
         }
-        for (what, len, need) in [("dgamma", dgamma.len, cols), ("dbeta", dbeta.len, cols), ("mean", mean.len, rows), ("rstd", rstd.len, rows)] {
+        for (what, len, need) in
+            [("dgamma", dgamma.len, cols), ("dbeta", dbeta.len, cols), ("mean", mean.len, rows), ("rstd", rstd.len, rows)]
+        {
             Self::check_len(&format!("layernorm_bwd {what}"), len, need)?;
         }
         let (nr, nc, acc) = (to_i32("rows", rows)?, to_i32("cols", cols)?, accumulate as i32);

@@ -120,7 +120,9 @@ impl CudaBackend {
             }
             widest = widest.max(n);
         }
-        for (what, have) in [("scores", scores.len), ("masked", masked.len()), ("pick tokens", pick_token.len()), ("pick log-probs", pick_logprob.len)] {
+        for (what, have) in
+            [("scores", scores.len), ("masked", masked.len()), ("pick tokens", pick_token.len()), ("pick log-probs", pick_logprob.len)]
+        {
             Self::check_len(&format!("reparam_step {what}"), have, slots)?;
         }
         if n_canvases == 0 {
@@ -134,14 +136,36 @@ impl CudaBackend {
             self,
             "reparam_step",
             cfg,
-            [&canvases.dev, &step.dev, &pick_token.dev, lp.get(), &mut tokens.dev, sc, &mut masked.dev, &mut ids.dev, &cond, &noise, &rule.seed, &rule.mask]
+            [
+                &canvases.dev,
+                &step.dev,
+                &pick_token.dev,
+                lp.get(),
+                &mut tokens.dev,
+                sc,
+                &mut masked.dev,
+                &mut ids.dev,
+                &cond,
+                &noise,
+                &rule.seed,
+                &rule.mask
+            ]
         )
     }
 
     /// Weighted softmax cross-entropy: returns the per-row losses and overwrites `logits` (bf16)
     /// with `d(Σ_r weight_r · CE_r)/d logits`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn cross_entropy(&self, logits: &mut CudaBuf, targets: &CudaIBuf, weights: &[f32], rows: usize, vocab: usize, valid: usize, label_smoothing: f32) -> Result<Vec<f32>> {
+    pub(crate) fn cross_entropy(
+        &self,
+        logits: &mut CudaBuf,
+        targets: &CudaIBuf,
+        weights: &[f32],
+        rows: usize,
+        vocab: usize,
+        valid: usize,
+        label_smoothing: f32,
+    ) -> Result<Vec<f32>> {
         if rows == 0 {
             return Ok(Vec::new());
         }
@@ -164,12 +188,7 @@ impl CudaBackend {
         grow(&sc.stream, &mut sc.floats2, rows)?;
         self.stream.memcpy_htod(&weights[..rows], &mut sc.floats.slice_mut(0..rows))?;
         let cfg = cfg_rows(rows, VOCAB_THREADS, 0)?;
-        launch!(
-            self,
-            "cross_entropy_bf16",
-            cfg,
-            [xs, &targets.dev, &sc.floats, &mut sc.floats2, &nr, &nv, &nvalid, &ls, &ls_over_valid]
-        )?;
+        launch!(self, "cross_entropy_bf16", cfg, [xs, &targets.dev, &sc.floats, &mut sc.floats2, &nr, &nv, &nvalid, &ls, &ls_over_valid])?;
         let mut loss = vec![0f32; rows];
         self.to_host(&sc.floats2.slice(0..rows), &mut loss)?;
         Ok(loss)

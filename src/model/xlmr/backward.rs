@@ -25,7 +25,14 @@ impl<B: Backend> XlmR<B> {
     /// doubled clean batch and `src_len` its examples' source lengths (`noise::doubled_batch`);
     /// `Backend::q_sample` masks it in place after its inputs are written, then the forward and
     /// backward run as in `loss_and_grad`. Returns the loss and the number of masked slots.
-    pub fn noised_loss_and_grad(&mut self, batch: &Batch, src_len: &[i32], spec: &NoiseSpec, drop: Dropout, label_smoothing: f32) -> Result<(f32, usize)> {
+    pub fn noised_loss_and_grad(
+        &mut self,
+        batch: &Batch,
+        src_len: &[i32],
+        spec: &NoiseSpec,
+        drop: Dropout,
+        label_smoothing: f32,
+    ) -> Result<(f32, usize)> {
         self.check_batch(batch)?;
         let half = src_len.len() * batch.seq;
         if batch.batch != 2 * src_len.len() || batch.ids[..half] != batch.ids[half..] {
@@ -55,7 +62,14 @@ impl<B: Backend> XlmR<B> {
 
     /// The head, the weighted CE and the whole backward on `n = weights.len()` rows of the last
     /// encoder run (positions in `rows`, clean ids in `targets`).
-    fn head_loss_and_grad(&mut self, rows: B::IBuf, targets: &B::IBuf, weights: &[f32], drop: Dropout, label_smoothing: f32) -> Result<f32> {
+    fn head_loss_and_grad(
+        &mut self,
+        rows: B::IBuf,
+        targets: &B::IBuf,
+        weights: &[f32],
+        drop: Dropout,
+        label_smoothing: f32,
+    ) -> Result<f32> {
         let r = weights.len();
         let mut hd = self.alloc_head_on(rows, r)?;
         self.run_head(self.enc.as_ref().expect("encode first"), &mut hd)?;
@@ -169,7 +183,24 @@ impl<B: Backend> XlmR<B> {
                     // t_h1 = ds1: flows to x directly and through the attention block.
                     be.copy(&t_h1, &mut t_h2)?;
                     be.dropout_bwd(&mut t_h2, hidden_drop, stream(li, S_ATTN_OUT))?;
-                    Self::attention_block_backward(be, v, g, layer, a, x, &enc.key_mask, &t_h2, &mut dctx, &mut dq, &mut dk, &mut dv, dcur, shape, attn_drop, li)?;
+                    Self::attention_block_backward(
+                        be,
+                        v,
+                        g,
+                        layer,
+                        a,
+                        x,
+                        &enc.key_mask,
+                        &t_h2,
+                        &mut dctx,
+                        &mut dq,
+                        &mut dk,
+                        &mut dv,
+                        dcur,
+                        shape,
+                        attn_drop,
+                        li,
+                    )?;
                     be.add_assign(dcur, &t_h1)?;
                 }
                 Arch::PreLn => {
@@ -190,7 +221,24 @@ impl<B: Backend> XlmR<B> {
                     // dcur = d(h1); h1 = x + drop(O·attn(LN_attn(x)))
                     be.copy(dcur, &mut t_h2)?;
                     be.dropout_bwd(&mut t_h2, hidden_drop, stream(li, S_ATTN_OUT))?;
-                    Self::attention_block_backward(be, v, g, layer, a, &a.a_in, &enc.key_mask, &t_h2, &mut dctx, &mut dq, &mut dk, &mut dv, &mut t_h1, shape, attn_drop, li)?;
+                    Self::attention_block_backward(
+                        be,
+                        v,
+                        g,
+                        layer,
+                        a,
+                        &a.a_in,
+                        &enc.key_mask,
+                        &t_h2,
+                        &mut dctx,
+                        &mut dq,
+                        &mut dk,
+                        &mut dv,
+                        &mut t_h1,
+                        shape,
+                        attn_drop,
+                        li,
+                    )?;
                     let (gg, gb) = two_mut(g, layer.attn_ln.g, layer.attn_ln.b);
                     be.layernorm_bwd(x, &t_h1, &v[layer.attn_ln.g], &a.a_mean, &a.a_rstd, dcur, true, gg, gb, n, h)?;
                 }

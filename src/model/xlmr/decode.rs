@@ -38,7 +38,18 @@ impl<B: Backend> Canvases<B> {
 
     /// The re-masking after the pick, which writes the canvases' tokens into `ids`.
     pub fn remask(&mut self, be: &B, token: &B::IBuf, logprob: &B::Buf, ids: &mut B::IBuf) -> Result<()> {
-        be.reparam_step(&self.meta, self.n, &self.step, token, logprob, &mut self.tokens, &mut self.scores, &mut self.masked, ids, self.rule)
+        be.reparam_step(
+            &self.meta,
+            self.n,
+            &self.step,
+            token,
+            logprob,
+            &mut self.tokens,
+            &mut self.scores,
+            &mut self.masked,
+            ids,
+            self.rule,
+        )
     }
 }
 
@@ -129,7 +140,8 @@ impl<B: Backend> XlmR<B> {
                 .collect();
             be.write_i32(&mut c.step, &per)?;
             if plan.key.sampling {
-                let seeds: Vec<(u64, u32)> = steps.iter().zip(&plan.key.group_rows).flat_map(|(s, &n)| std::iter::repeat_n((s.sample_seed, 0), n)).collect();
+                let seeds: Vec<(u64, u32)> =
+                    steps.iter().zip(&plan.key.group_rows).flat_map(|(s, &n)| std::iter::repeat_n((s.sample_seed, 0), n)).collect();
                 be.write_i32(&mut plan.seeds, &pack_gumbel(&seeds).0)?;
             }
             self.execute(&mut plan)

@@ -5,7 +5,7 @@
 //! Without nvcc the crate still builds (CPU-usable, kernels compiled at run time by NVRTC); set
 //! `DLM_REQUIRE_NVCC=1` to make that an error. Search order for nvcc: `DLM_NO_NVCC` (pretend there
 //! is none), `NVCC`, `CUDA_HOME`/`CUDA_PATH`, `PATH`, `VIRTUAL_ENV`, `<crate>/.venv-cuda`, the
-//! python3 purelib (the pip wheels, docs/toolchain.md §3).
+//! python3 purelib (the pip wheels, docs/gpu.md §1).
 
 use std::collections::HashSet;
 use std::env;
@@ -197,7 +197,7 @@ fn python_purelib() -> Option<PathBuf> {
     (!s.is_empty()).then(|| PathBuf::from(s))
 }
 
-/// Driver 580 (CUDA 13.0) on the GPU machines refuses PTX from a newer toolkit (toolchain.md §1).
+/// Driver 580 (CUDA 13.0) on the GPU machines refuses PTX from a newer toolkit (docs/gpu.md §1).
 fn warn_on_unexpected_version(nvcc: &Path) {
     let Ok(out) = Command::new(nvcc).arg("--version").output() else {
         println!("cargo:warning=could not run {} --version", nvcc.display());

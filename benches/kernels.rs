@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dlm_engine::backend::cpu::CpuBackend;
 use dlm_engine::backend::cuda::CudaBackend;
 use dlm_engine::backend::{pack_gumbel, AdamW, AttnShape, Backend, Dropout, NoiseSpec};
-use dlm_engine::diffusion::noise::Reweighting;
+use dlm_engine::rdm::noise::Reweighting;
 use dlm_engine::rng::Rng;
 use std::time::{Duration, Instant};
 

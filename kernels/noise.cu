@@ -1,4 +1,4 @@
-// The RDM training noise (method.md §3) on the device: coupled timesteps, nested masks over the
+// The RDM training noise (docs/method.md §3) on the device: coupled timesteps, nested masks over the
 // maskable slots, `<mask>` scattered into the doubled batch and the masked slots gathered as loss
 // rows. CPU twin: diffusion::noise::q_sample_flat (src/diffusion/noise.rs), which draws the same
 // Philox numbers, so both give the same masks bit for bit.

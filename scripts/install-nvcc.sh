@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs nvcc from PyPI into <repo>/.venv-cuda so that build.rs precompiles every CUDA kernel
 # (no GPU or system CUDA needed). All five wheels are pinned: an unpinned nvvm pulls PTX ISA 9.5,
-# which driver 580 on the GPU machines refuses (docs/toolchain.md §1). Idempotent: does nothing
+# which driver 580 on the GPU machines refuses (docs/gpu.md §1). Idempotent: does nothing
 # when the pinned nvcc is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod diffusion;
 pub mod metrics;
 pub mod model;
+pub mod rdm;
 pub mod rng;
 pub mod tokenizer;
 pub mod train;

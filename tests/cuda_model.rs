@@ -3,9 +3,9 @@
 //! margins are clear, every parameter's gradient, and 20 training steps. Skips cleanly without a
 //! GPU (see common::gpu).
 //!
-//! Tolerances (relative L2, ‖gpu − cpu‖ / ‖cpu‖, METHOD.md's measure; NaN never passes):
+//! Tolerances (relative L2, ‖gpu − cpu‖ / ‖cpu‖, docs/gpu.md §7's measure; NaN never passes):
 //! - logits: bf16 weights and activations with f32 accumulation put a 2-layer forward at about
-//!   1e-2 (METHOD.md's bf16 band); 2e-2 leaves room for the LM head on top.
+//!   1e-2 (docs/gpu.md §7's bf16 band); 2e-2 leaves room for the LM head on top.
 //! - loss of one `loss_and_grad`: TOL_LOSS = 5e-3 relative.
 //! - gradients: the CPU side runs on the same bf16-rounded weights, so the difference is the GPU's
 //!   bf16 activations and activation gradients (one rounding, 2^-9 relative, at every op output,

@@ -4,10 +4,10 @@
 //!
 //! Inputs are uploaded as bf16, so the CPU reference always runs on the bf16-rounded values: the
 //! measured difference is the kernels' arithmetic and their output rounding only. Tolerances
-//! (docs: /work/.library/device/METHOD.md; relative L2 = ‖gpu − cpu‖ / ‖cpu‖, NaN never passes):
+//! (method: docs/gpu.md §7; relative L2 = ‖gpu − cpu‖ / ‖cpu‖, NaN never passes):
 //! - bf16 outputs of f32 arithmetic (GEMMs, GELU, LayerNorm out, attention out and dq/dk/dv with or
 //!   without dropout, dlogits): 1e-2
-//!   (METHOD: bf16 operands land between 1e-3 and 1e-2; one bf16 rounding alone is ≤ 2^-9);
+//!   (docs/gpu.md §7: bf16 operands land between 1e-3 and 1e-2; one bf16 rounding alone is ≤ 2^-9);
 //! - f32 statistics recomputed in another order (mean, rstd, lse, losses, log-probs): 1e-4 relative;
 //! - ops whose arithmetic is identical on both sides (copies, embedding sums, dropout masks,
 //!   the training noise (q_sample), row moves, AdamW with its un-fused f32 operations, Philox):
@@ -22,7 +22,7 @@ use common::*;
 use dlm_engine::backend::cpu::{self, CpuBackend};
 use dlm_engine::backend::cuda::CudaBackend;
 use dlm_engine::backend::{pack_gumbel, pack_seed, AdamW, AttnShape, Backend, Dropout, NoiseSpec, ReparamRule, RowStats};
-use dlm_engine::diffusion::noise::{coupled_t, doubled_batch, Example, Reweighting};
+use dlm_engine::rdm::noise::{coupled_t, doubled_batch, Example, Reweighting};
 
 const TOL_BF16: f64 = 1e-2;
 const TOL_STAT: f64 = 1e-4;

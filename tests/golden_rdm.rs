@@ -1,4 +1,4 @@
-//! The RDM objective against the PyTorch reference in tests/golden/make_golden.py (method.md §3):
+//! The RDM objective against the PyTorch reference in tests/golden/make_golden.py (docs/method.md §3):
 //! fixed timesteps and nested masks, the doubled batch, per-row weights w(t)/N_i/(2B), CE only at
 //! masked positions (gathered before the LM head). Tolerances as in golden_hf.rs.
 
@@ -6,8 +6,8 @@ mod common;
 use common::*;
 use dlm_engine::backend::cpu::CpuBackend;
 use dlm_engine::backend::Dropout;
-use dlm_engine::diffusion::noise::{build_noised, doubled_batch, q_sample_coupled, Example, NoiseSpec, Reweighting};
 use dlm_engine::model::XlmR;
+use dlm_engine::rdm::noise::{build_noised, doubled_batch, q_sample_coupled, Example, NoiseSpec, Reweighting};
 
 /// The fixture directory, the PyTorch objective's dump and its clean examples (source length =
 /// the `partial` flags).

@@ -3,8 +3,8 @@
 
 mod common;
 use dlm_engine::backend::cpu::CpuBackend;
-use dlm_engine::diffusion::noise::Example;
 use dlm_engine::model::{ModelConfig, XlmR};
+use dlm_engine::rdm::noise::Example;
 use dlm_engine::train::{BatchSource, TrainConfig, Trainer};
 use std::path::Path;
 

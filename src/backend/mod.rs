@@ -12,7 +12,7 @@
 pub mod cpu;
 pub mod cuda;
 
-pub use crate::diffusion::noise::NoiseSpec;
+pub use crate::rdm::noise::NoiseSpec;
 use anyhow::Result;
 
 /// Dropout settings for one forward pass. `seed` and the per-call `stream` id select a counter-based
@@ -89,7 +89,7 @@ pub trait Backend {
 
     /// The LM head's vocabulary dimension is padded to a multiple of this (the model pads the
     /// decoder rows with zeros): GEMMs whose leading dimension is not a multiple of 8 bf16
-    /// values run ~2.8× slower in cuBLAS (architecture.md, GPU notes).
+    /// values run ~2.8× slower in cuBLAS (docs/gpu.md §5).
     fn vocab_align(&self) -> usize {
         1
     }
@@ -286,7 +286,7 @@ pub trait Backend {
     fn scatter_add_rows(&self, dout: &Self::Buf, rows: &Self::IBuf, dx: &mut Self::Buf, n_rows: usize, cols: usize) -> Result<()>;
 
     // ---- the training noise ---------------------------------------------------------------------
-    /// The RDM forward noise of one step (method.md §3) on the doubled clean batch `ids`
+    /// The RDM forward noise of one step (docs/method.md §3) on the doubled clean batch `ids`
     /// (`[2·src_len.len(), seq]`; rows b and B+b hold example b, whose source is `src_len[b]`
     /// tokens), in place: draws the coupled timesteps and nested masks from `spec.key` (counter-based
     /// Philox, so every backend draws the same ones; `diffusion::noise::q_sample_flat` is the
@@ -325,7 +325,7 @@ pub trait Backend {
     /// Per row of `vocab` logits, with the `forbid` ids and columns past `valid_vocab` excluded:
     /// picks the argmax, or, with `gumbel` (the packed `(seeds, streams)` of `pack_gumbel`), a
     /// sample from `softmax(logits / temperature)` by Gumbel-max. Writes the chosen id to `token`
-    /// and its log-softmax at temperature 1, the confidence the RDM sampler ranks (method.md §4.3),
+    /// and its log-softmax at temperature 1, the confidence the RDM sampler ranks (docs/method.md §4.3),
     /// to `logprob`. Everything stays on the device (no host synchronisation).
     #[allow(clippy::too_many_arguments)]
     fn vocab_pick(
@@ -428,7 +428,7 @@ pub struct AdamW {
 }
 
 impl Default for AdamW {
-    /// The paper's settings (method.md §3.1).
+    /// The paper's settings (docs/method.md §3.1).
     fn default() -> Self {
         AdamW { beta1: 0.9, beta2: 0.98, eps: 1e-8, weight_decay: 0.01 }
     }

@@ -4,9 +4,9 @@
 
 use super::device::{dispatch, Job};
 use crate::backend::{Backend, Dropout};
-use crate::diffusion::noise::{doubled_batch, Example, NoiseSpec, Reweighting};
 use crate::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
 use crate::model::{ModelConfig, XlmR};
+use crate::rdm::noise::{doubled_batch, Example, NoiseSpec, Reweighting};
 use crate::rng::Rng;
 use crate::train::optim::Optimizer;
 use anyhow::{bail, Result};

@@ -7,15 +7,48 @@
 //!   the only batches allowed to exceed the budget.
 //! - The batches are fixed once; each epoch visits all of them in an order shuffled with
 //!   `Rng` seeded from `(seed, epoch)`. (The reference cycles one length-sorted list without
-//!   reshuffling, which method.md §3.1 calls an artifact.)
+//!   reshuffling, which docs/method.md §3.1 calls an artifact.)
 //! - `BatchSampler`'s state is `(epoch, index)`: restoring it reproduces the following batches.
 
 use super::layout::Example;
-use crate::model::Batch;
 use crate::rng::Rng;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::borrow::Borrow;
+
+/// A right-padded batch of token ids, `batch × seq`, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub ids: Vec<i32>,
+    pub batch: usize,
+    pub seq: usize,
+}
+
+impl Batch {
+    /// Pads `rows` on the right with `pad` to the longest row.
+    pub fn from_rows(rows: &[Vec<i32>], pad: i32) -> Self {
+        let seq = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(rows.len() * seq);
+        for r in rows {
+            ids.extend_from_slice(r);
+            ids.extend(std::iter::repeat_n(pad, seq - r.len()));
+        }
+        Batch { ids, batch: rows.len(), seq }
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.batch * self.seq
+    }
+}
+
+/// The rows (flat `b·seq + t` positions) that take part in the loss, their target ids and weights.
+/// The model returns `Σ_r weight_r · CE_r`, so the caller's weights carry every normalisation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LossRows {
+    pub rows: Vec<i32>,
+    pub targets: Vec<i32>,
+    pub weights: Vec<f32>,
+}
 
 /// Tag for the batch-order RNG streams ("BTCH"), so they never coincide with the small stream
 /// numbers other parts of the engine draw from with the same seed.

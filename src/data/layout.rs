@@ -1,4 +1,4 @@
-//! The sequence layout of method.md §2.1: one stream `[<s>] source target [</s>]`.
+//! The sequence layout of docs/method.md §2.1: one stream `[<s>] source target [</s>]`.
 //!
 //! `src_len` counts the leading *fixed* positions (never noised): `<s>` and the source tokens.
 //! Everything after them, i.e. the target tokens and the final `</s>`, is maskable.
@@ -74,7 +74,7 @@ pub fn layout_pair(src: &[i32], tgt: &[i32], max_len: usize, overlong: Overlong)
 
 /// The sampling canvas `[<s>] prompt <mask>×L [</s>]` from an encoded prompt `[<s>, …, </s>]`
 /// (its own `<s>`/`</s>` are reused). The caller keeps `src.len() + target_len` within the model's
-/// maximum (method.md §1.4 caps a predicted length at `512 − 1 − src_len`).
+/// maximum (docs/method.md §5: the official length predictor caps a predicted length at `512 − 1 − src_len`).
 pub fn prompt_canvas(src: &[i32], target_len: usize, mask_id: i32) -> Example {
     assert!(src.len() >= 2, "prompt_canvas wants an encoded prompt [<s>, …, </s>], got {src:?}");
     let (head, eos) = src.split_at(src.len() - 1);

@@ -8,6 +8,6 @@ pub mod batch;
 pub mod jsonl;
 pub mod layout;
 
-pub use batch::{pad_batch, plan_batches, BatchPlan, BatchSampler, ExampleBatches, SamplerState};
+pub use batch::{pad_batch, plan_batches, Batch, BatchPlan, BatchSampler, ExampleBatches, LossRows, SamplerState};
 pub use jsonl::{read_jsonl, read_jsonl_files, JsonlOptions, JsonlReader, Keys, Record, SkipReport};
 pub use layout::{build_examples, layout_pair, prompt_canvas, Example, LayoutSummary, Overlong};

@@ -1,13 +1,10 @@
-//! Discrete diffusion on top of the model (method.md §3–4).
+//! Discrete diffusion on top of the model (docs/method.md §4): decoding. The maths it shares with the
+//! kernels (noise, re-masking rules) is in `crate::rdm`.
 //!
-//! - `noise`: the training noise (coupled timesteps, nested masks) and the RDM loss weights.
 //! - `strategy`: decoding strategy strings, schedules and the masked count k.
-//! - `step`: the per-canvas update rules of one denoising step.
 //! - `sampler`: canvases, batching, random streams, the `Denoiser` trait and `generate`.
 
-pub mod noise;
 pub mod sampler;
-pub mod step;
 pub mod strategy;
 
 pub use sampler::{generate, Denoiser, Generated, PickGroup, SamplerConfig, SpecialIds};

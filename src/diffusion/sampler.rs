@@ -1,4 +1,4 @@
-//! The RDM sampler (method.md §4): canvases `[<s>] prompt <mask>×L </s>`, K denoising steps with a
+//! The RDM sampler (docs/method.md §4): canvases `[<s>] prompt <mask>×L </s>`, K denoising steps with a
 //! model behind the `Denoiser` trait, and finalisation into tokens and a mean log-prob score.
 //!
 //! Batching never changes a result: every random number is drawn from a Philox stream keyed by the
@@ -15,14 +15,14 @@
 //!   Gumbel-max noise per (row within the pick call = rank of the slot among the scored slots,
 //!   vocabulary id).
 //!
-//! Scores (method.md §4.4): the hypothesis score is the mean of each kept slot's log-prob at the
+//! Scores (docs/method.md §4.4): the hypothesis score is the mean of each kept slot's log-prob at the
 //! moment it was last committed. This includes `cmlm` and `ar`, where the official code instead
 //! reports the mean of the LAST step's max log-probs; dlm-engine keeps one definition for all.
 
-use super::step::{self, RankNoise, Slots};
 use super::strategy::{Remask, Schedule, Strategy};
 use crate::backend::{ReparamRule, RowStats};
 use crate::model::{Batch, CanvasSlots, CanvasStep, DecodeSpec, PickOpts};
+use crate::rdm::remask::{self, RankNoise, Slots};
 use crate::rng::{philox_u32, philox_uniform};
 use anyhow::{bail, ensure, Result};
 
@@ -33,7 +33,7 @@ pub trait Denoiser {
     fn pick(&mut self, batch: &Batch, rows: &[i32], opts: &PickOpts) -> Result<RowStats>;
 
     /// Called before the picks of step `step` (1-based) of each batch. The RDM model is
-    /// time-agnostic (method.md §1.1) and ignores it; test doubles and progress meters use it.
+    /// time-agnostic (docs/method.md §1.1) and ignores it; test doubles and progress meters use it.
     fn begin_step(&mut self, _step: usize) {}
 
     /// Several picks over the same batch, each group with its own options (sampling gives every
@@ -76,7 +76,7 @@ pub struct SpecialIds {
 }
 
 impl SpecialIds {
-    /// XLM-R's ids (method.md §2.2).
+    /// XLM-R's ids (docs/method.md §2.2).
     pub const XLMR: SpecialIds = SpecialIds { bos: 0, pad: 1, eos: 2, mask: 250_001 };
 }
 
@@ -179,7 +179,7 @@ pub fn generate(
 }
 
 /// Index of the best candidate by score (the first on ties), as the length beam selects
-/// (method.md §4.4); `None` for an empty slice.
+/// (docs/method.md §4.4); `None` for an empty slice.
 pub fn best_candidate(candidates: &[Generated]) -> Option<usize> {
     let mut best: Option<usize> = None;
     for (i, c) in candidates.iter().enumerate() {
@@ -241,7 +241,7 @@ fn slots_to_score(c: &Canvas, cfg: &SamplerConfig, s: usize) -> Vec<usize> {
             let st = stream(CMLM_DRAW, c.example, s);
             (0..c.slots.len()).filter(|&j| c.slots.masked[j] && philox_uniform(cfg.seed, st, j as u64) < p).collect()
         }
-        Strategy::Ar => step::first_masked(&c.slots).into_iter().collect(),
+        Strategy::Ar => remask::first_masked(&c.slots).into_iter().collect(),
     }
 }
 
@@ -347,10 +347,10 @@ fn apply(c: &mut Canvas, plan: &[usize], tok: &[i32], score: &[f32], special: Sp
     match cfg.strategy {
         Strategy::Reparam { remask, noise_scale, schedule } => {
             let (k, noise) = topk_inputs(c, noise_scale, schedule, cfg, s);
-            let lowest = step::lowest_set(&step::ranked(score, noise), k);
-            step::reparam_update(&mut c.slots, tok, score, &lowest, remask, special.mask);
+            let lowest = remask::lowest_set(&remask::ranked(score, noise), k);
+            remask::reparam_update(&mut c.slots, tok, score, &lowest, remask, special.mask);
         }
-        Strategy::Cmlm | Strategy::Ar => step::fill(&mut c.slots, plan, tok, score),
+        Strategy::Cmlm | Strategy::Ar => remask::fill(&mut c.slots, plan, tok, score),
     }
 }
 

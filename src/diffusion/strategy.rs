@@ -1,6 +1,7 @@
-//! Decoding strategies (method.md §4.1, §4.3): their string form, the unmasking schedule and the
+//! Decoding strategies (docs/method.md §4.1, §4.3): their string form, the unmasking schedule and the
 //! number of target slots that stay masked after a step.
 
+pub use crate::rdm::remask::Remask;
 use std::fmt;
 use std::str::FromStr;
 
@@ -13,15 +14,6 @@ pub const VALID_FORMS: &str = "reparam-{uncond,cond}-{deterministic,stochastic<c
 pub enum Schedule {
     Cosine,
     Linear,
-}
-
-/// Which decoded slots the lowest-confidence set may send back to `<mask>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Remask {
-    /// Every decoded slot in the lowest set.
-    Uncond,
-    /// Only a decoded slot whose token the model predicts again with a lower score.
-    Cond,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

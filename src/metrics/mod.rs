@@ -1,4 +1,4 @@
-//! Evaluation metrics of the paper (method.md §6): corpus BLEU as sacreBLEU computes it,
+//! Evaluation metrics of the paper (docs/method.md §6): corpus BLEU as sacreBLEU computes it,
 //! ROUGE-L F as the `rouge-score` package computes it, and exact match.
 //!
 //! All scores are reported on a 0..100 scale (BLEU's usual scale; ROUGE-L and exact match are

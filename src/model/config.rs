@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 
 /// Where the LayerNorms sit: base/large are post-LN BERT; XL/XXL are pre-LN with a final LN and no
-/// embedding LN (method.md §1.1).
+/// embedding LN (docs/method.md §1.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
     PostLn,
@@ -155,7 +155,7 @@ impl ModelConfig {
         })
     }
 
-    /// Named shapes. The real XLM-R shapes (method.md §1.1) and small ones for tests and demos;
+    /// Named shapes. The real XLM-R shapes (docs/method.md §1.1) and small ones for tests and demos;
     /// `vocab_size` is taken from the tokenizer when one is given.
     pub fn preset(name: &str) -> Result<Self> {
         let (arch, vocab, hidden, layers, heads, ffn, maxpos) = match name {

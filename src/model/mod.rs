@@ -10,40 +10,8 @@ pub mod xlmr;
 
 pub use config::{Arch, ModelConfig};
 pub use xlmr::{CanvasSlots, CanvasStep, DecodeSpec, ParamStorage, XlmR};
-
-/// A right-padded batch of token ids, `batch × seq`, row-major.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Batch {
-    pub ids: Vec<i32>,
-    pub batch: usize,
-    pub seq: usize,
-}
-
-impl Batch {
-    /// Pads `rows` on the right with `pad` to the longest row.
-    pub fn from_rows(rows: &[Vec<i32>], pad: i32) -> Self {
-        let seq = rows.iter().map(Vec::len).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(rows.len() * seq);
-        for r in rows {
-            ids.extend_from_slice(r);
-            ids.extend(std::iter::repeat_n(pad, seq - r.len()));
-        }
-        Batch { ids, batch: rows.len(), seq }
-    }
-
-    pub fn tokens(&self) -> usize {
-        self.batch * self.seq
-    }
-}
-
-/// The rows (flat `b·seq + t` positions) that take part in the loss, their target ids and weights.
-/// The model returns `Σ_r weight_r · CE_r`, so the caller's weights carry every normalisation.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct LossRows {
-    pub rows: Vec<i32>,
-    pub targets: Vec<i32>,
-    pub weights: Vec<f32>,
-}
+// The model takes its inputs in the data layer's types.
+pub use crate::data::{Batch, LossRows};
 
 /// How the sampler picks a token at each scored position.
 #[derive(Clone, Debug, PartialEq)]

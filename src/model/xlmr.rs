@@ -675,7 +675,7 @@ impl<B: Backend> XlmR<B> {
     }
 
     /// Ids the model may emit: XL/XXL carry 250880 rows for a 250002-id tokenizer, and the rows
-    /// past the tokenizer must never be chosen (method.md §1.1).
+    /// past the tokenizer must never be chosen (docs/method.md §1.1).
     pub fn valid_vocab(&self) -> usize {
         if self.cfg.vocab_size == 250880 {
             250002

@@ -2,7 +2,7 @@
 //!
 //! `init` writes them for a model trained from scratch (tuned on the demo task); `train` uses
 //! them unless a flag says otherwise. A pretrained XLM-R checkpoint has no such file, and then
-//! the paper's settings apply (method.md §3.1).
+//! the paper's settings apply (docs/method.md §3.1).
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -26,7 +26,7 @@ pub struct TrainingDefaults {
 }
 
 impl TrainingDefaults {
-    /// The paper's task-finetuning settings for a pretrained XLM-R (method.md §3.1).
+    /// The paper's task-finetuning settings for a pretrained XLM-R (docs/method.md §3.1).
     pub fn paper() -> Self {
         TrainingDefaults {
             lr: 5e-5,

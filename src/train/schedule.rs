@@ -1,5 +1,5 @@
 //! Learning-rate schedules. `warmup-constant` is what the paper's runs effectively used: DeepSpeed
-//! WarmupLR's log warmup over W steps, then constant, no decay (method.md §3.1).
+//! WarmupLR's log warmup over W steps, then constant, no decay (docs/method.md §3.1).
 
 use anyhow::{bail, Result};
 

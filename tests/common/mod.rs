@@ -84,7 +84,7 @@ pub fn small_train_config(out: &std::path::Path, steps: u64, lr: f32, dropout: f
         adamw: dlm_engine::train::AdamWSettings { beta1: 0.9, beta2: 0.98, eps: 1e-8, weight_decay: 0.01 },
         dropout,
         timesteps: 50,
-        reweighting: dlm_engine::diffusion::noise::Reweighting::Linear,
+        reweighting: dlm_engine::rdm::noise::Reweighting::Linear,
         label_smoothing: 0.0,
         seed: 7,
         save_every: 0,
@@ -144,7 +144,7 @@ pub fn bf16_round(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect()
 }
 
-/// ‖got − want‖ / ‖want‖ in f64 (METHOD.md's measure); NaN when `got` has a NaN.
+/// ‖got − want‖ / ‖want‖ in f64 (the measure of docs/gpu.md §7); NaN when `got` has a NaN.
 pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");
     let (mut num, mut den) = (0.0f64, 0.0f64);

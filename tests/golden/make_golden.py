@@ -8,7 +8,7 @@ Usage (from the repository root):
 
 Everything is seeded and single-threaded, so re-running rewrites byte-identical files (for the same
 library versions; see README.md). The RDM objective in `rdm_loss` is the reference implementation of
-method.md §3 that the Rust loss is compared against.
+docs/method.md §3 that the Rust loss is compared against.
 """
 
 import argparse
@@ -294,7 +294,7 @@ def golden_batch(vocab_size, mask_id):
 
 def sequential_position_ids(ids, pad_id=1):
     """Positions 2..L+1 in every slot, pads included: what the official code gets by passing
-    inputs_embeds (method.md §1.1). HF's input_ids path instead gives pads position pad_id."""
+    inputs_embeds (docs/method.md §1.1). HF's input_ids path instead gives pads position pad_id."""
     L = ids.shape[1]
     return (torch.arange(L) + pad_id + 1).unsqueeze(0).expand_as(ids).contiguous()
 
@@ -333,7 +333,7 @@ def collect_grads(names):
 
 
 # ------------------------------------------------------------------------------------------------
-# RDM objective (method.md §3): the reference implementation
+# RDM objective (docs/method.md §3): the reference implementation
 # ------------------------------------------------------------------------------------------------
 
 T_STEPS = 50

@@ -14,7 +14,7 @@ pub mod remask;
 pub mod vocab;
 
 use super::{AdamW, AttnShape, Backend, Dropout, NoiseSpec, ReparamRule};
-use crate::diffusion::noise;
+use crate::rdm::noise;
 use anyhow::Result;
 
 #[derive(Clone, Debug)]

@@ -3,8 +3,8 @@
 //! canvas by canvas.
 
 use crate::backend::{unpack_seed, ReparamRule};
-use crate::diffusion::step::{self, RankNoise, Slots};
-use crate::diffusion::strategy::Remask;
+use crate::rdm::remask::Remask;
+use crate::rdm::remask::{self, RankNoise, Slots};
 
 /// See `Backend::reparam_step` for the layout of `canvases` and `step`.
 #[allow(clippy::too_many_arguments)]
@@ -24,14 +24,14 @@ pub fn reparam_step(
         let slots = s0..s0 + n;
         let noise =
             rule.noise.then(|| RankNoise { scale: f32::from_bits(st[3] as u32), seed: rule.seed, stream: unpack_seed(&st[1..3], 0) });
-        let lowest = step::lowest_set(&step::ranked(&pick_logprob[slots.clone()], noise), st[0] as usize);
+        let lowest = remask::lowest_set(&remask::ranked(&pick_logprob[slots.clone()], noise), st[0] as usize);
         let mut s = Slots {
             tokens: tokens[slots.clone()].to_vec(),
             scores: scores[slots.clone()].to_vec(),
             masked: masked[slots.clone()].iter().map(|&m| m != 0).collect(),
         };
         let remask = if rule.cond { Remask::Cond } else { Remask::Uncond };
-        step::reparam_update(&mut s, &pick_token[slots.clone()], &pick_logprob[slots.clone()], &lowest, remask, rule.mask);
+        remask::reparam_update(&mut s, &pick_token[slots.clone()], &pick_logprob[slots.clone()], &lowest, remask, rule.mask);
         tokens[slots.clone()].copy_from_slice(&s.tokens);
         scores[slots.clone()].copy_from_slice(&s.scores);
         for (m, &v) in masked[slots].iter_mut().zip(&s.masked) {

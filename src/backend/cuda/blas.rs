@@ -5,7 +5,7 @@
 //! matters at batch-1 sampling, so this keeps one plan (descriptors + chosen algorithm) per shape.
 //!
 //! cuBLASLt is column-major. A row-major `[r, c]` matrix is the column-major `[c, r]` one, so every
-//! row-major product is written as its transpose (docs/toolchain.md §2); the callers in
+//! row-major product is written as its transpose (docs/gpu.md §2); the callers in
 //! `ops_dense.rs` spell out each mapping.
 
 use anyhow::{bail, Context, Result};

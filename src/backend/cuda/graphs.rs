@@ -1,7 +1,7 @@
 //! Recorded steps (CUDA graphs) and the in-place copies that feed them new inputs.
 //!
 //! A sampling step at batch 1 is ~150 small launches; replaying them as one graph removes the
-//! per-launch host cost that otherwise bounds it (architecture.md, GPU notes). The model records
+//! per-launch host cost that otherwise bounds it (docs/gpu.md §3, §5). The model records
 //! a step once per shape, after one direct run has settled every buffer's storage, and replays it
 //! after writing the step's inputs in place with `write_ints`.
 

@@ -3,7 +3,7 @@
 use super::buffer::{CudaBuf, CudaIBuf};
 use super::{cfg_rows, to_i32, CudaBackend};
 use crate::backend::NoiseSpec;
-use crate::diffusion::noise::Reweighting;
+use crate::rdm::noise::Reweighting;
 use anyhow::{bail, Result};
 
 const THREADS: u32 = 256;

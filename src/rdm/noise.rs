@@ -1,8 +1,8 @@
-//! The RDM training noise (method.md §3): coupled timesteps, nested absorbing masks over the
+//! The RDM training noise (docs/method.md §3): coupled timesteps, nested absorbing masks over the
 //! maskable slots (target tokens and the final `</s>`), the doubled batch and the loss weights.
 
 pub use crate::data::layout::Example;
-use crate::model::{Batch, LossRows};
+use crate::data::{Batch, LossRows};
 use crate::rng::philox_u32;
 use anyhow::{bail, Result};
 
@@ -75,7 +75,7 @@ pub fn coupled_t(key: u64, ex: usize, steps: u32) -> (u32, u32) {
 }
 
 /// Whether maskable slot `j` of example `ex` is masked in its t_a copy and in its t_b copy
-/// (method.md §3): m_a with probability ta/T; m_b keeps a slot of m_a with probability tb/ta (so
+/// (docs/method.md §3): m_a with probability ta/T; m_b keeps a slot of m_a with probability tb/ta (so
 /// its marginal is tb/T and m_b ⊆ m_a), or is drawn independently when ta = tb. Slot j uses
 /// Philox numbers 2+2j and 3+2j (one Philox block holds both); the 24-bit uniform u is compared
 /// with the ratio in integers, so host and device agree exactly.
@@ -120,7 +120,7 @@ pub fn draw_masks(ids: &[i32], seq: usize, src_len: &[i32], spec: &NoiseSpec) ->
 
 /// Writes `<mask>` into the doubled batch `ids` where `masks` say, and returns the loss rows in
 /// row-major order with their weights w(t_i)/N_i/(2B)·scale, N_i the number of maskable slots of
-/// row i. Loss = Σ_rows weight·CE (method.md §3).
+/// row i. Loss = Σ_rows weight·CE (docs/method.md §3).
 fn apply_masks(ids: &mut [i32], seq: usize, src_len: &[i32], t: &[u32], masks: &[Vec<bool>], spec: &NoiseSpec) -> LossRows {
     let b = src_len.len();
     let n_maskable: Vec<usize> =

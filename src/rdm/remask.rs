@@ -1,8 +1,17 @@
-//! The per-example update rules of one denoising step (method.md §4.3, §4.3b), on the target slots
-//! of one canvas. The batch loop, the denoiser and the random streams live in `sampler`.
+//! The per-example update rules of one denoising step (docs/method.md §4.3, §4.3b), on the target slots
+//! of one canvas: the CPU twin of the re-masking kernel and the host decoding loop's rule. The
+//! batch loop, the denoiser and the random streams live in `diffusion::sampler`.
 
-use super::strategy::Remask;
 use crate::rng::philox_gumbel;
+
+/// Which decoded slots the lowest-confidence set may send back to `<mask>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remask {
+    /// Every decoded slot in the lowest set.
+    Uncond,
+    /// Only a decoded slot whose token the model predicts again with a lower score.
+    Cond,
+}
 
 /// Score given to every non-target position in the reference's ranking. Only target slots are
 /// ranked here, which is the same as long as every ranked target score stays below it (log-probs

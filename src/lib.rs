@@ -4,7 +4,6 @@
 pub mod backend;
 pub mod cli;
 pub mod data;
-pub mod demo;
 pub mod diffusion;
 pub mod metrics;
 pub mod model;

@@ -24,7 +24,7 @@ pub enum Command {
     Bench(crate::cli::bench::Args),
     /// The embedded default job: make a small task, train a tokenizer and a tiny model on the
     /// CPU, sample held-out examples and report exact match (about 3 minutes on 2 cores).
-    Demo(crate::demo::Args),
+    Demo(demo::Args),
     /// Score hypotheses against references: BLEU (as sacreBLEU), ROUGE-L or exact match.
     #[command(long_about = crate::cli::eval::LONG_ABOUT)]
     Eval(crate::cli::eval::Args),
@@ -42,6 +42,7 @@ pub enum Command {
 
 pub mod args;
 pub mod bench;
+pub mod demo;
 pub mod device;
 pub mod eval;
 pub mod fill_mask;
@@ -54,7 +55,7 @@ pub mod train;
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(a) => bench::run(a),
-        Command::Demo(a) => crate::demo::run(a),
+        Command::Demo(a) => demo::run(a),
         Command::Eval(a) => eval::run(a),
         Command::FillMask(a) => fill_mask::run(a),
         Command::Init(a) => init::run(a),

@@ -10,49 +10,6 @@ use crate::backend::{pack_gumbel, pack_seed, Backend, ReparamRule};
 use crate::model::Batch;
 use anyhow::{ensure, Context, Result};
 
-/// The slots of every canvas, flat, in canvas order (canvas b's first slot is the sum of the
-/// earlier canvases' lengths), and the per-canvas arrays of `Backend::reparam_step`.
-pub(super) struct Canvases<B: Backend> {
-    n: usize,
-    rule: ReparamRule,
-    meta: B::IBuf,
-    step: B::IBuf,
-    tokens: B::IBuf,
-    scores: B::Buf,
-    masked: B::IBuf,
-}
-
-impl<B: Backend> Canvases<B> {
-    pub fn alloc(be: &B, lens: &[usize], n: usize, rule: ReparamRule) -> Result<Self> {
-        let slots: usize = lens.iter().sum();
-        Ok(Canvases {
-            n,
-            rule,
-            meta: be.upload_i32(&vec![0; 3 * n])?,
-            step: be.upload_i32(&vec![0; 4 * n])?,
-            tokens: be.upload_i32(&vec![0; slots])?,
-            scores: be.upload_f32(&vec![f32::NEG_INFINITY; slots])?,
-            masked: be.upload_i32(&vec![1; slots])?,
-        })
-    }
-
-    /// The re-masking after the pick, which writes the canvases' tokens into `ids`.
-    pub fn remask(&mut self, be: &B, token: &B::IBuf, logprob: &B::Buf, ids: &mut B::IBuf) -> Result<()> {
-        be.reparam_step(
-            &self.meta,
-            self.n,
-            &self.step,
-            token,
-            logprob,
-            &mut self.tokens,
-            &mut self.scores,
-            &mut self.masked,
-            ids,
-            self.rule,
-        )
-    }
-}
-
 /// How one batch is decoded (fixed for all its steps).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DecodeSpec {

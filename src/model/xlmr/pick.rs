@@ -5,7 +5,6 @@
 //! once the first has settled every buffer's storage, and replayed from then on: a step is then
 //! the input copies, one replay and the read-back of one token and one log-prob per row.
 
-use super::decode::Canvases;
 use super::{check_rows, Encoder, Head, XlmR};
 use crate::backend::{pack_gumbel, Backend, Dropout, ReparamRule, RowStats};
 use crate::model::{Batch, PickOpts};
@@ -42,6 +41,50 @@ pub(super) struct StepPlan<B: Backend> {
     graph: Option<usize>,
     /// Recording failed once for this shape: run directly from then on.
     unrecordable: bool,
+}
+
+/// The canvases of a device-resident decode (decode.rs), which a step plan owns: the slots of
+/// every canvas, flat, in canvas order (canvas b's first slot is the sum of the
+/// earlier canvases' lengths), and the per-canvas arrays of `Backend::reparam_step`.
+pub(super) struct Canvases<B: Backend> {
+    pub(super) n: usize,
+    pub(super) rule: ReparamRule,
+    pub(super) meta: B::IBuf,
+    pub(super) step: B::IBuf,
+    pub(super) tokens: B::IBuf,
+    pub(super) scores: B::Buf,
+    pub(super) masked: B::IBuf,
+}
+
+impl<B: Backend> Canvases<B> {
+    pub fn alloc(be: &B, lens: &[usize], n: usize, rule: ReparamRule) -> Result<Self> {
+        let slots: usize = lens.iter().sum();
+        Ok(Canvases {
+            n,
+            rule,
+            meta: be.upload_i32(&vec![0; 3 * n])?,
+            step: be.upload_i32(&vec![0; 4 * n])?,
+            tokens: be.upload_i32(&vec![0; slots])?,
+            scores: be.upload_f32(&vec![f32::NEG_INFINITY; slots])?,
+            masked: be.upload_i32(&vec![1; slots])?,
+        })
+    }
+
+    /// The re-masking after the pick, which writes the canvases' tokens into `ids`.
+    pub fn remask(&mut self, be: &B, token: &B::IBuf, logprob: &B::Buf, ids: &mut B::IBuf) -> Result<()> {
+        be.reparam_step(
+            &self.meta,
+            self.n,
+            &self.step,
+            token,
+            logprob,
+            &mut self.tokens,
+            &mut self.scores,
+            &mut self.masked,
+            ids,
+            self.rule,
+        )
+    }
 }
 
 /// Options the groups of one head pass must share (the sampler's groups differ in their seed).

@@ -5,9 +5,9 @@
 
 pub mod task;
 
-use crate::cli::device::Device;
-use crate::cli::sample::{decode, DecodeOptions, Request};
-use crate::cli::train::{train, Args as TrainArgs};
+use super::device::Device;
+use super::sample::{decode, DecodeOptions, Request};
+use super::train::{train, Args as TrainArgs};
 use crate::diffusion::sampler::SamplerConfig;
 use crate::metrics::{self, Metric, Tokenize};
 use crate::model::XlmR;
@@ -87,7 +87,7 @@ pub fn run(a: Args) -> Result<()> {
     eprintln!("   {} ids -> {}", tok.vocab_size(), tok_path.display());
 
     eprintln!("== 3/5 model: init --preset tiny");
-    crate::cli::init::run(crate::cli::init::Args {
+    super::init::run(super::init::Args {
         config: None,
         preset: Some("tiny".into()),
         tokenizer: tok_path.clone(),
@@ -103,7 +103,7 @@ pub fn run(a: Args) -> Result<()> {
     targs.seed = a.seed;
     targs.run.threads = a.threads;
     let summary = train(targs)?;
-    crate::cli::train::print_summary(&summary);
+    super::train::print_summary(&summary);
 
     eprintln!("== 5/5 sample the held-out set ({} steps, oracle length, argmax)", a.sample_steps);
     let tok = Tok::load(summary.checkpoint.join("tokenizer.json"))?;

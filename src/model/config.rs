@@ -53,6 +53,13 @@ fn get_usize(v: &Value, key: &str, file: &str) -> Result<usize> {
         .with_context(|| format!("{file}: field `{key}` is missing or not a non-negative integer"))
 }
 
+/// The shortest decimal that reads back as `x` (0.1, not 0.10000000149011612, the f32 widened to
+/// f64), as transformers writes a config's floats (serde_json spells 1e-05 as 0.00001: the same
+/// number to Python).
+fn decimal(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(x as f64)
+}
+
 fn get_f32(v: &Value, key: &str, default: f32) -> f32 {
     v.get(key).and_then(Value::as_f64).map(|x| x as f32).unwrap_or(default)
 }
@@ -138,12 +145,12 @@ impl ModelConfig {
             "num_attention_heads": self.heads,
             "intermediate_size": self.intermediate,
             "hidden_act": "gelu",
-            "hidden_dropout_prob": self.hidden_dropout,
-            "attention_probs_dropout_prob": self.attention_dropout,
+            "hidden_dropout_prob": decimal(self.hidden_dropout),
+            "attention_probs_dropout_prob": decimal(self.attention_dropout),
             "max_position_embeddings": self.max_positions,
             "type_vocab_size": self.type_vocab_size,
             "initializer_range": 0.02,
-            "layer_norm_eps": self.layer_norm_eps,
+            "layer_norm_eps": decimal(self.layer_norm_eps),
             "pad_token_id": self.pad_id,
             "bos_token_id": self.bos_id,
             "eos_token_id": self.eos_id,
@@ -204,6 +211,18 @@ mod tests {
             let back = ModelConfig::from_json(&c.to_json(), "x").unwrap();
             assert_eq!(c, back, "{name}");
         }
+    }
+
+    #[test]
+    fn floats_are_written_as_their_shortest_decimals() {
+        let mut c = ModelConfig::preset("micro").unwrap();
+        c.layer_norm_eps = 1e-5;
+        c.hidden_dropout = 0.3;
+        let text = serde_json::to_string(&c.to_json()).unwrap();
+        for want in [r#""hidden_dropout_prob":0.3"#, r#""attention_probs_dropout_prob":0.1"#, r#""layer_norm_eps":0.00001"#] {
+            assert!(text.contains(want), "{want} not in {text}");
+        }
+        assert_eq!(ModelConfig::from_json(&c.to_json(), "x").unwrap(), c, "and read back to the same f32");
     }
 
     #[test]

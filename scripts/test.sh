@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs nvcc from PyPI into .venv-cuda so that build.rs
 # compiles every CUDA kernel (no GPU needed), builds the software CUDA device (tests/swdev) and
-# runs every test, the CUDA ones on that device, then the CPU emulation of the kernels and the
-# cuBLASLt stand-in's self-test. Extra arguments go to `cargo test` (e.g. a test name filter)
-# and skip the last two.
+# runs the format and clippy checks and every test, the CUDA ones on that device, then the CPU
+# emulation of the kernels and the cuBLASLt stand-in's self-test. Extra arguments go to
+# `cargo test` (e.g. a test name filter) and skip everything but the tests.
 #
 # Without g++ on x86-64 the software device cannot be built: the CUDA tests then print "skipped"
 # (DLM_REQUIRE_SWDEV=1, as in CI, makes that an error).
@@ -19,6 +19,11 @@ elif [ "${DLM_REQUIRE_SWDEV:-0}" != 0 ]; then
     exit 1
 else
     echo "test.sh: no g++ on x86-64: the CUDA tests will be skipped (no software device)"
+fi
+if [ $# -eq 0 ]; then
+    # Style first: formatting (rustfmt.toml) and clippy with every warning an error.
+    cargo fmt --check
+    DLM_REQUIRE_NVCC=1 cargo clippy --locked --all-targets -- -D warnings
 fi
 DLM_REQUIRE_NVCC=1 cargo test --locked "$@"
 if [ $# -eq 0 ] && command -v g++ >/dev/null; then

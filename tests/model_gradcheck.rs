@@ -34,8 +34,8 @@ fn check(preset: &str, drop: Dropout) {
         r
     };
     let mut checked = 0;
-    for i in 0..model.param_names().len() {
-        let n = grads[i].len();
+    for (i, grad) in grads.iter().enumerate() {
+        let n = grad.len();
         for &j in &[0, n / 3, n / 2, n - 1] {
             let orig = model.values()[i].clone();
             let eps = 1e-2f32;
@@ -48,7 +48,7 @@ fn check(preset: &str, drop: Dropout) {
             let lm = eval(&mut model);
             model.set_value(i, &orig).unwrap();
             let fd = (lp - lm) / (2.0 * eps as f64);
-            let g = grads[i][j] as f64;
+            let g = grad[j] as f64;
             assert!(
                 (fd - g).abs() < 3e-3 + 0.03 * g.abs(),
                 "{preset} {}[{j}]: finite difference {fd} vs backward {g}",

@@ -130,7 +130,7 @@ pub fn decode<B: Backend>(model: &mut XlmR<B>, tok: &Tok, reqs: &[Request], opts
             eprintln!("step {step:>3} row {r:>2}: {}", shown.join(" "));
         }
     };
-    let hook_ref: Option<&mut dyn FnMut(usize, &[Vec<i32>])> = if opts.show_steps { Some(&mut hook) } else { None };
+    let hook_ref: Option<crate::diffusion::sampler::StepHook> = if opts.show_steps { Some(&mut hook) } else { None };
     let gens = generate(model, &prompts, &lengths, special_ids(tok), &opts.sampler, opts.batch_size, hook_ref)?;
     reqs.iter()
         .zip(gens)

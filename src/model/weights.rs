@@ -114,9 +114,12 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Loaded>> {
     Ok(out)
 }
 
+/// A parameter by its HF name: shape and f32 values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// Matches a file's tensors to the parameter list of `cfg`. Returns the parameters in
 /// `param_specs` order and whether the decoder is untied.
-pub fn resolve(cfg: &ModelConfig, mut tensors: HashMap<String, Loaded>, file: &str) -> Result<(Vec<(String, Vec<usize>, Vec<f32>)>, bool)> {
+pub fn resolve(cfg: &ModelConfig, mut tensors: HashMap<String, Loaded>, file: &str) -> Result<(Vec<NamedTensor>, bool)> {
     // The decoder bias is the same parameter as `lm_head.bias` in HF.
     if let Some(db) = tensors.remove("lm_head.decoder.bias") {
         tensors.entry("lm_head.bias".into()).or_insert(db);

@@ -200,7 +200,7 @@ impl<B: Backend> XlmR<B> {
     fn from_params(
         backend: B,
         cfg: ModelConfig,
-        params: Vec<(String, Vec<usize>, Vec<f32>)>,
+        params: Vec<super::weights::NamedTensor>,
         untied: bool,
         f32_master: bool,
     ) -> Result<Self> {

@@ -62,7 +62,7 @@ impl<B: Backend> Optimizer<B> {
     }
 
     /// The moments as named f32 tensors (`exp_avg.<name>`, `exp_avg_sq.<name>`).
-    pub fn state_tensors(&self, model: &XlmR<B>) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    pub fn state_tensors(&self, model: &XlmR<B>) -> Result<Vec<crate::model::weights::NamedTensor>> {
         let mut out = Vec::new();
         for (i, name) in model.param_names().iter().enumerate() {
             let shape = model.param_shapes()[i].clone();

@@ -85,9 +85,9 @@ pub fn vocab_pick(
             let allowed = |c: usize| !forbid.contains(&(c as i32));
             let (mx, lse) = {
                 let mut mx = f32::NEG_INFINITY;
-                for c in 0..valid {
+                for (c, &x) in row[..valid].iter().enumerate() {
                     if allowed(c) {
-                        mx = mx.max(row[c]);
+                        mx = mx.max(x);
                     }
                 }
                 let s: f64 = (0..valid).filter(|&c| allowed(c)).map(|c| ((row[c] - mx) as f64).exp()).sum();
@@ -95,15 +95,15 @@ pub fn vocab_pick(
             };
             let _ = mx;
             let mut best = (f32::NEG_INFINITY, 0usize);
-            for c in 0..valid {
+            for (c, &x) in row[..valid].iter().enumerate() {
                 if !allowed(c) {
                     continue;
                 }
                 let key = match noise {
-                    None => row[c],
+                    None => x,
                     Some(stream_of) => {
                         let (seed, stream) = stream_of(r);
-                        row[c] / temperature + philox_gumbel(seed, stream, c as u64)
+                        x / temperature + philox_gumbel(seed, stream, c as u64)
                     }
                 };
                 // Strict `>` keeps the lowest id on ties, as torch.argmax does.

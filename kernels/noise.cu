@@ -9,6 +9,7 @@
 //   q_sample_compact  one block per row of the doubled batch: the row's offset (the masked slots
 //                     of earlier rows), then its masked slots in order.
 #include "common.cuh"
+#include "contract.cuh"
 
 // t ~ U{1..T} from one Philox number: a 32x32-bit multiply (as noise::coupled_t).
 __device__ __forceinline__ u32 draw_t(u64 key, u64 ex, u64 idx, u32 steps) {
@@ -20,9 +21,11 @@ __device__ __forceinline__ bool below(u32 r, u32 num, u32 den) {
     return (u64)(r >> 8) * den < ((u64)num << 24);
 }
 
-// T·λ(t) of noise::Reweighting: 0 linear, 1 reciprocal, 2 constant.
+// T·λ(t) of noise::Reweighting, by its contract.cuh code.
 __device__ __forceinline__ float reweight(int rw, u32 t, u32 steps) {
-    return rw == 0 ? (float)(steps - t + 1) : rw == 1 ? (float)steps / (float)t : (float)steps;
+    return rw == DLM_REWEIGHT_LINEAR       ? (float)(steps - t + 1)
+           : rw == DLM_REWEIGHT_RECIPROCAL ? (float)steps / (float)t
+                                           : (float)steps;
 }
 
 extern "C" __global__ void q_sample_mask(const int* ids, const int* src_len, int n_ex, int seq, int pad, u32 steps, u64 key,

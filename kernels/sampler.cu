@@ -3,6 +3,7 @@
 // Gumbel noise, the Gumbel-max sample of softmax(logits / temperature)), and the log-softmax at
 // temperature 1 of the picked id. One block per row, one read of the row.
 #include "common.cuh"
+#include "contract.cuh"
 
 #define NO_PICK 0x7fffffff
 
@@ -101,9 +102,9 @@ extern "C" __global__ void __launch_bounds__(1024) vocab_pick_bf16(const bf16* l
 // One reparameterized RDM step per canvas, one block each: the ranking, the lowest set and the
 // slot update of diffusion::step (`lowest_set`, `reparam_update`); CPU twin: cpu::remask. The
 // canvases' slots are flat arrays (tokens, scores, masked), and the picks of this step are in the
-// same order. canvases[3b..3b+3] = first slot, slot count n, flat position of slot 0 in `ids`
-// (where the updated tokens go, ready for the next forward). step[4b..4b+4] = k (slots the lowest
-// set may hold), the ranking-noise stream (high, low) and its scale (f32 bits) for this step.
+// same order. `canvases` and `step` hold DLM_CANVAS_FIELDS and DLM_STEP_FIELDS i32 per canvas
+// (contract.cuh): its slots and the flat position of slot 0 in `ids` (where the updated tokens go,
+// ready for the next forward), and this step's k, ranking-noise stream and scale.
 // Dynamic shared memory: n floats for the largest n.
 extern "C" __global__ void reparam_step(const int* canvases, const int* step, const int* pick_token,
                                         const float* pick_lp, int* tokens, float* scores, int* masked, int* ids,
@@ -111,17 +112,19 @@ extern "C" __global__ void reparam_step(const int* canvases, const int* step, co
     extern __shared__ float ranked[];
     __shared__ float cutoff;
     const int b = blockIdx.x;
-    const int s0 = canvases[3 * b], n = canvases[3 * b + 1], pos0 = canvases[3 * b + 2];
-    const int k = step[4 * b];
-    const u64 stream = ((u64)(u32)step[4 * b + 1] << 32) | (u64)(u32)step[4 * b + 2];
-    const float scale = __int_as_float(step[4 * b + 3]);
+    const int* cv = canvases + DLM_CANVAS_FIELDS * b;
+    const int* st = step + DLM_STEP_FIELDS * b;
+    const int s0 = cv[DLM_CANVAS_FIRST], n = cv[DLM_CANVAS_LEN], pos0 = cv[DLM_CANVAS_POS0];
+    const int k = st[DLM_STEP_K];
+    const u64 stream = ((u64)(u32)st[DLM_STEP_STREAM_HI] << 32) | (u64)(u32)st[DLM_STEP_STREAM_LO];
+    const float scale = __int_as_float(st[DLM_STEP_SCALE]);
     for (int j = threadIdx.x; j < n; j += blockDim.x) {
         float v = pick_lp[s0 + j];
         // Unfused, as the host computes it.
         if (noise) v = __fadd_rn(v, __fmul_rn(scale, philox_gumbel(seed, stream, (u64)j)));
         ranked[j] = v;
     }
-    if (threadIdx.x == 0) cutoff = 1000.0f;  // step::NON_TARGET_SCORE: k >= n takes every slot
+    if (threadIdx.x == 0) cutoff = DLM_NON_TARGET_SCORE;  // k >= n takes every slot
     __syncthreads();
     if (k < n) {
         // The cutoff is the k-th smallest ranked value in f32::total_cmp order (the host sorts):

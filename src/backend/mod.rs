@@ -9,6 +9,7 @@
 //! Each op has one CPU implementation in `cpu/` (the reference) and, where a GPU build exists, a
 //! CUDA twin in `cuda/` that is tested against it.
 
+pub mod contract;
 pub mod cpu;
 pub mod cuda;
 

@@ -197,13 +197,7 @@ impl<B: Backend> XlmR<B> {
         Self::from_params(backend, cfg, params, false, true)
     }
 
-    fn from_params(
-        backend: B,
-        cfg: ModelConfig,
-        params: Vec<super::weights::NamedTensor>,
-        untied: bool,
-        f32_master: bool,
-    ) -> Result<Self> {
+    fn from_params(backend: B, cfg: ModelConfig, params: Vec<super::weights::NamedTensor>, untied: bool, f32_master: bool) -> Result<Self> {
         let pos: HashMap<&str, usize> = params.iter().enumerate().map(|(i, p)| (p.0.as_str(), i)).collect();
         let at = |n: &str| -> Result<usize> { pos.get(n).copied().with_context(|| format!("internal: parameter `{n}` missing")) };
         let lin = |p: &str| -> Result<Linear> { Ok(Linear { w: at(&format!("{p}.weight"))?, b: at(&format!("{p}.bias"))? }) };

@@ -13,9 +13,11 @@ pub mod linear;
 pub mod remask;
 pub mod vocab;
 
+use super::contract::{CanvasMeta, StepParams};
 use super::{AdamW, AttnShape, Backend, Dropout, NoiseSpec, ReparamRule};
 use crate::rdm::noise;
 use anyhow::Result;
+use std::mem::size_of;
 
 #[derive(Clone, Debug)]
 pub struct CpuBackend {
@@ -354,7 +356,7 @@ impl Backend for CpuBackend {
         rule: ReparamRule,
     ) -> Result<()> {
         anyhow::ensure!(
-            canvases.len() == 3 * n_canvases && step.len() == 4 * n_canvases,
+            canvases.len() == n_canvases * size_of::<CanvasMeta>() / 4 && step.len() == n_canvases * size_of::<StepParams>() / 4,
             "reparam_step: canvas arrays do not hold {n_canvases} canvases"
         );
         remask::reparam_step(canvases, step, pick_token, pick_logprob, tokens, scores, masked, ids, rule);

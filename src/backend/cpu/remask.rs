@@ -2,7 +2,8 @@
 //! kernel `reparam_step` (kernels/sampler.cu) keeps them: the reference is diffusion::step, run
 //! canvas by canvas.
 
-use crate::backend::{unpack_seed, ReparamRule};
+use crate::backend::contract::{records, CanvasMeta, StepParams};
+use crate::backend::ReparamRule;
 use crate::rdm::remask::Remask;
 use crate::rdm::remask::{self, RankNoise, Slots};
 
@@ -19,12 +20,11 @@ pub fn reparam_step(
     ids: &mut [i32],
     rule: ReparamRule,
 ) {
-    for (c, st) in canvases.chunks_exact(3).zip(step.chunks_exact(4)) {
-        let (s0, n, pos0) = (c[0] as usize, c[1] as usize, c[2] as usize);
+    for (c, st) in records::<CanvasMeta>(canvases).iter().zip(records::<StepParams>(step)) {
+        let (s0, n, pos0) = (c.first as usize, c.len as usize, c.pos0 as usize);
         let slots = s0..s0 + n;
-        let noise =
-            rule.noise.then(|| RankNoise { scale: f32::from_bits(st[3] as u32), seed: rule.seed, stream: unpack_seed(&st[1..3], 0) });
-        let lowest = remask::lowest_set(&remask::ranked(&pick_logprob[slots.clone()], noise), st[0] as usize);
+        let noise = rule.noise.then(|| RankNoise { scale: st.scale(), seed: rule.seed, stream: st.stream() });
+        let lowest = remask::lowest_set(&remask::ranked(&pick_logprob[slots.clone()], noise), st.k as usize);
         let mut s = Slots {
             tokens: tokens[slots.clone()].to_vec(),
             scores: scores[slots.clone()].to_vec(),

@@ -3,7 +3,6 @@
 use super::buffer::{CudaBuf, CudaIBuf};
 use super::{cfg_rows, to_i32, CudaBackend};
 use crate::backend::NoiseSpec;
-use crate::rdm::noise::Reweighting;
 use anyhow::{bail, Result};
 
 const THREADS: u32 = 256;
@@ -43,11 +42,7 @@ impl CudaBackend {
         // Flat positions are i32 in the kernels.
         to_i32("batch positions", n)?;
         let (ex, rows2, seq32) = (to_i32("examples", b)?, to_i32("rows", 2 * b)?, to_i32("seq", seq)?);
-        let rw: i32 = match spec.reweighting {
-            Reweighting::Linear => 0,
-            Reweighting::Reciprocal => 1,
-            Reweighting::Constant => 2,
-        };
+        let rw = crate::backend::contract::reweighting_code(spec.reweighting);
         let src = self.upload_ints(src_len)?;
         let mut flags = self.alloc_zeros::<i32>(n)?;
         let mut counts = self.alloc_zeros::<i32>(2 * b)?;

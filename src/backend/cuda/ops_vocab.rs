@@ -3,7 +3,11 @@
 
 use super::buffer::{CudaBuf, CudaIBuf};
 use super::{cfg_rows, to_i32, CudaBackend};
+use crate::backend::contract::{records, CanvasMeta, StepParams};
 use crate::backend::ReparamRule;
+
+const META_FIELDS: usize = std::mem::size_of::<CanvasMeta>() / 4;
+const STEP_FIELDS: usize = std::mem::size_of::<StepParams>() / 4;
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use std::sync::{Arc, MutexGuard};
@@ -109,13 +113,13 @@ impl CudaBackend {
         ids: &mut CudaIBuf,
         rule: ReparamRule,
     ) -> Result<()> {
-        Self::check_len("reparam_step canvases", canvases.len(), 3 * n_canvases)?;
-        Self::check_len("reparam_step step", step.len(), 4 * n_canvases)?;
+        Self::check_len("reparam_step canvases", canvases.len(), META_FIELDS * n_canvases)?;
+        Self::check_len("reparam_step step", step.len(), STEP_FIELDS * n_canvases)?;
         let slots = tokens.len();
         let mut widest = 0;
-        for (b, c) in canvases.host[..3 * n_canvases].chunks_exact(3).enumerate() {
-            let (s0, n, pos0) = (c[0].max(0) as usize, c[1].max(0) as usize, c[2].max(0) as usize);
-            if c.iter().any(|&v| v < 0) || s0 + n > slots || pos0 + n > ids.len() || n > MAX_SLOTS {
+        for (b, c) in records::<CanvasMeta>(&canvases.host[..META_FIELDS * n_canvases]).iter().enumerate() {
+            let (s0, n, pos0) = (c.first.max(0) as usize, c.len.max(0) as usize, c.pos0.max(0) as usize);
+            if [c.first, c.len, c.pos0].iter().any(|&v| v < 0) || s0 + n > slots || pos0 + n > ids.len() || n > MAX_SLOTS {
                 bail!("reparam_step: canvas {b} (slots {s0}+{n}, ids from {pos0}) does not fit {slots} slots, {} ids, {MAX_SLOTS} slots a canvas", ids.len());
             }
             widest = widest.max(n);

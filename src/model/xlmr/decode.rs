@@ -6,7 +6,8 @@
 
 use super::pick::StepKey;
 use super::XlmR;
-use crate::backend::{pack_gumbel, pack_seed, Backend, ReparamRule};
+use crate::backend::contract::{packed, CanvasMeta, StepParams};
+use crate::backend::{pack_gumbel, Backend, ReparamRule};
 use crate::model::Batch;
 use anyhow::{ensure, Context, Result};
 
@@ -59,10 +60,10 @@ impl<B: Backend> XlmR<B> {
             let be = &self.backend;
             self.set_encoder_inputs(&mut plan.enc, batch)?;
             let mut rows = Vec::new();
-            let mut meta = Vec::with_capacity(3 * lens.len());
+            let mut meta = Vec::with_capacity(lens.len());
             for (b, (&f, &n)) in first.iter().zip(lens).enumerate() {
                 let pos0 = b * batch.seq + f;
-                meta.extend([rows.len() as i32, n as i32, pos0 as i32]);
+                meta.push(CanvasMeta { first: rows.len() as i32, len: n as i32, pos0: pos0 as i32 });
                 rows.extend((pos0..pos0 + n).map(|p| p as i32));
             }
             be.write_i32(&mut plan.head.idx, &rows)?;
@@ -71,7 +72,7 @@ impl<B: Backend> XlmR<B> {
                 be.write_i32(&mut plan.streams, &pack_gumbel(&streams).1)?;
             }
             let c = plan.canvases.as_mut().context("decode plan without canvases")?;
-            be.write_i32(&mut c.meta, &meta)?;
+            be.write_i32(&mut c.meta, packed(&meta))?;
             be.write_i32(&mut c.tokens, &vec![spec.rule.mask; rows.len()])?;
             be.write_f32(&mut c.scores, &vec![f32::NEG_INFINITY; rows.len()])?;
             be.write_i32(&mut c.masked, &vec![1; rows.len()])
@@ -88,14 +89,8 @@ impl<B: Backend> XlmR<B> {
             let be = &self.backend;
             let c = plan.canvases.as_mut().context("decode_step before decode_start")?;
             ensure!(steps.len() == c.n, "decode: inputs for {} canvases, the batch has {}", steps.len(), c.n);
-            let per: Vec<i32> = steps
-                .iter()
-                .flat_map(|s| {
-                    let [hi, lo] = pack_seed(s.rank_stream);
-                    [s.k.min(i32::MAX as usize) as i32, hi, lo, s.noise_scale.to_bits() as i32]
-                })
-                .collect();
-            be.write_i32(&mut c.step, &per)?;
+            let per: Vec<StepParams> = steps.iter().map(|s| StepParams::new(s.k, s.rank_stream, s.noise_scale)).collect();
+            be.write_i32(&mut c.step, packed(&per))?;
             if plan.key.sampling {
                 let seeds: Vec<(u64, u32)> =
                     steps.iter().zip(&plan.key.group_rows).flat_map(|(s, &n)| std::iter::repeat_n((s.sample_seed, 0), n)).collect();

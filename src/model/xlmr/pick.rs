@@ -6,6 +6,7 @@
 //! the input copies, one replay and the read-back of one token and one log-prob per row.
 
 use super::{check_rows, Encoder, Head, XlmR};
+use crate::backend::contract::{packed, CanvasMeta, StepParams};
 use crate::backend::{pack_gumbel, Backend, Dropout, ReparamRule, RowStats};
 use crate::model::{Batch, PickOpts};
 use anyhow::Result;
@@ -62,8 +63,8 @@ impl<B: Backend> Canvases<B> {
         Ok(Canvases {
             n,
             rule,
-            meta: be.upload_i32(&vec![0; 3 * n])?,
-            step: be.upload_i32(&vec![0; 4 * n])?,
+            meta: be.upload_i32(packed(&vec![CanvasMeta::default(); n]))?,
+            step: be.upload_i32(packed(&vec![StepParams::default(); n]))?,
             tokens: be.upload_i32(&vec![0; slots])?,
             scores: be.upload_f32(&vec![f32::NEG_INFINITY; slots])?,
             masked: be.upload_i32(&vec![1; slots])?,

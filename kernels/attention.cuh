@@ -39,7 +39,7 @@ __device__ __forceinline__ AttnDims attn_dims(int D) {
 }
 
 // Dynamic shared memory is carved front to back; every piece is a multiple of 128 bytes (or the
-// last), which keeps each fragment pointer 32-byte aligned as WMMA requires. ops_attention.rs
+// last), which keeps each fragment pointer 32-byte aligned as WMMA requires. cuda/attention.rs
 // mirrors the sizes.
 struct AttnSmem {
     unsigned char* p;

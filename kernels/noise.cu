@@ -1,6 +1,6 @@
 // The RDM training noise (docs/method.md §3) on the device: coupled timesteps, nested masks over the
 // maskable slots, `<mask>` scattered into the doubled batch and the masked slots gathered as loss
-// rows. CPU twin: diffusion::noise::q_sample_flat (src/diffusion/noise.rs), which draws the same
+// rows. CPU twin: rdm::noise::q_sample_flat (src/rdm/noise.rs), which draws the same
 // Philox numbers, so both give the same masks bit for bit.
 //
 // The doubled batch ids is [2B, seq]: rows b and B+b hold example b. Two launches:

@@ -100,7 +100,7 @@ extern "C" __global__ void __launch_bounds__(1024) vocab_pick_bf16(const bf16* l
 }
 
 // One reparameterized RDM step per canvas, one block each: the ranking, the lowest set and the
-// slot update of diffusion::step (`lowest_set`, `reparam_update`); CPU twin: cpu::remask. The
+// slot update of rdm::remask (`lowest_set`, `reparam_update`); CPU twin: cpu/sampler.rs. The
 // canvases' slots are flat arrays (tokens, scores, masked), and the picks of this step are in the
 // same order. `canvases` and `step` hold DLM_CANVAS_FIELDS and DLM_STEP_FIELDS i32 per canvas
 // (contract.cuh): its slots and the flat position of slot 0 in `ids` (where the updated tokens go,

@@ -447,7 +447,7 @@ fn reparam_step_matches_cpu() {
                 })
                 .collect();
             let (mut wt, mut ws, mut wm, mut wids) = (tokens.clone(), scores.clone(), masked.clone(), vec![-1i32; lens.len() * seq]);
-            cpu::remask::reparam_step(&meta, &step, &pick_token, &pick_lp, &mut wt, &mut ws, &mut wm, &mut wids, rule);
+            cpu::sampler::reparam_step(&meta, &step, &pick_token, &pick_lp, &mut wt, &mut ws, &mut wm, &mut wids, rule);
             let (mut gt, mut gm, mut gids) =
                 (g.upload_i32(&tokens).unwrap(), g.upload_i32(&masked).unwrap(), g.upload_i32(&vec![-1; lens.len() * seq]).unwrap());
             let mut gs = g.upload_f32(&scores).unwrap();
@@ -624,7 +624,7 @@ fn vocab_pick_matches_cpu() {
             )
             .unwrap();
             let got = RowStats { token: g.read_i32(&token).unwrap(), logprob: down(&g, &logprob) };
-            let want = cpu::vocab::vocab_pick(
+            let want = cpu::sampler::vocab_pick(
                 &lr,
                 rows,
                 vocab,

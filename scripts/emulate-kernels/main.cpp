@@ -35,7 +35,7 @@ std::vector<int> padding_mask(int B, int T) {
     return mask;
 }
 
-// The launch geometry of src/backend/cuda/ops_attention.rs: 128 threads, one block per 64 rows,
+// The launch geometry of src/backend/cuda/attention.rs: 128 threads, one block per 64 rows,
 // and its dynamic shared memory sizes (the kernels' layouts, written out again).
 Dim3 attn_grid(int B, int T, int H) { return {(unsigned)((T+63)/64), (unsigned)H, (unsigned)B}; }
 size_t attn_tile(int D) { return 64 * (((D + 15) / 16 * 16) + 8) * 2; }
@@ -247,7 +247,7 @@ void test_pick(int rows, int vocab, int valid, std::vector<int> forbid, float te
     printf("vocab_pick %dx%d valid %d gumbel %d: token[0]=%d ok\n", rows, vocab, valid, gumbel, tok[0]);
 }
 
-// The re-masking step against diffusion::step's rules written out again: the cutoff is the k-th
+// The re-masking step against rdm::remask's rules written out again: the cutoff is the k-th
 // smallest ranked score (sorted as f32::total_cmp sorts), the lowest set is strictly below it.
 void test_remask(bool cond, bool noise) {
     const std::vector<int> lens = {7, 1, 0, 64, 33};
@@ -534,7 +534,7 @@ void test_embed_rows(int tokens, int hidden) {
 }
 
 int main() {
-    // The same sizes as src/backend/cuda/ops_attention.rs's shared_memory_sizes test.
+    // The same sizes as src/backend/cuda/attention.rs's shared_memory_sizes test.
     CHECK(fwd_smem(64) == 63744 && bwd_dq_smem(64) == 72960 && bwd_dkdv_smem(64) == 90624, "attention smem sizes at 64");
     CHECK(fwd_smem(128) == 104704 && bwd_dq_smem(128) == 122112 && bwd_dkdv_smem(128) == 156160, "attention smem sizes at 128");
     test_attention(3, 37, 2, 8);

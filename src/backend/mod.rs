@@ -290,7 +290,7 @@ pub trait Backend {
     /// The RDM forward noise of one step (docs/method.md §3) on the doubled clean batch `ids`
     /// (`[2·src_len.len(), seq]`; rows b and B+b hold example b, whose source is `src_len[b]`
     /// tokens), in place: draws the coupled timesteps and nested masks from `spec.key` (counter-based
-    /// Philox, so every backend draws the same ones; `diffusion::noise::q_sample_flat` is the
+    /// Philox, so every backend draws the same ones; `rdm::noise::q_sample_flat` is the
     /// reference), writes `<mask>` into the masked slots and their flat positions, clean ids and
     /// weights, in row-major order, into the first entries of `rows`, `targets` and `weights`
     /// (each at least `ids`' length). Returns how many slots were masked.
@@ -342,7 +342,7 @@ pub trait Backend {
         logprob: &mut Self::Buf,
     ) -> Result<()>;
 
-    /// One reparameterized RDM step (diffusion::step's ranking, `lowest_set` and
+    /// One reparameterized RDM step (rdm::remask's ranking, `lowest_set` and
     /// `reparam_update`) on `n_canvases` canvases whose slots live in the flat arrays `tokens`,
     /// `scores` (log-prob at commit, −inf while masked) and `masked` (0/1), in place; each
     /// updated slot token is also written to `ids`, the next forward's input.

@@ -28,7 +28,7 @@ use anyhow::{bail, ensure, Result};
 
 /// A model that, for each flat position `b·seq + t` in `rows`, picks a token (argmax, or a sample
 /// when `opts.sample_seed` is set) with `opts.forbid` excluded, and returns it with its
-/// log-softmax at temperature 1 (as `backend::cpu::vocab::vocab_pick`).
+/// log-softmax at temperature 1 (as `backend::cpu::sampler::vocab_pick`).
 pub trait Denoiser {
     fn pick(&mut self, batch: &Batch, rows: &[i32], opts: &PickOpts) -> Result<RowStats>;
 

@@ -286,7 +286,7 @@ impl Backend for Bf16Sim {
         tok: &mut Vec<i32>,
         lp: &mut SimBuf,
     ) -> R<()> {
-        let st = ck::vocab::vocab_pick(&l.v, rows, v, vv, f, t, g.map(|(s, t)| (s.as_slice(), t.as_slice())));
+        let st = ck::sampler::vocab_pick(&l.v, rows, v, vv, f, t, g.map(|(s, t)| (s.as_slice(), t.as_slice())));
         tok.copy_from_slice(&st.token);
         lp.v.copy_from_slice(&st.logprob);
         lp.master = None;
@@ -306,7 +306,7 @@ impl Backend for Bf16Sim {
         rule: ReparamRule,
     ) -> R<()> {
         // Scores and log-probs are f32 on the GPU too.
-        ck::remask::reparam_step(c, st, pt, &pl.v, tok, &mut sc.v, m, ids, rule);
+        ck::sampler::reparam_step(c, st, pt, &pl.v, tok, &mut sc.v, m, ids, rule);
         Ok(())
     }
     fn sum_squares(&self, x: &SimBuf) -> R<f64> {

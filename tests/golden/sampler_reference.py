@@ -6,7 +6,7 @@ works (whole-row sort with non-target slots at 1000, gather of the cutoff, boole
 the Rust sampler, which works one canvas at a time.
 
 The denoiser is a table of fixed logits per (example, step, target slot). A pick follows
-`backend::cpu::vocab::vocab_pick`: `<mask>` excluded, argmax (lowest id on ties) or Gumbel-max over
+`backend::cpu::sampler::vocab_pick`: `<mask>` excluded, argmax (lowest id on ties) or Gumbel-max over
 `logits / temperature`, and the log-softmax at temperature 1 of the chosen id.
 
 Random numbers follow the sampler's documented Philox streams (src/diffusion/sampler.rs), which

@@ -2,7 +2,7 @@
 //! picked with the CPU backend's `vocab_pick`, which is what `XlmR::pick` runs after its forward.
 //! It also checks that the sampler only asks for target slots of well-formed canvases.
 
-use dlm_engine::backend::cpu::vocab::vocab_pick;
+use dlm_engine::backend::cpu::sampler::vocab_pick;
 use dlm_engine::backend::pack_gumbel;
 use dlm_engine::backend::RowStats;
 use dlm_engine::diffusion::{Denoiser, SpecialIds};

@@ -10,7 +10,8 @@ pub mod elementwise;
 pub mod embed;
 pub mod layernorm;
 pub mod linear;
-pub mod remask;
+pub mod rows;
+pub mod sampler;
 pub mod vocab;
 
 use super::contract::{CanvasMeta, StepParams};
@@ -267,19 +268,12 @@ impl Backend for CpuBackend {
     }
 
     fn gather_rows(&self, x: &Vec<f32>, rows: &Vec<i32>, out: &mut Vec<f32>, n_rows: usize, cols: usize) -> Result<()> {
-        for (r, &src) in rows[..n_rows].iter().enumerate() {
-            out[r * cols..][..cols].copy_from_slice(&x[src as usize * cols..][..cols]);
-        }
+        rows::gather_rows(x, rows, out, n_rows, cols);
         Ok(())
     }
 
     fn scatter_add_rows(&self, dout: &Vec<f32>, rows: &Vec<i32>, dx: &mut Vec<f32>, n_rows: usize, cols: usize) -> Result<()> {
-        for (r, &dst) in rows[..n_rows].iter().enumerate() {
-            let d = &mut dx[dst as usize * cols..][..cols];
-            for (a, b) in d.iter_mut().zip(&dout[r * cols..][..cols]) {
-                *a += b;
-            }
-        }
+        rows::scatter_add_rows(dout, rows, dx, n_rows, cols);
         Ok(())
     }
 
@@ -335,7 +329,7 @@ impl Backend for CpuBackend {
         logprob: &mut Vec<f32>,
     ) -> Result<()> {
         let st =
-            vocab::vocab_pick(logits, rows, vocab, valid_vocab, forbid, temperature, gumbel.map(|(s, t)| (s.as_slice(), t.as_slice())));
+            sampler::vocab_pick(logits, rows, vocab, valid_vocab, forbid, temperature, gumbel.map(|(s, t)| (s.as_slice(), t.as_slice())));
         token[..rows].copy_from_slice(&st.token);
         logprob[..rows].copy_from_slice(&st.logprob);
         Ok(())
@@ -359,7 +353,7 @@ impl Backend for CpuBackend {
             canvases.len() == n_canvases * size_of::<CanvasMeta>() / 4 && step.len() == n_canvases * size_of::<StepParams>() / 4,
             "reparam_step: canvas arrays do not hold {n_canvases} canvases"
         );
-        remask::reparam_step(canvases, step, pick_token, pick_logprob, tokens, scores, masked, ids, rule);
+        sampler::reparam_step(canvases, step, pick_token, pick_logprob, tokens, scores, masked, ids, rule);
         Ok(())
     }
 

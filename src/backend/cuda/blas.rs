@@ -6,7 +6,7 @@
 //!
 //! cuBLASLt is column-major. A row-major `[r, c]` matrix is the column-major `[c, r]` one, so every
 //! row-major product is written as its transpose (docs/gpu.md §2); the callers in
-//! `ops_dense.rs` spell out each mapping.
+//! `linear.rs` spell out each mapping.
 
 use anyhow::{bail, Context, Result};
 use cudarc::cublaslt::result as lt;

@@ -123,7 +123,7 @@ impl CudaBackend {
         Ok(CudaBuf { len: n, store: Store::Bf16(self.alloc_zeros(n)?) })
     }
 
-    pub(crate) fn upload_bf16(&self, data: &[f32]) -> Result<CudaBuf> {
+    pub(crate) fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
         let host: Vec<bf16> = data.iter().map(|&v| bf16::from_f32(v)).collect();
         let mut s = self.alloc_zeros::<bf16>(data.len())?;
         if !host.is_empty() {
@@ -149,7 +149,7 @@ impl CudaBackend {
         Ok(buf)
     }
 
-    pub(crate) fn upload_ints(&self, data: &[i32]) -> Result<CudaIBuf> {
+    pub(crate) fn upload_i32(&self, data: &[i32]) -> Result<CudaIBuf> {
         let mut dev = self.alloc_zeros::<i32>(data.len())?;
         if !data.is_empty() {
             self.stream.memcpy_htod(data, &mut dev)?;
@@ -157,7 +157,7 @@ impl CudaBackend {
         Ok(CudaIBuf { host: data.to_vec(), dev })
     }
 
-    pub(crate) fn download_f32(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
+    pub(crate) fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
         let n = buf.len;
         if n == 0 {
             return Ok(Vec::new());

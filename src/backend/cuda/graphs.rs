@@ -26,7 +26,7 @@ impl CudaBackend {
         self.use_graphs && !self.sync_each_launch
     }
 
-    pub(crate) fn capture_begin(&self) -> Result<bool> {
+    pub(crate) fn begin_capture(&self) -> Result<bool> {
         if !self.graphs_enabled() {
             return Ok(false);
         }
@@ -38,7 +38,7 @@ impl CudaBackend {
     }
 
     /// Ends the capture, also after a failure inside it, and leaves the stream usable.
-    pub(crate) fn capture_end(&self) -> Result<usize> {
+    pub(crate) fn end_capture(&self) -> Result<usize> {
         // An op refused during the capture invalidates it, and the frees that follow (drops of
         // temporaries) record their errors in the context; cudarc's end_capture would return that
         // stale error before ending the capture, leaving the stream capturing. Nothing has run on
@@ -62,7 +62,7 @@ impl CudaBackend {
         Ok(g.0.len() - 1)
     }
 
-    pub(crate) fn graph_replay(&self, id: usize) -> Result<()> {
+    pub(crate) fn replay(&self, id: usize) -> Result<()> {
         let g = self.graphs.lock().map_err(|_| anyhow::anyhow!("CUDA graph table poisoned"))?;
         match g.0.get(id) {
             Some(Some(graph)) => graph.launch().with_context(|| format!("replaying CUDA graph {id}")),
@@ -70,7 +70,7 @@ impl CudaBackend {
         }
     }
 
-    pub(crate) fn graph_release(&self, id: usize) -> Result<()> {
+    pub(crate) fn release(&self, id: usize) -> Result<()> {
         let mut g = self.graphs.lock().map_err(|_| anyhow::anyhow!("CUDA graph table poisoned"))?;
         if let Some(slot) = g.0.get_mut(id) {
             *slot = None;
@@ -79,7 +79,7 @@ impl CudaBackend {
     }
 
     /// Copies `data` into an existing integer buffer of the same length (device and host copy).
-    pub(crate) fn write_ints(&self, dst: &mut CudaIBuf, data: &[i32]) -> Result<()> {
+    pub(crate) fn write_i32(&self, dst: &mut CudaIBuf, data: &[i32]) -> Result<()> {
         if dst.len() != data.len() {
             bail!("write_i32: {} values into a buffer of {}", data.len(), dst.len());
         }
@@ -92,7 +92,7 @@ impl CudaBackend {
 
     /// Copies `data` into a buffer of the same length in its current storage (bf16 rounds; f32
     /// and master weights keep every bit), without reallocating it.
-    pub(crate) fn write_floats(&self, dst: &mut CudaBuf, data: &[f32]) -> Result<()> {
+    pub(crate) fn write_f32(&self, dst: &mut CudaBuf, data: &[f32]) -> Result<()> {
         if dst.len != data.len() {
             bail!("write_f32: {} values into a buffer of {}", data.len(), dst.len);
         }
@@ -113,7 +113,7 @@ impl CudaBackend {
 
     /// The device values of an integer buffer (which a kernel may have written since the host
     /// copy was made).
-    pub(crate) fn read_ints(&self, src: &CudaIBuf) -> Result<Vec<i32>> {
+    pub(crate) fn read_i32(&self, src: &CudaIBuf) -> Result<Vec<i32>> {
         let mut out = vec![0i32; src.len()];
         if !out.is_empty() {
             self.to_host(&src.dev.slice(0..out.len()), &mut out)?;

@@ -221,16 +221,21 @@ mod tests {
 
     /// Catches, without a GPU, a launch whose argument list does not match its kernel's
     /// parameters (a missing or extra argument shifts every later one: garbage on the device).
-    /// Every `launch!` in the CUDA ops files is found, its kernel resolved (a string literal, or a
+    /// Every `launch!` in the CUDA family files is found, its kernel resolved (a string literal, or a
     /// `const`/`let` string in the same file) and its arguments counted against the kernel's.
     #[test]
     fn every_launch_passes_as_many_arguments_as_its_kernel_takes() {
         let files = [
-            ("ops_attention.rs", include_str!("ops_attention.rs")),
-            ("ops_basic.rs", include_str!("ops_basic.rs")),
-            ("ops_dense.rs", include_str!("ops_dense.rs")),
-            ("ops_noise.rs", include_str!("ops_noise.rs")),
-            ("ops_vocab.rs", include_str!("ops_vocab.rs")),
+            ("adamw.rs", include_str!("adamw.rs")),
+            ("attention.rs", include_str!("attention.rs")),
+            ("elementwise.rs", include_str!("elementwise.rs")),
+            ("embed.rs", include_str!("embed.rs")),
+            ("layernorm.rs", include_str!("layernorm.rs")),
+            ("linear.rs", include_str!("linear.rs")),
+            ("noise.rs", include_str!("noise.rs")),
+            ("rows.rs", include_str!("rows.rs")),
+            ("sampler.rs", include_str!("sampler.rs")),
+            ("vocab.rs", include_str!("vocab.rs")),
         ];
         let params = |name: &str| -> usize {
             for m in MODULES {
@@ -274,7 +279,7 @@ mod tests {
         }
         for &(_, names) in KERNEL_NAMES {
             for name in names {
-                assert!(launched.contains(*name), "{name} is listed but never launched from the ops files");
+                assert!(launched.contains(*name), "{name} is listed but never launched from the family files");
             }
         }
     }

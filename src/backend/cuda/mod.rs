@@ -5,7 +5,8 @@
 //! - `kernels`: loading the embedded fatbins (or NVRTC) and the kernel table;
 //! - `buffer`: `CudaBuf` / `CudaIBuf` and the storage-type rules;
 //! - `blas`: cuBLASLt plans;
-//! - `ops_*`: the op bodies, one file per family (each kernel's CPU twin is named there).
+//! - one file per kernel family, named as its `kernels/<family>.cu` and its CPU twin
+//!   `cpu/<family>.rs` (`linear` runs on cuBLASLt): the op bodies.
 //!
 //! All work goes to one non-default stream (CUDA-graph capture needs that) with cudarc's per-slice
 //! event tracking off: with a single stream every op is already ordered.
@@ -29,11 +30,16 @@ macro_rules! launch {
     }};
 }
 
-mod ops_attention;
-mod ops_basic;
-mod ops_dense;
-mod ops_noise;
-mod ops_vocab;
+mod adamw;
+mod attention;
+mod elementwise;
+mod embed;
+mod layernorm;
+mod linear;
+mod noise;
+mod rows;
+mod sampler;
+mod vocab;
 
 pub use buffer::{CudaBuf, CudaIBuf};
 pub use kernels::KernelSource;
@@ -49,7 +55,7 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     kernels: kernels::Kernels,
     blas: blas::Gemm,
-    scratch: Mutex<ops_vocab::Scratch>,
+    scratch: Mutex<sampler::Scratch>,
     sync_each_launch: bool,
     use_graphs: bool,
     graphs: Mutex<graphs::Graphs>,
@@ -94,9 +100,9 @@ impl CudaBackend {
         let _ = keep_freed_memory(&ctx);
         let (major, minor) = ctx.compute_capability()?;
         let kernels = kernels::Kernels::load(&ctx)?;
-        ops_attention::allow_attention_smem(&ctx, &kernels)?;
+        attention::allow_attention_smem(&ctx, &kernels)?;
         let blas = blas::Gemm::new(&stream, major)?;
-        let scratch = Mutex::new(ops_vocab::Scratch::new(&stream)?);
+        let scratch = Mutex::new(sampler::Scratch::new(&stream)?);
         let label = format!(
             "cuda:{ordinal} ({}, sm_{major}{minor}, kernels {})",
             ctx.name().unwrap_or_else(|_| "unknown GPU".into()),
@@ -233,41 +239,41 @@ impl Backend for CudaBackend {
         self.new_bf16(n)
     }
     fn upload(&self, data: &[f32]) -> Result<CudaBuf> {
-        self.upload_bf16(data)
+        self.upload(data)
     }
     fn download(&self, buf: &CudaBuf) -> Result<Vec<f32>> {
-        self.download_f32(buf)
+        self.download(buf)
     }
     fn synchronize(&self) -> Result<()> {
         CudaBackend::synchronize(self)
     }
     fn upload_i32(&self, data: &[i32]) -> Result<CudaIBuf> {
-        self.upload_ints(data)
+        self.upload_i32(data)
     }
     fn write_f32(&self, dst: &mut CudaBuf, data: &[f32]) -> Result<()> {
-        self.write_floats(dst, data)
+        self.write_f32(dst, data)
     }
     fn write_i32(&self, dst: &mut CudaIBuf, data: &[i32]) -> Result<()> {
-        self.write_ints(dst, data)
+        self.write_i32(dst, data)
     }
     fn read_i32(&self, src: &CudaIBuf) -> Result<Vec<i32>> {
-        self.read_ints(src)
+        self.read_i32(src)
     }
     fn len(&self, buf: &CudaBuf) -> usize {
         buf.len
     }
     fn fill_zero(&self, buf: &mut CudaBuf) -> Result<()> {
-        self.zero_fill(buf)
+        self.fill_zero(buf)
     }
     fn copy(&self, src: &CudaBuf, dst: &mut CudaBuf) -> Result<()> {
-        self.copy_buf(src, dst)
+        self.copy(src, dst)
     }
     fn add_assign(&self, dst: &mut CudaBuf, src: &CudaBuf) -> Result<()> {
-        self.add_into(dst, src)
+        self.add_assign(dst, src)
     }
 
     fn linear_fwd(&self, x: &CudaBuf, w: &CudaBuf, bias: Option<&CudaBuf>, y: &mut CudaBuf, m: usize, n: usize, k: usize) -> Result<()> {
-        self.linear_forward(x, w, bias, y, m, n, k)
+        self.linear_fwd(x, w, bias, y, m, n, k)
     }
 
     fn linear_bwd(
@@ -282,7 +288,7 @@ impl Backend for CudaBackend {
         n: usize,
         k: usize,
     ) -> Result<()> {
-        self.linear_backward(x, w, dy, dx, dw, db, m, n, k)
+        self.linear_bwd(x, w, dy, dx, dw, db, m, n, k)
     }
 
     fn upload_f32(&self, data: &[f32]) -> Result<CudaBuf> {
@@ -304,7 +310,7 @@ impl Backend for CudaBackend {
         tokens: usize,
         hidden: usize,
     ) -> Result<()> {
-        self.embed_forward(ids, pos_ids, word, pos, typ, out, tokens, hidden)
+        self.embed_fwd(ids, pos_ids, word, pos, typ, out, tokens, hidden)
     }
 
     fn embed_bwd(
@@ -319,20 +325,20 @@ impl Backend for CudaBackend {
         hidden: usize,
         padding_idx: i32,
     ) -> Result<()> {
-        self.embed_backward(ids, pos_ids, dout, dword, dpos, dtyp, tokens, hidden, padding_idx)
+        self.embed_bwd(ids, pos_ids, dout, dword, dpos, dtyp, tokens, hidden, padding_idx)
     }
 
     fn dropout_fwd(&self, x: &mut CudaBuf, drop: Dropout, stream: u64) -> Result<()> {
-        self.dropout_in_place(x, drop, stream)
+        self.dropout(x, drop, stream)
     }
     fn dropout_bwd(&self, dx: &mut CudaBuf, drop: Dropout, stream: u64) -> Result<()> {
-        self.dropout_in_place(dx, drop, stream)
+        self.dropout(dx, drop, stream)
     }
     fn gelu_fwd(&self, x: &CudaBuf, y: &mut CudaBuf) -> Result<()> {
-        self.gelu_forward(x, y)
+        self.gelu_fwd(x, y)
     }
     fn gelu_bwd(&self, x: &CudaBuf, dy: &CudaBuf, dx: &mut CudaBuf) -> Result<()> {
-        self.gelu_backward(x, dy, dx)
+        self.gelu_bwd(x, dy, dx)
     }
 
     fn add_layernorm_fwd(
@@ -349,7 +355,7 @@ impl Backend for CudaBackend {
         cols: usize,
         eps: f32,
     ) -> Result<()> {
-        self.layernorm_forward(x, residual, sum, gamma, beta, out, mean, rstd, rows, cols, eps)
+        self.add_layernorm_fwd(x, residual, sum, gamma, beta, out, mean, rstd, rows, cols, eps)
     }
 
     fn layernorm_bwd(
@@ -366,7 +372,7 @@ impl Backend for CudaBackend {
         rows: usize,
         cols: usize,
     ) -> Result<()> {
-        self.layernorm_backward(x, dout, gamma, mean, rstd, dx, accumulate, dgamma, dbeta, rows, cols)
+        self.layernorm_bwd(x, dout, gamma, mean, rstd, dx, accumulate, dgamma, dbeta, rows, cols)
     }
 
     fn attention_fwd(
@@ -381,7 +387,7 @@ impl Backend for CudaBackend {
         drop: Dropout,
         stream: u64,
     ) -> Result<()> {
-        self.attention_forward(q, k, v, key_mask, out, lse, shape, drop, stream)
+        self.attention_fwd(q, k, v, key_mask, out, lse, shape, drop, stream)
     }
 
     fn attention_bwd(
@@ -400,15 +406,15 @@ impl Backend for CudaBackend {
         drop: Dropout,
         stream: u64,
     ) -> Result<()> {
-        self.attention_backward(q, k, v, key_mask, out, lse, dout, dq, dk, dv, shape, drop, stream)
+        self.attention_bwd(q, k, v, key_mask, out, lse, dout, dq, dk, dv, shape, drop, stream)
     }
 
     fn gather_rows(&self, x: &CudaBuf, rows: &CudaIBuf, out: &mut CudaBuf, n_rows: usize, cols: usize) -> Result<()> {
-        self.gather(x, rows, out, n_rows, cols)
+        self.gather_rows(x, rows, out, n_rows, cols)
     }
 
     fn scatter_add_rows(&self, dout: &CudaBuf, rows: &CudaIBuf, dx: &mut CudaBuf, n_rows: usize, cols: usize) -> Result<()> {
-        self.scatter_add(dout, rows, dx, n_rows, cols)
+        self.scatter_add_rows(dout, rows, dx, n_rows, cols)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -422,7 +428,7 @@ impl Backend for CudaBackend {
         targets: &mut CudaIBuf,
         weights: &mut CudaBuf,
     ) -> Result<usize> {
-        self.noise(ids, seq, src_len, spec, rows, targets, weights)
+        self.q_sample(ids, seq, src_len, spec, rows, targets, weights)
     }
 
     fn cross_entropy_fwd_bwd(
@@ -435,7 +441,7 @@ impl Backend for CudaBackend {
         valid_vocab: usize,
         label_smoothing: f32,
     ) -> Result<Vec<f32>> {
-        self.cross_entropy(logits, targets, weights, rows, vocab, valid_vocab, label_smoothing)
+        self.cross_entropy_fwd_bwd(logits, targets, weights, rows, vocab, valid_vocab, label_smoothing)
     }
 
     fn vocab_pick(
@@ -450,7 +456,7 @@ impl Backend for CudaBackend {
         token: &mut CudaIBuf,
         logprob: &mut CudaBuf,
     ) -> Result<()> {
-        self.pick(logits, rows, vocab, valid_vocab, forbid, temperature, gumbel, token, logprob)
+        self.vocab_pick(logits, rows, vocab, valid_vocab, forbid, temperature, gumbel, token, logprob)
     }
 
     fn reparam_step(
@@ -466,27 +472,27 @@ impl Backend for CudaBackend {
         ids: &mut CudaIBuf,
         rule: ReparamRule,
     ) -> Result<()> {
-        self.remask(canvases, n_canvases, step, pick_token, pick_logprob, tokens, scores, masked, ids, rule)
+        self.reparam_step(canvases, n_canvases, step, pick_token, pick_logprob, tokens, scores, masked, ids, rule)
     }
 
     fn begin_capture(&self) -> Result<bool> {
-        self.capture_begin()
+        self.begin_capture()
     }
     fn end_capture(&self) -> Result<usize> {
-        self.capture_end()
+        self.end_capture()
     }
     fn replay(&self, graph: usize) -> Result<()> {
-        self.graph_replay(graph)
+        self.replay(graph)
     }
     fn release(&self, graph: usize) -> Result<()> {
-        self.graph_release(graph)
+        self.release(graph)
     }
 
     fn sum_squares(&self, x: &CudaBuf) -> Result<f64> {
-        self.sum_of_squares(&[x])
+        self.sum_squares_all(&[x])
     }
     fn sum_squares_all(&self, xs: &[&CudaBuf]) -> Result<f64> {
-        self.sum_of_squares(xs)
+        self.sum_squares_all(xs)
     }
     #[allow(clippy::too_many_arguments)]
     fn adamw(
@@ -500,7 +506,7 @@ impl Backend for CudaBackend {
         step: u64,
         grad_scale: f32,
     ) -> Result<()> {
-        self.adamw_step(param, grad, m, v, hp, lr, step, grad_scale)
+        self.adamw(param, grad, m, v, hp, lr, step, grad_scale)
     }
 }
 

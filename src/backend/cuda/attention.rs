@@ -119,7 +119,7 @@ fn geometry(op: &str, s: AttnShape) -> Result<Option<Geometry>> {
 
 impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn attention_forward(
+    pub(crate) fn attention_fwd(
         &self,
         q: &CudaBuf,
         k: &CudaBuf,
@@ -155,7 +155,7 @@ impl CudaBackend {
     /// Two passes (attention_bwd.cu says why not atomics): dQ and D_i = dO_i·O_i per query row,
     /// then dK and dV per key row. `dq`, `dk`, `dv` are overwritten (bf16).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn attention_backward(
+    pub(crate) fn attention_bwd(
         &self,
         q: &CudaBuf,
         k: &CudaBuf,

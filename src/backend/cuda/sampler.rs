@@ -1,19 +1,19 @@
-//! The sampler's kernels (the pick over the vocabulary, the re-masking step) and the fused
-//! cross-entropy. Kernels: sampler.cu, vocab.cu. CPU twins: cpu/vocab.rs, cpu/remask.rs.
+//! The sampler's kernels: the pick over the vocabulary and the re-masking step. Kernels:
+//! sampler.cu. CPU twin: cpu/sampler.rs.
 
 use super::buffer::{CudaBuf, CudaIBuf};
 use super::{cfg_rows, to_i32, CudaBackend};
 use crate::backend::contract::{records, CanvasMeta, StepParams};
 use crate::backend::ReparamRule;
-
-const META_FIELDS: usize = std::mem::size_of::<CanvasMeta>() / 4;
-const STEP_FIELDS: usize = std::mem::size_of::<StepParams>() / 4;
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use std::sync::{Arc, MutexGuard};
 
+const META_FIELDS: usize = std::mem::size_of::<CanvasMeta>() / 4;
+const STEP_FIELDS: usize = std::mem::size_of::<StepParams>() / 4;
+
 /// Threads per row for the vocabulary kernels (a 250k-column row is ~250 columns a thread).
-const VOCAB_THREADS: u32 = 1024;
+pub(super) const VOCAB_THREADS: u32 = 1024;
 /// Forbidden ids live in the sampler's shared memory.
 const MAX_FORBID: usize = 8192;
 /// A canvas's ranked scores live in the re-masking kernel's shared memory.
@@ -21,13 +21,13 @@ const MAX_SLOTS: usize = 8192;
 
 /// Small device buffers reused across calls, so the sampling loop does not allocate.
 pub struct Scratch {
-    stream: Arc<CudaStream>,
+    pub(super) stream: Arc<CudaStream>,
     pub floats: CudaSlice<f32>,
     pub floats2: CudaSlice<f32>,
     pub f64_acc: CudaSlice<f64>,
 }
 
-fn grow<T: DeviceRepr + ValidAsZeroBits>(stream: &Arc<CudaStream>, s: &mut CudaSlice<T>, n: usize) -> Result<()> {
+pub(super) fn grow<T: DeviceRepr + ValidAsZeroBits>(stream: &Arc<CudaStream>, s: &mut CudaSlice<T>, n: usize) -> Result<()> {
     if s.len() < n {
         *s = stream.alloc_zeros::<T>(n.next_power_of_two())?;
     }
@@ -54,7 +54,7 @@ impl CudaBackend {
     /// log-softmax at temperature 1, into `token` and `logprob`. Launch only (graph-capturable):
     /// every argument is checked on the host, from the integer buffers' host copies.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn pick(
+    pub(crate) fn vocab_pick(
         &self,
         logits: &CudaBuf,
         rows: usize,
@@ -100,7 +100,7 @@ impl CudaBackend {
     /// One reparameterized step on every canvas (see `Backend::reparam_step`). Launch only; the
     /// canvas layout is checked against the host copy of `canvases`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn remask(
+    pub(crate) fn reparam_step(
         &self,
         canvases: &CudaIBuf,
         n_canvases: usize,
@@ -155,46 +155,5 @@ impl CudaBackend {
                 &rule.mask
             ]
         )
-    }
-
-    /// Weighted softmax cross-entropy: returns the per-row losses and overwrites `logits` (bf16)
-    /// with `d(Σ_r weight_r · CE_r)/d logits`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn cross_entropy(
-        &self,
-        logits: &mut CudaBuf,
-        targets: &CudaIBuf,
-        weights: &[f32],
-        rows: usize,
-        vocab: usize,
-        valid: usize,
-        label_smoothing: f32,
-    ) -> Result<Vec<f32>> {
-        if rows == 0 {
-            return Ok(Vec::new());
-        }
-        if valid > vocab || valid == 0 {
-            bail!("cross_entropy: valid_vocab {valid} must be in 1..={vocab}");
-        }
-        Self::check_len("cross_entropy logits", logits.len, rows * vocab)?;
-        Self::check_len("cross_entropy targets", targets.len(), rows)?;
-        Self::check_len("cross_entropy weights", weights.len(), rows)?;
-        if let Some((r, &t)) = targets.host[..rows].iter().enumerate().find(|(_, &t)| t < 0 || t as usize >= valid) {
-            bail!("cross_entropy: target id {t} of row {r} is outside the vocabulary of {valid}");
-        }
-        let (nr, nv, nvalid) = (to_i32("rows", rows)?, to_i32("vocab", vocab)?, to_i32("valid_vocab", valid)?);
-        let ls = label_smoothing;
-        let ls_over_valid = ls / valid as f32;
-        let xs = self.inout_bf16(logits)?;
-        let mut guard = self.scratch()?;
-        let sc = &mut *guard;
-        grow(&sc.stream, &mut sc.floats, rows)?;
-        grow(&sc.stream, &mut sc.floats2, rows)?;
-        self.stream.memcpy_htod(&weights[..rows], &mut sc.floats.slice_mut(0..rows))?;
-        let cfg = cfg_rows(rows, VOCAB_THREADS, 0)?;
-        launch!(self, "cross_entropy_bf16", cfg, [xs, &targets.dev, &sc.floats, &mut sc.floats2, &nr, &nv, &nvalid, &ls, &ls_over_valid])?;
-        let mut loss = vec![0f32; rows];
-        self.to_host(&sc.floats2.slice(0..rows), &mut loss)?;
-        Ok(loss)
     }
 }

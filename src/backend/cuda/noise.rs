@@ -13,7 +13,7 @@ impl CudaBackend {
     /// gather, scatter and cross-entropy checks run on what the kernel wrote (positions in range
     /// and distinct, targets in the vocabulary).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn noise(
+    pub(crate) fn q_sample(
         &self,
         ids: &mut CudaIBuf,
         seq: usize,
@@ -43,7 +43,7 @@ impl CudaBackend {
         to_i32("batch positions", n)?;
         let (ex, rows2, seq32) = (to_i32("examples", b)?, to_i32("rows", 2 * b)?, to_i32("seq", seq)?);
         let rw = crate::backend::contract::reweighting_code(spec.reweighting);
-        let src = self.upload_ints(src_len)?;
+        let src = self.upload_i32(src_len)?;
         let mut flags = self.alloc_zeros::<i32>(n)?;
         let mut counts = self.alloc_zeros::<i32>(2 * b)?;
         let mut row_w = self.alloc_zeros::<f32>(2 * b)?;

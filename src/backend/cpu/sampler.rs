@@ -1,0 +1,110 @@
+//! The sampler's kernels' CPU twins (kernels/sampler.cu): the per-row pick over the vocabulary
+//! (argmax or Gumbel-max sample, and the log-prob of the pick), and the re-masking on a batch of
+//! canvases whose slots live in flat arrays, as the kernel `reparam_step` keeps them (the
+//! reference is rdm::remask, run canvas by canvas).
+
+use crate::backend::contract::{records, CanvasMeta, StepParams};
+use crate::backend::{unpack_seed, ReparamRule, RowStats};
+use crate::rdm::remask::Remask;
+use crate::rdm::remask::{self, RankNoise, Slots};
+use crate::rng::philox_gumbel;
+use rayon::prelude::*;
+
+/// The CPU twin of `Backend::vocab_pick`; `gumbel` is the packed `(seeds, streams)` pair of
+/// `backend::pack_gumbel`.
+pub fn vocab_pick(
+    logits: &[f32],
+    rows: usize,
+    vocab: usize,
+    valid: usize,
+    forbid: &[i32],
+    temperature: f32,
+    gumbel: Option<(&[i32], &[i32])>,
+) -> RowStats {
+    let noise = gumbel.map(|(seeds, streams)| move |r: usize| (unpack_seed(seeds, r), streams[r] as u32 as u64));
+    let picks: Vec<(i32, f32)> = logits[..rows * vocab]
+        .par_chunks(vocab)
+        .enumerate()
+        .map(|(r, row)| {
+            let allowed = |c: usize| !forbid.contains(&(c as i32));
+            let (mx, lse) = {
+                let mut mx = f32::NEG_INFINITY;
+                for (c, &x) in row[..valid].iter().enumerate() {
+                    if allowed(c) {
+                        mx = mx.max(x);
+                    }
+                }
+                let s: f64 = (0..valid).filter(|&c| allowed(c)).map(|c| ((row[c] - mx) as f64).exp()).sum();
+                (mx, mx + s.ln() as f32)
+            };
+            let _ = mx;
+            let mut best = (f32::NEG_INFINITY, 0usize);
+            for (c, &x) in row[..valid].iter().enumerate() {
+                if !allowed(c) {
+                    continue;
+                }
+                let key = match noise {
+                    None => x,
+                    Some(stream_of) => {
+                        let (seed, stream) = stream_of(r);
+                        x / temperature + philox_gumbel(seed, stream, c as u64)
+                    }
+                };
+                // Strict `>` keeps the lowest id on ties, as torch.argmax does.
+                if key > best.0 {
+                    best = (key, c);
+                }
+            }
+            (best.1 as i32, row[best.1] - lse)
+        })
+        .collect();
+    RowStats { token: picks.iter().map(|p| p.0).collect(), logprob: picks.iter().map(|p| p.1).collect() }
+}
+
+/// See `Backend::reparam_step` for the layout of `canvases` and `step`.
+#[allow(clippy::too_many_arguments)]
+pub fn reparam_step(
+    canvases: &[i32],
+    step: &[i32],
+    pick_token: &[i32],
+    pick_logprob: &[f32],
+    tokens: &mut [i32],
+    scores: &mut [f32],
+    masked: &mut [i32],
+    ids: &mut [i32],
+    rule: ReparamRule,
+) {
+    for (c, st) in records::<CanvasMeta>(canvases).iter().zip(records::<StepParams>(step)) {
+        let (s0, n, pos0) = (c.first as usize, c.len as usize, c.pos0 as usize);
+        let slots = s0..s0 + n;
+        let noise = rule.noise.then(|| RankNoise { scale: st.scale(), seed: rule.seed, stream: st.stream() });
+        let lowest = remask::lowest_set(&remask::ranked(&pick_logprob[slots.clone()], noise), st.k as usize);
+        let mut s = Slots {
+            tokens: tokens[slots.clone()].to_vec(),
+            scores: scores[slots.clone()].to_vec(),
+            masked: masked[slots.clone()].iter().map(|&m| m != 0).collect(),
+        };
+        let remask = if rule.cond { Remask::Cond } else { Remask::Uncond };
+        remask::reparam_update(&mut s, &pick_token[slots.clone()], &pick_logprob[slots.clone()], &lowest, remask, rule.mask);
+        tokens[slots.clone()].copy_from_slice(&s.tokens);
+        scores[slots.clone()].copy_from_slice(&s.scores);
+        for (m, &v) in masked[slots].iter_mut().zip(&s.masked) {
+            *m = v as i32;
+        }
+        ids[pos0..pos0 + n].copy_from_slice(&s.tokens);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pick_forbids_and_reports_log_prob() {
+        let l = vec![0.0, 5.0, 1.0, 100.0];
+        let st = vocab_pick(&l, 1, 4, 3, &[1], 1.0, None);
+        assert_eq!(st.token, vec![2]);
+        let lse = (1.0f32 + 1.0f32.exp()).ln();
+        assert!((st.logprob[0] - (1.0 - lse)).abs() < 1e-6);
+    }
+}

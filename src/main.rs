@@ -6,6 +6,8 @@ fn main() -> ExitCode {
     let args = Cli::parse();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        // Standard output was closed (`| head -0`): nobody reads the result; end quietly.
+        Err(e) if e.downcast_ref::<cli::StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(e) => {
             // One line for the user; the chain of causes joined, never a backtrace.
             let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>().join(": ");

@@ -215,13 +215,22 @@ fn add_whole_words(tok: &mut Tokenizer, counts: std::collections::HashMap<String
 /// The `tokenizers` trainer seeds its candidate pieces from *distinct* words (a word's frequency
 /// does not count there), so on a corpus with few distinct words even frequent words may end up
 /// split into short pieces; real corpora do not show this.
+/// The largest vocabulary `train_unigram` builds (XLM-R has 250,002 ids).
+pub const MAX_TRAIN_VOCAB: usize = 1_000_000;
+
+/// `--vocab-size` of `tokenizer train` in its range.
+pub fn check_train_vocab(vocab_size: usize) -> Result<()> {
+    if !(MIN_TRAIN_VOCAB..=MAX_TRAIN_VOCAB).contains(&vocab_size) {
+        bail!("--vocab-size {vocab_size}: must be between {MIN_TRAIN_VOCAB} (5 special tokens and \"▁\") and {MAX_TRAIN_VOCAB}");
+    }
+    Ok(())
+}
+
 pub fn train_unigram<I>(texts: I, vocab_size: usize) -> Result<Tok>
 where
     I: Iterator<Item = String> + Send,
 {
-    if vocab_size < MIN_TRAIN_VOCAB {
-        bail!("vocab size must be at least {MIN_TRAIN_VOCAB} (5 special tokens and \"▁\"), got {vocab_size}");
-    }
+    check_train_vocab(vocab_size)?;
     let mut texts = texts.peekable();
     if texts.peek().is_none() {
         bail!("no text to train the tokenizer on");

@@ -20,6 +20,125 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Range checks for flags and file fields; each error is one line naming `what`.
+pub mod range {
+    use anyhow::{bail, Result};
+
+    /// A finite number greater than 0.
+    pub fn positive(what: &str, v: f32) -> Result<()> {
+        if !(v.is_finite() && v > 0.0) {
+            bail!("{what} ({v}) must be a finite number greater than 0");
+        }
+        Ok(())
+    }
+
+    /// A finite number at least 0.
+    pub fn non_negative(what: &str, v: f32) -> Result<()> {
+        if !(v.is_finite() && v >= 0.0) {
+            bail!("{what} ({v}) must be a finite number at least 0");
+        }
+        Ok(())
+    }
+
+    /// A probability-like number in [0, 1).
+    pub fn unit(what: &str, v: f32) -> Result<()> {
+        if !(0.0..1.0).contains(&v) {
+            bail!("{what} ({v}) must be in [0, 1)");
+        }
+        Ok(())
+    }
+
+    /// A count of at least `min`.
+    pub fn at_least(what: &str, v: u64, min: u64) -> Result<()> {
+        if v < min {
+            bail!("{what} ({v}) must be at least {min}");
+        }
+        Ok(())
+    }
+}
+
+/// What is at a command's output path, as far as writing it goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OutputTarget {
+    /// Nothing, or a regular file: written beside it and renamed over it.
+    Replace(PathBuf),
+    /// A device, FIFO or socket (only with `force`): written into, never replaced.
+    Stream(PathBuf),
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        #[cfg(unix)]
+        (Ok(x), Ok(y)) => {
+            use std::os::unix::fs::MetadataExt;
+            x.dev() == y.dev() && x.ino() == y.ino()
+        }
+        #[cfg(not(unix))]
+        (Ok(_), Ok(_)) => std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok(),
+        _ => false,
+    }
+}
+
+/// Checks an output path before any work is done: a regular file or nothing is fine; a
+/// directory is an error; a symbolic link, a device, a FIFO, a socket or one of `inputs` is
+/// refused unless `force` (`flag` names the option that forces it), and then a link is
+/// followed to its target and a device is written into rather than replaced.
+pub fn check_output(path: &Path, inputs: &[PathBuf], force: bool, flag: &str) -> Result<OutputTarget> {
+    let mut at = path.to_path_buf();
+    for _ in 0..16 {
+        let meta = match std::fs::symlink_metadata(&at) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(OutputTarget::Replace(at)),
+            Err(e) => return Err(e).with_context(|| format!("{}: cannot inspect the output path", at.display())),
+        };
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let link = std::fs::read_link(&at).with_context(|| format!("{}: cannot read the link", at.display()))?;
+            let target = at.parent().unwrap_or(Path::new(".")).join(link);
+            if !force {
+                bail!(
+                    "{}: is a symbolic link (to {}); refusing to write through it (give {flag} to write to its target)",
+                    path.display(),
+                    target.display()
+                );
+            }
+            at = target;
+            continue;
+        }
+        if ft.is_dir() {
+            bail!("{}: is a directory; give a file path", path.display());
+        }
+        if !ft.is_file() {
+            if !force {
+                bail!("{}: is not a regular file (a device, FIFO or socket); refusing to write to it (give {flag} to)", path.display());
+            }
+            return Ok(OutputTarget::Stream(at));
+        }
+        if let Some(inp) = inputs.iter().find(|i| same_file(&at, i)) {
+            if !force {
+                bail!(
+                    "{}: is an input of this command ({}); write elsewhere (or give {flag} to replace it)",
+                    path.display(),
+                    inp.display()
+                );
+            }
+        }
+        return Ok(OutputTarget::Replace(at));
+    }
+    bail!("{}: too many levels of symbolic links", path.display())
+}
+
+/// Writes a command's output to `path` as `check_output` allows (see there).
+pub fn write_output(path: &Path, bytes: &[u8], inputs: &[PathBuf], force: bool, flag: &str) -> Result<()> {
+    match check_output(path, inputs, force, flag)? {
+        OutputTarget::Replace(p) => write_atomic(&p, bytes),
+        OutputTarget::Stream(p) => {
+            let mut f = std::fs::OpenOptions::new().write(true).open(&p).with_context(|| format!("{}: cannot open", p.display()))?;
+            f.write_all(bytes).with_context(|| format!("{}: write failed", p.display()))
+        }
+    }
+}
+
 /// Replaces directory `dst` by the fully written directory `tmp` (both on the same filesystem).
 /// An existing `dst` is moved aside first and removed only after the new one is in place.
 pub fn replace_dir(tmp: &Path, dst: &Path) -> Result<()> {
@@ -48,7 +167,7 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
         bail!("empty duration");
     }
     if let Ok(secs) = t.parse::<f64>() {
-        return Ok(Duration::from_secs_f64(secs));
+        return checked_duration(s, secs);
     }
     let mut total = 0.0f64;
     let mut num = String::new();
@@ -71,7 +190,20 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     if !num.is_empty() {
         bail!("`{s}`: number `{num}` has no unit (use s, m, h or d)");
     }
-    Ok(Duration::from_secs_f64(total))
+    checked_duration(s, total)
+}
+
+/// The longest duration accepted: 100 years.
+const MAX_DURATION_SECS: f64 = 100.0 * 365.0 * 86400.0;
+
+fn checked_duration(s: &str, secs: f64) -> Result<Duration> {
+    if !secs.is_finite() || secs <= 0.0 {
+        bail!("`{s}`: a duration must be a positive, finite time (e.g. 300s, 2h)");
+    }
+    if secs > MAX_DURATION_SECS {
+        bail!("`{s}`: too long ({secs:.3e} s); at most 100 years");
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 #[cfg(test)]
@@ -86,6 +218,9 @@ mod tests {
         assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("1h30").is_err());
+        for bad in ["99999999999999999999h", "1e300", "inf", "nan", "-5", "0", "0s", "-1h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

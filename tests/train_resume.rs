@@ -127,3 +127,41 @@ fn tiny_model_loss_falls() {
     let tail: f64 = losses[losses.len() - 10..].iter().sum::<f64>() / 10.0;
     assert!(tail < 0.6 * head, "loss did not fall: first 10 steps {head:.3}, last 10 {tail:.3}");
 }
+
+/// Issue 16, case 4: a loss that is not finite for `MAX_NONFINITE_STEPS` consecutive updates
+/// stops training with an error naming the last good checkpoint, and no checkpoint of the
+/// broken stretch is written.
+#[test]
+fn a_loss_that_stays_nan_stops_training_and_keeps_the_last_good_checkpoint() {
+    use dlm_engine::train::trainer::MAX_NONFINITE_STEPS;
+    let tmp = tempfile::tempdir().unwrap();
+    let tok = tokenizer_file(tmp.path());
+    let out = tmp.path().join("run");
+    let run = |model: XlmR<CpuBackend>, steps: u64, resume: Option<&Path>| {
+        let mut data = Cycle::new();
+        let mut cfg = config(&out, steps, 3e-3);
+        cfg.save_every = 2;
+        cfg.keep_checkpoints = 10;
+        let mut t = Trainer { cfg, model, tokenizer_path: tok.clone(), data: &mut data, validator: None, pad: 1, mask: 31 };
+        t.run(resume)
+    };
+    run(tiny_model(), 4, None).unwrap();
+    // Resume from the good final checkpoint with a poisoned weight: every loss is NaN.
+    let ck = out.join("final");
+    let mut model = XlmR::load(CpuBackend::new(), &ck).unwrap();
+    let i = model.param_names().iter().position(|n| n.ends_with("lm_head.dense.weight")).unwrap();
+    let mut v = model.download_param(i, &model.values()[i]).unwrap();
+    v[0] = f32::NAN;
+    model.set_value(i, &v).unwrap();
+    let before = std::fs::read(ck.join("model.safetensors")).unwrap();
+    let err = run(model, 40, Some(&ck)).unwrap_err().to_string();
+    assert!(err.contains(&format!("{MAX_NONFINITE_STEPS} consecutive steps")) && err.contains("step 9"), "{err}");
+    assert!(err.contains("the last good checkpoint is") && err.contains("final"), "{err}");
+    assert_eq!(std::fs::read(ck.join("model.safetensors")).unwrap(), before, "final/ kept");
+    let cps: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    assert_eq!(cps, ["checkpoint-2"], "no checkpoint written during the NaN steps");
+}

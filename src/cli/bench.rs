@@ -108,7 +108,7 @@ impl Job for BenchJob {
                 (true, None) => String::new(),
                 (false, _) => format!("  graph {}", if model.sampling_step_recorded() { "yes" } else { "no" }),
             };
-            println!("{key} {ms:.3} ms/step  {tps:.0} tokens/s{extra}");
+            crate::outln!("{key} {ms:.3} ms/step  {tps:.0} tokens/s{extra}")?;
         }
         Ok(())
     }

@@ -166,9 +166,9 @@ pub fn run(args: Args) -> Result<()> {
     let (hyps, refs) = load_pairs(&args)?;
     let report = metrics::report(&hyps, &refs, args.score.metric, args.score.tokenize, args.score.lowercase)?;
     if args.json {
-        println!("{}", report.to_json());
+        crate::outln!("{}", report.to_json())?;
     } else {
-        println!("{report}");
+        crate::outln!("{report}")?;
     }
     Ok(())
 }

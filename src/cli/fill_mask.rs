@@ -104,16 +104,22 @@ impl Job for FillJob {
 
 pub fn run(args: Args) -> Result<()> {
     let tok = Tok::load(args.model.join("tokenizer.json"))?;
+    let cfg_file = args.model.join("config.json");
+    crate::model::ModelConfig::from_file(&cfg_file)?.check_tokenizer(
+        tok.vocab_size(),
+        &args.model.join("tokenizer.json").display().to_string(),
+        &cfg_file.display().to_string(),
+    )?;
     let (run, json) = (args.run.clone(), args.json);
     let results = dispatch(&run.device, run.threads, FillJob { args, tok })?;
     for r in &results {
         if json {
-            println!("{}", serde_json::to_string(r)?);
+            crate::outln!("{}", serde_json::to_string(r)?)?;
         } else {
-            println!("{}", r.text);
+            crate::outln!("{}", r.text)?;
             for m in &r.masks {
                 let cands: Vec<String> = m.top.iter().map(|c| format!("{:?} {:.4}", c.token, c.prob)).collect();
-                println!("  <mask> at {}: {}", m.position, cands.join(", "));
+                crate::outln!("  <mask> at {}: {}", m.position, cands.join(", "))?;
             }
         }
     }

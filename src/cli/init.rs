@@ -36,15 +36,7 @@ pub fn run(a: Args) -> Result<()> {
     let cfg = match (&a.config, &a.preset) {
         (Some(path), _) => {
             let cfg = ModelConfig::from_file(path)?;
-            if cfg.vocab_size < tok.vocab_size() {
-                bail!(
-                    "{}: field `vocab_size` ({}) is smaller than the tokenizer's {} ids ({})",
-                    path.display(),
-                    cfg.vocab_size,
-                    tok.vocab_size(),
-                    a.tokenizer.display()
-                );
-            }
+            cfg.check_tokenizer(tok.vocab_size(), &a.tokenizer.display().to_string(), &format!("{}: field `vocab_size`", path.display()))?;
             cfg
         }
         (None, Some(name)) => {
@@ -54,6 +46,11 @@ pub fn run(a: Args) -> Result<()> {
         }
         (None, None) => unreachable!("clap requires --config or --preset"),
     };
+    let what = match (&a.config, &a.preset) {
+        (Some(p), _) => p.display().to_string(),
+        (None, p) => format!("preset `{}`", p.as_deref().unwrap_or_default()),
+    };
+    cfg.check_fits_memory(&what)?;
     if a.out.exists() && a.out.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) && !a.force {
         bail!("{}: already exists and is not empty (use --force to replace it)", a.out.display());
     }

@@ -13,7 +13,6 @@ use crate::tokenizer::Tok;
 use anyhow::{bail, Result};
 use clap::Args as ClapArgs;
 use serde::Serialize;
-use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(ClapArgs, Debug, Clone)]
@@ -28,9 +27,14 @@ pub struct Args {
     /// A prompt to complete (repeatable); needs a fixed `--length`.
     #[arg(long)]
     pub prompt: Vec<String>,
-    /// Where to write the JSON lines (default: standard output).
+    /// Where to write the JSON lines (default: standard output). Written beside the path and
+    /// renamed over it; an input file, a symbolic link, a device or a FIFO is refused.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Write `--out` even where it is refused: over an input file, through a symbolic link (to
+    /// its target), or into a device or FIFO.
+    #[arg(long)]
+    pub force: bool,
     /// Denoising steps K.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
@@ -54,6 +58,10 @@ pub struct Args {
     /// Print the canvas of every step (drafting, then revising) to standard error.
     #[arg(long)]
     pub show_steps: bool,
+    /// Cut prompts too long for the model from the left (after `<s>`) instead of refusing them;
+    /// the summary says how many were cut.
+    #[arg(long)]
+    pub truncate: bool,
     /// Add `steps` (the target token ids after every step, <mask> included) to each output line.
     #[arg(long)]
     pub save_steps: bool,
@@ -101,24 +109,47 @@ pub fn special_ids(tok: &Tok) -> SpecialIds {
 /// Builds canvases for `reqs`, runs the sampler and detokenises. Prompts too long for the model
 /// are cut from the left (after `<s>`), as the reference layout does.
 pub fn decode<B: Backend>(model: &mut XlmR<B>, tok: &Tok, reqs: &[Request], opts: &DecodeOptions) -> Result<Vec<Output>> {
+    Ok(decode_checked(model, tok, reqs, opts, None)?.0)
+}
+
+/// `decode`, with the inputs' names (`file:line`) when a prompt too long for the model is an
+/// error naming it; without names such prompts are cut from the left and counted (the second
+/// value).
+pub fn decode_checked<B: Backend>(
+    model: &mut XlmR<B>,
+    tok: &Tok,
+    reqs: &[Request],
+    opts: &DecodeOptions,
+    names: Option<&[String]>,
+) -> Result<(Vec<Output>, usize)> {
     let max_len = model.config().max_seq_len();
     let mut prompts = Vec::with_capacity(reqs.len());
     let mut lengths = Vec::with_capacity(reqs.len());
+    let mut truncated = 0;
     for (i, r) in reqs.iter().enumerate() {
+        let name = names.and_then(|n| n.get(i).cloned()).unwrap_or_else(|| format!("input {}", i + 1));
         let len = match (opts.length, &r.tgt) {
             (Some(n), _) => n,
             (None, Some(t)) => tok.encode(t)?.len().saturating_sub(2),
-            (None, None) => bail!("input {} has no target, so `--length oracle` cannot work; give --length N", i + 1),
+            (None, None) => bail!("{name} has no target, so `--length oracle` cannot work; give --length N"),
         };
         if len + 3 > max_len {
-            bail!("input {}: a target of {len} tokens does not fit the model's {max_len} positions", i + 1);
+            bail!("{name}: a target of {len} tokens does not fit the model's {max_len} positions");
         }
         let mut src = tok.encode(&r.src)?;
         src.pop(); // </s>: the canvas is [<s>] prompt <mask>×L [</s>]
         let room = max_len - len - 1;
         if src.len() > room {
+            if names.is_some() {
+                bail!(
+                    "{name}: the prompt has {} tokens, but with a target of {len} the model's {max_len} positions leave room for {room}; \
+                     shorten it, or give --truncate to cut long prompts from the left",
+                    src.len()
+                );
+            }
             let cut = src.len() - room;
             src.drain(1..1 + cut);
+            truncated += 1;
         }
         prompts.push(src);
         lengths.push(len);
@@ -132,12 +163,14 @@ pub fn decode<B: Backend>(model: &mut XlmR<B>, tok: &Tok, reqs: &[Request], opts
     };
     let hook_ref: Option<crate::diffusion::sampler::StepHook> = if opts.show_steps { Some(&mut hook) } else { None };
     let gens = generate(model, &prompts, &lengths, special_ids(tok), &opts.sampler, opts.batch_size, hook_ref)?;
-    reqs.iter()
+    let outs = reqs
+        .iter()
         .zip(gens)
         .map(|(r, g)| {
             Ok(Output { src: r.src.clone(), hyp: tok.decode(&g.tokens, true)?, score: g.score, tgt: r.tgt.clone(), steps: g.steps })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok((outs, truncated))
 }
 
 /// Prints the metric and exact match of outputs that carry targets (to standard error).
@@ -158,11 +191,13 @@ struct SampleJob {
     args: Args,
     tok: Tok,
     reqs: Vec<Request>,
+    /// `file:line` (or `--prompt N`) of each request, for errors.
+    names: Vec<String>,
 }
 
 impl Job for SampleJob {
-    type Out = Vec<Output>;
-    fn run<B: Backend>(self, backend: B) -> Result<Vec<Output>> {
+    type Out = (Vec<Output>, usize);
+    fn run<B: Backend>(self, backend: B) -> Result<(Vec<Output>, usize)> {
         let a = &self.args;
         let mut model = XlmR::load(backend, &a.model)?;
         let strategy: Strategy = a.strategy.parse()?;
@@ -183,35 +218,55 @@ impl Job for SampleJob {
             batch_size: a.batch_size,
             show_steps: a.show_steps,
         };
-        decode(&mut model, &self.tok, &self.reqs, &opts)
+        let names = (!a.truncate).then_some(self.names.as_slice());
+        decode_checked(&mut model, &self.tok, &self.reqs, &opts, names)
     }
 }
 
 pub fn run(args: Args) -> Result<()> {
+    super::device::set_threads(args.run.threads);
+    crate::util::range::at_least("--steps", args.steps as u64, 1)?;
+    crate::util::range::at_least("--batch-size", args.batch_size as u64, 1)?;
+    crate::util::range::positive("--temperature", args.temperature)?;
+    // Every file this command reads; `--out` must not replace one of them.
+    let mut inputs: Vec<PathBuf> = ["config.json", "model.safetensors", "tokenizer.json"].iter().map(|f| args.model.join(f)).collect();
+    inputs.extend(args.input.clone());
+    if let Some(p) = &args.out {
+        crate::util::check_output(p, &inputs, args.force, "--force")?;
+    }
     let tok = Tok::load(args.model.join("tokenizer.json"))?;
-    let reqs: Vec<Request> = match &args.input {
+    let cfg_file = args.model.join("config.json");
+    crate::model::ModelConfig::from_file(&cfg_file)?.check_tokenizer(
+        tok.vocab_size(),
+        &args.model.join("tokenizer.json").display().to_string(),
+        &cfg_file.display().to_string(),
+    )?;
+    let (reqs, names): (Vec<Request>, Vec<String>) = match &args.input {
         Some(path) => {
             let file = read_jsonl(path, &args.data.jsonl(false))?;
             if file.skips.skipped > 0 {
                 eprintln!("skipped {} bad line(s) of {}", file.skips.skipped, path.display());
             }
-            file.records.into_iter().map(|r| Request { src: r.src, tgt: r.tgt }).collect()
+            file.records.into_iter().map(|r| (Request { src: r.src, tgt: r.tgt }, format!("{}:{}", path.display(), r.line))).unzip()
         }
-        None => args.prompt.iter().map(|p| Request { src: p.clone(), tgt: None }).collect(),
+        None => args.prompt.iter().enumerate().map(|(i, p)| (Request { src: p.clone(), tgt: None }, format!("--prompt {}", i + 1))).unzip(),
     };
     if reqs.is_empty() {
         bail!("nothing to sample: the input has no records");
     }
-    let (run, score, out_path) = (args.run.clone(), args.score.clone(), args.out.clone());
-    let outs = dispatch(&run.device, run.threads, SampleJob { args, tok, reqs })?;
+    let (run, score, out_path, force) = (args.run.clone(), args.score.clone(), args.out.clone(), args.force);
+    let (outs, truncated) = dispatch(&run.device, run.threads, SampleJob { args, tok, reqs, names })?;
+    if truncated > 0 {
+        eprintln!("truncated {truncated} of {} prompt(s) from the left to fit the model (--truncate)", outs.len());
+    }
     let mut text = String::new();
     for o in &outs {
         text.push_str(&serde_json::to_string(o)?);
         text.push('\n');
     }
     match out_path {
-        Some(p) => crate::util::write_atomic(&p, text.as_bytes())?,
-        None => std::io::stdout().write_all(text.as_bytes())?,
+        Some(p) => crate::util::write_output(&p, text.as_bytes(), &inputs, force, "--force")?,
+        None => super::write_stdout(&text)?,
     }
     print_scores(&outs, &score)
 }

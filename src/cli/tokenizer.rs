@@ -52,6 +52,7 @@ struct ReadState {
 
 fn train(a: TrainArgs) -> Result<()> {
     let started = Instant::now();
+    crate::tokenizer::check_train_vocab(a.vocab_size)?;
     let opts = a.data.jsonl(true);
     // Open every file first so a wrong path fails before any work.
     let readers = a.input.iter().map(|p| JsonlReader::open(p, &opts)).collect::<Result<Vec<_>>>()?;
@@ -80,14 +81,14 @@ fn train(a: TrainArgs) -> Result<()> {
     let tok = trained?;
     tok.save(&a.out)?;
     let s = tok.special();
-    println!(
+    crate::outln!(
         "trained Unigram tokenizer on {} record(s) ({} texts) from {} file(s) in {:.1}s",
         st.records,
         2 * st.records,
         a.input.len(),
         started.elapsed().as_secs_f64()
-    );
-    println!(
+    )?;
+    crate::outln!(
         "vocab size {} (asked {}); <s>={} <pad>={} </s>={} <unk>={} <mask>={}",
         tok.vocab_size(),
         a.vocab_size,
@@ -96,8 +97,8 @@ fn train(a: TrainArgs) -> Result<()> {
         s.eos,
         s.unk,
         s.mask
-    );
-    println!("wrote {}", a.out.display());
+    )?;
+    crate::outln!("wrote {}", a.out.display())?;
     Ok(())
 }
 

@@ -14,9 +14,10 @@ use crate::rdm::noise::Reweighting;
 use crate::tokenizer::Tok;
 use crate::train::checkpoint;
 use crate::train::defaults::TrainingDefaults;
+use crate::train::run_dir::{self, Mode, RunDir};
 use crate::train::schedule::{default_warmup, Schedule};
 use crate::train::{AdamWSettings, Summary, TrainConfig, Trainer};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
 
@@ -34,9 +35,12 @@ pub struct Args {
     /// Run directory: checkpoints (`checkpoint-N/`, `final/`) and `metrics.jsonl`.
     #[arg(long)]
     pub out: PathBuf,
-    /// Continue a run exactly: a checkpoint directory, or a run directory (its newest checkpoint).
+    /// Continue a run exactly: a checkpoint directory, or a run directory (its newest complete checkpoint).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Delete the run already in `--out` (its checkpoints, final model and metrics) and start again.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Stop after this many optimizer updates.
     #[arg(long)]
     pub max_steps: Option<u64>,
@@ -112,6 +116,8 @@ pub struct Args {
 
 struct TrainJob {
     args: Args,
+    /// Held for the whole run: the lock keeps a second process out.
+    run_dir: RunDir,
     model_dir: PathBuf,
     resume_dir: Option<PathBuf>,
     tok: Tok,
@@ -123,15 +129,10 @@ struct TrainJob {
 impl Job for TrainJob {
     type Out = Summary;
     fn run<B: Backend>(mut self, backend: B) -> Result<Summary> {
-        let model = XlmR::load_for_training(backend, &self.model_dir)?;
-        if self.tok.vocab_size() > model.config().vocab_size {
-            bail!(
-                "{}: the tokenizer has {} ids but the model only {} rows",
-                self.model_dir.display(),
-                self.tok.vocab_size(),
-                model.config().vocab_size
-            );
-        }
+        let mut model = XlmR::load_for_training(backend, &self.model_dir)?;
+        // `--dropout` (or the training defaults' rate) is the rate of every dropout site; the
+        // saved config.json records it, as Hugging Face's training does.
+        model.set_dropout(self.cfg.dropout);
         eprintln!(
             "model {} ({} parameters) on {}; {} training batches per epoch",
             self.model_dir.display(),
@@ -145,7 +146,7 @@ impl Job for TrainJob {
         let mut trainer = Trainer {
             cfg: self.cfg.clone(),
             model,
-            tokenizer_path: self.model_dir.join("tokenizer.json"),
+            tokenizer_path: self.run_dir.path.join("tokenizer.json"),
             data: &mut self.data,
             validator,
             pad: self.tok.pad(),
@@ -168,7 +169,50 @@ pub fn validate<B: Backend>(model: &mut XlmR<B>, tok: &Tok, reqs: &[Request], st
 }
 
 /// Runs training as the CLI would; returns the summary (used by `demo` too).
+/// Every numeric flag in its real range (before anything is read or written).
+fn check_flags(a: &Args) -> Result<()> {
+    use crate::util::range;
+    if let Some(v) = a.lr {
+        range::positive("--lr", v)?;
+    }
+    range::unit("--beta1", a.beta1)?;
+    range::unit("--beta2", a.beta2)?;
+    range::positive("--adam-eps", a.adam_eps)?;
+    if let Some(v) = a.weight_decay {
+        range::non_negative("--weight-decay", v)?;
+    }
+    if let Some(v) = a.clip_norm {
+        range::non_negative("--clip-norm (0 turns clipping off)", v)?;
+    }
+    if let Some(v) = a.dropout {
+        range::unit("--dropout", v)?;
+    }
+    if let Some(v) = a.label_smoothing {
+        range::unit("--label-smoothing", v)?;
+    }
+    range::at_least("--timesteps", a.timesteps as u64, 1)?;
+    range::at_least("--accumulate", a.accumulate as u64, 1)?;
+    range::at_least("--keep-checkpoints", a.keep_checkpoints as u64, 1)?;
+    range::at_least("--log-every", a.log_every, 1)?;
+    range::at_least("--eval-steps", a.eval_steps as u64, 1)?;
+    if let Some(v) = a.max_steps {
+        range::at_least("--max-steps", v, 1)?;
+    }
+    if let Some(v) = a.max_tokens {
+        range::at_least("--max-tokens", v as u64, 1)?;
+    }
+    if let Some(v) = a.max_len {
+        range::at_least("--max-len", v as u64, 2)?;
+    }
+    Ok(())
+}
+
 pub fn train(args: Args) -> Result<Summary> {
+    super::device::set_threads(args.run.threads);
+    check_flags(&args)?;
+    // The run directory is locked before anything of it is read (a resume) and checked to be a
+    // run of this tool, or empty, before anything is written.
+    let lock = run_dir::lock(&args.out)?;
     let resume_dir = args.resume.as_deref().map(checkpoint::resolve_resume).transpose()?;
     let model_dir: PathBuf = match (&resume_dir, &args.model) {
         (Some(r), _) => r.clone(),
@@ -178,6 +222,8 @@ pub fn train(args: Args) -> Result<Summary> {
     let tok = Tok::load(model_dir.join("tokenizer.json"))?;
     let defaults = TrainingDefaults::for_model(&model_dir)?;
     let model_cfg = crate::model::ModelConfig::from_file(&model_dir.join("config.json"))?;
+    let (tok_file, cfg_file) = (model_dir.join("tokenizer.json"), model_dir.join("config.json"));
+    model_cfg.check_tokenizer(tok.vocab_size(), &tok_file.display().to_string(), &cfg_file.display().to_string())?;
     let max_len = args.max_len.unwrap_or(model_cfg.max_seq_len()).min(model_cfg.max_seq_len());
 
     let (records, skips) = read_jsonl_files(&args.train, &args.data.jsonl(true))?;
@@ -201,7 +247,7 @@ pub fn train(args: Args) -> Result<Summary> {
         }
         None => Vec::new(),
     };
-    let max_time = args.max_time.as_deref().map(crate::util::parse_duration).transpose()?;
+    let max_time = args.max_time.as_deref().map(|t| crate::util::parse_duration(t).context("--max-time")).transpose()?;
     let schedule: Schedule = args.schedule.as_deref().unwrap_or(&defaults.schedule).parse()?;
     let warmup = args.warmup_steps.or(defaults.warmup_steps).unwrap_or_else(|| default_warmup(args.max_steps.unwrap_or(1000)));
     let reweighting: Reweighting = args.reweighting.parse()?;
@@ -211,7 +257,7 @@ pub fn train(args: Args) -> Result<Summary> {
         warmup_steps: warmup,
         max_steps: args.max_steps,
         max_time,
-        accumulate: args.accumulate.max(1),
+        accumulate: args.accumulate,
         clip_norm: args.clip_norm.unwrap_or(defaults.clip_norm),
         adamw: AdamWSettings {
             beta1: args.beta1,
@@ -225,18 +271,41 @@ pub fn train(args: Args) -> Result<Summary> {
         label_smoothing: args.label_smoothing.unwrap_or(defaults.label_smoothing),
         seed: args.seed,
         save_every: args.save_every,
-        keep_checkpoints: args.keep_checkpoints.max(1),
+        keep_checkpoints: args.keep_checkpoints,
         eval_every: if args.valid.is_some() { args.eval_every } else { 0 },
-        log_every: args.log_every.max(1),
+        log_every: args.log_every,
         out_dir: args.out.clone(),
         progress: !args.no_progress,
     };
+    // Everything is checked; only now is the run directory touched.
+    let mode = match (&args.resume, args.overwrite) {
+        (Some(_), _) => Mode::Resume,
+        (None, true) => Mode::Overwrite,
+        (None, false) => Mode::New,
+    };
+    let record = serde_json::json!({
+        "tool": "dlm-engine",
+        "model": model_dir,
+        "train": args.train,
+        "valid": args.valid,
+        "settings": cfg,
+    });
+    let run_dir = lock.open(mode, &record)?;
+    // The run keeps its own copies of what every checkpoint carries besides the weights, so it
+    // never reads from a checkpoint that pruning may delete.
+    if run_dir::adopt_file(&run_dir.path, &model_dir, "tokenizer.json")?.is_none() {
+        bail!("{}: missing (the model directory needs its tokenizer)", model_dir.join("tokenizer.json").display());
+    }
+    let defaults_copy = run_dir.path.join("training_defaults.json");
+    if run_dir::adopt_file(&run_dir.path, &model_dir, "training_defaults.json")?.is_none() && defaults_copy.is_file() {
+        std::fs::remove_file(&defaults_copy).with_context(|| format!("{}: cannot delete", defaults_copy.display()))?;
+    }
     eprintln!(
         "training on {n_examples} examples: lr {:.1e} ({:?}, warmup {}), max {} tokens/batch, T={}, dropout {}, label smoothing {} [{}]",
         cfg.lr, cfg.schedule, cfg.warmup_steps, max_tokens, cfg.timesteps, cfg.dropout, cfg.label_smoothing, defaults.note
     );
     let run = args.run.clone();
-    let job = TrainJob { args, model_dir, resume_dir, tok, data, valid, cfg };
+    let job = TrainJob { args, run_dir, model_dir, resume_dir, tok, data, valid, cfg };
     dispatch(&run.device, run.threads, job)
 }
 

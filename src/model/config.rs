@@ -60,12 +60,34 @@ fn decimal(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(x as f64)
 }
 
-fn get_f32(v: &Value, key: &str, default: f32) -> f32 {
-    v.get(key).and_then(Value::as_f64).map(|x| x as f32).unwrap_or(default)
+/// An optional number field; present but not a number (or null) is an error naming it.
+fn get_f32(v: &Value, key: &str, default: f32, file: &str) -> Result<f32> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(x) => x.as_f64().map(|x| x as f32).with_context(|| format!("{file}: field `{key}` is not a number")),
+    }
 }
 
-fn get_i32(v: &Value, key: &str, default: i32) -> i32 {
-    v.get(key).and_then(Value::as_i64).map(|x| x as i32).unwrap_or(default)
+fn get_i32(v: &Value, key: &str, default: i32, file: &str) -> Result<i32> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(x) => x
+            .as_i64()
+            .and_then(|x| i32::try_from(x).ok())
+            .with_context(|| format!("{file}: field `{key}` is not an integer in the range of token ids")),
+    }
+}
+
+/// Physical memory of this machine in bytes (Linux `/proc/meminfo`), if known.
+pub fn physical_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn gib(bytes: f64) -> String {
+    format!("{:.1} GiB", bytes / (1u64 << 30) as f64)
 }
 
 impl ModelConfig {
@@ -114,14 +136,52 @@ impl ModelConfig {
             heads: get_usize(v, "num_attention_heads", file)?,
             intermediate: get_usize(v, "intermediate_size", file)?,
             max_positions: get_usize(v, "max_position_embeddings", file)?,
-            type_vocab_size: v.get("type_vocab_size").and_then(Value::as_u64).unwrap_or(1) as usize,
-            layer_norm_eps: get_f32(v, "layer_norm_eps", 1e-5),
-            pad_id: get_i32(v, "pad_token_id", 1),
-            bos_id: get_i32(v, "bos_token_id", 0),
-            eos_id: get_i32(v, "eos_token_id", 2),
-            hidden_dropout: get_f32(v, "hidden_dropout_prob", 0.1),
-            attention_dropout: get_f32(v, "attention_probs_dropout_prob", 0.1),
+            type_vocab_size: match v.get("type_vocab_size") {
+                None | Some(Value::Null) => 1,
+                Some(_) => get_usize(v, "type_vocab_size", file)?,
+            },
+            layer_norm_eps: get_f32(v, "layer_norm_eps", 1e-5, file)?,
+            pad_id: get_i32(v, "pad_token_id", 1, file)?,
+            bos_id: get_i32(v, "bos_token_id", 0, file)?,
+            eos_id: get_i32(v, "eos_token_id", 2, file)?,
+            hidden_dropout: get_f32(v, "hidden_dropout_prob", 0.1, file)?,
+            attention_dropout: get_f32(v, "attention_probs_dropout_prob", 0.1, file)?,
         };
+        cfg.validate(file)?;
+        Ok(cfg)
+    }
+
+    /// Every field in its real range, each error naming the file and field; the shape's
+    /// parameter count must not overflow.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let cfg = self;
+        for (key, val) in [
+            ("vocab_size", cfg.vocab_size),
+            ("hidden_size", cfg.hidden),
+            ("num_hidden_layers", cfg.layers),
+            ("num_attention_heads", cfg.heads),
+            ("intermediate_size", cfg.intermediate),
+        ] {
+            if val == 0 {
+                bail!("{file}: field `{key}` must be at least 1");
+            }
+        }
+        if !(cfg.layer_norm_eps.is_finite() && cfg.layer_norm_eps > 0.0) {
+            bail!("{file}: field `layer_norm_eps` ({}) must be a finite number greater than 0", cfg.layer_norm_eps);
+        }
+        for (key, p) in [("hidden_dropout_prob", cfg.hidden_dropout), ("attention_probs_dropout_prob", cfg.attention_dropout)] {
+            if !(0.0..1.0).contains(&p) {
+                bail!("{file}: field `{key}` ({p}) must be in [0, 1)");
+            }
+        }
+        for (key, id) in [("pad_token_id", cfg.pad_id), ("bos_token_id", cfg.bos_id), ("eos_token_id", cfg.eos_id)] {
+            if id < 0 || id as usize >= cfg.vocab_size {
+                bail!("{file}: field `{key}` ({id}) is not an id below `vocab_size` ({})", cfg.vocab_size);
+            }
+        }
+        if cfg.param_count().is_none() {
+            bail!("{file}: this shape's parameter count overflows 64 bits; it cannot be built");
+        }
         if cfg.heads == 0 || !cfg.hidden.is_multiple_of(cfg.heads) {
             bail!("{file}: field `hidden_size` ({}) is not a multiple of `num_attention_heads` ({})", cfg.hidden, cfg.heads);
         }
@@ -131,7 +191,56 @@ impl ModelConfig {
         if cfg.type_vocab_size == 0 {
             bail!("{file}: field `type_vocab_size` must be at least 1");
         }
-        Ok(cfg)
+        Ok(())
+    }
+
+    /// The tokenizer (of `tok_ids` ids, from `tok_file`) must match the model's vocabulary: as
+    /// many rows as ids, or, as XLM-R XL/XXL do (250,002 ids in 250,880 rows), rows padded
+    /// to a multiple of 128 whose extra ids are never emitted.
+    pub fn check_tokenizer(&self, tok_ids: usize, tok_file: &str, model_file: &str) -> Result<()> {
+        let rows = self.vocab_size;
+        if tok_ids > rows {
+            bail!("{tok_file}: the tokenizer has {tok_ids} ids but the model ({model_file}) only {rows} rows");
+        }
+        if tok_ids < rows && !rows.is_multiple_of(128) {
+            bail!(
+                "{tok_file}: the tokenizer has {tok_ids} ids but the model ({model_file}) has {rows} rows; \
+                 they must match (or the rows be padded to a multiple of 128, as XLM-R XL's)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Number of parameters of the shape (tied decoder), or `None` when it overflows.
+    pub fn param_count(&self) -> Option<u64> {
+        let (v, h, f, l) = (self.vocab_size as u64, self.hidden as u64, self.intermediate as u64, self.layers as u64);
+        let emb = (v.checked_add(self.max_positions as u64)?.checked_add(self.type_vocab_size as u64)?).checked_mul(h)?;
+        let layer = h.checked_mul(h)?.checked_mul(4)?.checked_add(h.checked_mul(f)?.checked_mul(2)?)?.checked_add(f + 9 * h)?;
+        let head = h.checked_mul(h)?.checked_add(3 * h)?.checked_add(v)?;
+        emb.checked_add(layer.checked_mul(l)?)?.checked_add(head)?.checked_add(4 * h)
+    }
+
+    /// Refuses a shape whose f32 weights alone would not fit in this machine's memory, saying
+    /// how much they need (checked before anything is allocated).
+    pub fn check_fits_memory(&self, what: &str) -> Result<()> {
+        let params = self.param_count().with_context(|| format!("{what}: the shape's parameter count overflows"))?;
+        let bytes = params as f64 * 4.0;
+        if let Some(mem) = physical_memory() {
+            if bytes > mem as f64 {
+                bail!(
+                    "{what}: this shape ({} layers, hidden {}, intermediate {}, {} positions, vocab {}) has {params} parameters, \
+                     whose f32 weights alone need {}; this machine has {} of memory",
+                    self.layers,
+                    self.hidden,
+                    self.intermediate,
+                    self.max_positions,
+                    self.vocab_size,
+                    gib(bytes),
+                    gib(mem as f64)
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The HF `config.json` that `transformers` loads back.

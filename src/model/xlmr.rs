@@ -162,18 +162,31 @@ impl<B: Backend> XlmR<B> {
             bail!("{}: model directory not found", dir.display());
         }
         let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+        cfg.check_fits_memory(&dir.join("config.json").display().to_string())?;
         let wpath = dir.join("model.safetensors");
         if !wpath.is_file() {
             bail!("{}: missing (expected the model weights in safetensors format)", wpath.display());
         }
         let tensors = weights::read_safetensors(&wpath)?;
         let (params, untied) = weights::resolve(&cfg, tensors, &wpath.display().to_string())?;
+        // A diverged or damaged model would sample to empty text and NaN scores.
+        for (name, _, data) in &params {
+            if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+                bail!(
+                    "{}: tensor `{name}` holds a non-finite value ({} at index {i}); the model is damaged (a diverged training?)",
+                    wpath.display(),
+                    data[i]
+                );
+            }
+        }
         Self::from_params(backend, cfg, params, untied, f32_master)
     }
 
     /// A randomly initialised model with HF's init: normal(0, 0.02) weights and embeddings (the
     /// padding rows zero), zero biases, unit LayerNorms.
     pub fn random(backend: B, cfg: ModelConfig, seed: u64) -> Result<Self> {
+        cfg.validate("the model configuration")?;
+        cfg.check_fits_memory("the model configuration")?;
         let mut rng = crate::rng::Rng::new(seed, 0x1417);
         let params = weights::param_specs(&cfg, false)
             .into_iter()
@@ -314,6 +327,13 @@ impl<B: Backend> XlmR<B> {
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// Sets the training dropout of hidden states and attention probabilities (config.json's
+    /// `hidden_dropout_prob` and `attention_probs_dropout_prob`).
+    pub fn set_dropout(&mut self, p: f32) {
+        self.cfg.hidden_dropout = p;
+        self.cfg.attention_dropout = p;
     }
 
     pub fn backend(&self) -> &B {

@@ -57,43 +57,93 @@ pub fn load_state(dir: &Path) -> Result<TrainerState> {
     serde_json::from_str(&text).with_context(|| format!("{}: not a valid trainer state", p.display()))
 }
 
-/// Resolves `--resume PATH`: a checkpoint directory, or a run directory whose newest checkpoint
-/// (by step) is taken.
+/// The files a checkpoint must hold to be resumed from.
+pub const CHECKPOINT_FILES: [&str; 5] = ["config.json", "model.safetensors", "tokenizer.json", OPTIMIZER_FILE, STATE_FILE];
+
+/// The first file a checkpoint directory lacks, if any.
+pub fn missing_file(dir: &Path) -> Option<&'static str> {
+    CHECKPOINT_FILES.iter().copied().find(|f| !dir.join(f).is_file())
+}
+
+/// The step of a checkpoint directory's name: `checkpoint-N`, or `final` (its step is in its state).
+fn checkpoint_step(name: &str) -> Option<u64> {
+    name.strip_prefix("checkpoint-")?.parse().ok()
+}
+
+/// Resolves `--resume PATH`: a checkpoint directory, or a run directory whose newest complete
+/// checkpoint (`checkpoint-N/` or `final/`, by step) is taken. Directories that lack one of the
+/// checkpoint files (an interrupted write or prune) are never chosen.
 pub fn resolve_resume(path: &Path) -> Result<PathBuf> {
     if path.join(STATE_FILE).is_file() {
+        if let Some(f) = missing_file(path) {
+            bail!("{}: incomplete checkpoint (no {f}); resume from another one", path.display());
+        }
         return Ok(path.to_path_buf());
     }
     let mut best: Option<(u64, PathBuf)> = None;
     let entries = std::fs::read_dir(path).with_context(|| format!("{}: cannot read the run directory", path.display()))?;
     for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if checkpoint_step(&name).is_none() && name != "final" {
+            continue;
+        }
         let p = e.path();
-        if p.join(STATE_FILE).is_file() {
-            let st = load_state(&p)?;
-            if best.as_ref().is_none_or(|(s, _)| st.step > *s) {
-                best = Some((st.step, p));
-            }
+        if !p.is_dir() || missing_file(&p).is_some() {
+            continue;
+        }
+        let st = load_state(&p)?;
+        if best.as_ref().is_none_or(|(s, _)| st.step > *s) {
+            best = Some((st.step, p));
         }
     }
     match best {
         Some((_, p)) => Ok(p),
-        None => bail!("{}: no checkpoint found (expected a directory with {STATE_FILE})", path.display()),
+        None => bail!("{}: no complete checkpoint found (expected a directory with {})", path.display(), CHECKPOINT_FILES.join(", ")),
     }
 }
 
-/// Removes all but the newest `keep` `checkpoint-*` directories of a run.
+/// Removes a directory atomically as far as readers go: it is first renamed to a hidden name
+/// (so no partial directory is ever left under its real name), then deleted.
+pub fn remove_dir_atomic(dir: &Path) -> Result<()> {
+    let name = dir.file_name().with_context(|| format!("{}: not a directory path", dir.display()))?;
+    let aside = dir.with_file_name(format!(".{}.deleting-{}", name.to_string_lossy(), std::process::id()));
+    std::fs::rename(dir, &aside).with_context(|| format!("{}: cannot move aside for deletion", dir.display()))?;
+    std::fs::remove_dir_all(&aside).with_context(|| format!("{}: cannot delete", aside.display()))
+}
+
+/// Removes all but the newest `keep` `checkpoint-*` directories of a run, each atomically.
 pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
-    let mut cps: Vec<(u64, PathBuf)> = std::fs::read_dir(run_dir)?
+    let mut cps: Vec<(u64, PathBuf)> = std::fs::read_dir(run_dir)
+        .with_context(|| format!("{}: cannot read the run directory", run_dir.display()))?
         .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            Some((step, e.path()))
-        })
+        .filter_map(|e| Some((checkpoint_step(&e.file_name().to_string_lossy())?, e.path())))
         .collect();
     cps.sort();
     while cps.len() > keep {
         let (_, p) = cps.remove(0);
-        std::fs::remove_dir_all(&p).ok();
+        remove_dir_atomic(&p)?;
     }
     Ok(())
+}
+
+/// Whether `name` is a temporary left in a run directory by an interrupted checkpoint write,
+/// replacement or prune, or an interrupted atomic file write.
+pub fn is_debris(name: &str) -> bool {
+    let ours = [".checkpoint-", ".final.", ".metrics.jsonl.", ".tokenizer.json.", ".training_defaults.json.", ".run.json."];
+    ours.iter().any(|p| name.starts_with(p)) && [".tmp-", ".old-", ".deleting-"].iter().any(|m| name.contains(m))
+}
+
+/// Deletes what interrupted runs left behind in `run_dir` (call it holding the run's lock).
+pub fn clean_debris(run_dir: &Path) -> Result<usize> {
+    let mut n = 0;
+    for e in std::fs::read_dir(run_dir).with_context(|| format!("{}: cannot read the run directory", run_dir.display()))?.flatten() {
+        if !is_debris(&e.file_name().to_string_lossy()) {
+            continue;
+        }
+        let p = e.path();
+        let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        r.with_context(|| format!("{}: cannot remove a leftover temporary", p.display()))?;
+        n += 1;
+    }
+    Ok(n)
 }

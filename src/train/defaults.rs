@@ -63,7 +63,22 @@ impl TrainingDefaults {
             return Ok(Self::paper());
         }
         let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{}: not valid training defaults", p.display()))
+        let d: Self = serde_json::from_str(&text).with_context(|| format!("{}: not valid training defaults", p.display()))?;
+        d.validate(&p.display().to_string())?;
+        Ok(d)
+    }
+
+    /// Every field in its range; errors name the file and the field.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        use crate::util::range;
+        range::positive(&format!("{file}: field `lr`"), self.lr)?;
+        range::unit(&format!("{file}: field `dropout`"), self.dropout)?;
+        range::unit(&format!("{file}: field `label_smoothing`"), self.label_smoothing)?;
+        range::at_least(&format!("{file}: field `max_tokens`"), self.max_tokens as u64, 1)?;
+        range::non_negative(&format!("{file}: field `weight_decay`"), self.weight_decay)?;
+        range::non_negative(&format!("{file}: field `clip_norm`"), self.clip_norm)?;
+        self.schedule.parse::<super::schedule::Schedule>().with_context(|| format!("{file}: field `schedule`"))?;
+        Ok(())
     }
 
     pub fn save(&self, model_dir: &Path) -> Result<()> {

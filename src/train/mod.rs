@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod defaults;
 pub mod optim;
+pub mod run_dir;
 pub mod schedule;
 pub mod trainer;
 

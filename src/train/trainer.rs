@@ -9,7 +9,7 @@ use crate::backend::{AdamW, Backend, Dropout};
 use crate::model::XlmR;
 use crate::rdm::noise::{self, Example, NoiseSpec, Reweighting};
 use crate::rng::{philox_u32, Rng};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -88,6 +88,9 @@ pub struct Summary {
     pub losses: Vec<f64>,
 }
 
+/// Training stops with an error after this many consecutive updates whose loss is not finite.
+pub const MAX_NONFINITE_STEPS: u64 = 5;
+
 /// Called every `eval_every` steps with the model; returns metrics to log (e.g. exact match).
 pub type Validator<'a, B> = dyn FnMut(&mut XlmR<B>) -> Result<serde_json::Value> + 'a;
 
@@ -131,13 +134,21 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 bail!("{}: optimizer step {} disagrees with trainer step {}", dir.display(), opt.step, state.step);
             }
         }
-        std::fs::create_dir_all(&cfg.out_dir)?;
-        let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(cfg.out_dir.join("metrics.jsonl"))?;
+        std::fs::create_dir_all(&cfg.out_dir).with_context(|| format!("{}: cannot create the run directory", cfg.out_dir.display()))?;
+        // Lines a previous attempt logged after the step we start from would be logged again.
+        super::run_dir::truncate_metrics(&cfg.out_dir, state.step)?;
+        let metrics_path = cfg.out_dir.join(super::run_dir::METRICS_FILE);
+        let mut metrics = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .with_context(|| format!("{}: cannot open for appending", metrics_path.display()))?;
         let total = cfg.max_steps.unwrap_or(u64::MAX);
         let bar = self.progress_bar(&cfg, state.step);
         let start = Instant::now();
         let base_elapsed = state.elapsed_secs;
         let mut losses = Vec::new();
+        let mut bad_streak = 0u64;
         let mut window = (0.0f64, 0u64, 0u64, Instant::now()); // loss sum, count, tokens, since
         let stopped_by;
         loop {
@@ -182,6 +193,20 @@ impl<'a, B: Backend> Trainer<'a, B> {
             if info.skipped || !step_loss.is_finite() {
                 state.skipped_steps += 1;
             }
+            bad_streak = if step_loss.is_finite() { 0 } else { bad_streak + 1 };
+            if bad_streak >= MAX_NONFINITE_STEPS {
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
+                let kept = checkpoint::resolve_resume(&cfg.out_dir)
+                    .map(|p| format!("the last good checkpoint is {}", p.display()))
+                    .unwrap_or_else(|_| "no checkpoint was written".to_string());
+                bail!(
+                    "the loss was not finite (NaN or infinite) for {bad_streak} consecutive steps, up to step {}; training stopped \
+                     ({kept}); lower --lr or check the data",
+                    state.step
+                );
+            }
             losses.push(step_loss);
             window.0 += step_loss;
             window.1 += 1;
@@ -217,7 +242,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             if cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every) {
                 self.validate(&mut metrics, state.step, bar.as_ref())?;
             }
-            if cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every) && state.step < total {
+            if cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every) && state.step < total && bad_streak == 0 {
                 state.data = self.data.state();
                 let dir = cfg.out_dir.join(format!("checkpoint-{}", state.step));
                 checkpoint::save(&dir, &self.model, &opt, &state, &self.tokenizer_path)?;

@@ -134,8 +134,8 @@ pub fn run(a: Args) -> Result<()> {
     let refs: Vec<&str> = outs.iter().map(|o| o.tgt.as_deref().unwrap_or("")).collect();
     let exact = metrics::report(&hyps, &refs, Metric::Exact, Tokenize::Tok13a, false)?;
     let bleu = metrics::report(&hyps, &refs, Metric::Bleu, Tokenize::Tok13a, false)?;
-    println!("held-out: {exact}");
-    println!("held-out: {bleu}");
+    crate::outln!("held-out: {exact}")?;
+    crate::outln!("held-out: {bleu}")?;
     eprintln!(
         "demo finished in {:.0}s; samples in {}, model in {}",
         t0.elapsed().as_secs_f64(),

@@ -255,7 +255,6 @@ impl Backend for Bf16Sim {
         rnd(&mut dx.v);
         Ok(())
     }
-    #[allow(clippy::too_many_arguments)]
     fn q_sample(
         &self,
         ids: &mut Vec<i32>,
@@ -314,7 +313,6 @@ impl Backend for Bf16Sim {
     }
     // The update works on the f32 master (made from the bf16 value on the first step); forward
     // ops then read its bf16 copy.
-    #[allow(clippy::too_many_arguments)]
     fn adamw(&self, p: &mut SimBuf, g: &SimBuf, m: &mut SimBuf, v: &mut SimBuf, hp: AdamW, lr: f32, step: u64, gs: f32) -> R<()> {
         let pv = p.v.clone();
         let master = p.master.get_or_insert(pv);

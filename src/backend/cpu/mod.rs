@@ -277,7 +277,6 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn q_sample(
         &self,
         ids: &mut Vec<i32>,
@@ -315,7 +314,6 @@ impl Backend for CpuBackend {
         Ok(vocab::cross_entropy_fwd_bwd(logits, targets, weights, rows, vocab, valid_vocab, label_smoothing))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn vocab_pick(
         &self,
         logits: &Vec<f32>,
@@ -335,7 +333,6 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn reparam_step(
         &self,
         canvases: &Vec<i32>,
@@ -360,7 +357,6 @@ impl Backend for CpuBackend {
     fn sum_squares(&self, x: &Vec<f32>) -> Result<f64> {
         Ok(adamw::sum_squares(x))
     }
-    #[allow(clippy::too_many_arguments)]
     fn adamw(
         &self,
         param: &mut Vec<f32>,

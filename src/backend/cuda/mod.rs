@@ -417,7 +417,6 @@ impl Backend for CudaBackend {
         self.scatter_add_rows(dout, rows, dx, n_rows, cols)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn q_sample(
         &self,
         ids: &mut CudaIBuf,
@@ -494,7 +493,6 @@ impl Backend for CudaBackend {
     fn sum_squares_all(&self, xs: &[&CudaBuf]) -> Result<f64> {
         self.sum_squares_all(xs)
     }
-    #[allow(clippy::too_many_arguments)]
     fn adamw(
         &self,
         param: &mut CudaBuf,

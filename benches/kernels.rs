@@ -11,6 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dlm_engine::backend::cpu::CpuBackend;
 use dlm_engine::backend::cuda::CudaBackend;
 use dlm_engine::backend::{pack_gumbel, AdamW, AttnShape, Backend, Dropout, NoiseSpec};
+use dlm_engine::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use dlm_engine::rdm::noise::Reweighting;
 use dlm_engine::rng::Rng;
 use std::time::{Duration, Instant};
@@ -150,17 +151,26 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
         let m = be.upload_i32(&mask).unwrap();
         let (mut o, mut l) = (be.zeros(n).unwrap(), be.zeros(batch * HEADS * SEQ).unwrap());
         timed(&mut group, &format!("attention_fwd/{tag}"), 2 * 4 * n as u64, &mut || {
-            be.attention_fwd(&q, &k, &v, &m, &mut o, &mut l, s, Dropout::off(), 0).unwrap()
+            be.attention_fwd(Qkv { q: &q, k: &k, v: &v }, &m, &mut o, &mut l, AttnCall { shape: s, drop: Dropout::off(), stream: 0 })
+                .unwrap()
         });
         let drop = Dropout { p: 0.1, seed: 3 };
         timed(&mut group, &format!("attention_fwd_dropout/{tag}"), 2 * 4 * n as u64, &mut || {
-            be.attention_fwd(&q, &k, &v, &m, &mut o, &mut l, s, drop, 0).unwrap()
+            be.attention_fwd(Qkv { q: &q, k: &k, v: &v }, &m, &mut o, &mut l, AttnCall { shape: s, drop, stream: 0 }).unwrap()
         });
         // Backward from the dropout forward's outputs (bytes: q, k, v, out, dout read, dq, dk, dv written).
         let dout = be.upload(&random(n, 1.0, 20)).unwrap();
         let (mut dq, mut dk, mut dv) = (be.zeros(n).unwrap(), be.zeros(n).unwrap(), be.zeros(n).unwrap());
         timed(&mut group, &format!("attention_bwd_dropout/{tag}"), 2 * 8 * n as u64, &mut || {
-            be.attention_bwd(&q, &k, &v, &m, &o, &l, &dout, &mut dq, &mut dk, &mut dv, s, drop, 0).unwrap()
+            be.attention_bwd(
+                Qkv { q: &q, k: &k, v: &v },
+                &m,
+                AttnSaved { out: &o, lse: &l },
+                &dout,
+                QkvGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv },
+                AttnCall { shape: s, drop, stream: 0 },
+            )
+            .unwrap()
         });
     }
 

@@ -22,6 +22,7 @@ use common::*;
 use dlm_engine::backend::cpu::{self, CpuBackend};
 use dlm_engine::backend::cuda::CudaBackend;
 use dlm_engine::backend::{pack_gumbel, pack_seed, AdamW, AttnShape, Backend, Dropout, NoiseSpec, ReparamRule, RowStats};
+use dlm_engine::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use dlm_engine::rdm::noise::{coupled_t, doubled_batch, Example, Reweighting};
 
 const TOL_BF16: f64 = 1e-2;
@@ -306,9 +307,9 @@ fn attention_forward_matches_cpu() {
             let stream = 17 + head_dim as u64;
             let mut out = g.upload(&poison(n)).unwrap();
             let mut lse = g.upload_f32(&poison(batch * heads * seq)).unwrap();
-            g.attention_fwd(&q, &k, &v, &gm, &mut out, &mut lse, s, drop, stream).unwrap();
+            g.attention_fwd(Qkv { q: &q, k: &k, v: &v }, &gm, &mut out, &mut lse, AttnCall { shape: s, drop, stream }).unwrap();
             let (mut o, mut l) = (vec![0.0; n], vec![0.0; batch * heads * seq]);
-            cpu::attention::attention_fwd(&qr, &kr, &vr, &mask, &mut o, &mut l, s, drop, stream);
+            cpu::attention::attention_fwd(Qkv { q: &qr, k: &kr, v: &vr }, &mask, &mut o, &mut l, AttnCall { shape: s, drop, stream });
             let tag = format!("attention {s:?} padded={padded} dropout={}", drop.p);
             assert_close(&format!("{tag} out"), &down(&g, &out), &o, TOL_BF16);
             assert_lse_close(&tag, &down(&g, &lse), &l);
@@ -338,9 +339,15 @@ fn attention_dropout_mask_matches_cpu_exactly() {
     for (p, seed, stream) in [(0.1f32, 3u64, 11u64), (0.5, 0xDEAD_BEEF_F00D, 1 << 35)] {
         let drop = Dropout { p, seed };
         let (mut out, mut lse) = (g.upload(&poison(n)).unwrap(), g.zeros(s.batch * s.heads * s.seq).unwrap());
-        g.attention_fwd(&zeros, &zeros, &v, &gm, &mut out, &mut lse, s, drop, stream).unwrap();
+        g.attention_fwd(Qkv { q: &zeros, k: &zeros, v: &v }, &gm, &mut out, &mut lse, AttnCall { shape: s, drop, stream }).unwrap();
         let (mut o, mut l) = (vec![0.0; n], vec![0.0; s.batch * s.heads * s.seq]);
-        cpu::attention::attention_fwd(&vec![0.0; n], &vec![0.0; n], &vv, &mask, &mut o, &mut l, s, drop, stream);
+        cpu::attention::attention_fwd(
+            Qkv { q: &vec![0.0; n], k: &vec![0.0; n], v: &vv },
+            &mask,
+            &mut o,
+            &mut l,
+            AttnCall { shape: s, drop, stream },
+        );
         let got = down(&g, &out);
         let (mut kept, mut dropped) = (0, 0);
         for (i, (&a, &b)) in got.iter().zip(&o).enumerate() {
@@ -383,13 +390,28 @@ fn attention_backward_matches_cpu() {
             let stream = 3 + seq as u64;
             // The forward's outputs from the CPU, given to both sides: this isolates the backward.
             let (mut o, mut l) = (vec![0.0; n], vec![0.0; rows]);
-            cpu::attention::attention_fwd(&qr, &kr, &vr, &mask, &mut o, &mut l, s, drop, stream);
+            cpu::attention::attention_fwd(Qkv { q: &qr, k: &kr, v: &vr }, &mask, &mut o, &mut l, AttnCall { shape: s, drop, stream });
             let (out, or) = up(&g, &o);
             let lse = g.upload_f32(&l).unwrap();
             let (mut dq, mut dk, mut dv) = (g.upload(&poison(n)).unwrap(), g.upload(&poison(n)).unwrap(), g.upload(&poison(n)).unwrap());
-            g.attention_bwd(&q, &k, &v, &gm, &out, &lse, &dout, &mut dq, &mut dk, &mut dv, s, drop, stream).unwrap();
+            g.attention_bwd(
+                Qkv { q: &q, k: &k, v: &v },
+                &gm,
+                AttnSaved { out: &out, lse: &lse },
+                &dout,
+                QkvGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv },
+                AttnCall { shape: s, drop, stream },
+            )
+            .unwrap();
             let (mut wq, mut wk, mut wv) = (vec![f32::NAN; n], vec![f32::NAN; n], vec![f32::NAN; n]);
-            cpu::attention::attention_bwd(&qr, &kr, &vr, &mask, &or, &l, &dr, &mut wq, &mut wk, &mut wv, s, drop, stream);
+            cpu::attention::attention_bwd(
+                Qkv { q: &qr, k: &kr, v: &vr },
+                &mask,
+                AttnSaved { out: &or, lse: &l },
+                &dr,
+                QkvGrads { dq: &mut wq, dk: &mut wk, dv: &mut wv },
+                AttnCall { shape: s, drop, stream },
+            );
             let tag = format!("attention_bwd {s:?} padded={padded} dropout={}", drop.p);
             assert_close(&format!("{tag} dq"), &down(&g, &dq), &wq, TOL_BF16);
             assert_close(&format!("{tag} dk"), &down(&g, &dk), &wk, TOL_BF16);
@@ -401,7 +423,16 @@ fn attention_backward_matches_cpu() {
     let (z, m) = (g.zeros(258).unwrap(), g.upload_i32(&[1; 2]).unwrap());
     let (mut a, mut b, mut c) = (g.zeros(258).unwrap(), g.zeros(258).unwrap(), g.zeros(258).unwrap());
     let l = g.zeros(2).unwrap();
-    assert!(g.attention_bwd(&z, &z, &z, &m, &z, &l, &z, &mut a, &mut b, &mut c, s, Dropout::off(), 0).is_err());
+    assert!(g
+        .attention_bwd(
+            Qkv { q: &z, k: &z, v: &z },
+            &m,
+            AttnSaved { out: &z, lse: &l },
+            &z,
+            QkvGrads { dq: &mut a, dk: &mut b, dv: &mut c },
+            AttnCall { shape: s, drop: Dropout::off(), stream: 0 }
+        )
+        .is_err());
 }
 
 /// The re-masking step on canvases of mixed lengths (one empty): random log-probs with ties and

@@ -54,6 +54,167 @@ impl AttnShape {
     }
 }
 
+// ---- the ops' argument groups -----------------------------------------------------------------
+// Small structs instead of long argument lists: each groups what travels together, over the
+// backend's buffer types (`[f32]`/`[i32]` in the CPU twins).
+
+/// The dense layers' product `[m, k] · [n, k]ᵀ`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+}
+
+/// A linear layer's gradients: `dx` (overwritten, when wanted), `dw` and `db` (accumulated).
+pub struct LinearGrads<'a, B: ?Sized> {
+    pub dx: Option<&'a mut B>,
+    pub dw: &'a mut B,
+    pub db: Option<&'a mut B>,
+}
+
+/// `tokens` rows of `hidden` features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EmbedShape {
+    pub tokens: usize,
+    pub hidden: usize,
+}
+
+/// The word, position and token-type embedding tables.
+pub struct EmbedTables<'a, B: ?Sized> {
+    pub word: &'a B,
+    pub pos: &'a B,
+    pub typ: &'a B,
+}
+
+/// The gradients of the three embedding tables.
+pub struct EmbedGrads<'a, B: ?Sized> {
+    pub word: &'a mut B,
+    pub pos: &'a mut B,
+    pub typ: &'a mut B,
+}
+
+/// `rows` rows of `cols` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowsShape {
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// A LayerNorm's parameters.
+pub struct LnParams<'a, B: ?Sized> {
+    pub gamma: &'a B,
+    pub beta: &'a B,
+    pub eps: f32,
+}
+
+/// The per-row statistics a LayerNorm forward saves.
+pub struct LnStats<'a, B: ?Sized> {
+    pub mean: &'a mut B,
+    pub rstd: &'a mut B,
+}
+
+/// What a LayerNorm backward reads: the scale and the saved statistics.
+pub struct LnSaved<'a, B: ?Sized> {
+    pub gamma: &'a B,
+    pub mean: &'a B,
+    pub rstd: &'a B,
+}
+
+/// A LayerNorm backward's outputs: `dx` (overwritten, or added to with `accumulate`), and the
+/// accumulated `dgamma`, `dbeta`.
+pub struct LnGrads<'a, B: ?Sized> {
+    pub dx: &'a mut B,
+    pub accumulate: bool,
+    pub dgamma: &'a mut B,
+    pub dbeta: &'a mut B,
+}
+
+/// Attention's queries, keys and values.
+pub struct Qkv<'a, B: ?Sized> {
+    pub q: &'a B,
+    pub k: &'a B,
+    pub v: &'a B,
+}
+
+/// Their gradients (overwritten).
+pub struct QkvGrads<'a, B: ?Sized> {
+    pub dq: &'a mut B,
+    pub dk: &'a mut B,
+    pub dv: &'a mut B,
+}
+
+/// What the attention forward saved for the backward: its output and log-sum-exps.
+pub struct AttnSaved<'a, B: ?Sized> {
+    pub out: &'a B,
+    pub lse: &'a B,
+}
+
+/// One attention call: its shape, and the dropout of its probabilities with the call's stream.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnCall {
+    pub shape: AttnShape,
+    pub drop: Dropout,
+    pub stream: u64,
+}
+
+/// `rows` rows of `vocab` logits, of which the first `valid` are real ids (the rest padding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VocabShape {
+    pub rows: usize,
+    pub vocab: usize,
+    pub valid: usize,
+}
+
+/// A pick per row: its token and log-prob.
+pub struct Picks<'a, F: ?Sized, I: ?Sized> {
+    pub token: &'a I,
+    pub logprob: &'a F,
+}
+
+/// Where `vocab_pick` writes its picks.
+pub struct PicksMut<'a, F: ?Sized, I: ?Sized> {
+    pub token: &'a mut I,
+    pub logprob: &'a mut F,
+}
+
+/// The canvases of `reparam_step`: `n` `contract::CanvasMeta` records and this step's
+/// `contract::StepParams` records, packed as i32.
+pub struct CanvasInputs<'a, I: ?Sized> {
+    pub meta: &'a I,
+    pub n: usize,
+    pub step: &'a I,
+}
+
+/// The canvases' slots, flat: tokens, the score at commit (−inf while masked), masked (0/1).
+pub struct CanvasState<'a, F: ?Sized, I: ?Sized> {
+    pub tokens: &'a mut I,
+    pub scores: &'a mut F,
+    pub masked: &'a mut I,
+}
+
+/// Where `q_sample` writes the masked slots: flat positions, clean ids and loss weights.
+pub struct LossSlots<'a, F: ?Sized, I: ?Sized> {
+    pub rows: &'a mut I,
+    pub targets: &'a mut I,
+    pub weights: &'a mut F,
+}
+
+/// Adam's moments.
+pub struct Moments<'a, B: ?Sized> {
+    pub m: &'a mut B,
+    pub v: &'a mut B,
+}
+
+/// What changes between optimizer steps: the learning rate, the 1-based step (bias correction)
+/// and gradient clipping's factor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub step: u64,
+    pub grad_scale: f32,
+}
+
 /// Per-row results of a pass over the vocabulary, used by the sampler.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RowStats {
@@ -247,37 +408,25 @@ pub trait Backend {
     /// Writes `out` and the per-(batch, head, query) log-sum-exp of the scaled scores, `lse`
     /// (`[batch, heads, seq]`), which the backward pass uses to recompute probabilities.
     /// Attention-probability dropout uses stream `stream`.
-    #[allow(clippy::too_many_arguments)]
     fn attention_fwd(
         &self,
-        q: &Self::Buf,
-        k: &Self::Buf,
-        v: &Self::Buf,
+        qkv: Qkv<'_, Self::Buf>,
         key_mask: &Self::IBuf,
         out: &mut Self::Buf,
         lse: &mut Self::Buf,
-        shape: AttnShape,
-        drop: Dropout,
-        stream: u64,
+        call: AttnCall,
     ) -> Result<()>;
 
     /// Backward of `attention_fwd`; overwrites `dq`, `dk`, `dv`.
     #[allow(clippy::too_many_arguments)]
     fn attention_bwd(
         &self,
-        q: &Self::Buf,
-        k: &Self::Buf,
-        v: &Self::Buf,
+        qkv: Qkv<'_, Self::Buf>,
         key_mask: &Self::IBuf,
-        out: &Self::Buf,
-        lse: &Self::Buf,
+        saved: AttnSaved<'_, Self::Buf>,
         dout: &Self::Buf,
-        dq: &mut Self::Buf,
-        dk: &mut Self::Buf,
-        dv: &mut Self::Buf,
-        shape: AttnShape,
-        drop: Dropout,
-        stream: u64,
+        grads: QkvGrads<'_, Self::Buf>,
+        call: AttnCall,
     ) -> Result<()>;
 
     // ---- rows ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 use super::config::{Arch, ModelConfig};
 use super::weights;
 use super::{Batch, LossRows};
+use crate::backend::{AttnCall, Qkv};
 use crate::backend::{AttnShape, Backend, Dropout, NoiseSpec};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -556,7 +557,13 @@ impl<B: Backend> XlmR<B> {
             be.linear_fwd(attn_in, &v[layer.q.w], Some(&v[layer.q.b]), &mut a.q, n, h, h)?;
             be.linear_fwd(attn_in, &v[layer.k.w], Some(&v[layer.k.b]), &mut a.k, n, h, h)?;
             be.linear_fwd(attn_in, &v[layer.v.w], Some(&v[layer.v.b]), &mut a.v, n, h, h)?;
-            be.attention_fwd(&a.q, &a.k, &a.v, &enc.key_mask, &mut a.ctx, &mut a.lse, shape, attn_drop, stream(li, S_ATTN_PROBS))?;
+            be.attention_fwd(
+                Qkv { q: &a.q, k: &a.k, v: &a.v },
+                &enc.key_mask,
+                &mut a.ctx,
+                &mut a.lse,
+                AttnCall { shape, drop: attn_drop, stream: stream(li, S_ATTN_PROBS) },
+            )?;
             be.linear_fwd(&a.ctx, &v[layer.o.w], Some(&v[layer.o.b]), &mut a.attn, n, h, h)?;
             be.dropout_fwd(&mut a.attn, hidden_drop, stream(li, S_ATTN_OUT))?;
             match cfg.arch {

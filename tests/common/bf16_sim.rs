@@ -5,7 +5,8 @@
 //! tolerances in tests/cuda_model.rs, and runs those tests' comparison code on every machine.
 
 use dlm_engine::backend::cpu::{self as ck, CpuBackend};
-use dlm_engine::backend::{AdamW, AttnShape, Backend, Dropout, NoiseSpec, ReparamRule};
+use dlm_engine::backend::{AdamW, Backend, Dropout, NoiseSpec, ReparamRule};
+use dlm_engine::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 
 /// A buffer: the values ops read (bf16-representable where the GPU stores bf16), and for a
 /// parameter after its first AdamW step the f32 master that the update works on.
@@ -211,37 +212,47 @@ impl Backend for Bf16Sim {
     }
     fn attention_fwd(
         &self,
-        q: &SimBuf,
-        k: &SimBuf,
-        v: &SimBuf,
-        m: &Vec<i32>,
-        out: &mut SimBuf,
-        lse: &mut SimBuf,
-        s: AttnShape,
-        d: Dropout,
-        st: u64,
+        qkv: Qkv<'_, Self::Buf>,
+        key_mask: &Self::IBuf,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        call: AttnCall,
     ) -> R<()> {
-        ck::attention::attention_fwd(&q.v, &k.v, &v.v, m, &mut out.v, &mut lse.v, s, d, st);
+        let Qkv { q, k, v } = qkv;
+        let AttnCall { shape: s, drop: d, stream: st } = call;
+        let m = key_mask;
+        ck::attention::attention_fwd(
+            Qkv { q: &q.v, k: &k.v, v: &v.v },
+            m,
+            &mut out.v,
+            &mut lse.v,
+            AttnCall { shape: s, drop: d, stream: st },
+        );
         rnd(&mut out.v);
         Ok(())
     }
     fn attention_bwd(
         &self,
-        q: &SimBuf,
-        k: &SimBuf,
-        v: &SimBuf,
-        m: &Vec<i32>,
-        out: &SimBuf,
-        lse: &SimBuf,
-        dout: &SimBuf,
-        dq: &mut SimBuf,
-        dk: &mut SimBuf,
-        dv: &mut SimBuf,
-        s: AttnShape,
-        d: Dropout,
-        st: u64,
+        qkv: Qkv<'_, Self::Buf>,
+        key_mask: &Self::IBuf,
+        saved: AttnSaved<'_, Self::Buf>,
+        dout: &Self::Buf,
+        grads: QkvGrads<'_, Self::Buf>,
+        call: AttnCall,
     ) -> R<()> {
-        ck::attention::attention_bwd(&q.v, &k.v, &v.v, m, &out.v, &lse.v, &dout.v, &mut dq.v, &mut dk.v, &mut dv.v, s, d, st);
+        let Qkv { q, k, v } = qkv;
+        let AttnCall { shape: s, drop: d, stream: st } = call;
+        let m = key_mask;
+        let AttnSaved { out, lse } = saved;
+        let QkvGrads { dq, dk, dv } = grads;
+        ck::attention::attention_bwd(
+            Qkv { q: &q.v, k: &k.v, v: &v.v },
+            m,
+            AttnSaved { out: &out.v, lse: &lse.v },
+            &dout.v,
+            QkvGrads { dq: &mut dq.v, dk: &mut dk.v, dv: &mut dv.v },
+            AttnCall { shape: s, drop: d, stream: st },
+        );
         rnd(&mut dq.v);
         rnd(&mut dk.v);
         rnd(&mut dv.v);

@@ -5,7 +5,8 @@
 //! query row of scores in memory. Attention-probability dropout draws the mask for element
 //! `((b·heads + h)·seq + i)·seq + j` of stream (`seed`, `stream`).
 
-use crate::backend::{AttnShape, Dropout};
+use crate::backend::Dropout;
+use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use crate::rng::philox4x32;
 use rayon::prelude::*;
 
@@ -36,18 +37,9 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn attention_fwd(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    key_mask: &[i32],
-    out: &mut [f32],
-    lse: &mut [f32],
-    s: AttnShape,
-    drop: Dropout,
-    stream: u64,
-) {
+pub fn attention_fwd(qkv: Qkv<'_, [f32]>, key_mask: &[i32], out: &mut [f32], lse: &mut [f32], call: AttnCall) {
+    let Qkv { q, k, v } = qkv;
+    let AttnCall { shape: s, drop, stream } = call;
     let (t, nh, d) = (s.seq, s.heads, s.head_dim);
     let hid = s.hidden();
     let scale = 1.0 / (d as f32).sqrt();
@@ -95,20 +87,17 @@ pub fn attention_fwd(
 
 #[allow(clippy::too_many_arguments)]
 pub fn attention_bwd(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    qkv: Qkv<'_, [f32]>,
     key_mask: &[i32],
-    out: &[f32],
-    lse: &[f32],
+    saved: AttnSaved<'_, [f32]>,
     dout: &[f32],
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-    s: AttnShape,
-    drop: Dropout,
-    stream: u64,
+    grads: QkvGrads<'_, [f32]>,
+    call: AttnCall,
 ) {
+    let Qkv { q, k, v } = qkv;
+    let AttnCall { shape: s, drop, stream } = call;
+    let AttnSaved { out, lse } = saved;
+    let QkvGrads { dq, dk, dv } = grads;
     let (t, nh, d) = (s.seq, s.heads, s.head_dim);
     let hid = s.hidden();
     let scale = 1.0 / (d as f32).sqrt();
@@ -168,6 +157,7 @@ pub fn attention_bwd(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::AttnShape;
 
     fn setup(s: AttnShape) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<i32>) {
         let n = s.tokens() * s.hidden();
@@ -189,14 +179,21 @@ mod tests {
             let f = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
                 let mut o = vec![0.0; n];
                 let mut l = vec![0.0; s.batch * s.heads * s.seq];
-                attention_fwd(q, k, v, &mask, &mut o, &mut l, s, drop, 9);
+                attention_fwd(Qkv { q, k, v }, &mask, &mut o, &mut l, AttnCall { shape: s, drop, stream: 9 });
                 o.iter().zip(&w).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
             };
             let mut o = vec![0.0; n];
             let mut l = vec![0.0; s.batch * s.heads * s.seq];
-            attention_fwd(&q, &k, &v, &mask, &mut o, &mut l, s, drop, 9);
+            attention_fwd(Qkv { q: &q, k: &k, v: &v }, &mask, &mut o, &mut l, AttnCall { shape: s, drop, stream: 9 });
             let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-            attention_bwd(&q, &k, &v, &mask, &o, &l, &w, &mut dq, &mut dk, &mut dv, s, drop, 9);
+            attention_bwd(
+                Qkv { q: &q, k: &k, v: &v },
+                &mask,
+                AttnSaved { out: &o, lse: &l },
+                &w,
+                QkvGrads { dq: &mut dq, dk: &mut dk, dv: &mut dv },
+                AttnCall { shape: s, drop, stream: 9 },
+            );
             let eps = 1e-2f32;
             for i in 0..n {
                 for (which, grad) in [(0, &dq), (1, &dk), (2, &dv)] {

@@ -15,7 +15,8 @@ pub mod sampler;
 pub mod vocab;
 
 use super::contract::{CanvasMeta, StepParams};
-use super::{AdamW, AttnShape, Backend, Dropout, NoiseSpec, ReparamRule};
+use super::{AdamW, Backend, Dropout, NoiseSpec, ReparamRule};
+use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use crate::rdm::noise;
 use anyhow::Result;
 use std::mem::size_of;
@@ -233,37 +234,39 @@ impl Backend for CpuBackend {
 
     fn attention_fwd(
         &self,
-        q: &Vec<f32>,
-        k: &Vec<f32>,
-        v: &Vec<f32>,
-        key_mask: &Vec<i32>,
-        out: &mut Vec<f32>,
-        lse: &mut Vec<f32>,
-        shape: AttnShape,
-        drop: Dropout,
-        stream: u64,
+        qkv: Qkv<'_, Self::Buf>,
+        key_mask: &Self::IBuf,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        call: AttnCall,
     ) -> Result<()> {
-        attention::attention_fwd(q, k, v, key_mask, out, lse, shape, drop, stream);
+        let Qkv { q, k, v } = qkv;
+        let AttnCall { shape, drop, stream } = call;
+        attention::attention_fwd(Qkv { q, k, v }, key_mask, out, lse, AttnCall { shape, drop, stream });
         Ok(())
     }
 
     fn attention_bwd(
         &self,
-        q: &Vec<f32>,
-        k: &Vec<f32>,
-        v: &Vec<f32>,
-        key_mask: &Vec<i32>,
-        out: &Vec<f32>,
-        lse: &Vec<f32>,
-        dout: &Vec<f32>,
-        dq: &mut Vec<f32>,
-        dk: &mut Vec<f32>,
-        dv: &mut Vec<f32>,
-        shape: AttnShape,
-        drop: Dropout,
-        stream: u64,
+        qkv: Qkv<'_, Self::Buf>,
+        key_mask: &Self::IBuf,
+        saved: AttnSaved<'_, Self::Buf>,
+        dout: &Self::Buf,
+        grads: QkvGrads<'_, Self::Buf>,
+        call: AttnCall,
     ) -> Result<()> {
-        attention::attention_bwd(q, k, v, key_mask, out, lse, dout, dq, dk, dv, shape, drop, stream);
+        let Qkv { q, k, v } = qkv;
+        let AttnCall { shape, drop, stream } = call;
+        let AttnSaved { out, lse } = saved;
+        let QkvGrads { dq, dk, dv } = grads;
+        attention::attention_bwd(
+            Qkv { q, k, v },
+            key_mask,
+            AttnSaved { out, lse },
+            dout,
+            QkvGrads { dq, dk, dv },
+            AttnCall { shape, drop, stream },
+        );
         Ok(())
     }
 

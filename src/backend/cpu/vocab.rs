@@ -9,7 +9,6 @@ fn row_lse(row: &[f32]) -> (f32, f32) {
     (mx, mx + s.ln() as f32)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn cross_entropy_fwd_bwd(
     logits: &mut [f32],
     targets: &[i32],

@@ -6,6 +6,7 @@
 use super::buffer::{CudaBuf, CudaIBuf};
 use super::kernels::Kernels;
 use super::{to_i32, CudaBackend};
+use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use crate::backend::{AttnShape, Dropout};
 use anyhow::{bail, Context, Result};
 use cudarc::driver::sys::{CUdevice_attribute_enum, CUfunction_attribute_enum};
@@ -118,19 +119,16 @@ fn geometry(op: &str, s: AttnShape) -> Result<Option<Geometry>> {
 }
 
 impl CudaBackend {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn attention_fwd(
         &self,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
+        qkv: Qkv<'_, CudaBuf>,
         key_mask: &CudaIBuf,
         out: &mut CudaBuf,
         lse: &mut CudaBuf,
-        shape: AttnShape,
-        drop: Dropout,
-        stream: u64,
+        call: AttnCall,
     ) -> Result<()> {
+        let Qkv { q, k, v } = qkv;
+        let AttnCall { shape, drop, stream } = call;
         let Some(g) = geometry("attention_fwd", shape)? else { return Ok(()) };
         let n = shape.tokens() * shape.hidden();
         for (what, len) in [("q", q.len), ("k", k.len), ("v", v.len), ("out", out.len)] {
@@ -157,20 +155,17 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn attention_bwd(
         &self,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
+        qkv: Qkv<'_, CudaBuf>,
         key_mask: &CudaIBuf,
-        out: &CudaBuf,
-        lse: &CudaBuf,
+        saved: AttnSaved<'_, CudaBuf>,
         dout: &CudaBuf,
-        dq: &mut CudaBuf,
-        dk: &mut CudaBuf,
-        dv: &mut CudaBuf,
-        shape: AttnShape,
-        drop: Dropout,
-        stream: u64,
+        grads: QkvGrads<'_, CudaBuf>,
+        call: AttnCall,
     ) -> Result<()> {
+        let Qkv { q, k, v } = qkv;
+        let AttnCall { shape, drop, stream } = call;
+        let AttnSaved { out, lse } = saved;
+        let QkvGrads { dq, dk, dv } = grads;
         let Some(g) = geometry("attention_bwd", shape)? else { return Ok(()) };
         let n = shape.tokens() * shape.hidden();
         let rows = shape.batch * shape.heads * shape.seq;

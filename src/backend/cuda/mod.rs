@@ -44,7 +44,8 @@ mod vocab;
 pub use buffer::{CudaBuf, CudaIBuf};
 pub use kernels::KernelSource;
 
-use super::{AdamW, AttnShape, Backend, Dropout, NoiseSpec, ReparamRule};
+use super::{AdamW, Backend, Dropout, NoiseSpec, ReparamRule};
+use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaStream, LaunchConfig};
 use std::sync::atomic::AtomicBool;
@@ -377,36 +378,38 @@ impl Backend for CudaBackend {
 
     fn attention_fwd(
         &self,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
-        key_mask: &CudaIBuf,
-        out: &mut CudaBuf,
-        lse: &mut CudaBuf,
-        shape: AttnShape,
-        drop: Dropout,
-        stream: u64,
+        qkv: Qkv<'_, Self::Buf>,
+        key_mask: &Self::IBuf,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        call: AttnCall,
     ) -> Result<()> {
-        self.attention_fwd(q, k, v, key_mask, out, lse, shape, drop, stream)
+        let Qkv { q, k, v } = qkv;
+        let AttnCall { shape, drop, stream } = call;
+        self.attention_fwd(Qkv { q, k, v }, key_mask, out, lse, AttnCall { shape, drop, stream })
     }
 
     fn attention_bwd(
         &self,
-        q: &CudaBuf,
-        k: &CudaBuf,
-        v: &CudaBuf,
-        key_mask: &CudaIBuf,
-        out: &CudaBuf,
-        lse: &CudaBuf,
-        dout: &CudaBuf,
-        dq: &mut CudaBuf,
-        dk: &mut CudaBuf,
-        dv: &mut CudaBuf,
-        shape: AttnShape,
-        drop: Dropout,
-        stream: u64,
+        qkv: Qkv<'_, Self::Buf>,
+        key_mask: &Self::IBuf,
+        saved: AttnSaved<'_, Self::Buf>,
+        dout: &Self::Buf,
+        grads: QkvGrads<'_, Self::Buf>,
+        call: AttnCall,
     ) -> Result<()> {
-        self.attention_bwd(q, k, v, key_mask, out, lse, dout, dq, dk, dv, shape, drop, stream)
+        let Qkv { q, k, v } = qkv;
+        let AttnCall { shape, drop, stream } = call;
+        let AttnSaved { out, lse } = saved;
+        let QkvGrads { dq, dk, dv } = grads;
+        self.attention_bwd(
+            Qkv { q, k, v },
+            key_mask,
+            AttnSaved { out, lse },
+            dout,
+            QkvGrads { dq, dk, dv },
+            AttnCall { shape, drop, stream },
+        )
     }
 
     fn gather_rows(&self, x: &CudaBuf, rows: &CudaIBuf, out: &mut CudaBuf, n_rows: usize, cols: usize) -> Result<()> {

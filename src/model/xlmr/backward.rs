@@ -2,6 +2,7 @@
 //! layer by layer from the saved activations (dropout masks regenerated from their Philox streams).
 
 use super::*;
+use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 
 impl<B: Backend> XlmR<B> {
     /// Forward and backward of `Σ_r weight_r · CE(logits[rows[r]], targets[r])`; gradients
@@ -285,7 +286,14 @@ impl<B: Backend> XlmR<B> {
             let (gw, gb) = two_mut(g, layer.o.w, layer.o.b);
             be.linear_bwd(&a.ctx, &v[layer.o.w], dattn, Some(dctx), gw, Some(gb), n, h, h)?;
         }
-        be.attention_bwd(&a.q, &a.k, &a.v, key_mask, &a.ctx, &a.lse, dctx, dq, dk, dv, shape, attn_drop, stream(li, S_ATTN_PROBS))?;
+        be.attention_bwd(
+            Qkv { q: &a.q, k: &a.k, v: &a.v },
+            key_mask,
+            AttnSaved { out: &a.ctx, lse: &a.lse },
+            dctx,
+            QkvGrads { dq, dk, dv },
+            AttnCall { shape, drop: attn_drop, stream: stream(li, S_ATTN_PROBS) },
+        )?;
         // dx = dq·Wq + dk·Wk + dv·Wv; `dctx` is free again and serves as scratch.
         {
             let (gw, gb) = two_mut(g, layer.q.w, layer.q.b);

@@ -176,10 +176,17 @@ fn out_refuses_foreign_directories_and_existing_runs() {
     let cps: Vec<String> = names(&run).into_iter().filter(|n| n.starts_with("checkpoint-")).collect();
     assert_eq!(cps, ["checkpoint-1", "checkpoint-2"]);
     assert_eq!(metric_steps(&run), [1, 2, 3]);
-    // An empty directory is fine.
+    // An empty directory is fine, and so is one holding only what a run killed before it
+    // marked the directory left: its lock file and a temporary of its run file.
     let empty = s.root.join("empty");
     std::fs::create_dir(&empty).unwrap();
     ok(&train(&s, &empty, &["--max-steps", "1"]));
+    let killed = s.root.join("killed");
+    std::fs::create_dir(&killed).unwrap();
+    std::fs::write(killed.join(".lock"), "999999\n").unwrap();
+    std::fs::write(killed.join(".run.json.tmp-999999"), "{").unwrap();
+    ok(&train(&s, &killed, &["--max-steps", "1"]));
+    assert!(!killed.join(".run.json.tmp-999999").exists());
 }
 
 /// Issue 16, case 3: a second process on the same run directory is stopped naming the first

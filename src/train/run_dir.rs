@@ -46,9 +46,11 @@ pub fn is_run(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Empty but for a lock file and the temporaries of a run killed before it marked the
+/// directory as a run.
 fn is_empty_but_lock(dir: &Path) -> Result<bool> {
     let d = std::fs::read_dir(dir).with_context(|| format!("{}: cannot read", dir.display()))?;
-    Ok(d.flatten().all(|e| e.file_name() == LOCK_FILE))
+    Ok(d.flatten().all(|e| e.file_name() == LOCK_FILE || checkpoint::is_debris(&e.file_name().to_string_lossy())))
 }
 
 /// The lock on a run directory, taken before anything about the run is read; `open` turns it

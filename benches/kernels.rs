@@ -12,6 +12,7 @@ use dlm_engine::backend::cpu::CpuBackend;
 use dlm_engine::backend::cuda::CudaBackend;
 use dlm_engine::backend::{pack_gumbel, AdamW, AttnShape, Backend, Dropout, NoiseSpec};
 use dlm_engine::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
+use dlm_engine::backend::{EmbedShape, EmbedTables, Gemm, LnParams, LnStats, Residual, RowsShape};
 use dlm_engine::rdm::noise::Reweighting;
 use dlm_engine::rng::Rng;
 use std::time::{Duration, Instant};
@@ -73,7 +74,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
             let mut y = be.zeros(rows * n).unwrap();
             let bytes = 2 * (rows * k + n * k + rows * n) as u64;
             timed(&mut group, &format!("linear_fwd/{what}/{tag}"), bytes, &mut || {
-                be.linear_fwd(&x, &w, Some(&b), &mut y, rows, n, k).unwrap()
+                be.linear_fwd(&x, &w, Some(&b), &mut y, Gemm { m: rows, n, k }).unwrap()
             });
         }
     }
@@ -84,7 +85,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
         let mut y = be.zeros(rows * vocab_padded).unwrap();
         let bytes = 2 * (rows * HIDDEN + vocab_padded * HIDDEN + rows * vocab_padded) as u64;
         timed(&mut group, &format!("linear_fwd/lm_head_{vocab_padded}/{tag}"), bytes, &mut || {
-            be.linear_fwd(&x, &w, None, &mut y, rows, vocab_padded, HIDDEN).unwrap()
+            be.linear_fwd(&x, &w, None, &mut y, Gemm { m: rows, n: vocab_padded, k: HIDDEN }).unwrap()
         });
         let forbid = be.upload_i32(&[0, 1, 2, 3, vocab as i32 - 1]).unwrap();
         let (seeds, streams) = pack_gumbel(&(0..rows as u32).map(|r| (7, r)).collect::<Vec<_>>());
@@ -114,7 +115,15 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
     let (mut out, mut sum) = (be.zeros(n).unwrap(), be.zeros(n).unwrap());
     let (mut mean, mut rstd) = (be.zeros(rows).unwrap(), be.zeros(rows).unwrap());
     timed(&mut group, "add_layernorm_fwd/b64", 2 * 4 * n as u64, &mut || {
-        be.add_layernorm_fwd(&x, Some(&r), Some(&mut sum), &gamma, &beta, &mut out, &mut mean, &mut rstd, rows, HIDDEN, 1e-5).unwrap()
+        be.add_layernorm_fwd(
+            &x,
+            Some(Residual { residual: &r, sum: &mut sum }),
+            LnParams { gamma: &gamma, beta: &beta, eps: 1e-5 },
+            &mut out,
+            LnStats { mean: &mut mean, rstd: &mut rstd },
+            RowsShape { rows, cols: HIDDEN },
+        )
+        .unwrap()
     });
     let xf = be.upload(&random(rows * FFN, 1.0, 10)).unwrap();
     let mut yf = be.zeros(rows * FFN).unwrap();
@@ -127,7 +136,14 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
     let pos = be.upload(&random(514 * HIDDEN, 0.02, 13)).unwrap();
     let typ = be.upload(&random(HIDDEN, 0.02, 14)).unwrap();
     timed(&mut group, "embed_fwd/b64", 2 * 3 * n as u64, &mut || {
-        be.embed_fwd(&ids, &pos_ids, &word, &pos, &typ, &mut out, rows, HIDDEN).unwrap()
+        be.embed_fwd(
+            &ids,
+            &pos_ids,
+            EmbedTables { word: &word, pos: &pos, typ: &typ },
+            &mut out,
+            EmbedShape { tokens: rows, hidden: HIDDEN },
+        )
+        .unwrap()
     });
 
     // The training noise over a doubled batch of `rows` tokens (64-token sources), including its

@@ -23,6 +23,9 @@ use dlm_engine::backend::cpu::{self, CpuBackend};
 use dlm_engine::backend::cuda::CudaBackend;
 use dlm_engine::backend::{pack_gumbel, pack_seed, AdamW, AttnShape, Backend, Dropout, NoiseSpec, ReparamRule, RowStats};
 use dlm_engine::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
+use dlm_engine::backend::{
+    EmbedGrads, EmbedShape, EmbedTables, Gemm, LinearGrads, LnGrads, LnParams, LnSaved, LnStats, Residual, RowsShape,
+};
 use dlm_engine::rdm::noise::{coupled_t, doubled_batch, Example, Reweighting};
 
 const TOL_BF16: f64 = 1e-2;
@@ -93,9 +96,9 @@ fn linear_forward_and_backward_match_cpu() {
         let (b, br) = up(&g, &normal_vec(&mut rng, n, 0.5));
         for with_bias in [false, true] {
             let mut y = g.upload(&poison(m * n)).unwrap();
-            g.linear_fwd(&x, &w, with_bias.then_some(&b), &mut y, m, n, k).unwrap();
+            g.linear_fwd(&x, &w, with_bias.then_some(&b), &mut y, Gemm { m, n, k }).unwrap();
             let mut want = vec![0.0; m * n];
-            cpu::linear::linear_fwd(&xr, &wr, with_bias.then_some(br.as_slice()), &mut want, m, n, k);
+            cpu::linear::linear_fwd(&xr, &wr, with_bias.then_some(br.as_slice()), &mut want, Gemm { m, n, k });
             assert_close(&format!("linear_fwd {m}x{n}x{k} bias={with_bias}"), &down(&g, &y), &want, TOL_BF16);
         }
         // Backward: dx overwritten, dw and db accumulate onto earlier values.
@@ -103,9 +106,9 @@ fn linear_forward_and_backward_match_cpu() {
         let (mut dw, mut dwr) = up(&g, &normal_vec(&mut rng, n * k, 0.1));
         let (mut db, mut dbr) = up(&g, &normal_vec(&mut rng, n, 0.1));
         let mut dx = g.upload(&poison(m * k)).unwrap();
-        g.linear_bwd(&x, &w, &dy, Some(&mut dx), &mut dw, Some(&mut db), m, n, k).unwrap();
+        g.linear_bwd(&x, &w, &dy, LinearGrads { dx: Some(&mut dx), dw: &mut dw, db: Some(&mut db) }, Gemm { m, n, k }).unwrap();
         let mut dxr = vec![0.0; m * k];
-        cpu::linear::linear_bwd(&xr, &wr, &dyr, Some(&mut dxr), &mut dwr, Some(&mut dbr), m, n, k);
+        cpu::linear::linear_bwd(&xr, &wr, &dyr, LinearGrads { dx: Some(&mut dxr), dw: &mut dwr, db: Some(&mut dbr) }, Gemm { m, n, k });
         let tag = format!("{m}x{n}x{k}");
         assert_close(&format!("linear_bwd dx {tag}"), &down(&g, &dx), &dxr, TOL_BF16);
         // dw, db are f32 accumulators of products of bf16 operands: f32-level agreement.
@@ -128,9 +131,9 @@ fn embeddings_match_cpu() {
     let pos_ids: Vec<i32> = (0..tokens).map(|i| (i % max_pos) as i32).collect();
     let (gi, gp) = (g.upload_i32(&ids).unwrap(), g.upload_i32(&pos_ids).unwrap());
     let mut out = g.upload(&poison(tokens * hidden)).unwrap();
-    g.embed_fwd(&gi, &gp, &word, &pos, &typ, &mut out, tokens, hidden).unwrap();
+    g.embed_fwd(&gi, &gp, EmbedTables { word: &word, pos: &pos, typ: &typ }, &mut out, EmbedShape { tokens, hidden }).unwrap();
     let mut want = vec![0.0; tokens * hidden];
-    cpu::embed::embed_fwd(&ids, &pos_ids, &wr, &pr, &tr, &mut want, tokens, hidden);
+    cpu::embed::embed_fwd(&ids, &pos_ids, EmbedTables { word: &wr, pos: &pr, typ: &tr }, &mut want, EmbedShape { tokens, hidden });
     // Same f32 additions in the same order, one rounding: bit-equal.
     assert_exact("embed_fwd", &down(&g, &out), &bf16_round(&want));
 
@@ -139,14 +142,24 @@ fn embeddings_match_cpu() {
     let (mut dp, mut dpr) = (g.zeros(max_pos * hidden).unwrap(), vec![0.0; max_pos * hidden]);
     let (mut dt, mut dtr) = up(&g, &normal_vec(&mut rng, hidden, 1.0));
     // Id 1 and position 1 (the padding index) occur among the inputs and must get no gradient.
-    g.embed_bwd(&gi, &gp, &dout, &mut dw, &mut dp, &mut dt, tokens, hidden, 1).unwrap();
-    cpu::embed::embed_bwd(&ids, &pos_ids, &dr, &mut dwr, &mut dpr, &mut dtr, tokens, hidden, 1);
+    g.embed_bwd(&gi, &gp, &dout, EmbedGrads { word: &mut dw, pos: &mut dp, typ: &mut dt }, EmbedShape { tokens, hidden }, 1).unwrap();
+    cpu::embed::embed_bwd(
+        &ids,
+        &pos_ids,
+        &dr,
+        EmbedGrads { word: &mut dwr, pos: &mut dpr, typ: &mut dtr },
+        EmbedShape { tokens, hidden },
+        1,
+    );
     assert_close("embed_bwd word", &down(&g, &dw), &dwr, TOL_STAT);
     assert_close("embed_bwd position", &down(&g, &dp), &dpr, TOL_STAT);
     assert_close("embed_bwd type", &down(&g, &dt), &dtr, TOL_STAT);
 
     let bad = g.upload_i32(&vec![vocab as i32; tokens]).unwrap();
-    assert!(g.embed_fwd(&bad, &gp, &word, &pos, &typ, &mut out, tokens, hidden).is_err(), "an id past the table must be an error");
+    assert!(
+        g.embed_fwd(&bad, &gp, EmbedTables { word: &word, pos: &pos, typ: &typ }, &mut out, EmbedShape { tokens, hidden }).is_err(),
+        "an id past the table must be an error"
+    );
 }
 
 #[test]
@@ -205,16 +218,11 @@ fn add_layernorm_matches_cpu() {
             let (mut mean, mut rstd) = (g.upload_f32(&poison(rows)).unwrap(), g.upload_f32(&poison(rows)).unwrap());
             g.add_layernorm_fwd(
                 &x,
-                with_res.then_some(&r),
-                Some(&mut sum),
-                &gamma,
-                &beta,
+                with_res.then_some(Residual { residual: &r, sum: &mut sum }),
+                LnParams { gamma: &gamma, beta: &beta, eps: 1e-5 },
                 &mut out,
-                &mut mean,
-                &mut rstd,
-                rows,
-                cols,
-                1e-5,
+                LnStats { mean: &mut mean, rstd: &mut rstd },
+                RowsShape { rows, cols },
             )
             .unwrap();
             // The kernel normalises the bf16-rounded sum it stores; the reference does the same.
@@ -226,7 +234,14 @@ fn add_layernorm_matches_cpu() {
                 xr.clone()
             };
             let (mut o, mut m, mut s) = (vec![0.0; n], vec![0.0; rows], vec![0.0; rows]);
-            cpu::layernorm::add_layernorm_fwd(&input, None, None, &gr, &br, &mut o, &mut m, &mut s, rows, cols, 1e-5);
+            cpu::layernorm::add_layernorm_fwd(
+                &input,
+                None,
+                LnParams { gamma: &gr, beta: &br, eps: 1e-5 },
+                &mut o,
+                LnStats { mean: &mut m, rstd: &mut s },
+                RowsShape { rows, cols },
+            );
             assert_close(&format!("{tag} out"), &down(&g, &out), &o, TOL_BF16);
             if cols <= 4096 {
                 // Backward from the saved statistics, overwriting and then accumulating into dx.
@@ -236,8 +251,21 @@ fn add_layernorm_matches_cpu() {
                 let (mut dbet, mut dbr) = up(&g, &normal_vec(&mut rng, cols, 1.0));
                 let xin = if with_res { &sum } else { &x };
                 for accumulate in [false, true] {
-                    g.layernorm_bwd(xin, &dout, &gamma, &mean, &rstd, &mut dx, accumulate, &mut dgam, &mut dbet, rows, cols).unwrap();
-                    cpu::layernorm::layernorm_bwd(&input, &dr, &gr, &m, &s, &mut dxr, accumulate, &mut dgr, &mut dbr, rows, cols);
+                    g.layernorm_bwd(
+                        xin,
+                        &dout,
+                        LnSaved { gamma: &gamma, mean: &mean, rstd: &rstd },
+                        LnGrads { dx: &mut dx, accumulate, dgamma: &mut dgam, dbeta: &mut dbet },
+                        RowsShape { rows, cols },
+                    )
+                    .unwrap();
+                    cpu::layernorm::layernorm_bwd(
+                        &input,
+                        &dr,
+                        LnSaved { gamma: &gr, mean: &m, rstd: &s },
+                        LnGrads { dx: &mut dxr, accumulate, dgamma: &mut dgr, dbeta: &mut dbr },
+                        RowsShape { rows, cols },
+                    );
                     let t = format!("{tag} backward accumulate={accumulate}");
                     assert_close(&format!("{t} dx"), &down(&g, &dx), &dxr, TOL_BF16);
                     assert_close(&format!("{t} dgamma"), &down(&g, &dgam), &dgr, TOL_STAT);
@@ -251,8 +279,16 @@ fn add_layernorm_matches_cpu() {
             assert_close(&format!("{tag} rstd"), &down(&g, &rstd), &s, TOL_STAT);
         }
         let (mut out, mut mean, mut rstd) = (g.zeros(n).unwrap(), g.zeros(rows).unwrap(), g.zeros(rows).unwrap());
-        let res = g.add_layernorm_fwd(&x, Some(&r), None, &gamma, &beta, &mut out, &mut mean, &mut rstd, rows, cols, 1e-5);
-        assert!(res.is_err(), "a residual without a sum buffer must be an error");
+        let mut short = g.zeros(n - 1).unwrap();
+        let res = g.add_layernorm_fwd(
+            &x,
+            Some(Residual { residual: &r, sum: &mut short }),
+            LnParams { gamma: &gamma, beta: &beta, eps: 1e-5 },
+            &mut out,
+            LnStats { mean: &mut mean, rstd: &mut rstd },
+            RowsShape { rows, cols },
+        );
+        assert!(res.is_err(), "a sum buffer shorter than the rows must be an error");
     }
 }
 

@@ -101,6 +101,12 @@ pub struct RowsShape {
     pub cols: usize,
 }
 
+/// A LayerNorm's residual input and where the sum `x + residual` it normalises is saved.
+pub struct Residual<'a, B: ?Sized> {
+    pub residual: &'a B,
+    pub sum: &'a mut B,
+}
+
 /// A LayerNorm's parameters.
 pub struct LnParams<'a, B: ?Sized> {
     pub gamma: &'a B,
@@ -296,47 +302,21 @@ pub trait Backend {
 
     // ---- dense layers -------------------------------------------------------------------------
     /// `y[m,n] = x[m,k] · w[n,k]ᵀ (+ bias[n])`.
-    #[allow(clippy::too_many_arguments)]
-    fn linear_fwd(
-        &self,
-        x: &Self::Buf,
-        w: &Self::Buf,
-        bias: Option<&Self::Buf>,
-        y: &mut Self::Buf,
-        m: usize,
-        n: usize,
-        k: usize,
-    ) -> Result<()>;
+    fn linear_fwd(&self, x: &Self::Buf, w: &Self::Buf, bias: Option<&Self::Buf>, y: &mut Self::Buf, dims: Gemm) -> Result<()>;
 
     /// Backward of `linear_fwd`: `dx = dy · w` (overwrites `dx` when given), `dw += dyᵀ · x`,
     /// `db += Σ_rows dy`. Parameter gradients accumulate so micro-batches can be summed.
-    #[allow(clippy::too_many_arguments)]
-    fn linear_bwd(
-        &self,
-        x: &Self::Buf,
-        w: &Self::Buf,
-        dy: &Self::Buf,
-        dx: Option<&mut Self::Buf>,
-        dw: &mut Self::Buf,
-        db: Option<&mut Self::Buf>,
-        m: usize,
-        n: usize,
-        k: usize,
-    ) -> Result<()>;
+    fn linear_bwd(&self, x: &Self::Buf, w: &Self::Buf, dy: &Self::Buf, grads: LinearGrads<'_, Self::Buf>, dims: Gemm) -> Result<()>;
 
     // ---- embeddings ---------------------------------------------------------------------------
     /// `out[i] = word[ids[i]] + pos[pos_ids[i]] + typ[0]`, rows of `hidden`.
-    #[allow(clippy::too_many_arguments)]
     fn embed_fwd(
         &self,
         ids: &Self::IBuf,
         pos_ids: &Self::IBuf,
-        word: &Self::Buf,
-        pos: &Self::Buf,
-        typ: &Self::Buf,
+        tables: EmbedTables<'_, Self::Buf>,
         out: &mut Self::Buf,
-        tokens: usize,
-        hidden: usize,
+        shape: EmbedShape,
     ) -> Result<()>;
 
     /// Scatter-add of `dout` into the three embedding tables' gradients. Like `nn.Embedding`
@@ -347,11 +327,8 @@ pub trait Backend {
         ids: &Self::IBuf,
         pos_ids: &Self::IBuf,
         dout: &Self::Buf,
-        dword: &mut Self::Buf,
-        dpos: &mut Self::Buf,
-        dtyp: &mut Self::Buf,
-        tokens: usize,
-        hidden: usize,
+        grads: EmbedGrads<'_, Self::Buf>,
+        shape: EmbedShape,
         padding_idx: i32,
     ) -> Result<()>;
 
@@ -373,16 +350,11 @@ pub trait Backend {
     fn add_layernorm_fwd(
         &self,
         x: &Self::Buf,
-        residual: Option<&Self::Buf>,
-        sum: Option<&mut Self::Buf>,
-        gamma: &Self::Buf,
-        beta: &Self::Buf,
+        residual: Option<Residual<'_, Self::Buf>>,
+        params: LnParams<'_, Self::Buf>,
         out: &mut Self::Buf,
-        mean: &mut Self::Buf,
-        rstd: &mut Self::Buf,
-        rows: usize,
-        cols: usize,
-        eps: f32,
+        stats: LnStats<'_, Self::Buf>,
+        shape: RowsShape,
     ) -> Result<()>;
 
     /// Backward of LayerNorm given its input `x` (the residual sum) and saved statistics:
@@ -392,15 +364,9 @@ pub trait Backend {
         &self,
         x: &Self::Buf,
         dout: &Self::Buf,
-        gamma: &Self::Buf,
-        mean: &Self::Buf,
-        rstd: &Self::Buf,
-        dx: &mut Self::Buf,
-        accumulate: bool,
-        dgamma: &mut Self::Buf,
-        dbeta: &mut Self::Buf,
-        rows: usize,
-        cols: usize,
+        saved: LnSaved<'_, Self::Buf>,
+        grads: LnGrads<'_, Self::Buf>,
+        shape: RowsShape,
     ) -> Result<()>;
 
     // ---- attention ----------------------------------------------------------------------------

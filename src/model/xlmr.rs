@@ -9,6 +9,7 @@ use super::weights;
 use super::{Batch, LossRows};
 use crate::backend::{AttnCall, Qkv};
 use crate::backend::{AttnShape, Backend, Dropout, NoiseSpec};
+use crate::backend::{EmbedShape, EmbedTables, Gemm, LnParams, LnStats, Residual, RowsShape};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -511,20 +512,21 @@ impl<B: Backend> XlmR<B> {
         let hidden_drop = Dropout { p: if drop.active() { cfg.hidden_dropout } else { 0.0 }, seed: drop.seed };
         let attn_drop = Dropout { p: if drop.active() { cfg.attention_dropout } else { 0.0 }, seed: drop.seed };
 
-        be.embed_fwd(&enc.ids, &enc.pos_ids, &v[self.ix.word], &v[self.ix.pos], &v[self.ix.typ], &mut enc.emb, n, h)?;
+        be.embed_fwd(
+            &enc.ids,
+            &enc.pos_ids,
+            EmbedTables { word: &v[self.ix.word], pos: &v[self.ix.pos], typ: &v[self.ix.typ] },
+            &mut enc.emb,
+            EmbedShape { tokens: n, hidden: h },
+        )?;
         match self.ix.emb_ln {
             Some(ln) => be.add_layernorm_fwd(
                 &enc.emb,
                 None,
-                None,
-                &v[ln.g],
-                &v[ln.b],
+                LnParams { gamma: &v[ln.g], beta: &v[ln.b], eps },
                 &mut enc.hs[0],
-                &mut enc.emb_mean,
-                &mut enc.emb_rstd,
-                n,
-                h,
-                eps,
+                LnStats { mean: &mut enc.emb_mean, rstd: &mut enc.emb_rstd },
+                RowsShape { rows: n, cols: h },
             )?,
             None => be.copy(&enc.emb, &mut enc.hs[0])?,
         }
@@ -540,23 +542,18 @@ impl<B: Backend> XlmR<B> {
                 be.add_layernorm_fwd(
                     x,
                     None,
-                    None,
-                    &v[layer.attn_ln.g],
-                    &v[layer.attn_ln.b],
+                    LnParams { gamma: &v[layer.attn_ln.g], beta: &v[layer.attn_ln.b], eps },
                     &mut a.a_in,
-                    &mut a.a_mean,
-                    &mut a.a_rstd,
-                    n,
-                    h,
-                    eps,
+                    LnStats { mean: &mut a.a_mean, rstd: &mut a.a_rstd },
+                    RowsShape { rows: n, cols: h },
                 )?;
                 &a.a_in
             } else {
                 x
             };
-            be.linear_fwd(attn_in, &v[layer.q.w], Some(&v[layer.q.b]), &mut a.q, n, h, h)?;
-            be.linear_fwd(attn_in, &v[layer.k.w], Some(&v[layer.k.b]), &mut a.k, n, h, h)?;
-            be.linear_fwd(attn_in, &v[layer.v.w], Some(&v[layer.v.b]), &mut a.v, n, h, h)?;
+            be.linear_fwd(attn_in, &v[layer.q.w], Some(&v[layer.q.b]), &mut a.q, Gemm { m: n, n: h, k: h })?;
+            be.linear_fwd(attn_in, &v[layer.k.w], Some(&v[layer.k.b]), &mut a.k, Gemm { m: n, n: h, k: h })?;
+            be.linear_fwd(attn_in, &v[layer.v.w], Some(&v[layer.v.b]), &mut a.v, Gemm { m: n, n: h, k: h })?;
             be.attention_fwd(
                 Qkv { q: &a.q, k: &a.k, v: &a.v },
                 &enc.key_mask,
@@ -564,39 +561,29 @@ impl<B: Backend> XlmR<B> {
                 &mut a.lse,
                 AttnCall { shape, drop: attn_drop, stream: stream(li, S_ATTN_PROBS) },
             )?;
-            be.linear_fwd(&a.ctx, &v[layer.o.w], Some(&v[layer.o.b]), &mut a.attn, n, h, h)?;
+            be.linear_fwd(&a.ctx, &v[layer.o.w], Some(&v[layer.o.b]), &mut a.attn, Gemm { m: n, n: h, k: h })?;
             be.dropout_fwd(&mut a.attn, hidden_drop, stream(li, S_ATTN_OUT))?;
             match cfg.arch {
                 Arch::PostLn => {
                     be.add_layernorm_fwd(
                         &a.attn,
-                        Some(x),
-                        Some(&mut a.s1),
-                        &v[layer.attn_ln.g],
-                        &v[layer.attn_ln.b],
+                        Some(Residual { residual: x, sum: &mut a.s1 }),
+                        LnParams { gamma: &v[layer.attn_ln.g], beta: &v[layer.attn_ln.b], eps },
                         &mut a.h1,
-                        &mut a.mean1,
-                        &mut a.rstd1,
-                        n,
-                        h,
-                        eps,
+                        LnStats { mean: &mut a.mean1, rstd: &mut a.rstd1 },
+                        RowsShape { rows: n, cols: h },
                     )?;
-                    be.linear_fwd(&a.h1, &v[layer.ffn_in.w], Some(&v[layer.ffn_in.b]), &mut a.f1, n, f, h)?;
+                    be.linear_fwd(&a.h1, &v[layer.ffn_in.w], Some(&v[layer.ffn_in.b]), &mut a.f1, Gemm { m: n, n: f, k: h })?;
                     be.gelu_fwd(&a.f1, &mut a.g)?;
-                    be.linear_fwd(&a.g, &v[layer.ffn_out.w], Some(&v[layer.ffn_out.b]), &mut a.f2, n, h, f)?;
+                    be.linear_fwd(&a.g, &v[layer.ffn_out.w], Some(&v[layer.ffn_out.b]), &mut a.f2, Gemm { m: n, n: h, k: f })?;
                     be.dropout_fwd(&mut a.f2, hidden_drop, stream(li, S_FFN_OUT))?;
                     be.add_layernorm_fwd(
                         &a.f2,
-                        Some(&a.h1),
-                        Some(&mut a.s2),
-                        &v[layer.ffn_ln.g],
-                        &v[layer.ffn_ln.b],
+                        Some(Residual { residual: &a.h1, sum: &mut a.s2 }),
+                        LnParams { gamma: &v[layer.ffn_ln.g], beta: &v[layer.ffn_ln.b], eps },
                         out,
-                        &mut a.mean2,
-                        &mut a.rstd2,
-                        n,
-                        h,
-                        eps,
+                        LnStats { mean: &mut a.mean2, rstd: &mut a.rstd2 },
+                        RowsShape { rows: n, cols: h },
                     )?;
                 }
                 Arch::PreLn => {
@@ -605,20 +592,15 @@ impl<B: Backend> XlmR<B> {
                     be.add_layernorm_fwd(
                         &a.s1,
                         None,
-                        None,
-                        &v[layer.ffn_ln.g],
-                        &v[layer.ffn_ln.b],
+                        LnParams { gamma: &v[layer.ffn_ln.g], beta: &v[layer.ffn_ln.b], eps },
                         &mut a.h1,
-                        &mut a.mean1,
-                        &mut a.rstd1,
-                        n,
-                        h,
-                        eps,
+                        LnStats { mean: &mut a.mean1, rstd: &mut a.rstd1 },
+                        RowsShape { rows: n, cols: h },
                     )?;
-                    be.linear_fwd(&a.h1, &v[layer.ffn_in.w], Some(&v[layer.ffn_in.b]), &mut a.f1, n, f, h)?;
+                    be.linear_fwd(&a.h1, &v[layer.ffn_in.w], Some(&v[layer.ffn_in.b]), &mut a.f1, Gemm { m: n, n: f, k: h })?;
                     be.gelu_fwd(&a.f1, &mut a.g)?;
                     // XL/XXL have no dropout after the FFN output projection.
-                    be.linear_fwd(&a.g, &v[layer.ffn_out.w], Some(&v[layer.ffn_out.b]), &mut a.f2, n, h, f)?;
+                    be.linear_fwd(&a.g, &v[layer.ffn_out.w], Some(&v[layer.ffn_out.b]), &mut a.f2, Gemm { m: n, n: h, k: f })?;
                     be.copy(&a.s1, out)?;
                     be.add_assign(out, &a.f2)?;
                 }
@@ -626,7 +608,14 @@ impl<B: Backend> XlmR<B> {
         }
         if let Some(ln) = self.ix.final_ln {
             let last = &enc.hs[cfg.layers];
-            be.add_layernorm_fwd(last, None, None, &v[ln.g], &v[ln.b], &mut enc.out, &mut enc.out_mean, &mut enc.out_rstd, n, h, eps)?;
+            be.add_layernorm_fwd(
+                last,
+                None,
+                LnParams { gamma: &v[ln.g], beta: &v[ln.b], eps },
+                &mut enc.out,
+                LnStats { mean: &mut enc.out_mean, rstd: &mut enc.out_rstd },
+                RowsShape { rows: n, cols: h },
+            )?;
         }
         Ok(())
     }
@@ -679,11 +668,18 @@ impl<B: Backend> XlmR<B> {
         let v = &self.values;
         be.gather_rows(self.encoder_output(enc), &hd.idx, &mut hd.x, r, h)?;
         let dn = self.ix.head_dense;
-        be.linear_fwd(&hd.x, &v[dn.w], Some(&v[dn.b]), &mut hd.d1, r, h, h)?;
+        be.linear_fwd(&hd.x, &v[dn.w], Some(&v[dn.b]), &mut hd.d1, Gemm { m: r, n: h, k: h })?;
         be.gelu_fwd(&hd.d1, &mut hd.g1)?;
         let ln = self.ix.head_ln;
-        be.add_layernorm_fwd(&hd.g1, None, None, &v[ln.g], &v[ln.b], &mut hd.z, &mut hd.mean, &mut hd.rstd, r, h, self.cfg.layer_norm_eps)?;
-        be.linear_fwd(&hd.z, &v[self.decoder()], Some(&v[self.ix.head_bias]), &mut hd.logits, r, vsz, h)
+        be.add_layernorm_fwd(
+            &hd.g1,
+            None,
+            LnParams { gamma: &v[ln.g], beta: &v[ln.b], eps: self.cfg.layer_norm_eps },
+            &mut hd.z,
+            LnStats { mean: &mut hd.mean, rstd: &mut hd.rstd },
+            RowsShape { rows: r, cols: h },
+        )?;
+        be.linear_fwd(&hd.z, &v[self.decoder()], Some(&v[self.ix.head_bias]), &mut hd.logits, Gemm { m: r, n: vsz, k: h })
     }
 
     /// Logits (`[rows.len(), vocab_size]`, row-major) at the flat positions `rows` of `batch`.

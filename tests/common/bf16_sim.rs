@@ -7,6 +7,9 @@
 use dlm_engine::backend::cpu::{self as ck, CpuBackend};
 use dlm_engine::backend::{AdamW, Backend, Dropout, NoiseSpec, ReparamRule};
 use dlm_engine::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
+use dlm_engine::backend::{
+    EmbedGrads, EmbedShape, EmbedTables, Gemm, LinearGrads, LnGrads, LnParams, LnSaved, LnStats, Residual, RowsShape,
+};
 
 /// A buffer: the values ops read (bf16-representable where the GPU stores bf16), and for a
 /// parameter after its first AdamW step the f32 master that the update works on.
@@ -79,34 +82,22 @@ impl Backend for Bf16Sim {
         rnd(&mut d.v);
         Ok(())
     }
-    fn linear_fwd(&self, x: &SimBuf, w: &SimBuf, bias: Option<&SimBuf>, y: &mut SimBuf, m: usize, n: usize, k: usize) -> R<()> {
-        ck::linear::linear_fwd(&x.v, &w.v, bias.map(|b| b.v.as_slice()), &mut y.v, m, n, k);
+    fn linear_fwd(&self, x: &Self::Buf, w: &Self::Buf, bias: Option<&Self::Buf>, y: &mut Self::Buf, dims: Gemm) -> R<()> {
+        let Gemm { m, n, k } = dims;
+        ck::linear::linear_fwd(&x.v, &w.v, bias.map(|b| b.v.as_slice()), &mut y.v, Gemm { m, n, k });
         rnd(&mut y.v);
         Ok(())
     }
-    fn linear_bwd(
-        &self,
-        x: &SimBuf,
-        w: &SimBuf,
-        dy: &SimBuf,
-        dx: Option<&mut SimBuf>,
-        dw: &mut SimBuf,
-        db: Option<&mut SimBuf>,
-        m: usize,
-        n: usize,
-        k: usize,
-    ) -> R<()> {
+    fn linear_bwd(&self, x: &Self::Buf, w: &Self::Buf, dy: &Self::Buf, grads: LinearGrads<'_, Self::Buf>, dims: Gemm) -> R<()> {
+        let Gemm { m, n, k } = dims;
+        let LinearGrads { dx, dw, db } = grads;
         let mut dx = dx;
         ck::linear::linear_bwd(
             &x.v,
             &w.v,
             &dy.v,
-            dx.as_mut().map(|d| d.v.as_mut_slice()),
-            &mut dw.v,
-            db.map(|d| d.v.as_mut_slice()),
-            m,
-            n,
-            k,
+            LinearGrads { dx: dx.as_mut().map(|d| d.v.as_mut_slice()), dw: &mut dw.v, db: db.map(|d| d.v.as_mut_slice()) },
+            Gemm { m, n, k },
         );
         // dw and db are the f32 accumulators; only dx is bf16.
         if let Some(d) = dx {
@@ -116,32 +107,37 @@ impl Backend for Bf16Sim {
     }
     fn embed_fwd(
         &self,
-        ids: &Vec<i32>,
-        p: &Vec<i32>,
-        w: &SimBuf,
-        ps: &SimBuf,
-        t: &SimBuf,
-        out: &mut SimBuf,
-        tok: usize,
-        h: usize,
+        ids: &Self::IBuf,
+        p: &Self::IBuf,
+        tables: EmbedTables<'_, Self::Buf>,
+        out: &mut Self::Buf,
+        shape: EmbedShape,
     ) -> R<()> {
-        ck::embed::embed_fwd(ids, p, &w.v, &ps.v, &t.v, &mut out.v, tok, h);
+        let EmbedTables { word: w, pos: ps, typ: t } = tables;
+        let EmbedShape { tokens: tok, hidden: h } = shape;
+        ck::embed::embed_fwd(ids, p, EmbedTables { word: &w.v, pos: &ps.v, typ: &t.v }, &mut out.v, EmbedShape { tokens: tok, hidden: h });
         rnd(&mut out.v);
         Ok(())
     }
     fn embed_bwd(
         &self,
-        ids: &Vec<i32>,
-        p: &Vec<i32>,
-        d: &SimBuf,
-        dw: &mut SimBuf,
-        dp: &mut SimBuf,
-        dt: &mut SimBuf,
-        tok: usize,
-        h: usize,
+        ids: &Self::IBuf,
+        p: &Self::IBuf,
+        d: &Self::Buf,
+        grads: EmbedGrads<'_, Self::Buf>,
+        shape: EmbedShape,
         pad: i32,
     ) -> R<()> {
-        ck::embed::embed_bwd(ids, p, &d.v, &mut dw.v, &mut dp.v, &mut dt.v, tok, h, pad);
+        let EmbedGrads { word: dw, pos: dp, typ: dt } = grads;
+        let EmbedShape { tokens: tok, hidden: h } = shape;
+        ck::embed::embed_bwd(
+            ids,
+            p,
+            &d.v,
+            EmbedGrads { word: &mut dw.v, pos: &mut dp.v, typ: &mut dt.v },
+            EmbedShape { tokens: tok, hidden: h },
+            pad,
+        );
         Ok(())
     }
     fn dropout_fwd(&self, x: &mut SimBuf, d: Dropout, s: u64) -> R<()> {
@@ -166,18 +162,20 @@ impl Backend for Bf16Sim {
     }
     fn add_layernorm_fwd(
         &self,
-        x: &SimBuf,
-        res: Option<&SimBuf>,
-        sum: Option<&mut SimBuf>,
-        g: &SimBuf,
-        b: &SimBuf,
-        out: &mut SimBuf,
-        mean: &mut SimBuf,
-        rstd: &mut SimBuf,
-        rows: usize,
-        cols: usize,
-        eps: f32,
+        x: &Self::Buf,
+        residual: Option<Residual<'_, Self::Buf>>,
+        params: LnParams<'_, Self::Buf>,
+        out: &mut Self::Buf,
+        stats: LnStats<'_, Self::Buf>,
+        shape: RowsShape,
     ) -> R<()> {
+        let (res, sum) = match residual {
+            Some(Residual { residual, sum }) => (Some(residual), Some(sum)),
+            None => (None, None),
+        };
+        let LnParams { gamma: g, beta: b, eps } = params;
+        let LnStats { mean, rstd } = stats;
+        let RowsShape { rows, cols } = shape;
         // The kernel stores the bf16 sum and normalises that stored value.
         let input = match res {
             Some(r) => {
@@ -188,25 +186,35 @@ impl Backend for Bf16Sim {
             }
             None => x.v.clone(),
         };
-        ck::layernorm::add_layernorm_fwd(&input, None, None, &g.v, &b.v, &mut out.v, &mut mean.v, &mut rstd.v, rows, cols, eps);
+        ck::layernorm::add_layernorm_fwd(
+            &input,
+            None,
+            LnParams { gamma: &g.v, beta: &b.v, eps },
+            &mut out.v,
+            LnStats { mean: &mut mean.v, rstd: &mut rstd.v },
+            RowsShape { rows, cols },
+        );
         rnd(&mut out.v);
         Ok(())
     }
     fn layernorm_bwd(
         &self,
-        x: &SimBuf,
-        d: &SimBuf,
-        g: &SimBuf,
-        mean: &SimBuf,
-        rstd: &SimBuf,
-        dx: &mut SimBuf,
-        acc: bool,
-        dg: &mut SimBuf,
-        db: &mut SimBuf,
-        rows: usize,
-        cols: usize,
+        x: &Self::Buf,
+        d: &Self::Buf,
+        saved: LnSaved<'_, Self::Buf>,
+        grads: LnGrads<'_, Self::Buf>,
+        shape: RowsShape,
     ) -> R<()> {
-        ck::layernorm::layernorm_bwd(&x.v, &d.v, &g.v, &mean.v, &rstd.v, &mut dx.v, acc, &mut dg.v, &mut db.v, rows, cols);
+        let LnSaved { gamma: g, mean, rstd } = saved;
+        let LnGrads { dx, accumulate: acc, dgamma: dg, dbeta: db } = grads;
+        let RowsShape { rows, cols } = shape;
+        ck::layernorm::layernorm_bwd(
+            &x.v,
+            &d.v,
+            LnSaved { gamma: &g.v, mean: &mean.v, rstd: &rstd.v },
+            LnGrads { dx: &mut dx.v, accumulate: acc, dgamma: &mut dg.v, dbeta: &mut db.v },
+            RowsShape { rows, cols },
+        );
         rnd(&mut dx.v);
         Ok(())
     }

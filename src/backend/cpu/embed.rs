@@ -1,9 +1,11 @@
 //! Word + position + token-type embeddings, forward and the scatter-add backward.
 
+use crate::backend::{EmbedGrads, EmbedShape, EmbedTables};
 use rayon::prelude::*;
 
-#[allow(clippy::too_many_arguments)]
-pub fn embed_fwd(ids: &[i32], pos_ids: &[i32], word: &[f32], pos: &[f32], typ: &[f32], out: &mut [f32], tokens: usize, hidden: usize) {
+pub fn embed_fwd(ids: &[i32], pos_ids: &[i32], tables: EmbedTables<'_, [f32]>, out: &mut [f32], shape: EmbedShape) {
+    let EmbedTables { word, pos, typ } = tables;
+    let EmbedShape { tokens, hidden } = shape;
     out[..tokens * hidden].par_chunks_mut(hidden).enumerate().for_each(|(i, row)| {
         let w = &word[ids[i] as usize * hidden..][..hidden];
         let p = &pos[pos_ids[i] as usize * hidden..][..hidden];
@@ -14,18 +16,9 @@ pub fn embed_fwd(ids: &[i32], pos_ids: &[i32], word: &[f32], pos: &[f32], typ: &
     });
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn embed_bwd(
-    ids: &[i32],
-    pos_ids: &[i32],
-    dout: &[f32],
-    dword: &mut [f32],
-    dpos: &mut [f32],
-    dtyp: &mut [f32],
-    tokens: usize,
-    hidden: usize,
-    padding_idx: i32,
-) {
+pub fn embed_bwd(ids: &[i32], pos_ids: &[i32], dout: &[f32], grads: EmbedGrads<'_, [f32]>, shape: EmbedShape, padding_idx: i32) {
+    let EmbedGrads { word: dword, pos: dpos, typ: dtyp } = grads;
+    let EmbedShape { tokens, hidden } = shape;
     for i in 0..tokens {
         let g = &dout[i * hidden..][..hidden];
         for c in 0..hidden {

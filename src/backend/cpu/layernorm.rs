@@ -1,21 +1,24 @@
 //! Fused residual-add + LayerNorm, forward and backward.
 
+use crate::backend::{LnGrads, LnParams, LnSaved, LnStats, Residual, RowsShape};
 use rayon::prelude::*;
 
 #[allow(clippy::too_many_arguments)]
 pub fn add_layernorm_fwd(
     x: &[f32],
-    residual: Option<&[f32]>,
-    mut sum: Option<&mut [f32]>,
-    gamma: &[f32],
-    beta: &[f32],
+    residual: Option<Residual<'_, [f32]>>,
+    params: LnParams<'_, [f32]>,
     out: &mut [f32],
-    mean: &mut [f32],
-    rstd: &mut [f32],
-    rows: usize,
-    cols: usize,
-    eps: f32,
+    stats: LnStats<'_, [f32]>,
+    shape: RowsShape,
 ) {
+    let (residual, mut sum) = match residual {
+        Some(Residual { residual, sum }) => (Some(residual), Some(sum)),
+        None => (None, None),
+    };
+    let LnParams { gamma, beta, eps } = params;
+    let LnStats { mean, rstd } = stats;
+    let RowsShape { rows, cols } = shape;
     if let (Some(r), Some(s)) = (residual, sum.as_deref_mut()) {
         s[..rows * cols].par_iter_mut().zip(&x[..rows * cols]).zip(&r[..rows * cols]).for_each(|((o, a), b)| *o = a + b);
     }
@@ -39,20 +42,10 @@ pub fn add_layernorm_fwd(
     );
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn layernorm_bwd(
-    x: &[f32],
-    dout: &[f32],
-    gamma: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
-    dx: &mut [f32],
-    accumulate: bool,
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-    rows: usize,
-    cols: usize,
-) {
+pub fn layernorm_bwd(x: &[f32], dout: &[f32], saved: LnSaved<'_, [f32]>, grads: LnGrads<'_, [f32]>, shape: RowsShape) {
+    let LnSaved { gamma, mean, rstd } = saved;
+    let LnGrads { dx, accumulate, dgamma, dbeta } = grads;
+    let RowsShape { rows, cols } = shape;
     const BLOCK: usize = 64;
     let partial: Vec<(Vec<f32>, Vec<f32>)> = dx[..rows * cols]
         .par_chunks_mut(BLOCK * cols)
@@ -112,15 +105,35 @@ mod tests {
         let loss = |x: &[f32]| -> f64 {
             let mut out = vec![0.0; rows * cols];
             let (mut m, mut r) = (vec![0.0; rows], vec![0.0; rows]);
-            add_layernorm_fwd(x, None, None, &gamma, &beta, &mut out, &mut m, &mut r, rows, cols, 1e-5);
+            add_layernorm_fwd(
+                x,
+                None,
+                LnParams { gamma: &gamma, beta: &beta, eps: 1e-5 },
+                &mut out,
+                LnStats { mean: &mut m, rstd: &mut r },
+                RowsShape { rows, cols },
+            );
             out.iter().zip(&w).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
         };
         let mut out = vec![0.0; rows * cols];
         let (mut m, mut r) = (vec![0.0; rows], vec![0.0; rows]);
-        add_layernorm_fwd(&x, None, None, &gamma, &beta, &mut out, &mut m, &mut r, rows, cols, 1e-5);
+        add_layernorm_fwd(
+            &x,
+            None,
+            LnParams { gamma: &gamma, beta: &beta, eps: 1e-5 },
+            &mut out,
+            LnStats { mean: &mut m, rstd: &mut r },
+            RowsShape { rows, cols },
+        );
         let mut dx = vec![0.0; rows * cols];
         let (mut dg, mut db) = (vec![0.0; cols], vec![0.0; cols]);
-        layernorm_bwd(&x, &w, &gamma, &m, &r, &mut dx, false, &mut dg, &mut db, rows, cols);
+        layernorm_bwd(
+            &x,
+            &w,
+            LnSaved { gamma: &gamma, mean: &m, rstd: &r },
+            LnGrads { dx: &mut dx, accumulate: false, dgamma: &mut dg, dbeta: &mut db },
+            RowsShape { rows, cols },
+        );
         for i in 0..rows * cols {
             let mut xp = x.clone();
             let mut xm = x.clone();

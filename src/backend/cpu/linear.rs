@@ -1,5 +1,6 @@
 //! Dense layers on the CPU through the `gemm` crate (blocked, SIMD, multi-threaded).
 
+use crate::backend::{Gemm, LinearGrads};
 use rayon::prelude::*;
 
 /// `c[m,n] = (accumulate ? c : 0) + a · b` where `a` is `m×k` and `b` is `k×n`, each described by
@@ -60,7 +61,8 @@ pub fn sgemm(
 }
 
 /// `y[m,n] = x[m,k] · w[n,k]ᵀ + bias`.
-pub fn linear_fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], m: usize, n: usize, k: usize) {
+pub fn linear_fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], dims: Gemm) {
+    let Gemm { m, n, k } = dims;
     sgemm(m, n, k, x, k as isize, 1, w, 1, k as isize, y, false);
     if let Some(b) = bias {
         y[..m * n].par_chunks_mut(n).for_each(|row| {
@@ -72,18 +74,9 @@ pub fn linear_fwd(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], m: 
 }
 
 /// Backward of `linear_fwd`. `dx` is overwritten; `dw` and `db` accumulate.
-#[allow(clippy::too_many_arguments)]
-pub fn linear_bwd(
-    x: &[f32],
-    w: &[f32],
-    dy: &[f32],
-    dx: Option<&mut [f32]>,
-    dw: &mut [f32],
-    db: Option<&mut [f32]>,
-    m: usize,
-    n: usize,
-    k: usize,
-) {
+pub fn linear_bwd(x: &[f32], w: &[f32], dy: &[f32], grads: LinearGrads<'_, [f32]>, dims: Gemm) {
+    let Gemm { m, n, k } = dims;
+    let LinearGrads { dx, dw, db } = grads;
     if let Some(dx) = dx {
         sgemm(m, k, n, dy, n as isize, 1, w, k as isize, 1, dx, false);
     }
@@ -136,7 +129,7 @@ mod tests {
         let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.91).cos()).collect();
         let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.1).collect();
         let mut y = vec![0.0; m * n];
-        linear_fwd(&x, &w, Some(&b), &mut y, m, n, k);
+        linear_fwd(&x, &w, Some(&b), &mut y, Gemm { m, n, k });
         let yn = naive(&x, &w, m, n, k);
         for i in 0..m * n {
             assert!((y[i] - yn[i] - b[i % n]).abs() < 1e-5);
@@ -146,7 +139,7 @@ mod tests {
         let mut dx = vec![9.0; m * k];
         let mut dw = vec![1.0; n * k];
         let mut db = vec![0.5; n];
-        linear_bwd(&x, &w, &dy, Some(&mut dx), &mut dw, Some(&mut db), m, n, k);
+        linear_bwd(&x, &w, &dy, LinearGrads { dx: Some(&mut dx), dw: &mut dw, db: Some(&mut db) }, Gemm { m, n, k });
         for i in 0..m {
             for t in 0..k {
                 let e: f32 = (0..n).map(|j| w[j * k + t]).sum();

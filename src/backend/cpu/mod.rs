@@ -17,6 +17,7 @@ pub mod vocab;
 use super::contract::{CanvasMeta, StepParams};
 use super::{AdamW, Backend, Dropout, NoiseSpec, ReparamRule};
 use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
+use crate::backend::{EmbedGrads, EmbedShape, EmbedTables, Gemm, LinearGrads, LnGrads, LnParams, LnSaved, LnStats, Residual, RowsShape};
 use crate::rdm::noise;
 use anyhow::Result;
 use std::mem::size_of;
@@ -106,64 +107,51 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn linear_fwd(
-        &self,
-        x: &Vec<f32>,
-        w: &Vec<f32>,
-        bias: Option<&Vec<f32>>,
-        y: &mut Vec<f32>,
-        m: usize,
-        n: usize,
-        k: usize,
-    ) -> Result<()> {
-        linear::linear_fwd(x, w, bias.map(|b| b.as_slice()), y, m, n, k);
+    fn linear_fwd(&self, x: &Self::Buf, w: &Self::Buf, bias: Option<&Self::Buf>, y: &mut Self::Buf, dims: Gemm) -> Result<()> {
+        let Gemm { m, n, k } = dims;
+        linear::linear_fwd(x, w, bias.map(|b| b.as_slice()), y, Gemm { m, n, k });
         Ok(())
     }
 
-    fn linear_bwd(
-        &self,
-        x: &Vec<f32>,
-        w: &Vec<f32>,
-        dy: &Vec<f32>,
-        dx: Option<&mut Vec<f32>>,
-        dw: &mut Vec<f32>,
-        db: Option<&mut Vec<f32>>,
-        m: usize,
-        n: usize,
-        k: usize,
-    ) -> Result<()> {
-        linear::linear_bwd(x, w, dy, dx.map(|d| d.as_mut_slice()), dw, db.map(|d| d.as_mut_slice()), m, n, k);
+    fn linear_bwd(&self, x: &Self::Buf, w: &Self::Buf, dy: &Self::Buf, grads: LinearGrads<'_, Self::Buf>, dims: Gemm) -> Result<()> {
+        let Gemm { m, n, k } = dims;
+        let LinearGrads { dx, dw, db } = grads;
+        linear::linear_bwd(
+            x,
+            w,
+            dy,
+            LinearGrads { dx: dx.map(|d| d.as_mut_slice()), dw, db: db.map(|d| d.as_mut_slice()) },
+            Gemm { m, n, k },
+        );
         Ok(())
     }
 
     fn embed_fwd(
         &self,
-        ids: &Vec<i32>,
-        pos_ids: &Vec<i32>,
-        word: &Vec<f32>,
-        pos: &Vec<f32>,
-        typ: &Vec<f32>,
-        out: &mut Vec<f32>,
-        tokens: usize,
-        hidden: usize,
+        ids: &Self::IBuf,
+        pos_ids: &Self::IBuf,
+        tables: EmbedTables<'_, Self::Buf>,
+        out: &mut Self::Buf,
+        shape: EmbedShape,
     ) -> Result<()> {
-        embed::embed_fwd(ids, pos_ids, word, pos, typ, out, tokens, hidden);
+        let EmbedTables { word, pos, typ } = tables;
+        let EmbedShape { tokens, hidden } = shape;
+        embed::embed_fwd(ids, pos_ids, EmbedTables { word, pos, typ }, out, EmbedShape { tokens, hidden });
         Ok(())
     }
 
     fn embed_bwd(
         &self,
-        ids: &Vec<i32>,
-        pos_ids: &Vec<i32>,
-        dout: &Vec<f32>,
-        dword: &mut Vec<f32>,
-        dpos: &mut Vec<f32>,
-        dtyp: &mut Vec<f32>,
-        tokens: usize,
-        hidden: usize,
+        ids: &Self::IBuf,
+        pos_ids: &Self::IBuf,
+        dout: &Self::Buf,
+        grads: EmbedGrads<'_, Self::Buf>,
+        shape: EmbedShape,
         padding_idx: i32,
     ) -> Result<()> {
-        embed::embed_bwd(ids, pos_ids, dout, dword, dpos, dtyp, tokens, hidden, padding_idx);
+        let EmbedGrads { word: dword, pos: dpos, typ: dtyp } = grads;
+        let EmbedShape { tokens, hidden } = shape;
+        embed::embed_bwd(ids, pos_ids, dout, EmbedGrads { word: dword, pos: dpos, typ: dtyp }, EmbedShape { tokens, hidden }, padding_idx);
         Ok(())
     }
 
@@ -186,49 +174,49 @@ impl Backend for CpuBackend {
 
     fn add_layernorm_fwd(
         &self,
-        x: &Vec<f32>,
-        residual: Option<&Vec<f32>>,
-        sum: Option<&mut Vec<f32>>,
-        gamma: &Vec<f32>,
-        beta: &Vec<f32>,
-        out: &mut Vec<f32>,
-        mean: &mut Vec<f32>,
-        rstd: &mut Vec<f32>,
-        rows: usize,
-        cols: usize,
-        eps: f32,
+        x: &Self::Buf,
+        residual: Option<Residual<'_, Self::Buf>>,
+        params: LnParams<'_, Self::Buf>,
+        out: &mut Self::Buf,
+        stats: LnStats<'_, Self::Buf>,
+        shape: RowsShape,
     ) -> Result<()> {
+        let (residual, sum) = match residual {
+            Some(Residual { residual, sum }) => (Some(residual), Some(sum)),
+            None => (None, None),
+        };
+        let LnParams { gamma, beta, eps } = params;
+        let LnStats { mean, rstd } = stats;
+        let RowsShape { rows, cols } = shape;
         layernorm::add_layernorm_fwd(
             x,
-            residual.map(|r| r.as_slice()),
-            sum.map(|s| s.as_mut_slice()),
-            gamma,
-            beta,
+            residual.map(|r| r.as_slice()).zip(sum.map(|s| s.as_mut_slice())).map(|(residual, sum)| Residual { residual, sum }),
+            LnParams { gamma, beta, eps },
             out,
-            mean,
-            rstd,
-            rows,
-            cols,
-            eps,
+            LnStats { mean, rstd },
+            RowsShape { rows, cols },
         );
         Ok(())
     }
 
     fn layernorm_bwd(
         &self,
-        x: &Vec<f32>,
-        dout: &Vec<f32>,
-        gamma: &Vec<f32>,
-        mean: &Vec<f32>,
-        rstd: &Vec<f32>,
-        dx: &mut Vec<f32>,
-        accumulate: bool,
-        dgamma: &mut Vec<f32>,
-        dbeta: &mut Vec<f32>,
-        rows: usize,
-        cols: usize,
+        x: &Self::Buf,
+        dout: &Self::Buf,
+        saved: LnSaved<'_, Self::Buf>,
+        grads: LnGrads<'_, Self::Buf>,
+        shape: RowsShape,
     ) -> Result<()> {
-        layernorm::layernorm_bwd(x, dout, gamma, mean, rstd, dx, accumulate, dgamma, dbeta, rows, cols);
+        let LnSaved { gamma, mean, rstd } = saved;
+        let LnGrads { dx, accumulate, dgamma, dbeta } = grads;
+        let RowsShape { rows, cols } = shape;
+        layernorm::layernorm_bwd(
+            x,
+            dout,
+            LnSaved { gamma, mean, rstd },
+            LnGrads { dx, accumulate, dgamma, dbeta },
+            RowsShape { rows, cols },
+        );
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 
 use super::buffer::{CudaBuf, CudaIBuf};
 use super::{cfg_rows, threads_for, to_i32, CudaBackend};
+use crate::backend::{EmbedGrads, EmbedShape, EmbedTables};
 use anyhow::{bail, Result};
 
 impl CudaBackend {
@@ -17,18 +18,16 @@ impl CudaBackend {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn embed_fwd(
         &self,
         ids: &CudaIBuf,
         pos_ids: &CudaIBuf,
-        word: &CudaBuf,
-        pos: &CudaBuf,
-        typ: &CudaBuf,
+        tables: EmbedTables<'_, CudaBuf>,
         out: &mut CudaBuf,
-        tokens: usize,
-        hidden: usize,
+        shape: EmbedShape,
     ) -> Result<()> {
+        let EmbedTables { word, pos, typ } = tables;
+        let EmbedShape { tokens, hidden } = shape;
         if tokens == 0 || hidden == 0 {
             return Ok(());
         }
@@ -51,13 +50,12 @@ impl CudaBackend {
         ids: &CudaIBuf,
         pos_ids: &CudaIBuf,
         dout: &CudaBuf,
-        dword: &mut CudaBuf,
-        dpos: &mut CudaBuf,
-        dtyp: &mut CudaBuf,
-        tokens: usize,
-        hidden: usize,
+        grads: EmbedGrads<'_, CudaBuf>,
+        shape: EmbedShape,
         padding_idx: i32,
     ) -> Result<()> {
+        let EmbedGrads { word: dword, pos: dpos, typ: dtyp } = grads;
+        let EmbedShape { tokens, hidden } = shape;
         if tokens == 0 || hidden == 0 {
             return Ok(());
         }

@@ -3,6 +3,7 @@
 
 use super::buffer::CudaBuf;
 use super::{cfg_rows, threads_for, to_i32, CudaBackend};
+use crate::backend::{LnGrads, LnParams, LnSaved, LnStats, Residual, RowsShape};
 use anyhow::{bail, Result};
 
 /// Largest row the LayerNorm kernel caches in shared memory (cols f32 next to the reductions'
@@ -18,17 +19,19 @@ impl CudaBackend {
     pub(crate) fn add_layernorm_fwd(
         &self,
         x: &CudaBuf,
-        residual: Option<&CudaBuf>,
-        sum: Option<&mut CudaBuf>,
-        gamma: &CudaBuf,
-        beta: &CudaBuf,
+        residual: Option<Residual<'_, CudaBuf>>,
+        params: LnParams<'_, CudaBuf>,
         out: &mut CudaBuf,
-        mean: &mut CudaBuf,
-        rstd: &mut CudaBuf,
-        rows: usize,
-        cols: usize,
-        eps: f32,
+        stats: LnStats<'_, CudaBuf>,
+        shape: RowsShape,
     ) -> Result<()> {
+        let (residual, sum) = match residual {
+            Some(Residual { residual, sum }) => (Some(residual), Some(sum)),
+            None => (None, None),
+        };
+        let LnParams { gamma, beta, eps } = params;
+        let LnStats { mean, rstd } = stats;
+        let RowsShape { rows, cols } = shape;
         if rows == 0 || cols == 0 {
             return Ok(());
         }
@@ -73,16 +76,13 @@ impl CudaBackend {
         &self,
         x: &CudaBuf,
         dout: &CudaBuf,
-        gamma: &CudaBuf,
-        mean: &CudaBuf,
-        rstd: &CudaBuf,
-        dx: &mut CudaBuf,
-        accumulate: bool,
-        dgamma: &mut CudaBuf,
-        dbeta: &mut CudaBuf,
-        rows: usize,
-        cols: usize,
+        saved: LnSaved<'_, CudaBuf>,
+        grads: LnGrads<'_, CudaBuf>,
+        shape: RowsShape,
     ) -> Result<()> {
+        let LnSaved { gamma, mean, rstd } = saved;
+        let LnGrads { dx, accumulate, dgamma, dbeta } = grads;
+        let RowsShape { rows, cols } = shape;
         if rows == 0 || cols == 0 {
             return Ok(());
         }

@@ -4,6 +4,7 @@
 use super::blas::{GemmShape, OutType};
 use super::buffer::CudaBuf;
 use super::CudaBackend;
+use crate::backend::{Gemm, LinearGrads};
 use anyhow::{bail, Result};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
@@ -11,17 +12,8 @@ impl CudaBackend {
     /// `y[m,n] = x[m,k] · w[n,k]ᵀ + bias`, as the column-major `yᵀ[n,m] = op(w)·xᵀ` with
     /// A = w (stored k×n, transposed), B = x (stored k×m); the bias epilogue adds bias[n] to each
     /// of D's n rows.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn linear_fwd(
-        &self,
-        x: &CudaBuf,
-        w: &CudaBuf,
-        bias: Option<&CudaBuf>,
-        y: &mut CudaBuf,
-        m: usize,
-        n: usize,
-        k: usize,
-    ) -> Result<()> {
+    pub(crate) fn linear_fwd(&self, x: &CudaBuf, w: &CudaBuf, bias: Option<&CudaBuf>, y: &mut CudaBuf, dims: Gemm) -> Result<()> {
+        let Gemm { m, n, k } = dims;
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -52,19 +44,9 @@ impl CudaBackend {
     /// - `dx[m,k] = dy[m,n] · w[n,k]`: column-major `dxᵀ[k,m] = wᵀ(k×n) · dyᵀ(n×m)`, overwritten (bf16);
     /// - `dw[n,k] += dyᵀ · x`: column-major `dwᵀ[k,n] = xᵀ(k×m) · dy(m×n)`, beta = 1, f32;
     /// - `db[n] += Σ_rows dy`, f32 column sums.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn linear_bwd(
-        &self,
-        x: &CudaBuf,
-        w: &CudaBuf,
-        dy: &CudaBuf,
-        dx: Option<&mut CudaBuf>,
-        dw: &mut CudaBuf,
-        db: Option<&mut CudaBuf>,
-        m: usize,
-        n: usize,
-        k: usize,
-    ) -> Result<()> {
+    pub(crate) fn linear_bwd(&self, x: &CudaBuf, w: &CudaBuf, dy: &CudaBuf, grads: LinearGrads<'_, CudaBuf>, dims: Gemm) -> Result<()> {
+        let Gemm { m, n, k } = dims;
+        let LinearGrads { dx, dw, db } = grads;
         Self::check_len("linear_bwd x", x.len, m * k)?;
         Self::check_len("linear_bwd w", w.len, n * k)?;
         Self::check_len("linear_bwd dy", dy.len, m * n)?;

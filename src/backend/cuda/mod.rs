@@ -46,6 +46,7 @@ pub use kernels::KernelSource;
 
 use super::{AdamW, Backend, Dropout, NoiseSpec, ReparamRule};
 use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
+use crate::backend::{EmbedGrads, EmbedShape, EmbedTables, Gemm, LinearGrads, LnGrads, LnParams, LnSaved, LnStats, Residual, RowsShape};
 use anyhow::{bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaStream, LaunchConfig};
 use std::sync::atomic::AtomicBool;
@@ -273,23 +274,15 @@ impl Backend for CudaBackend {
         self.add_assign(dst, src)
     }
 
-    fn linear_fwd(&self, x: &CudaBuf, w: &CudaBuf, bias: Option<&CudaBuf>, y: &mut CudaBuf, m: usize, n: usize, k: usize) -> Result<()> {
-        self.linear_fwd(x, w, bias, y, m, n, k)
+    fn linear_fwd(&self, x: &Self::Buf, w: &Self::Buf, bias: Option<&Self::Buf>, y: &mut Self::Buf, dims: Gemm) -> Result<()> {
+        let Gemm { m, n, k } = dims;
+        self.linear_fwd(x, w, bias, y, Gemm { m, n, k })
     }
 
-    fn linear_bwd(
-        &self,
-        x: &CudaBuf,
-        w: &CudaBuf,
-        dy: &CudaBuf,
-        dx: Option<&mut CudaBuf>,
-        dw: &mut CudaBuf,
-        db: Option<&mut CudaBuf>,
-        m: usize,
-        n: usize,
-        k: usize,
-    ) -> Result<()> {
-        self.linear_bwd(x, w, dy, dx, dw, db, m, n, k)
+    fn linear_bwd(&self, x: &Self::Buf, w: &Self::Buf, dy: &Self::Buf, grads: LinearGrads<'_, Self::Buf>, dims: Gemm) -> Result<()> {
+        let Gemm { m, n, k } = dims;
+        let LinearGrads { dx, dw, db } = grads;
+        self.linear_bwd(x, w, dy, LinearGrads { dx, dw, db }, Gemm { m, n, k })
     }
 
     fn upload_f32(&self, data: &[f32]) -> Result<CudaBuf> {
@@ -302,31 +295,29 @@ impl Backend for CudaBackend {
 
     fn embed_fwd(
         &self,
-        ids: &CudaIBuf,
-        pos_ids: &CudaIBuf,
-        word: &CudaBuf,
-        pos: &CudaBuf,
-        typ: &CudaBuf,
-        out: &mut CudaBuf,
-        tokens: usize,
-        hidden: usize,
+        ids: &Self::IBuf,
+        pos_ids: &Self::IBuf,
+        tables: EmbedTables<'_, Self::Buf>,
+        out: &mut Self::Buf,
+        shape: EmbedShape,
     ) -> Result<()> {
-        self.embed_fwd(ids, pos_ids, word, pos, typ, out, tokens, hidden)
+        let EmbedTables { word, pos, typ } = tables;
+        let EmbedShape { tokens, hidden } = shape;
+        self.embed_fwd(ids, pos_ids, EmbedTables { word, pos, typ }, out, EmbedShape { tokens, hidden })
     }
 
     fn embed_bwd(
         &self,
-        ids: &CudaIBuf,
-        pos_ids: &CudaIBuf,
-        dout: &CudaBuf,
-        dword: &mut CudaBuf,
-        dpos: &mut CudaBuf,
-        dtyp: &mut CudaBuf,
-        tokens: usize,
-        hidden: usize,
+        ids: &Self::IBuf,
+        pos_ids: &Self::IBuf,
+        dout: &Self::Buf,
+        grads: EmbedGrads<'_, Self::Buf>,
+        shape: EmbedShape,
         padding_idx: i32,
     ) -> Result<()> {
-        self.embed_bwd(ids, pos_ids, dout, dword, dpos, dtyp, tokens, hidden, padding_idx)
+        let EmbedGrads { word: dword, pos: dpos, typ: dtyp } = grads;
+        let EmbedShape { tokens, hidden } = shape;
+        self.embed_bwd(ids, pos_ids, dout, EmbedGrads { word: dword, pos: dpos, typ: dtyp }, EmbedShape { tokens, hidden }, padding_idx)
     }
 
     fn dropout_fwd(&self, x: &mut CudaBuf, drop: Dropout, stream: u64) -> Result<()> {
@@ -344,36 +335,42 @@ impl Backend for CudaBackend {
 
     fn add_layernorm_fwd(
         &self,
-        x: &CudaBuf,
-        residual: Option<&CudaBuf>,
-        sum: Option<&mut CudaBuf>,
-        gamma: &CudaBuf,
-        beta: &CudaBuf,
-        out: &mut CudaBuf,
-        mean: &mut CudaBuf,
-        rstd: &mut CudaBuf,
-        rows: usize,
-        cols: usize,
-        eps: f32,
+        x: &Self::Buf,
+        residual: Option<Residual<'_, Self::Buf>>,
+        params: LnParams<'_, Self::Buf>,
+        out: &mut Self::Buf,
+        stats: LnStats<'_, Self::Buf>,
+        shape: RowsShape,
     ) -> Result<()> {
-        self.add_layernorm_fwd(x, residual, sum, gamma, beta, out, mean, rstd, rows, cols, eps)
+        let (residual, sum) = match residual {
+            Some(Residual { residual, sum }) => (Some(residual), Some(sum)),
+            None => (None, None),
+        };
+        let LnParams { gamma, beta, eps } = params;
+        let LnStats { mean, rstd } = stats;
+        let RowsShape { rows, cols } = shape;
+        self.add_layernorm_fwd(
+            x,
+            residual.zip(sum).map(|(residual, sum)| Residual { residual, sum }),
+            LnParams { gamma, beta, eps },
+            out,
+            LnStats { mean, rstd },
+            RowsShape { rows, cols },
+        )
     }
 
     fn layernorm_bwd(
         &self,
-        x: &CudaBuf,
-        dout: &CudaBuf,
-        gamma: &CudaBuf,
-        mean: &CudaBuf,
-        rstd: &CudaBuf,
-        dx: &mut CudaBuf,
-        accumulate: bool,
-        dgamma: &mut CudaBuf,
-        dbeta: &mut CudaBuf,
-        rows: usize,
-        cols: usize,
+        x: &Self::Buf,
+        dout: &Self::Buf,
+        saved: LnSaved<'_, Self::Buf>,
+        grads: LnGrads<'_, Self::Buf>,
+        shape: RowsShape,
     ) -> Result<()> {
-        self.layernorm_bwd(x, dout, gamma, mean, rstd, dx, accumulate, dgamma, dbeta, rows, cols)
+        let LnSaved { gamma, mean, rstd } = saved;
+        let LnGrads { dx, accumulate, dgamma, dbeta } = grads;
+        let RowsShape { rows, cols } = shape;
+        self.layernorm_bwd(x, dout, LnSaved { gamma, mean, rstd }, LnGrads { dx, accumulate, dgamma, dbeta }, RowsShape { rows, cols })
     }
 
     fn attention_fwd(

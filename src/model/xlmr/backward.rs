@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
+use crate::backend::{EmbedGrads, EmbedShape, Gemm, LinearGrads, LnGrads, LnSaved, RowsShape};
 
 impl<B: Backend> XlmR<B> {
     /// Forward and backward of `Σ_r weight_r · CE(logits[rows[r]], targets[r])`; gradients
@@ -94,13 +95,25 @@ impl<B: Backend> XlmR<B> {
         let mut dz = be.zeros(r * h)?;
         {
             let (gd, gb) = two_mut(g, dec, self.ix.head_bias);
-            be.linear_bwd(&hd.z, &v[dec], &hd.logits, Some(&mut dz), gd, Some(gb), r, vsz, h)?;
+            be.linear_bwd(
+                &hd.z,
+                &v[dec],
+                &hd.logits,
+                LinearGrads { dx: Some(&mut dz), dw: gd, db: Some(gb) },
+                Gemm { m: r, n: vsz, k: h },
+            )?;
         }
         let mut dg1 = be.zeros(r * h)?;
         let ln = self.ix.head_ln;
         {
             let (gg, gb) = two_mut(g, ln.g, ln.b);
-            be.layernorm_bwd(&hd.g1, &dz, &v[ln.g], &hd.mean, &hd.rstd, &mut dg1, false, gg, gb, r, h)?;
+            be.layernorm_bwd(
+                &hd.g1,
+                &dz,
+                LnSaved { gamma: &v[ln.g], mean: &hd.mean, rstd: &hd.rstd },
+                LnGrads { dx: &mut dg1, accumulate: false, dgamma: gg, dbeta: gb },
+                RowsShape { rows: r, cols: h },
+            )?;
         }
         let mut dd1 = be.zeros(r * h)?;
         be.gelu_bwd(&hd.d1, &dg1, &mut dd1)?;
@@ -108,7 +121,7 @@ impl<B: Backend> XlmR<B> {
         let mut dx = be.zeros(r * h)?;
         {
             let (gw, gb) = two_mut(g, dn.w, dn.b);
-            be.linear_bwd(&hd.x, &v[dn.w], &dd1, Some(&mut dx), gw, Some(gb), r, h, h)?;
+            be.linear_bwd(&hd.x, &v[dn.w], &dd1, LinearGrads { dx: Some(&mut dx), dw: gw, db: Some(gb) }, Gemm { m: r, n: h, k: h })?;
         }
         let enc = self.enc.as_ref().expect("encode first");
         let mut dout = be.zeros(enc.batch * enc.seq * h)?;
@@ -144,7 +157,13 @@ impl<B: Backend> XlmR<B> {
 
         if let Some(ln) = self.ix.final_ln {
             let (gg, gb) = two_mut(g, ln.g, ln.b);
-            be.layernorm_bwd(&enc.hs[cfg.layers], dcur, &v[ln.g], &enc.out_mean, &enc.out_rstd, &mut t_h1, false, gg, gb, n, h)?;
+            be.layernorm_bwd(
+                &enc.hs[cfg.layers],
+                dcur,
+                LnSaved { gamma: &v[ln.g], mean: &enc.out_mean, rstd: &enc.out_rstd },
+                LnGrads { dx: &mut t_h1, accumulate: false, dgamma: gg, dbeta: gb },
+                RowsShape { rows: n, cols: h },
+            )?;
             be.copy(&t_h1, dcur)?;
         }
 
@@ -160,26 +179,50 @@ impl<B: Backend> XlmR<B> {
                     let ds2 = &mut t_h1;
                     {
                         let (gg, gb) = two_mut(g, layer.ffn_ln.g, layer.ffn_ln.b);
-                        be.layernorm_bwd(&a.s2, dcur, &v[layer.ffn_ln.g], &a.mean2, &a.rstd2, ds2, false, gg, gb, n, h)?;
+                        be.layernorm_bwd(
+                            &a.s2,
+                            dcur,
+                            LnSaved { gamma: &v[layer.ffn_ln.g], mean: &a.mean2, rstd: &a.rstd2 },
+                            LnGrads { dx: ds2, accumulate: false, dgamma: gg, dbeta: gb },
+                            RowsShape { rows: n, cols: h },
+                        )?;
                     }
                     let df2 = &mut t_h2;
                     be.copy(ds2, df2)?;
                     be.dropout_bwd(df2, hidden_drop, stream(li, S_FFN_OUT))?;
                     {
                         let (gw, gb) = two_mut(g, layer.ffn_out.w, layer.ffn_out.b);
-                        be.linear_bwd(&a.g, &v[layer.ffn_out.w], df2, Some(&mut t_f1), gw, Some(gb), n, h, f)?;
+                        be.linear_bwd(
+                            &a.g,
+                            &v[layer.ffn_out.w],
+                            df2,
+                            LinearGrads { dx: Some(&mut t_f1), dw: gw, db: Some(gb) },
+                            Gemm { m: n, n: h, k: f },
+                        )?;
                     }
                     be.gelu_bwd(&a.f1, &t_f1, &mut t_f2)?;
                     {
                         let (gw, gb) = two_mut(g, layer.ffn_in.w, layer.ffn_in.b);
-                        be.linear_bwd(&a.h1, &v[layer.ffn_in.w], &t_f2, Some(dcur), gw, Some(gb), n, f, h)?;
+                        be.linear_bwd(
+                            &a.h1,
+                            &v[layer.ffn_in.w],
+                            &t_f2,
+                            LinearGrads { dx: Some(dcur), dw: gw, db: Some(gb) },
+                            Gemm { m: n, n: f, k: h },
+                        )?;
                     }
                     // dh1 = ds2 + ffn path (in dcur)
                     be.add_assign(dcur, &t_h1)?;
                     // h1 = LN1(x + drop(attn))
                     {
                         let (gg, gb) = two_mut(g, layer.attn_ln.g, layer.attn_ln.b);
-                        be.layernorm_bwd(&a.s1, dcur, &v[layer.attn_ln.g], &a.mean1, &a.rstd1, &mut t_h1, false, gg, gb, n, h)?;
+                        be.layernorm_bwd(
+                            &a.s1,
+                            dcur,
+                            LnSaved { gamma: &v[layer.attn_ln.g], mean: &a.mean1, rstd: &a.rstd1 },
+                            LnGrads { dx: &mut t_h1, accumulate: false, dgamma: gg, dbeta: gb },
+                            RowsShape { rows: n, cols: h },
+                        )?;
                     }
                     // t_h1 = ds1: flows to x directly and through the attention block.
                     be.copy(&t_h1, &mut t_h2)?;
@@ -208,16 +251,34 @@ impl<B: Backend> XlmR<B> {
                     // out = h1 + W2·gelu(W1·LN_ffn(h1) + b1) + b2
                     {
                         let (gw, gb) = two_mut(g, layer.ffn_out.w, layer.ffn_out.b);
-                        be.linear_bwd(&a.g, &v[layer.ffn_out.w], dcur, Some(&mut t_f1), gw, Some(gb), n, h, f)?;
+                        be.linear_bwd(
+                            &a.g,
+                            &v[layer.ffn_out.w],
+                            dcur,
+                            LinearGrads { dx: Some(&mut t_f1), dw: gw, db: Some(gb) },
+                            Gemm { m: n, n: h, k: f },
+                        )?;
                     }
                     be.gelu_bwd(&a.f1, &t_f1, &mut t_f2)?;
                     {
                         let (gw, gb) = two_mut(g, layer.ffn_in.w, layer.ffn_in.b);
-                        be.linear_bwd(&a.h1, &v[layer.ffn_in.w], &t_f2, Some(&mut t_h1), gw, Some(gb), n, f, h)?;
+                        be.linear_bwd(
+                            &a.h1,
+                            &v[layer.ffn_in.w],
+                            &t_f2,
+                            LinearGrads { dx: Some(&mut t_h1), dw: gw, db: Some(gb) },
+                            Gemm { m: n, n: f, k: h },
+                        )?;
                     }
                     {
                         let (gg, gb) = two_mut(g, layer.ffn_ln.g, layer.ffn_ln.b);
-                        be.layernorm_bwd(&a.s1, &t_h1, &v[layer.ffn_ln.g], &a.mean1, &a.rstd1, dcur, true, gg, gb, n, h)?;
+                        be.layernorm_bwd(
+                            &a.s1,
+                            &t_h1,
+                            LnSaved { gamma: &v[layer.ffn_ln.g], mean: &a.mean1, rstd: &a.rstd1 },
+                            LnGrads { dx: dcur, accumulate: true, dgamma: gg, dbeta: gb },
+                            RowsShape { rows: n, cols: h },
+                        )?;
                     }
                     // dcur = d(h1); h1 = x + drop(O·attn(LN_attn(x)))
                     be.copy(dcur, &mut t_h2)?;
@@ -241,7 +302,13 @@ impl<B: Backend> XlmR<B> {
                         li,
                     )?;
                     let (gg, gb) = two_mut(g, layer.attn_ln.g, layer.attn_ln.b);
-                    be.layernorm_bwd(x, &t_h1, &v[layer.attn_ln.g], &a.a_mean, &a.a_rstd, dcur, true, gg, gb, n, h)?;
+                    be.layernorm_bwd(
+                        x,
+                        &t_h1,
+                        LnSaved { gamma: &v[layer.attn_ln.g], mean: &a.a_mean, rstd: &a.a_rstd },
+                        LnGrads { dx: dcur, accumulate: true, dgamma: gg, dbeta: gb },
+                        RowsShape { rows: n, cols: h },
+                    )?;
                 }
             }
         }
@@ -251,13 +318,26 @@ impl<B: Backend> XlmR<B> {
         let demb: &B::Buf = match self.ix.emb_ln {
             Some(ln) => {
                 let (gg, gb) = two_mut(g, ln.g, ln.b);
-                be.layernorm_bwd(&enc.emb, dcur, &v[ln.g], &enc.emb_mean, &enc.emb_rstd, &mut t_h1, false, gg, gb, n, h)?;
+                be.layernorm_bwd(
+                    &enc.emb,
+                    dcur,
+                    LnSaved { gamma: &v[ln.g], mean: &enc.emb_mean, rstd: &enc.emb_rstd },
+                    LnGrads { dx: &mut t_h1, accumulate: false, dgamma: gg, dbeta: gb },
+                    RowsShape { rows: n, cols: h },
+                )?;
                 &t_h1
             }
             None => dcur,
         };
         let (gw, gp, gt) = three_mut(g, self.ix.word, self.ix.pos, self.ix.typ);
-        be.embed_bwd(&enc.ids, &enc.pos_ids, demb, gw, gp, gt, n, h, cfg.pad_id)?;
+        be.embed_bwd(
+            &enc.ids,
+            &enc.pos_ids,
+            demb,
+            EmbedGrads { word: gw, pos: gp, typ: gt },
+            EmbedShape { tokens: n, hidden: h },
+            cfg.pad_id,
+        )?;
         Ok(())
     }
 
@@ -284,7 +364,7 @@ impl<B: Backend> XlmR<B> {
         let (n, h) = (shape.tokens(), shape.hidden());
         {
             let (gw, gb) = two_mut(g, layer.o.w, layer.o.b);
-            be.linear_bwd(&a.ctx, &v[layer.o.w], dattn, Some(dctx), gw, Some(gb), n, h, h)?;
+            be.linear_bwd(&a.ctx, &v[layer.o.w], dattn, LinearGrads { dx: Some(dctx), dw: gw, db: Some(gb) }, Gemm { m: n, n: h, k: h })?;
         }
         be.attention_bwd(
             Qkv { q: &a.q, k: &a.k, v: &a.v },
@@ -297,11 +377,11 @@ impl<B: Backend> XlmR<B> {
         // dx = dq·Wq + dk·Wk + dv·Wv; `dctx` is free again and serves as scratch.
         {
             let (gw, gb) = two_mut(g, layer.q.w, layer.q.b);
-            be.linear_bwd(x, &v[layer.q.w], dq, Some(dx), gw, Some(gb), n, h, h)?;
+            be.linear_bwd(x, &v[layer.q.w], dq, LinearGrads { dx: Some(dx), dw: gw, db: Some(gb) }, Gemm { m: n, n: h, k: h })?;
         }
         for (lin, d) in [(layer.k, &*dk), (layer.v, &*dv)] {
             let (gw, gb) = two_mut(g, lin.w, lin.b);
-            be.linear_bwd(x, &v[lin.w], d, Some(dctx), gw, Some(gb), n, h, h)?;
+            be.linear_bwd(x, &v[lin.w], d, LinearGrads { dx: Some(dctx), dw: gw, db: Some(gb) }, Gemm { m: n, n: h, k: h })?;
             be.add_assign(dx, dctx)?;
         }
         Ok(())

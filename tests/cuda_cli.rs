@@ -79,7 +79,7 @@ fn train_and_sample_on_cuda_match_the_cpu() {
     let words = ["the", "cat", "dog", "sat", "on", "a", "mat", "big", "small", "house", "runs", "home"];
     let rows: Vec<String> = (0..48)
         .map(|i| {
-            let src: Vec<&str> = (0..3 + i % 4).map(|j| words[(i * 7 + j * 5) % words.len()]).collect();
+            let src: Vec<&str> = (0..2 + i % 2).map(|j| words[(i * 7 + j * 5) % words.len()]).collect();
             let tgt: Vec<&str> = src.iter().rev().copied().collect();
             serde_json::json!({"src": src.join(" "), "tgt": tgt.join(" ")}).to_string()
         })

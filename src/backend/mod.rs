@@ -321,7 +321,6 @@ pub trait Backend {
 
     /// Scatter-add of `dout` into the three embedding tables' gradients. Like `nn.Embedding`
     /// with `padding_idx`, rows of the word and position tables at `padding_idx` get no gradient.
-    #[allow(clippy::too_many_arguments)]
     fn embed_bwd(
         &self,
         ids: &Self::IBuf,
@@ -346,7 +345,6 @@ pub trait Backend {
     /// Fused residual add + LayerNorm over rows of `cols`:
     /// `sum = x + residual` (or `x`), `out = LN(sum)·gamma + beta`.
     /// `sum` (when `residual` is given), `mean` and `rstd` are saved for the backward pass.
-    #[allow(clippy::too_many_arguments)]
     fn add_layernorm_fwd(
         &self,
         x: &Self::Buf,
@@ -359,7 +357,6 @@ pub trait Backend {
 
     /// Backward of LayerNorm given its input `x` (the residual sum) and saved statistics:
     /// `dx = ∂/∂x` (overwrites, or adds to `dx` when `accumulate`), `dgamma += …`, `dbeta += …`.
-    #[allow(clippy::too_many_arguments)]
     fn layernorm_bwd(
         &self,
         x: &Self::Buf,
@@ -384,7 +381,6 @@ pub trait Backend {
     ) -> Result<()>;
 
     /// Backward of `attention_fwd`; overwrites `dq`, `dk`, `dv`.
-    #[allow(clippy::too_many_arguments)]
     fn attention_bwd(
         &self,
         qkv: Qkv<'_, Self::Buf>,

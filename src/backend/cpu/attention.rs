@@ -85,7 +85,6 @@ pub fn attention_fwd(qkv: Qkv<'_, [f32]>, key_mask: &[i32], out: &mut [f32], lse
     );
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn attention_bwd(
     qkv: Qkv<'_, [f32]>,
     key_mask: &[i32],

@@ -3,7 +3,6 @@
 use crate::backend::{LnGrads, LnParams, LnSaved, LnStats, Residual, RowsShape};
 use rayon::prelude::*;
 
-#[allow(clippy::too_many_arguments)]
 pub fn add_layernorm_fwd(
     x: &[f32],
     residual: Option<Residual<'_, [f32]>>,

@@ -152,7 +152,6 @@ impl CudaBackend {
 
     /// Two passes (attention_bwd.cu says why not atomics): dQ and D_i = dO_i·O_i per query row,
     /// then dK and dV per key row. `dq`, `dk`, `dv` are overwritten (bf16).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn attention_bwd(
         &self,
         qkv: Qkv<'_, CudaBuf>,

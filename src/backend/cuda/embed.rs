@@ -44,7 +44,6 @@ impl CudaBackend {
 
     /// Scatter-add into the tables' gradients (made f32): word and position rows with atomics, the
     /// token-type row as a column sum.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn embed_bwd(
         &self,
         ids: &CudaIBuf,

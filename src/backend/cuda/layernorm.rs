@@ -15,7 +15,6 @@ const LN_BWD_MAX_COLS: usize = 6016;
 const LN_BWD_ROWS: usize = 32;
 
 impl CudaBackend {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn add_layernorm_fwd(
         &self,
         x: &CudaBuf,
@@ -71,7 +70,6 @@ impl CudaBackend {
 
     /// Backward of LayerNorm from its input `x` (the saved sum) and the saved f32 statistics.
     /// `dx` (bf16) is overwritten or added to; `dgamma`, `dbeta` accumulate in f32.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn layernorm_bwd(
         &self,
         x: &CudaBuf,

@@ -11,6 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dlm_engine::backend::cpu::CpuBackend;
 use dlm_engine::backend::cuda::CudaBackend;
 use dlm_engine::backend::{pack_gumbel, AdamW, AttnShape, Backend, Dropout, NoiseSpec};
+use dlm_engine::backend::{AdamWStep, LossSlots, Moments, PicksMut, VocabShape};
 use dlm_engine::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use dlm_engine::backend::{EmbedShape, EmbedTables, Gemm, LnParams, LnStats, Residual, RowsShape};
 use dlm_engine::rdm::noise::Reweighting;
@@ -93,15 +94,31 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
         let (mut token, mut logprob) = (be.upload_i32(&vec![0; rows]).unwrap(), be.zeros(rows).unwrap());
         let bytes_pick = 2 * (rows * vocab_padded) as u64;
         timed(&mut group, &format!("vocab_pick/argmax/{tag}"), bytes_pick, &mut || {
-            be.vocab_pick(&y, rows, vocab_padded, vocab, &forbid, 1.0, None, &mut token, &mut logprob).unwrap();
+            be.vocab_pick(
+                &y,
+                VocabShape { rows, vocab: vocab_padded, valid: vocab },
+                &forbid,
+                1.0,
+                None,
+                PicksMut { token: &mut token, logprob: &mut logprob },
+            )
+            .unwrap();
         });
         timed(&mut group, &format!("vocab_pick/gumbel/{tag}"), bytes_pick, &mut || {
-            be.vocab_pick(&y, rows, vocab_padded, vocab, &forbid, 0.9, Some((&seeds, &streams)), &mut token, &mut logprob).unwrap();
+            be.vocab_pick(
+                &y,
+                VocabShape { rows, vocab: vocab_padded, valid: vocab },
+                &forbid,
+                0.9,
+                Some((&seeds, &streams)),
+                PicksMut { token: &mut token, logprob: &mut logprob },
+            )
+            .unwrap();
         });
         let targets = be.upload_i32(&(0..rows as i32).collect::<Vec<_>>()).unwrap();
         let weights = vec![1.0f32; rows];
         timed(&mut group, &format!("cross_entropy/{tag}"), 2 * bytes_pick, &mut || {
-            be.cross_entropy_fwd_bwd(&mut y, &targets, &weights, rows, vocab_padded, vocab, 0.0).unwrap();
+            be.cross_entropy_fwd_bwd(&mut y, &targets, &weights, VocabShape { rows, vocab: vocab_padded, valid: vocab }, 0.0).unwrap();
         });
     }
 
@@ -155,7 +172,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
         (be.upload_i32(&vec![0; rows]).unwrap(), be.upload_i32(&vec![0; rows]).unwrap(), be.zeros(rows).unwrap());
     let spec = NoiseSpec { key: 5, steps: 50, pad: 1, mask_id: 3, reweighting: Reweighting::Linear, scale: 1.0 };
     timed(&mut group, "q_sample/b64", 4 * 4 * rows as u64, &mut || {
-        be.q_sample(&mut noisy, SEQ, &vec![64; examples], &spec, &mut lr, &mut lt, &mut lw).unwrap();
+        be.q_sample(&mut noisy, SEQ, &vec![64; examples], &spec, LossSlots { rows: &mut lr, targets: &mut lt, weights: &mut lw }).unwrap();
     });
     // Attention: batch-64 and batch-1 steps of 128 tokens, with padding in every other sequence.
     for (tag, batch) in [("b64", sz.batch_big), ("b1", 1)] {
@@ -197,7 +214,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
     let mut step = 0u64;
     timed(&mut group, "adamw", (np * (4 * 3 * 2 + 2 + 2)) as u64, &mut || {
         step += 1;
-        be.adamw(&mut p, &g, &mut m1, &mut m2, AdamW::default(), 1e-4, step, 0.5).unwrap()
+        be.adamw(&mut p, &g, Moments { m: &mut m1, v: &mut m2 }, AdamW::default(), AdamWStep { lr: 1e-4, step, grad_scale: 0.5 }).unwrap()
     });
     group.finish();
 }

@@ -22,6 +22,7 @@ use common::*;
 use dlm_engine::backend::cpu::{self, CpuBackend};
 use dlm_engine::backend::cuda::CudaBackend;
 use dlm_engine::backend::{pack_gumbel, pack_seed, AdamW, AttnShape, Backend, Dropout, NoiseSpec, ReparamRule, RowStats};
+use dlm_engine::backend::{AdamWStep, CanvasInputs, CanvasState, LossSlots, Moments, Picks, PicksMut, VocabShape};
 use dlm_engine::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use dlm_engine::backend::{
     EmbedGrads, EmbedShape, EmbedTables, Gemm, LinearGrads, LnGrads, LnParams, LnSaved, LnStats, Residual, RowsShape,
@@ -514,12 +515,26 @@ fn reparam_step_matches_cpu() {
                 })
                 .collect();
             let (mut wt, mut ws, mut wm, mut wids) = (tokens.clone(), scores.clone(), masked.clone(), vec![-1i32; lens.len() * seq]);
-            cpu::sampler::reparam_step(&meta, &step, &pick_token, &pick_lp, &mut wt, &mut ws, &mut wm, &mut wids, rule);
+            cpu::sampler::reparam_step(
+                &meta,
+                &step,
+                Picks { token: &pick_token, logprob: &pick_lp },
+                CanvasState { tokens: &mut wt, scores: &mut ws, masked: &mut wm },
+                &mut wids,
+                rule,
+            );
             let (mut gt, mut gm, mut gids) =
                 (g.upload_i32(&tokens).unwrap(), g.upload_i32(&masked).unwrap(), g.upload_i32(&vec![-1; lens.len() * seq]).unwrap());
             let mut gs = g.upload_f32(&scores).unwrap();
             let (gpt, gpl, gstep) = (g.upload_i32(&pick_token).unwrap(), g.upload_f32(&pick_lp).unwrap(), g.upload_i32(&step).unwrap());
-            g.reparam_step(&gmeta, lens.len(), &gstep, &gpt, &gpl, &mut gt, &mut gs, &mut gm, &mut gids, rule).unwrap();
+            g.reparam_step(
+                CanvasInputs { meta: &gmeta, n: lens.len(), step: &gstep },
+                Picks { token: &gpt, logprob: &gpl },
+                CanvasState { tokens: &mut gt, scores: &mut gs, masked: &mut gm },
+                &mut gids,
+                rule,
+            )
+            .unwrap();
             let tag = format!("reparam_step cond={cond} noise={noise} k(64)={}", k_of(64));
             assert_eq!(g.read_i32(&gt).unwrap(), wt, "{tag}: tokens");
             assert_eq!(g.read_i32(&gm).unwrap(), wm, "{tag}: masked");
@@ -567,11 +582,15 @@ fn check_q_sample<B: Backend>(g: &B) {
         let n = batch.ids.len();
         let cpu_be = CpuBackend::new();
         let (mut c_ids, mut c_rows, mut c_tgt, mut c_w) = (batch.ids.clone(), vec![-7; n], vec![-7; n], vec![f32::NAN; n]);
-        let nc = cpu_be.q_sample(&mut c_ids, batch.seq, &src_len, &spec, &mut c_rows, &mut c_tgt, &mut c_w).unwrap();
+        let nc = cpu_be
+            .q_sample(&mut c_ids, batch.seq, &src_len, &spec, LossSlots { rows: &mut c_rows, targets: &mut c_tgt, weights: &mut c_w })
+            .unwrap();
         let mut g_ids = g.upload_i32(&batch.ids).unwrap();
         let (mut g_rows, mut g_tgt, mut g_w) =
             (g.upload_i32(&vec![-7; n]).unwrap(), g.upload_i32(&vec![-7; n]).unwrap(), g.upload_f32(&poison(n)).unwrap());
-        let ng = g.q_sample(&mut g_ids, batch.seq, &src_len, &spec, &mut g_rows, &mut g_tgt, &mut g_w).unwrap();
+        let ng = g
+            .q_sample(&mut g_ids, batch.seq, &src_len, &spec, LossSlots { rows: &mut g_rows, targets: &mut g_tgt, weights: &mut g_w })
+            .unwrap();
         let tag = format!("q_sample trial {trial} (B={b}, seq={}, T={}, {rw:?})", batch.seq, spec.steps);
         assert_eq!(ng, nc, "{tag}: masked count");
         assert_eq!(g.read_i32(&g_ids).unwrap(), c_ids, "{tag}: noised ids");
@@ -595,7 +614,10 @@ fn check_q_sample<B: Backend>(g: &B) {
     let mut short = g.upload_i32(&[5; 10]).unwrap();
     let spec = NoiseSpec { key: 1, steps: 50, pad, mask_id, reweighting: Reweighting::Linear, scale: 1.0 };
     let (mut r, mut t, mut w) = (g.upload_i32(&[0; 10]).unwrap(), g.upload_i32(&[0; 10]).unwrap(), g.zeros(10).unwrap());
-    assert!(g.q_sample(&mut short, 3, &[1, 1], &spec, &mut r, &mut t, &mut w).is_err(), "10 ids are not 2×2 rows of 3");
+    assert!(
+        g.q_sample(&mut short, 3, &[1, 1], &spec, LossSlots { rows: &mut r, targets: &mut t, weights: &mut w }).is_err(),
+        "10 ids are not 2×2 rows of 3"
+    );
 }
 
 #[test]
@@ -643,9 +665,9 @@ fn cross_entropy_matches_cpu() {
         let targets: Vec<i32> = (0..rows).map(|_| rng.int_in(0, valid as u64 - 1) as i32).collect();
         let weights: Vec<f32> = (0..rows).map(|_| rng.uniform() + 0.1).collect();
         let gt = g.upload_i32(&targets).unwrap();
-        let loss = g.cross_entropy_fwd_bwd(&mut logits, &gt, &weights, rows, vocab, valid, ls).unwrap();
+        let loss = g.cross_entropy_fwd_bwd(&mut logits, &gt, &weights, VocabShape { rows, vocab, valid }, ls).unwrap();
         let mut grad = lr.clone();
-        let want = cpu::vocab::cross_entropy_fwd_bwd(&mut grad, &targets, &weights, rows, vocab, valid, ls);
+        let want = cpu::vocab::cross_entropy_fwd_bwd(&mut grad, &targets, &weights, VocabShape { rows, vocab, valid }, ls);
         let tag = format!("cross_entropy {rows}x{vocab} valid {valid} ls {ls}");
         assert_close(&format!("{tag} loss"), &loss, &want, TOL_STAT);
         assert_close(&format!("{tag} dlogits"), &down(&g, &logits), &grad, TOL_BF16);
@@ -653,7 +675,7 @@ fn cross_entropy_matches_cpu() {
     let (mut logits, _) = up(&g, &normal_vec(&mut rng, 2 * 10, 1.0));
     let bad = g.upload_i32(&[1, 10]).unwrap();
     assert!(
-        g.cross_entropy_fwd_bwd(&mut logits, &bad, &[1.0, 1.0], 2, 10, 10, 0.0).is_err(),
+        g.cross_entropy_fwd_bwd(&mut logits, &bad, &[1.0, 1.0], VocabShape { rows: 2, vocab: 10, valid: 10 }, 0.0).is_err(),
         "a target past the vocabulary must be an error"
     );
 }
@@ -680,22 +702,17 @@ fn vocab_pick_matches_cpu() {
             let mut logprob = g.upload_f32(&poison(rows)).unwrap();
             g.vocab_pick(
                 &logits,
-                rows,
-                vocab,
-                valid,
+                VocabShape { rows, vocab, valid },
                 &gforbid,
                 temperature,
                 gnoise.as_ref().map(|(s, t)| (s, t)),
-                &mut token,
-                &mut logprob,
+                PicksMut { token: &mut token, logprob: &mut logprob },
             )
             .unwrap();
             let got = RowStats { token: g.read_i32(&token).unwrap(), logprob: down(&g, &logprob) };
             let want = cpu::sampler::vocab_pick(
                 &lr,
-                rows,
-                vocab,
-                valid,
+                VocabShape { rows, vocab, valid },
                 &forbid,
                 temperature,
                 packed.as_ref().map(|(s, t)| (s.as_slice(), t.as_slice())),
@@ -747,8 +764,8 @@ fn optimizer_ops_match_cpu() {
             let (grad, gr) = if f32_grads { (g.upload_f32(&gv).unwrap(), gv.clone()) } else { up(&g, &gv) };
             // Step 2 clips (a factor below 1 applied as the gradient is read).
             let gs = if step == 2 { 0.37 } else { 1.0 };
-            g.adamw(&mut p, &grad, &mut m, &mut v, hp, 1e-3, step, gs).unwrap();
-            cpu::adamw::adamw(&mut pr, &gr, &mut mr, &mut vr, hp, 1e-3, step, gs);
+            g.adamw(&mut p, &grad, Moments { m: &mut m, v: &mut v }, hp, AdamWStep { lr: 1e-3, step, grad_scale: gs }).unwrap();
+            cpu::adamw::adamw(&mut pr, &gr, Moments { m: &mut mr, v: &mut vr }, hp, AdamWStep { lr: 1e-3, step, grad_scale: gs });
         }
         let tag = format!("adamw (f32 grads: {f32_grads})");
         // Un-fused f32 operations in the same order on both sides: bit-equal.

@@ -405,16 +405,13 @@ pub trait Backend {
     /// reference), writes `<mask>` into the masked slots and their flat positions, clean ids and
     /// weights, in row-major order, into the first entries of `rows`, `targets` and `weights`
     /// (each at least `ids`' length). Returns how many slots were masked.
-    #[allow(clippy::too_many_arguments)]
     fn q_sample(
         &self,
         ids: &mut Self::IBuf,
         seq: usize,
         src_len: &[i32],
         spec: &NoiseSpec,
-        rows: &mut Self::IBuf,
-        targets: &mut Self::IBuf,
-        weights: &mut Self::Buf,
+        out: LossSlots<'_, Self::Buf, Self::IBuf>,
     ) -> Result<usize>;
 
     // ---- vocabulary ---------------------------------------------------------------------------
@@ -422,15 +419,12 @@ pub trait Backend {
     /// `valid_vocab` columns taking part (the rest count as -inf). Returns per-row
     /// `CE(row) = logsumexp - logit[target]` (optionally label-smoothed) and overwrites `logits`
     /// with `d(Σ_r weight_r · CE_r)/d logits`.
-    #[allow(clippy::too_many_arguments)]
     fn cross_entropy_fwd_bwd(
         &self,
         logits: &mut Self::Buf,
         targets: &Self::IBuf,
         weights: &[f32],
-        rows: usize,
-        vocab: usize,
-        valid_vocab: usize,
+        shape: VocabShape,
         label_smoothing: f32,
     ) -> Result<Vec<f32>>;
 
@@ -439,18 +433,14 @@ pub trait Backend {
     /// sample from `softmax(logits / temperature)` by Gumbel-max. Writes the chosen id to `token`
     /// and its log-softmax at temperature 1, the confidence the RDM sampler ranks (docs/method.md §4.3),
     /// to `logprob`. Everything stays on the device (no host synchronisation).
-    #[allow(clippy::too_many_arguments)]
     fn vocab_pick(
         &self,
         logits: &Self::Buf,
-        rows: usize,
-        vocab: usize,
-        valid_vocab: usize,
+        shape: VocabShape,
         forbid: &Self::IBuf,
         temperature: f32,
         gumbel: Option<(&Self::IBuf, &Self::IBuf)>,
-        token: &mut Self::IBuf,
-        logprob: &mut Self::Buf,
+        out: PicksMut<'_, Self::Buf, Self::IBuf>,
     ) -> Result<()>;
 
     /// One reparameterized RDM step (rdm::remask's ranking, `lowest_set` and
@@ -462,17 +452,11 @@ pub trait Backend {
     /// - `step`: four i32 per canvas for this step: k (`lowest_set`'s k), the ranking-noise stream
     ///   (high, low 32 bits) and the noise scale (f32 bits), unused without `rule.noise`;
     /// - `pick_token`, `pick_logprob`: this step's picks at every slot, in slot order.
-    #[allow(clippy::too_many_arguments)]
     fn reparam_step(
         &self,
-        canvases: &Self::IBuf,
-        n_canvases: usize,
-        step: &Self::IBuf,
-        pick_token: &Self::IBuf,
-        pick_logprob: &Self::Buf,
-        tokens: &mut Self::IBuf,
-        scores: &mut Self::Buf,
-        masked: &mut Self::IBuf,
+        canvases: CanvasInputs<'_, Self::IBuf>,
+        picks: Picks<'_, Self::Buf, Self::IBuf>,
+        state: CanvasState<'_, Self::Buf, Self::IBuf>,
         ids: &mut Self::IBuf,
         rule: ReparamRule,
     ) -> Result<()>;
@@ -508,18 +492,7 @@ pub trait Backend {
     /// One decoupled-weight-decay Adam update of `param` given `grad · grad_scale` and moments
     /// `m`, `v` (PyTorch `AdamW` semantics; `step` is 1-based, for bias correction). The scale is
     /// gradient clipping's factor, applied as the gradient is read rather than in a pass of its own.
-    #[allow(clippy::too_many_arguments)]
-    fn adamw(
-        &self,
-        param: &mut Self::Buf,
-        grad: &Self::Buf,
-        m: &mut Self::Buf,
-        v: &mut Self::Buf,
-        hp: AdamW,
-        lr: f32,
-        step: u64,
-        grad_scale: f32,
-    ) -> Result<()>;
+    fn adamw(&self, param: &mut Self::Buf, grad: &Self::Buf, moments: Moments<'_, Self::Buf>, hp: AdamW, at: AdamWStep) -> Result<()>;
 }
 
 /// The fixed part of `reparam_step`: `Cond` re-masking, ranking noise on and its seed, `<mask>`.

@@ -2,6 +2,7 @@
 //! the gradients are not finite.
 
 use crate::backend::{AdamW, Backend};
+use crate::backend::{AdamWStep, Moments};
 use crate::model::{ParamStorage, XlmR};
 use anyhow::{bail, Result};
 use std::path::Path;
@@ -57,7 +58,9 @@ impl<B: Backend> Optimizer<B> {
         // The clipping factor is applied inside the update, as each gradient is read.
         let (m, v) = (&mut self.m, &mut self.v);
         let grad_scale = clip.unwrap_or(1.0);
-        model.for_each_param_mut(|be, i, value, grad| be.adamw(value, grad, &mut m[i], &mut v[i], hp, lr, step, grad_scale))?;
+        model.for_each_param_mut(|be, i, value, grad| {
+            be.adamw(value, grad, Moments { m: &mut m[i], v: &mut v[i] }, hp, AdamWStep { lr, step, grad_scale })
+        })?;
         Ok(UpdateInfo { grad_norm: norm, skipped: false })
     }
 

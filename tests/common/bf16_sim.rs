@@ -6,6 +6,7 @@
 
 use dlm_engine::backend::cpu::{self as ck, CpuBackend};
 use dlm_engine::backend::{AdamW, Backend, Dropout, NoiseSpec, ReparamRule};
+use dlm_engine::backend::{AdamWStep, CanvasInputs, CanvasState, LossSlots, Moments, Picks, PicksMut, VocabShape};
 use dlm_engine::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use dlm_engine::backend::{
     EmbedGrads, EmbedShape, EmbedTables, Gemm, LinearGrads, LnGrads, LnParams, LnSaved, LnStats, Residual, RowsShape,
@@ -276,35 +277,35 @@ impl Backend for Bf16Sim {
     }
     fn q_sample(
         &self,
-        ids: &mut Vec<i32>,
+        ids: &mut Self::IBuf,
         seq: usize,
         src_len: &[i32],
         spec: &NoiseSpec,
-        rows: &mut Vec<i32>,
-        t: &mut Vec<i32>,
-        w: &mut SimBuf,
+        out: LossSlots<'_, Self::Buf, Self::IBuf>,
     ) -> R<usize> {
+        let LossSlots { rows, targets: t, weights: w } = out;
         // The weights are f32 on the GPU too.
-        CpuBackend::new().q_sample(ids, seq, src_len, spec, rows, t, &mut w.v)
+        CpuBackend::new().q_sample(ids, seq, src_len, spec, LossSlots { rows, targets: t, weights: &mut w.v })
     }
-    fn cross_entropy_fwd_bwd(&self, l: &mut SimBuf, t: &Vec<i32>, w: &[f32], rows: usize, v: usize, vv: usize, ls: f32) -> R<Vec<f32>> {
-        let r = ck::vocab::cross_entropy_fwd_bwd(&mut l.v, t, w, rows, v, vv, ls);
+    fn cross_entropy_fwd_bwd(&self, l: &mut Self::Buf, t: &Self::IBuf, w: &[f32], shape: VocabShape, ls: f32) -> R<Vec<f32>> {
+        let VocabShape { rows, vocab: v, valid: vv } = shape;
+        let r = ck::vocab::cross_entropy_fwd_bwd(&mut l.v, t, w, VocabShape { rows, vocab: v, valid: vv }, ls);
         rnd(&mut l.v);
         Ok(r)
     }
     fn vocab_pick(
         &self,
-        l: &SimBuf,
-        rows: usize,
-        v: usize,
-        vv: usize,
-        f: &Vec<i32>,
+        l: &Self::Buf,
+        shape: VocabShape,
+        f: &Self::IBuf,
         t: f32,
-        g: Option<(&Vec<i32>, &Vec<i32>)>,
-        tok: &mut Vec<i32>,
-        lp: &mut SimBuf,
+        g: Option<(&Self::IBuf, &Self::IBuf)>,
+        out: PicksMut<'_, Self::Buf, Self::IBuf>,
     ) -> R<()> {
-        let st = ck::sampler::vocab_pick(&l.v, rows, v, vv, f, t, g.map(|(s, t)| (s.as_slice(), t.as_slice())));
+        let VocabShape { rows, vocab: v, valid: vv } = shape;
+        let PicksMut { token: tok, logprob: lp } = out;
+        let st =
+            ck::sampler::vocab_pick(&l.v, VocabShape { rows, vocab: v, valid: vv }, f, t, g.map(|(s, t)| (s.as_slice(), t.as_slice())));
         tok.copy_from_slice(&st.token);
         lp.v.copy_from_slice(&st.logprob);
         lp.master = None;
@@ -312,19 +313,24 @@ impl Backend for Bf16Sim {
     }
     fn reparam_step(
         &self,
-        c: &Vec<i32>,
-        _n: usize,
-        st: &Vec<i32>,
-        pt: &Vec<i32>,
-        pl: &SimBuf,
-        tok: &mut Vec<i32>,
-        sc: &mut SimBuf,
-        m: &mut Vec<i32>,
-        ids: &mut Vec<i32>,
+        canvases: CanvasInputs<'_, Self::IBuf>,
+        picks: Picks<'_, Self::Buf, Self::IBuf>,
+        state: CanvasState<'_, Self::Buf, Self::IBuf>,
+        ids: &mut Self::IBuf,
         rule: ReparamRule,
     ) -> R<()> {
+        let CanvasInputs { meta: c, n: _n, step: st } = canvases;
+        let Picks { token: pt, logprob: pl } = picks;
+        let CanvasState { tokens: tok, scores: sc, masked: m } = state;
         // Scores and log-probs are f32 on the GPU too.
-        ck::sampler::reparam_step(c, st, pt, &pl.v, tok, &mut sc.v, m, ids, rule);
+        ck::sampler::reparam_step(
+            c,
+            st,
+            Picks { token: pt, logprob: &pl.v },
+            CanvasState { tokens: tok, scores: &mut sc.v, masked: m },
+            ids,
+            rule,
+        );
         Ok(())
     }
     fn sum_squares(&self, x: &SimBuf) -> R<f64> {
@@ -332,10 +338,12 @@ impl Backend for Bf16Sim {
     }
     // The update works on the f32 master (made from the bf16 value on the first step); forward
     // ops then read its bf16 copy.
-    fn adamw(&self, p: &mut SimBuf, g: &SimBuf, m: &mut SimBuf, v: &mut SimBuf, hp: AdamW, lr: f32, step: u64, gs: f32) -> R<()> {
+    fn adamw(&self, p: &mut Self::Buf, g: &Self::Buf, moments: Moments<'_, Self::Buf>, hp: AdamW, at: AdamWStep) -> R<()> {
+        let Moments { m, v } = moments;
+        let AdamWStep { lr, step, grad_scale: gs } = at;
         let pv = p.v.clone();
         let master = p.master.get_or_insert(pv);
-        ck::adamw::adamw(master, &g.v, &mut m.v, &mut v.v, hp, lr, step, gs);
+        ck::adamw::adamw(master, &g.v, Moments { m: &mut m.v, v: &mut v.v }, hp, AdamWStep { lr, step, grad_scale: gs });
         p.v = master.clone();
         rnd(&mut p.v);
         Ok(())

@@ -5,6 +5,7 @@
 use dlm_engine::backend::cpu::sampler::vocab_pick;
 use dlm_engine::backend::pack_gumbel;
 use dlm_engine::backend::RowStats;
+use dlm_engine::backend::VocabShape;
 use dlm_engine::diffusion::{Denoiser, SpecialIds};
 use dlm_engine::model::{Batch, PickOpts};
 
@@ -65,9 +66,7 @@ impl Denoiser for TableDenoiser {
         let noise = opts.sample_seed.map(|s| pack_gumbel(&(0..rows.len() as u32).map(|i| (s, i)).collect::<Vec<_>>()));
         Ok(vocab_pick(
             &buf,
-            rows.len(),
-            self.vocab,
-            self.vocab,
+            VocabShape { rows: rows.len(), vocab: self.vocab, valid: self.vocab },
             &opts.forbid,
             opts.temperature,
             noise.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())),

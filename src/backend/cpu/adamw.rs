@@ -1,11 +1,13 @@
 //! AdamW (decoupled weight decay), with the operation order of PyTorch's single-tensor AdamW.
 
 use crate::backend::AdamW;
+use crate::backend::{AdamWStep, Moments};
 use rayon::prelude::*;
 
 /// `grad_scale` multiplies each gradient as it is read (gradient clipping; 1 leaves it as is).
-#[allow(clippy::too_many_arguments)]
-pub fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32], hp: AdamW, lr: f32, step: u64, grad_scale: f32) {
+pub fn adamw(param: &mut [f32], grad: &[f32], moments: Moments<'_, [f32]>, hp: AdamW, at: AdamWStep) {
+    let Moments { m, v } = moments;
+    let AdamWStep { lr, step, grad_scale } = at;
     let bc1 = 1.0 - (hp.beta1 as f64).powi(step as i32);
     let bc2 = 1.0 - (hp.beta2 as f64).powi(step as i32);
     let step_size = (lr as f64 / bc1) as f32;

@@ -16,6 +16,7 @@ pub mod vocab;
 
 use super::contract::{CanvasMeta, StepParams};
 use super::{AdamW, Backend, Dropout, NoiseSpec, ReparamRule};
+use crate::backend::{AdamWStep, CanvasInputs, CanvasState, LossSlots, Moments, Picks, PicksMut, VocabShape};
 use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use crate::backend::{EmbedGrads, EmbedShape, EmbedTables, Gemm, LinearGrads, LnGrads, LnParams, LnSaved, LnStats, Residual, RowsShape};
 use crate::rdm::noise;
@@ -270,14 +271,13 @@ impl Backend for CpuBackend {
 
     fn q_sample(
         &self,
-        ids: &mut Vec<i32>,
+        ids: &mut Self::IBuf,
         seq: usize,
         src_len: &[i32],
         spec: &NoiseSpec,
-        rows: &mut Vec<i32>,
-        targets: &mut Vec<i32>,
-        weights: &mut Vec<f32>,
+        out: LossSlots<'_, Self::Buf, Self::IBuf>,
     ) -> Result<usize> {
+        let LossSlots { rows, targets, weights } = out;
         let n = ids.len();
         anyhow::ensure!(n == 2 * src_len.len() * seq, "q_sample: {n} ids for 2×{} rows of {seq}", src_len.len());
         anyhow::ensure!(
@@ -294,31 +294,34 @@ impl Backend for CpuBackend {
 
     fn cross_entropy_fwd_bwd(
         &self,
-        logits: &mut Vec<f32>,
-        targets: &Vec<i32>,
+        logits: &mut Self::Buf,
+        targets: &Self::IBuf,
         weights: &[f32],
-        rows: usize,
-        vocab: usize,
-        valid_vocab: usize,
+        shape: VocabShape,
         label_smoothing: f32,
     ) -> Result<Vec<f32>> {
-        Ok(vocab::cross_entropy_fwd_bwd(logits, targets, weights, rows, vocab, valid_vocab, label_smoothing))
+        let VocabShape { rows, vocab, valid: valid_vocab } = shape;
+        Ok(vocab::cross_entropy_fwd_bwd(logits, targets, weights, VocabShape { rows, vocab, valid: valid_vocab }, label_smoothing))
     }
 
     fn vocab_pick(
         &self,
-        logits: &Vec<f32>,
-        rows: usize,
-        vocab: usize,
-        valid_vocab: usize,
-        forbid: &Vec<i32>,
+        logits: &Self::Buf,
+        shape: VocabShape,
+        forbid: &Self::IBuf,
         temperature: f32,
-        gumbel: Option<(&Vec<i32>, &Vec<i32>)>,
-        token: &mut Vec<i32>,
-        logprob: &mut Vec<f32>,
+        gumbel: Option<(&Self::IBuf, &Self::IBuf)>,
+        out: PicksMut<'_, Self::Buf, Self::IBuf>,
     ) -> Result<()> {
-        let st =
-            sampler::vocab_pick(logits, rows, vocab, valid_vocab, forbid, temperature, gumbel.map(|(s, t)| (s.as_slice(), t.as_slice())));
+        let VocabShape { rows, vocab, valid: valid_vocab } = shape;
+        let PicksMut { token, logprob } = out;
+        let st = sampler::vocab_pick(
+            logits,
+            VocabShape { rows, vocab, valid: valid_vocab },
+            forbid,
+            temperature,
+            gumbel.map(|(s, t)| (s.as_slice(), t.as_slice())),
+        );
         token[..rows].copy_from_slice(&st.token);
         logprob[..rows].copy_from_slice(&st.logprob);
         Ok(())
@@ -326,40 +329,37 @@ impl Backend for CpuBackend {
 
     fn reparam_step(
         &self,
-        canvases: &Vec<i32>,
-        n_canvases: usize,
-        step: &Vec<i32>,
-        pick_token: &Vec<i32>,
-        pick_logprob: &Vec<f32>,
-        tokens: &mut Vec<i32>,
-        scores: &mut Vec<f32>,
-        masked: &mut Vec<i32>,
-        ids: &mut Vec<i32>,
+        canvases: CanvasInputs<'_, Self::IBuf>,
+        picks: Picks<'_, Self::Buf, Self::IBuf>,
+        state: CanvasState<'_, Self::Buf, Self::IBuf>,
+        ids: &mut Self::IBuf,
         rule: ReparamRule,
     ) -> Result<()> {
+        let CanvasInputs { meta: canvases, n: n_canvases, step } = canvases;
+        let Picks { token: pick_token, logprob: pick_logprob } = picks;
+        let CanvasState { tokens, scores, masked } = state;
         anyhow::ensure!(
             canvases.len() == n_canvases * size_of::<CanvasMeta>() / 4 && step.len() == n_canvases * size_of::<StepParams>() / 4,
             "reparam_step: canvas arrays do not hold {n_canvases} canvases"
         );
-        sampler::reparam_step(canvases, step, pick_token, pick_logprob, tokens, scores, masked, ids, rule);
+        sampler::reparam_step(
+            canvases,
+            step,
+            Picks { token: pick_token, logprob: pick_logprob },
+            CanvasState { tokens, scores, masked },
+            ids,
+            rule,
+        );
         Ok(())
     }
 
     fn sum_squares(&self, x: &Vec<f32>) -> Result<f64> {
         Ok(adamw::sum_squares(x))
     }
-    fn adamw(
-        &self,
-        param: &mut Vec<f32>,
-        grad: &Vec<f32>,
-        m: &mut Vec<f32>,
-        v: &mut Vec<f32>,
-        hp: AdamW,
-        lr: f32,
-        step: u64,
-        grad_scale: f32,
-    ) -> Result<()> {
-        adamw::adamw(param, grad, m, v, hp, lr, step, grad_scale);
+    fn adamw(&self, param: &mut Self::Buf, grad: &Self::Buf, moments: Moments<'_, Self::Buf>, hp: AdamW, at: AdamWStep) -> Result<()> {
+        let Moments { m, v } = moments;
+        let AdamWStep { lr, step, grad_scale } = at;
+        adamw::adamw(param, grad, Moments { m, v }, hp, AdamWStep { lr, step, grad_scale });
         Ok(())
     }
 }

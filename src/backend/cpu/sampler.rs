@@ -5,6 +5,7 @@
 
 use crate::backend::contract::{records, CanvasMeta, StepParams};
 use crate::backend::{unpack_seed, ReparamRule, RowStats};
+use crate::backend::{CanvasState, Picks, VocabShape};
 use crate::rdm::remask::Remask;
 use crate::rdm::remask::{self, RankNoise, Slots};
 use crate::rng::philox_gumbel;
@@ -12,15 +13,8 @@ use rayon::prelude::*;
 
 /// The CPU twin of `Backend::vocab_pick`; `gumbel` is the packed `(seeds, streams)` pair of
 /// `backend::pack_gumbel`.
-pub fn vocab_pick(
-    logits: &[f32],
-    rows: usize,
-    vocab: usize,
-    valid: usize,
-    forbid: &[i32],
-    temperature: f32,
-    gumbel: Option<(&[i32], &[i32])>,
-) -> RowStats {
+pub fn vocab_pick(logits: &[f32], shape: VocabShape, forbid: &[i32], temperature: f32, gumbel: Option<(&[i32], &[i32])>) -> RowStats {
+    let VocabShape { rows, vocab, valid } = shape;
     let noise = gumbel.map(|(seeds, streams)| move |r: usize| (unpack_seed(seeds, r), streams[r] as u32 as u64));
     let picks: Vec<(i32, f32)> = logits[..rows * vocab]
         .par_chunks(vocab)
@@ -62,18 +56,16 @@ pub fn vocab_pick(
 }
 
 /// See `Backend::reparam_step` for the layout of `canvases` and `step`.
-#[allow(clippy::too_many_arguments)]
 pub fn reparam_step(
     canvases: &[i32],
     step: &[i32],
-    pick_token: &[i32],
-    pick_logprob: &[f32],
-    tokens: &mut [i32],
-    scores: &mut [f32],
-    masked: &mut [i32],
+    picks: Picks<'_, [f32], [i32]>,
+    state: CanvasState<'_, [f32], [i32]>,
     ids: &mut [i32],
     rule: ReparamRule,
 ) {
+    let Picks { token: pick_token, logprob: pick_logprob } = picks;
+    let CanvasState { tokens, scores, masked } = state;
     for (c, st) in records::<CanvasMeta>(canvases).iter().zip(records::<StepParams>(step)) {
         let (s0, n, pos0) = (c.first as usize, c.len as usize, c.pos0 as usize);
         let slots = s0..s0 + n;
@@ -102,7 +94,7 @@ mod tests {
     #[test]
     fn pick_forbids_and_reports_log_prob() {
         let l = vec![0.0, 5.0, 1.0, 100.0];
-        let st = vocab_pick(&l, 1, 4, 3, &[1], 1.0, None);
+        let st = vocab_pick(&l, VocabShape { rows: 1, vocab: 4, valid: 3 }, &[1], 1.0, None);
         assert_eq!(st.token, vec![2]);
         let lse = (1.0f32 + 1.0f32.exp()).ln();
         assert!((st.logprob[0] - (1.0 - lse)).abs() < 1e-6);

@@ -1,6 +1,7 @@
 //! The weighted softmax cross-entropy over the vocabulary (loss and dlogits in place); the CPU
 //! twin of kernels/vocab.cu.
 
+use crate::backend::VocabShape;
 use rayon::prelude::*;
 
 fn row_lse(row: &[f32]) -> (f32, f32) {
@@ -9,15 +10,8 @@ fn row_lse(row: &[f32]) -> (f32, f32) {
     (mx, mx + s.ln() as f32)
 }
 
-pub fn cross_entropy_fwd_bwd(
-    logits: &mut [f32],
-    targets: &[i32],
-    weights: &[f32],
-    rows: usize,
-    vocab: usize,
-    valid: usize,
-    label_smoothing: f32,
-) -> Vec<f32> {
+pub fn cross_entropy_fwd_bwd(logits: &mut [f32], targets: &[i32], weights: &[f32], shape: VocabShape, label_smoothing: f32) -> Vec<f32> {
+    let VocabShape { rows, vocab, valid } = shape;
     let ls = label_smoothing;
     logits[..rows * vocab]
         .par_chunks_mut(vocab)
@@ -70,7 +64,7 @@ mod tests {
     #[test]
     fn cross_entropy_gradient_is_softmax_minus_onehot() {
         let mut l = vec![1.0, 2.0, 0.5, 9.0, 3.0, 1.0, 1.0, 9.0];
-        let loss = cross_entropy_fwd_bwd(&mut l, &[1, 0], &[2.0, 1.0], 2, 4, 3, 0.0);
+        let loss = cross_entropy_fwd_bwd(&mut l, &[1, 0], &[2.0, 1.0], VocabShape { rows: 2, vocab: 4, valid: 3 }, 0.0);
         let z: f32 = [1.0f32, 2.0, 0.5].iter().map(|v| v.exp()).sum();
         assert!((loss[0] - (z.ln() - 2.0)).abs() < 1e-6);
         assert!((l[1] - 2.0 * ((2.0f32).exp() / z - 1.0)).abs() < 1e-6);

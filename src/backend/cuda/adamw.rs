@@ -4,6 +4,7 @@
 use super::buffer::{AnyArg, CudaBuf};
 use super::{cfg_1d, CudaBackend};
 use crate::backend::AdamW;
+use crate::backend::{AdamWStep, Moments};
 use anyhow::{bail, Result};
 
 impl CudaBackend {
@@ -31,18 +32,9 @@ impl CudaBackend {
     }
 
     /// One AdamW step. The parameter becomes (or stays) an f32 master with a bf16 copy, the moments f32.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn adamw(
-        &self,
-        param: &mut CudaBuf,
-        grad: &CudaBuf,
-        m: &mut CudaBuf,
-        v: &mut CudaBuf,
-        hp: AdamW,
-        lr: f32,
-        step: u64,
-        grad_scale: f32,
-    ) -> Result<()> {
+    pub(crate) fn adamw(&self, param: &mut CudaBuf, grad: &CudaBuf, moments: Moments<'_, CudaBuf>, hp: AdamW, at: AdamWStep) -> Result<()> {
+        let Moments { m, v } = moments;
+        let AdamWStep { lr, step, grad_scale } = at;
         let n = param.len;
         if grad.len != n || m.len != n || v.len != n {
             bail!("adamw: lengths differ (param {n}, grad {}, m {}, v {})", grad.len, m.len, v.len);

@@ -45,6 +45,7 @@ pub use buffer::{CudaBuf, CudaIBuf};
 pub use kernels::KernelSource;
 
 use super::{AdamW, Backend, Dropout, NoiseSpec, ReparamRule};
+use crate::backend::{AdamWStep, CanvasInputs, CanvasState, LossSlots, Moments, Picks, PicksMut, VocabShape};
 use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use crate::backend::{EmbedGrads, EmbedShape, EmbedTables, Gemm, LinearGrads, LnGrads, LnParams, LnSaved, LnStats, Residual, RowsShape};
 use anyhow::{bail, Context, Result};
@@ -419,59 +420,60 @@ impl Backend for CudaBackend {
 
     fn q_sample(
         &self,
-        ids: &mut CudaIBuf,
+        ids: &mut Self::IBuf,
         seq: usize,
         src_len: &[i32],
         spec: &NoiseSpec,
-        rows: &mut CudaIBuf,
-        targets: &mut CudaIBuf,
-        weights: &mut CudaBuf,
+        out: LossSlots<'_, Self::Buf, Self::IBuf>,
     ) -> Result<usize> {
-        self.q_sample(ids, seq, src_len, spec, rows, targets, weights)
+        let LossSlots { rows, targets, weights } = out;
+        self.q_sample(ids, seq, src_len, spec, LossSlots { rows, targets, weights })
     }
 
     fn cross_entropy_fwd_bwd(
         &self,
-        logits: &mut CudaBuf,
-        targets: &CudaIBuf,
+        logits: &mut Self::Buf,
+        targets: &Self::IBuf,
         weights: &[f32],
-        rows: usize,
-        vocab: usize,
-        valid_vocab: usize,
+        shape: VocabShape,
         label_smoothing: f32,
     ) -> Result<Vec<f32>> {
-        self.cross_entropy_fwd_bwd(logits, targets, weights, rows, vocab, valid_vocab, label_smoothing)
+        let VocabShape { rows, vocab, valid: valid_vocab } = shape;
+        self.cross_entropy_fwd_bwd(logits, targets, weights, VocabShape { rows, vocab, valid: valid_vocab }, label_smoothing)
     }
 
     fn vocab_pick(
         &self,
-        logits: &CudaBuf,
-        rows: usize,
-        vocab: usize,
-        valid_vocab: usize,
-        forbid: &CudaIBuf,
+        logits: &Self::Buf,
+        shape: VocabShape,
+        forbid: &Self::IBuf,
         temperature: f32,
-        gumbel: Option<(&CudaIBuf, &CudaIBuf)>,
-        token: &mut CudaIBuf,
-        logprob: &mut CudaBuf,
+        gumbel: Option<(&Self::IBuf, &Self::IBuf)>,
+        out: PicksMut<'_, Self::Buf, Self::IBuf>,
     ) -> Result<()> {
-        self.vocab_pick(logits, rows, vocab, valid_vocab, forbid, temperature, gumbel, token, logprob)
+        let VocabShape { rows, vocab, valid: valid_vocab } = shape;
+        let PicksMut { token, logprob } = out;
+        self.vocab_pick(logits, VocabShape { rows, vocab, valid: valid_vocab }, forbid, temperature, gumbel, PicksMut { token, logprob })
     }
 
     fn reparam_step(
         &self,
-        canvases: &CudaIBuf,
-        n_canvases: usize,
-        step: &CudaIBuf,
-        pick_token: &CudaIBuf,
-        pick_logprob: &CudaBuf,
-        tokens: &mut CudaIBuf,
-        scores: &mut CudaBuf,
-        masked: &mut CudaIBuf,
-        ids: &mut CudaIBuf,
+        canvases: CanvasInputs<'_, Self::IBuf>,
+        picks: Picks<'_, Self::Buf, Self::IBuf>,
+        state: CanvasState<'_, Self::Buf, Self::IBuf>,
+        ids: &mut Self::IBuf,
         rule: ReparamRule,
     ) -> Result<()> {
-        self.reparam_step(canvases, n_canvases, step, pick_token, pick_logprob, tokens, scores, masked, ids, rule)
+        let CanvasInputs { meta: canvases, n: n_canvases, step } = canvases;
+        let Picks { token: pick_token, logprob: pick_logprob } = picks;
+        let CanvasState { tokens, scores, masked } = state;
+        self.reparam_step(
+            CanvasInputs { meta: canvases, n: n_canvases, step },
+            Picks { token: pick_token, logprob: pick_logprob },
+            CanvasState { tokens, scores, masked },
+            ids,
+            rule,
+        )
     }
 
     fn begin_capture(&self) -> Result<bool> {
@@ -493,18 +495,10 @@ impl Backend for CudaBackend {
     fn sum_squares_all(&self, xs: &[&CudaBuf]) -> Result<f64> {
         self.sum_squares_all(xs)
     }
-    fn adamw(
-        &self,
-        param: &mut CudaBuf,
-        grad: &CudaBuf,
-        m: &mut CudaBuf,
-        v: &mut CudaBuf,
-        hp: AdamW,
-        lr: f32,
-        step: u64,
-        grad_scale: f32,
-    ) -> Result<()> {
-        self.adamw(param, grad, m, v, hp, lr, step, grad_scale)
+    fn adamw(&self, param: &mut Self::Buf, grad: &Self::Buf, moments: Moments<'_, Self::Buf>, hp: AdamW, at: AdamWStep) -> Result<()> {
+        let Moments { m, v } = moments;
+        let AdamWStep { lr, step, grad_scale } = at;
+        self.adamw(param, grad, Moments { m, v }, hp, AdamWStep { lr, step, grad_scale })
     }
 }
 

@@ -2,6 +2,7 @@
 
 use super::buffer::{CudaBuf, CudaIBuf};
 use super::{cfg_rows, to_i32, CudaBackend};
+use crate::backend::LossSlots;
 use crate::backend::NoiseSpec;
 use anyhow::{bail, Result};
 
@@ -12,17 +13,15 @@ impl CudaBackend {
     /// of `ids`, `rows` and `targets` are refreshed from the device, so the later embedding,
     /// gather, scatter and cross-entropy checks run on what the kernel wrote (positions in range
     /// and distinct, targets in the vocabulary).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn q_sample(
         &self,
         ids: &mut CudaIBuf,
         seq: usize,
         src_len: &[i32],
         spec: &NoiseSpec,
-        rows: &mut CudaIBuf,
-        targets: &mut CudaIBuf,
-        weights: &mut CudaBuf,
+        out: LossSlots<'_, CudaBuf, CudaIBuf>,
     ) -> Result<usize> {
+        let LossSlots { rows, targets, weights } = out;
         let (b, n) = (src_len.len(), ids.len());
         if n != 2 * b * seq {
             bail!("q_sample: {n} ids for 2×{b} rows of {seq}");

@@ -5,6 +5,7 @@ use super::buffer::{CudaBuf, CudaIBuf};
 use super::{cfg_rows, to_i32, CudaBackend};
 use crate::backend::contract::{records, CanvasMeta, StepParams};
 use crate::backend::ReparamRule;
+use crate::backend::{CanvasInputs, CanvasState, Picks, PicksMut, VocabShape};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use std::sync::{Arc, MutexGuard};
@@ -53,19 +54,17 @@ impl CudaBackend {
     /// Per row: the argmax (or Gumbel-max sample at `temperature`) over the allowed columns and its
     /// log-softmax at temperature 1, into `token` and `logprob`. Launch only (graph-capturable):
     /// every argument is checked on the host, from the integer buffers' host copies.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn vocab_pick(
         &self,
         logits: &CudaBuf,
-        rows: usize,
-        vocab: usize,
-        valid: usize,
+        shape: VocabShape,
         forbid: &CudaIBuf,
         temperature: f32,
         gumbel: Option<(&CudaIBuf, &CudaIBuf)>,
-        token: &mut CudaIBuf,
-        logprob: &mut CudaBuf,
+        out: PicksMut<'_, CudaBuf, CudaIBuf>,
     ) -> Result<()> {
+        let VocabShape { rows, vocab, valid } = shape;
+        let PicksMut { token, logprob } = out;
         if rows == 0 {
             return Ok(());
         }
@@ -99,20 +98,17 @@ impl CudaBackend {
 
     /// One reparameterized step on every canvas (see `Backend::reparam_step`). Launch only; the
     /// canvas layout is checked against the host copy of `canvases`.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn reparam_step(
         &self,
-        canvases: &CudaIBuf,
-        n_canvases: usize,
-        step: &CudaIBuf,
-        pick_token: &CudaIBuf,
-        pick_logprob: &CudaBuf,
-        tokens: &mut CudaIBuf,
-        scores: &mut CudaBuf,
-        masked: &mut CudaIBuf,
+        canvases: CanvasInputs<'_, CudaIBuf>,
+        picks: Picks<'_, CudaBuf, CudaIBuf>,
+        state: CanvasState<'_, CudaBuf, CudaIBuf>,
         ids: &mut CudaIBuf,
         rule: ReparamRule,
     ) -> Result<()> {
+        let CanvasInputs { meta: canvases, n: n_canvases, step } = canvases;
+        let Picks { token: pick_token, logprob: pick_logprob } = picks;
+        let CanvasState { tokens, scores, masked } = state;
         Self::check_len("reparam_step canvases", canvases.len(), META_FIELDS * n_canvases)?;
         Self::check_len("reparam_step step", step.len(), STEP_FIELDS * n_canvases)?;
         let slots = tokens.len();

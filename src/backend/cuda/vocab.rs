@@ -4,22 +4,21 @@
 use super::buffer::{CudaBuf, CudaIBuf};
 use super::sampler::{grow, VOCAB_THREADS};
 use super::{cfg_rows, to_i32, CudaBackend};
+use crate::backend::VocabShape;
 use anyhow::{bail, Result};
 
 impl CudaBackend {
     /// Weighted softmax cross-entropy: returns the per-row losses and overwrites `logits` (bf16)
     /// with `d(Σ_r weight_r · CE_r)/d logits`.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn cross_entropy_fwd_bwd(
         &self,
         logits: &mut CudaBuf,
         targets: &CudaIBuf,
         weights: &[f32],
-        rows: usize,
-        vocab: usize,
-        valid: usize,
+        shape: VocabShape,
         label_smoothing: f32,
     ) -> Result<Vec<f32>> {
+        let VocabShape { rows, vocab, valid } = shape;
         if rows == 0 {
             return Ok(Vec::new());
         }

@@ -4,6 +4,7 @@
 use super::*;
 use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use crate::backend::{EmbedGrads, EmbedShape, Gemm, LinearGrads, LnGrads, LnSaved, RowsShape};
+use crate::backend::{LossSlots, VocabShape};
 
 impl<B: Backend> XlmR<B> {
     /// Forward and backward of `Σ_r weight_r · CE(logits[rows[r]], targets[r])`; gradients
@@ -52,7 +53,15 @@ impl<B: Backend> XlmR<B> {
         let mut weights = be.zeros(cap)?;
         let noised = self
             .set_encoder_inputs(&mut enc, batch)
-            .and_then(|_| be.q_sample(&mut enc.ids, batch.seq, src_len, spec, &mut rows, &mut targets, &mut weights))
+            .and_then(|_| {
+                be.q_sample(
+                    &mut enc.ids,
+                    batch.seq,
+                    src_len,
+                    spec,
+                    LossSlots { rows: &mut rows, targets: &mut targets, weights: &mut weights },
+                )
+            })
             .and_then(|n| self.run_encoder(&mut enc, drop).map(|_| n));
         self.enc = Some(enc);
         let n = noised?;
@@ -77,7 +86,13 @@ impl<B: Backend> XlmR<B> {
         self.run_head(self.enc.as_ref().expect("encode first"), &mut hd)?;
         let be = &self.backend;
         let vsz = self.head_vocab();
-        let per_row = be.cross_entropy_fwd_bwd(&mut hd.logits, targets, weights, r, vsz, self.valid_vocab(), label_smoothing)?;
+        let per_row = be.cross_entropy_fwd_bwd(
+            &mut hd.logits,
+            targets,
+            weights,
+            VocabShape { rows: r, vocab: vsz, valid: self.valid_vocab() },
+            label_smoothing,
+        )?;
         let total: f64 = per_row.iter().zip(weights).map(|(l, w)| (*l as f64) * (*w as f64)).sum();
         let dhidden = self.head_backward(&hd)?;
         self.encoder_backward(dhidden, drop)?;

@@ -8,6 +8,7 @@
 use super::{check_rows, Encoder, Head, XlmR};
 use crate::backend::contract::{packed, CanvasMeta, StepParams};
 use crate::backend::{pack_gumbel, Backend, Dropout, ReparamRule, RowStats};
+use crate::backend::{CanvasInputs, CanvasState, Picks, PicksMut, VocabShape};
 use crate::model::{Batch, PickOpts};
 use anyhow::Result;
 
@@ -74,14 +75,9 @@ impl<B: Backend> Canvases<B> {
     /// The re-masking after the pick, which writes the canvases' tokens into `ids`.
     pub fn remask(&mut self, be: &B, token: &B::IBuf, logprob: &B::Buf, ids: &mut B::IBuf) -> Result<()> {
         be.reparam_step(
-            &self.meta,
-            self.n,
-            &self.step,
-            token,
-            logprob,
-            &mut self.tokens,
-            &mut self.scores,
-            &mut self.masked,
+            CanvasInputs { meta: &self.meta, n: self.n, step: &self.step },
+            Picks { token, logprob },
+            CanvasState { tokens: &mut self.tokens, scores: &mut self.scores, masked: &mut self.masked },
             ids,
             self.rule,
         )
@@ -256,14 +252,11 @@ impl<B: Backend> XlmR<B> {
         let vocab = self.head_vocab();
         self.backend.vocab_pick(
             &plan.head.logits,
-            rows,
-            vocab,
-            self.valid_vocab(),
+            VocabShape { rows, vocab, valid: self.valid_vocab() },
             &plan.forbid,
             f32::from_bits(plan.key.temperature),
             gumbel,
-            &mut plan.token,
-            &mut plan.logprob,
+            PicksMut { token: &mut plan.token, logprob: &mut plan.logprob },
         )?;
         match plan.canvases.as_mut() {
             Some(c) => c.remask(&self.backend, &plan.token, &plan.logprob, &mut plan.enc.ids),

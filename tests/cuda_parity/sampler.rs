@@ -1,0 +1,142 @@
+//! kernels/sampler.cu: the vocabulary pick and the re-masking step. CUDA launcher: src/backend/cuda/sampler.rs; CPU twin: src/backend/cpu/sampler.rs.
+
+use super::*;
+
+/// The re-masking step on canvases of mixed lengths (one empty): random log-probs with ties and
+/// −inf, every k from 0 past n, both rules, with and without ranking noise. Everything the
+/// kernel computes is exact in f32 except the noise's logf (an ulp from the host's ln at most;
+/// the chance that this moves a slot across the cutoff is negligible), so the slots must agree
+/// exactly.
+#[test]
+fn reparam_step_matches_cpu() {
+    let Some(g) = gpu("reparam_step_matches_cpu") else { return };
+    let mut rng = fresh_rng("reparam_step");
+    let lens = [7usize, 1, 0, 64, 33];
+    let n: usize = lens.iter().sum();
+    let seq = 80;
+    let (mut meta, mut at) = (Vec::new(), 0);
+    for (b, &l) in lens.iter().enumerate() {
+        meta.extend([at as i32, l as i32, (b * seq + 5) as i32]);
+        at += l;
+    }
+    let gmeta = g.upload_i32(&meta).unwrap();
+    for (cond, noise) in [(false, false), (true, false), (false, true), (true, true)] {
+        let rule = ReparamRule { cond, noise, seed: rng.next_u64(), mask: 9 };
+        // Slots: some masked (−inf), some committed with scores; picks with ties and repeats.
+        let tokens: Vec<i32> = (0..n).map(|i| if i % 3 == 0 { 9 } else { 10 + (i % 5) as i32 }).collect();
+        let masked: Vec<i32> = tokens.iter().map(|&t| (t == 9) as i32).collect();
+        let scores: Vec<f32> = masked.iter().map(|&m| if m == 1 { f32::NEG_INFINITY } else { -rng.uniform() * 3.0 }).collect();
+        let pick_token: Vec<i32> = (0..n).map(|i| 10 + (i % 4) as i32).collect();
+        let pick_lp: Vec<f32> = (0..n)
+            .map(|i| match i % 7 {
+                0 => -0.5,
+                1 => f32::NEG_INFINITY,
+                _ => -rng.uniform() * 4.0,
+            })
+            .collect();
+        let ks: [fn(usize) -> usize; 5] = [|_| 0, |l| l / 2, |l| l.saturating_sub(1), |l| l, |l| l + 3];
+        for k_of in ks {
+            let step: Vec<i32> = lens
+                .iter()
+                .enumerate()
+                .flat_map(|(b, &l)| {
+                    let [hi, lo] = pack_seed((b as u64) << 40 | 17);
+                    [k_of(l) as i32, hi, lo, (0.7f32 + b as f32).to_bits() as i32]
+                })
+                .collect();
+            let (mut wt, mut ws, mut wm, mut wids) = (tokens.clone(), scores.clone(), masked.clone(), vec![-1i32; lens.len() * seq]);
+            cpu::sampler::reparam_step(
+                &meta,
+                &step,
+                Picks { token: &pick_token, logprob: &pick_lp },
+                CanvasState { tokens: &mut wt, scores: &mut ws, masked: &mut wm },
+                &mut wids,
+                rule,
+            );
+            let (mut gt, mut gm, mut gids) =
+                (g.upload_i32(&tokens).unwrap(), g.upload_i32(&masked).unwrap(), g.upload_i32(&vec![-1; lens.len() * seq]).unwrap());
+            let mut gs = g.upload_f32(&scores).unwrap();
+            let (gpt, gpl, gstep) = (g.upload_i32(&pick_token).unwrap(), g.upload_f32(&pick_lp).unwrap(), g.upload_i32(&step).unwrap());
+            g.reparam_step(
+                CanvasInputs { meta: &gmeta, n: lens.len(), step: &gstep },
+                Picks { token: &gpt, logprob: &gpl },
+                CanvasState { tokens: &mut gt, scores: &mut gs, masked: &mut gm },
+                &mut gids,
+                rule,
+            )
+            .unwrap();
+            let tag = format!("reparam_step cond={cond} noise={noise} k(64)={}", k_of(64));
+            assert_eq!(g.read_i32(&gt).unwrap(), wt, "{tag}: tokens");
+            assert_eq!(g.read_i32(&gm).unwrap(), wm, "{tag}: masked");
+            assert_eq!(g.read_i32(&gids).unwrap(), wids, "{tag}: ids");
+            let got = down(&g, &gs);
+            assert!(
+                got.iter().zip(&ws).all(|(a, b)| a == b || (a.is_infinite() && b.is_infinite() && a.signum() == b.signum())),
+                "{tag}: scores {got:?} vs {ws:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn vocab_pick_matches_cpu() {
+    let Some(g) = gpu("vocab_pick_matches_cpu") else { return };
+    let mut rng = fresh_rng("vocab_pick");
+    let forbid = [0, 5, 999, 2000, -1];
+    for &(rows, vocab, valid) in &[(9usize, 1003usize, 1000usize), (4, 250_048, 250_002), (2, 33, 33)] {
+        let mut v = normal_vec(&mut rng, rows * vocab, 2.0);
+        // Row 0: a three-way tie for the maximum (the lowest id must win, as torch.argmax).
+        for &c in &[17usize, 9, 30] {
+            v[c.min(valid - 1)] = 50.0;
+        }
+        let (logits, lr) = up(&g, &v);
+        let gforbid = g.upload_i32(&forbid).unwrap();
+        for (temperature, seed) in [(1.0f32, None), (0.7, Some(12345u64)), (1.3, Some(u64::MAX))] {
+            // Each row its own noise stream: seeds differ per row, streams count down.
+            let noise: Option<Vec<(u64, u32)>> = seed.map(|s| (0..rows).map(|r| (s ^ (r as u64) << 40, (rows - r) as u32)).collect());
+            let packed = noise.as_ref().map(|n| pack_gumbel(n));
+            let gnoise = packed.as_ref().map(|(s, t)| (g.upload_i32(s).unwrap(), g.upload_i32(t).unwrap()));
+            let mut token = g.upload_i32(&vec![-7; rows]).unwrap();
+            let mut logprob = g.upload_f32(&poison(rows)).unwrap();
+            g.vocab_pick(
+                &logits,
+                VocabShape { rows, vocab, valid },
+                &gforbid,
+                temperature,
+                gnoise.as_ref().map(|(s, t)| (s, t)),
+                PicksMut { token: &mut token, logprob: &mut logprob },
+            )
+            .unwrap();
+            let got = RowStats { token: g.read_i32(&token).unwrap(), logprob: down(&g, &logprob) };
+            let want = cpu::sampler::vocab_pick(
+                &lr,
+                VocabShape { rows, vocab, valid },
+                &forbid,
+                temperature,
+                packed.as_ref().map(|(s, t)| (s.as_slice(), t.as_slice())),
+            );
+            let tag = format!("vocab_pick {rows}x{vocab} valid {valid} T {temperature} seed {seed:?}");
+            for r in 0..rows {
+                let (a, b) = (got.token[r] as usize, want.token[r] as usize);
+                if a != b {
+                    // Only a near-tie may differ (the device logf can differ from the host's in the
+                    // last bit): the two candidates' keys must then agree to f32 rounding.
+                    let key = |c: usize| match &noise {
+                        None => lr[r * vocab + c],
+                        Some(n) => lr[r * vocab + c] / temperature + dlm_engine::rng::philox_gumbel(n[r].0, n[r].1 as u64, c as u64),
+                    };
+                    assert!((key(a) - key(b)).abs() <= 1e-5 * key(b).abs().max(1.0), "{tag} row {r}: token {a} vs {b}");
+                    assert!(!forbid.contains(&(a as i32)) && a < valid, "{tag} row {r}: picked excluded id {a}");
+                    continue;
+                }
+                let d = (got.logprob[r] - want.logprob[r]).abs() as f64;
+                assert!(
+                    d <= TOL_STAT * (1.0 + want.logprob[r].abs() as f64),
+                    "{tag} row {r}: logprob {} vs {}",
+                    got.logprob[r],
+                    want.logprob[r]
+                );
+            }
+        }
+    }
+}

@@ -74,7 +74,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
             let b = be.upload(&random(n, 0.02, 3)).unwrap();
             let mut y = be.zeros(rows * n).unwrap();
             let bytes = 2 * (rows * k + n * k + rows * n) as u64;
-            timed(&mut group, &format!("linear_fwd/{what}/{tag}"), bytes, &mut || {
+            timed(&mut group, &format!("linear/linear_fwd/{what}/{tag}"), bytes, &mut || {
                 be.linear_fwd(&x, &w, Some(&b), &mut y, Gemm { m: rows, n, k }).unwrap()
             });
         }
@@ -85,7 +85,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
         let x = be.upload(&random(rows * HIDDEN, 1.0, 4)).unwrap();
         let mut y = be.zeros(rows * vocab_padded).unwrap();
         let bytes = 2 * (rows * HIDDEN + vocab_padded * HIDDEN + rows * vocab_padded) as u64;
-        timed(&mut group, &format!("linear_fwd/lm_head_{vocab_padded}/{tag}"), bytes, &mut || {
+        timed(&mut group, &format!("linear/linear_fwd/lm_head_{vocab_padded}/{tag}"), bytes, &mut || {
             be.linear_fwd(&x, &w, None, &mut y, Gemm { m: rows, n: vocab_padded, k: HIDDEN }).unwrap()
         });
         let forbid = be.upload_i32(&[0, 1, 2, 3, vocab as i32 - 1]).unwrap();
@@ -93,7 +93,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
         let (seeds, streams) = (be.upload_i32(&seeds).unwrap(), be.upload_i32(&streams).unwrap());
         let (mut token, mut logprob) = (be.upload_i32(&vec![0; rows]).unwrap(), be.zeros(rows).unwrap());
         let bytes_pick = 2 * (rows * vocab_padded) as u64;
-        timed(&mut group, &format!("vocab_pick/argmax/{tag}"), bytes_pick, &mut || {
+        timed(&mut group, &format!("sampler/vocab_pick/argmax/{tag}"), bytes_pick, &mut || {
             be.vocab_pick(
                 &y,
                 VocabShape { rows, vocab: vocab_padded, valid: vocab },
@@ -104,7 +104,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
             )
             .unwrap();
         });
-        timed(&mut group, &format!("vocab_pick/gumbel/{tag}"), bytes_pick, &mut || {
+        timed(&mut group, &format!("sampler/vocab_pick/gumbel/{tag}"), bytes_pick, &mut || {
             be.vocab_pick(
                 &y,
                 VocabShape { rows, vocab: vocab_padded, valid: vocab },
@@ -117,7 +117,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
         });
         let targets = be.upload_i32(&(0..rows as i32).collect::<Vec<_>>()).unwrap();
         let weights = vec![1.0f32; rows];
-        timed(&mut group, &format!("cross_entropy/{tag}"), 2 * bytes_pick, &mut || {
+        timed(&mut group, &format!("vocab/cross_entropy/{tag}"), 2 * bytes_pick, &mut || {
             be.cross_entropy_fwd_bwd(&mut y, &targets, &weights, VocabShape { rows, vocab: vocab_padded, valid: vocab }, 0.0).unwrap();
         });
     }
@@ -131,7 +131,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
     let beta = be.upload(&random(HIDDEN, 1.0, 9)).unwrap();
     let (mut out, mut sum) = (be.zeros(n).unwrap(), be.zeros(n).unwrap());
     let (mut mean, mut rstd) = (be.zeros(rows).unwrap(), be.zeros(rows).unwrap());
-    timed(&mut group, "add_layernorm_fwd/b64", 2 * 4 * n as u64, &mut || {
+    timed(&mut group, "layernorm/add_layernorm_fwd/b64", 2 * 4 * n as u64, &mut || {
         be.add_layernorm_fwd(
             &x,
             Some(Residual { residual: &r, sum: &mut sum }),
@@ -144,15 +144,15 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
     });
     let xf = be.upload(&random(rows * FFN, 1.0, 10)).unwrap();
     let mut yf = be.zeros(rows * FFN).unwrap();
-    timed(&mut group, "gelu_fwd/b64", 2 * 2 * (rows * FFN) as u64, &mut || be.gelu_fwd(&xf, &mut yf).unwrap());
+    timed(&mut group, "elementwise/gelu_fwd/b64", 2 * 2 * (rows * FFN) as u64, &mut || be.gelu_fwd(&xf, &mut yf).unwrap());
     let mut d = be.upload(&random(n, 1.0, 11)).unwrap();
-    timed(&mut group, "dropout_fwd/b64", 2 * 2 * n as u64, &mut || be.dropout_fwd(&mut d, Dropout { p: 0.1, seed: 1 }, 2).unwrap());
+    timed(&mut group, "elementwise/dropout_fwd/b64", 2 * 2 * n as u64, &mut || be.dropout_fwd(&mut d, Dropout { p: 0.1, seed: 1 }, 2).unwrap());
     let ids = be.upload_i32(&(0..rows as i32).map(|i| (i * 7919) % vocab as i32).collect::<Vec<_>>()).unwrap();
     let pos_ids = be.upload_i32(&(0..rows as i32).map(|i| 2 + i % SEQ as i32).collect::<Vec<_>>()).unwrap();
     let word = be.upload(&random(vocab * HIDDEN, 0.02, 12)).unwrap();
     let pos = be.upload(&random(514 * HIDDEN, 0.02, 13)).unwrap();
     let typ = be.upload(&random(HIDDEN, 0.02, 14)).unwrap();
-    timed(&mut group, "embed_fwd/b64", 2 * 3 * n as u64, &mut || {
+    timed(&mut group, "embed/embed_fwd/b64", 2 * 3 * n as u64, &mut || {
         be.embed_fwd(
             &ids,
             &pos_ids,
@@ -171,7 +171,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
     let (mut lr, mut lt, mut lw) =
         (be.upload_i32(&vec![0; rows]).unwrap(), be.upload_i32(&vec![0; rows]).unwrap(), be.zeros(rows).unwrap());
     let spec = NoiseSpec { key: 5, steps: 50, pad: 1, mask_id: 3, reweighting: Reweighting::Linear, scale: 1.0 };
-    timed(&mut group, "q_sample/b64", 4 * 4 * rows as u64, &mut || {
+    timed(&mut group, "noise/q_sample/b64", 4 * 4 * rows as u64, &mut || {
         be.q_sample(&mut noisy, SEQ, &vec![64; examples], &spec, LossSlots { rows: &mut lr, targets: &mut lt, weights: &mut lw }).unwrap();
     });
     // Attention: batch-64 and batch-1 steps of 128 tokens, with padding in every other sequence.
@@ -183,18 +183,18 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
         let mask: Vec<i32> = (0..batch * SEQ).map(|i| ((i / SEQ).is_multiple_of(2) || i % SEQ < 100) as i32).collect();
         let m = be.upload_i32(&mask).unwrap();
         let (mut o, mut l) = (be.zeros(n).unwrap(), be.zeros(batch * HEADS * SEQ).unwrap());
-        timed(&mut group, &format!("attention_fwd/{tag}"), 2 * 4 * n as u64, &mut || {
+        timed(&mut group, &format!("attention/attention_fwd/{tag}"), 2 * 4 * n as u64, &mut || {
             be.attention_fwd(Qkv { q: &q, k: &k, v: &v }, &m, &mut o, &mut l, AttnCall { shape: s, drop: Dropout::off(), stream: 0 })
                 .unwrap()
         });
         let drop = Dropout { p: 0.1, seed: 3 };
-        timed(&mut group, &format!("attention_fwd_dropout/{tag}"), 2 * 4 * n as u64, &mut || {
+        timed(&mut group, &format!("attention/attention_fwd_dropout/{tag}"), 2 * 4 * n as u64, &mut || {
             be.attention_fwd(Qkv { q: &q, k: &k, v: &v }, &m, &mut o, &mut l, AttnCall { shape: s, drop, stream: 0 }).unwrap()
         });
         // Backward from the dropout forward's outputs (bytes: q, k, v, out, dout read, dq, dk, dv written).
         let dout = be.upload(&random(n, 1.0, 20)).unwrap();
         let (mut dq, mut dk, mut dv) = (be.zeros(n).unwrap(), be.zeros(n).unwrap(), be.zeros(n).unwrap());
-        timed(&mut group, &format!("attention_bwd_dropout/{tag}"), 2 * 8 * n as u64, &mut || {
+        timed(&mut group, &format!("attention/attention_bwd_dropout/{tag}"), 2 * 8 * n as u64, &mut || {
             be.attention_bwd(
                 Qkv { q: &q, k: &k, v: &v },
                 &m,
@@ -212,7 +212,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
     let (mut p, g) = (be.upload(&random(np, 0.02, 18)).unwrap(), be.upload(&random(np, 0.001, 19)).unwrap());
     let (mut m1, mut m2) = (be.zeros(np).unwrap(), be.zeros(np).unwrap());
     let mut step = 0u64;
-    timed(&mut group, "adamw", (np * (4 * 3 * 2 + 2 + 2)) as u64, &mut || {
+    timed(&mut group, "adamw/adamw_step", (np * (4 * 3 * 2 + 2 + 2)) as u64, &mut || {
         step += 1;
         be.adamw(&mut p, &g, Moments { m: &mut m1, v: &mut m2 }, AdamW::default(), AdamWStep { lr: 1e-4, step, grad_scale: 0.5 }).unwrap()
     });

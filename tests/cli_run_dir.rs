@@ -223,3 +223,37 @@ fn lock_names_the_holder_and_a_stale_lock_is_taken_over() {
     ok(&train(&s, &run, &["--max-steps", "2", "--overwrite"]));
     assert!(run.join("final/model.safetensors").is_file());
 }
+
+/// Issue 16, case 4 (resume): a resume that would change the training (here the learning rate,
+/// the seed, or another model directory) is refused, naming each change, unless
+/// `--allow-changes`; the same settings, or only a later stop, resume as before.
+#[test]
+fn resume_refuses_changed_settings_unless_allowed() {
+    let s = setup();
+    let run = s.root.join("run");
+    ok(&train(&s, &run, &["--max-steps", "2", "--save-every", "2", "--lr", "1e-3"]));
+    let resume = |steps: &'static str| vec!["--max-steps", steps, "--save-every", "2", "--resume", run.to_str().unwrap()];
+    refused(&train(&s, &run, &[resume("4"), vec!["--lr", "2e-3", "--seed", "9"]].concat()), &["--lr", "--seed", "--allow-changes"]);
+    let other = s.root.join("m2");
+    init_micro(&other);
+    let out = bin()
+        .args(["train", "--no-progress", "--threads", "1", "--max-tokens", "64", "--lr", "1e-3", "--model"])
+        .arg(&other)
+        .arg("--train")
+        .arg(&s.data)
+        .arg("--out")
+        .arg(&run)
+        .args(resume("4"))
+        .output()
+        .unwrap();
+    refused(&out, &["--model", "--allow-changes"]);
+    assert_eq!(metric_steps(&run), vec![1, 2], "a refused resume trains nothing");
+    // The recorded settings and a later stop: no change.
+    ok(&train(&s, &run, &[resume("4"), vec!["--lr", "1e-3"]].concat()));
+    assert_eq!(metric_steps(&run), vec![1, 2, 3, 4]);
+    // Allowed: it says what changed, and the next resume compares with the new settings.
+    let err = ok(&train(&s, &run, &[resume("6"), vec!["--lr", "2e-3", "--allow-changes"]].concat()));
+    assert!(err.contains("warning: resuming with changed settings: --lr"), "{err}");
+    ok(&train(&s, &run, &[resume("8"), vec!["--lr", "2e-3"]].concat()));
+    assert_eq!(metric_steps(&run), (1..=8).collect::<Vec<_>>());
+}

@@ -41,6 +41,10 @@ pub struct Args {
     /// Delete the run already in `--out` (its checkpoints, final model and metrics) and start again.
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// With --resume: continue even though settings that change the training (learning rate,
+    /// schedule, seed, data files, --model, ...) differ from the ones the run was started with.
+    #[arg(long, requires = "resume")]
+    pub allow_changes: bool,
     /// Stop after this many optimizer updates.
     #[arg(long)]
     pub max_steps: Option<u64>,
@@ -288,8 +292,21 @@ pub fn train(args: Args) -> Result<Summary> {
         "model": model_dir,
         "train": args.train,
         "valid": args.valid,
+        "max_tokens": max_tokens,
         "settings": cfg,
     });
+    if let Some(ck) = &resume_dir {
+        let changes = resume_changes(ck, &args, &cfg, max_tokens)?;
+        if !changes.is_empty() {
+            if !args.allow_changes {
+                bail!(
+                    "--resume: the run was trained with other settings ({}); give --allow-changes to continue with the new ones",
+                    changes.join(", ")
+                );
+            }
+            eprintln!("warning: resuming with changed settings: {}", changes.join(", "));
+        }
+    }
     let run_dir = lock.open(mode, &record)?;
     // The run keeps its own copies of what every checkpoint carries besides the weights, so it
     // never reads from a checkpoint that pruning may delete.
@@ -324,4 +341,62 @@ pub fn print_summary(s: &Summary) {
         s.final_loss,
         s.checkpoint.display()
     );
+}
+
+/// The settings that alter the training and that a resume would change, as `name old → new`:
+/// the optimizer and objective settings recorded in the checkpoint, and the model, data files and
+/// token budget recorded in the run's `run.json` (where the run has one).
+fn resume_changes(checkpoint: &std::path::Path, args: &Args, cfg: &TrainConfig, max_tokens: usize) -> Result<Vec<String>> {
+    let old = checkpoint::load_state(checkpoint)?.settings;
+    let new = serde_json::to_value(cfg)?;
+    let mut changes = Vec::new();
+    let mut differ = |name: &str, was: Option<&serde_json::Value>, now: &serde_json::Value| {
+        if let Some(was) = was.filter(|w| !same_setting(w, now)) {
+            changes.push(format!("{name} {was} → {now}"));
+        }
+    };
+    for (key, flag) in [
+        ("lr", "--lr"),
+        ("schedule", "--schedule"),
+        ("warmup_steps", "--warmup-steps"),
+        ("accumulate", "--accumulate"),
+        ("clip_norm", "--clip-norm"),
+        ("adamw", "AdamW (--beta1/--beta2/--adam-eps/--weight-decay)"),
+        ("dropout", "--dropout"),
+        ("timesteps", "--timesteps"),
+        ("reweighting", "--reweighting"),
+        ("label_smoothing", "--label-smoothing"),
+        ("seed", "--seed"),
+    ] {
+        differ(flag, old.get(key), &new[key]);
+    }
+    let run_file = args.out.join(crate::train::run_dir::RUN_FILE);
+    if let Ok(text) = std::fs::read_to_string(&run_file) {
+        let run: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", run_file.display()))?;
+        differ("--train", run.get("train"), &serde_json::json!(args.train));
+        differ("--max-tokens", run.get("max_tokens"), &serde_json::json!(max_tokens));
+        if let Some(model) = &args.model {
+            // The same directory spelled another way is no change.
+            let canonical = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            let was = run.get("model").and_then(|m| m.as_str()).map(|m| serde_json::json!(canonical(std::path::Path::new(m))));
+            differ("--model", was.as_ref(), &serde_json::json!(canonical(model)));
+        }
+    }
+    Ok(changes)
+}
+
+/// Equal settings: integers exactly, other numbers as the f32 they were (a written f32 read back
+/// as f64 may differ in its last digit), everything else structurally.
+fn same_setting(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_u64(), y.as_u64(), x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y), _, _) => x == y,
+            (_, _, Some(x), Some(y)) => x == y,
+            _ => x.as_f64().map(|v| v as f32) == y.as_f64().map(|v| v as f32),
+        },
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_setting(x, y)),
+        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_setting(v, w))),
+        _ => a == b,
+    }
 }

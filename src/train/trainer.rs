@@ -128,6 +128,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
         };
         if let Some(dir) = resume {
             state = checkpoint::load_state(dir)?;
+            // The CLI has checked (or been allowed) any change: record what the run now uses.
+            state.settings = serde_json::to_value(&cfg)?;
             opt.load(&self.model, &dir.join(checkpoint::OPTIMIZER_FILE))?;
             self.data.restore(&state.data)?;
             if opt.step != state.step {

@@ -146,7 +146,9 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
     let mut yf = be.zeros(rows * FFN).unwrap();
     timed(&mut group, "elementwise/gelu_fwd/b64", 2 * 2 * (rows * FFN) as u64, &mut || be.gelu_fwd(&xf, &mut yf).unwrap());
     let mut d = be.upload(&random(n, 1.0, 11)).unwrap();
-    timed(&mut group, "elementwise/dropout_fwd/b64", 2 * 2 * n as u64, &mut || be.dropout_fwd(&mut d, Dropout { p: 0.1, seed: 1 }, 2).unwrap());
+    timed(&mut group, "elementwise/dropout_fwd/b64", 2 * 2 * n as u64, &mut || {
+        be.dropout_fwd(&mut d, Dropout { p: 0.1, seed: 1 }, 2).unwrap()
+    });
     let ids = be.upload_i32(&(0..rows as i32).map(|i| (i * 7919) % vocab as i32).collect::<Vec<_>>()).unwrap();
     let pos_ids = be.upload_i32(&(0..rows as i32).map(|i| 2 + i % SEQ as i32).collect::<Vec<_>>()).unwrap();
     let word = be.upload(&random(vocab * HIDDEN, 0.02, 12)).unwrap();

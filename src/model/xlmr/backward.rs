@@ -104,40 +104,18 @@ impl<B: Backend> XlmR<B> {
         let _range = nvtx::range!("lm_head backward");
         let be = &self.backend;
         let (r, h, vsz) = (hd.rows, self.cfg.hidden, self.head_vocab());
-        let dec = self.decoder();
-        let v = &self.values;
-        let g = &mut self.grads;
+        let decoder = Linear { w: self.decoder(), b: self.ix.head_bias };
+        let mut pg = ParamGrads { be, v: &self.values, g: &mut self.grads, rows: r };
         let mut dz = be.zeros(r * h)?;
-        {
-            let (gd, gb) = two_mut(g, dec, self.ix.head_bias);
-            be.linear_bwd(
-                &hd.z,
-                &v[dec],
-                &hd.logits,
-                LinearGrads { dx: Some(&mut dz), dw: gd, db: Some(gb) },
-                Gemm { m: r, n: vsz, k: h },
-            )?;
-        }
+        pg.linear(decoder, &hd.z, &hd.logits, Some(&mut dz), Gemm { m: r, n: vsz, k: h })?;
         let mut dg1 = be.zeros(r * h)?;
         let ln = self.ix.head_ln;
-        {
-            let (gg, gb) = two_mut(g, ln.g, ln.b);
-            be.layernorm_bwd(
-                &hd.g1,
-                &dz,
-                LnSaved { gamma: &v[ln.g], mean: &hd.mean, rstd: &hd.rstd },
-                LnGrads { dx: &mut dg1, accumulate: false, dgamma: gg, dbeta: gb },
-                RowsShape { rows: r, cols: h },
-            )?;
-        }
+        pg.layernorm(ln, &hd.g1, &dz, (&hd.mean, &hd.rstd), &mut dg1, false)?;
         let mut dd1 = be.zeros(r * h)?;
         be.gelu_bwd(&hd.d1, &dg1, &mut dd1)?;
         let dn = self.ix.head_dense;
         let mut dx = be.zeros(r * h)?;
-        {
-            let (gw, gb) = two_mut(g, dn.w, dn.b);
-            be.linear_bwd(&hd.x, &v[dn.w], &dd1, LinearGrads { dx: Some(&mut dx), dw: gw, db: Some(gb) }, Gemm { m: r, n: h, k: h })?;
-        }
+        pg.linear(dn, &hd.x, &dd1, Some(&mut dx), Gemm { m: r, n: h, k: h })?;
         let enc = self.enc.as_ref().expect("encode first");
         let mut dout = be.zeros(enc.batch * enc.seq * h)?;
         be.scatter_add_rows(&dx, &hd.idx, &mut dout, r, h)?;
@@ -156,8 +134,7 @@ impl<B: Backend> XlmR<B> {
         let be = &self.backend;
         let cfg = &self.cfg;
         let (n, h, f) = (enc.batch * enc.seq, cfg.hidden, cfg.intermediate);
-        let v = &self.values;
-        let g = &mut self.grads;
+        let mut pg = ParamGrads { be, v: &self.values, g: &mut self.grads, rows: n };
         let hidden_drop = Dropout { p: if drop.active() { cfg.hidden_dropout } else { 0.0 }, seed: drop.seed };
         let attn_drop = Dropout { p: if drop.active() { cfg.attention_dropout } else { 0.0 }, seed: drop.seed };
         let shape = AttnShape { batch: enc.batch, seq: enc.seq, heads: cfg.heads, head_dim: cfg.head_dim() };
@@ -167,18 +144,10 @@ impl<B: Backend> XlmR<B> {
         let mut t_h2 = be.zeros(n * h)?;
         let mut t_f1 = be.zeros(n * f)?;
         let mut t_f2 = be.zeros(n * f)?;
-        let (mut dq, mut dk, mut dv) = (be.zeros(n * h)?, be.zeros(n * h)?, be.zeros(n * h)?);
-        let mut dctx = be.zeros(n * h)?;
+        let mut scratch = AttnScratch { dctx: be.zeros(n * h)?, dq: be.zeros(n * h)?, dk: be.zeros(n * h)?, dv: be.zeros(n * h)? };
 
         if let Some(ln) = self.ix.final_ln {
-            let (gg, gb) = two_mut(g, ln.g, ln.b);
-            be.layernorm_bwd(
-                &enc.hs[cfg.layers],
-                dcur,
-                LnSaved { gamma: &v[ln.g], mean: &enc.out_mean, rstd: &enc.out_rstd },
-                LnGrads { dx: &mut t_h1, accumulate: false, dgamma: gg, dbeta: gb },
-                RowsShape { rows: n, cols: h },
-            )?;
+            pg.layernorm(ln, &enc.hs[cfg.layers], dcur, (&enc.out_mean, &enc.out_rstd), &mut t_h1, false)?;
             be.copy(&t_h1, dcur)?;
         }
 
@@ -192,138 +161,48 @@ impl<B: Backend> XlmR<B> {
                 Arch::PostLn => {
                     // out = LN2(h1 + drop(f2))
                     let ds2 = &mut t_h1;
-                    {
-                        let (gg, gb) = two_mut(g, layer.ffn_ln.g, layer.ffn_ln.b);
-                        be.layernorm_bwd(
-                            &a.s2,
-                            dcur,
-                            LnSaved { gamma: &v[layer.ffn_ln.g], mean: &a.mean2, rstd: &a.rstd2 },
-                            LnGrads { dx: ds2, accumulate: false, dgamma: gg, dbeta: gb },
-                            RowsShape { rows: n, cols: h },
-                        )?;
-                    }
+                    pg.layernorm(layer.ffn_ln, &a.s2, dcur, (&a.mean2, &a.rstd2), ds2, false)?;
                     let df2 = &mut t_h2;
                     be.copy(ds2, df2)?;
                     be.dropout_bwd(df2, hidden_drop, stream(li, S_FFN_OUT))?;
-                    {
-                        let (gw, gb) = two_mut(g, layer.ffn_out.w, layer.ffn_out.b);
-                        be.linear_bwd(
-                            &a.g,
-                            &v[layer.ffn_out.w],
-                            df2,
-                            LinearGrads { dx: Some(&mut t_f1), dw: gw, db: Some(gb) },
-                            Gemm { m: n, n: h, k: f },
-                        )?;
-                    }
+                    pg.linear(layer.ffn_out, &a.g, df2, Some(&mut t_f1), Gemm { m: n, n: h, k: f })?;
                     be.gelu_bwd(&a.f1, &t_f1, &mut t_f2)?;
-                    {
-                        let (gw, gb) = two_mut(g, layer.ffn_in.w, layer.ffn_in.b);
-                        be.linear_bwd(
-                            &a.h1,
-                            &v[layer.ffn_in.w],
-                            &t_f2,
-                            LinearGrads { dx: Some(dcur), dw: gw, db: Some(gb) },
-                            Gemm { m: n, n: f, k: h },
-                        )?;
-                    }
+                    pg.linear(layer.ffn_in, &a.h1, &t_f2, Some(dcur), Gemm { m: n, n: f, k: h })?;
                     // dh1 = ds2 + ffn path (in dcur)
                     be.add_assign(dcur, &t_h1)?;
                     // h1 = LN1(x + drop(attn))
-                    {
-                        let (gg, gb) = two_mut(g, layer.attn_ln.g, layer.attn_ln.b);
-                        be.layernorm_bwd(
-                            &a.s1,
-                            dcur,
-                            LnSaved { gamma: &v[layer.attn_ln.g], mean: &a.mean1, rstd: &a.rstd1 },
-                            LnGrads { dx: &mut t_h1, accumulate: false, dgamma: gg, dbeta: gb },
-                            RowsShape { rows: n, cols: h },
-                        )?;
-                    }
+                    pg.layernorm(layer.attn_ln, &a.s1, dcur, (&a.mean1, &a.rstd1), &mut t_h1, false)?;
                     // t_h1 = ds1: flows to x directly and through the attention block.
                     be.copy(&t_h1, &mut t_h2)?;
                     be.dropout_bwd(&mut t_h2, hidden_drop, stream(li, S_ATTN_OUT))?;
-                    Self::attention_block_backward(
-                        be,
-                        v,
-                        g,
+                    pg.attention_block(
                         layer,
-                        a,
-                        x,
-                        &enc.key_mask,
+                        BlockInput { a, x, key_mask: &enc.key_mask },
+                        AttnCall { shape, drop: attn_drop, stream: stream(li, S_ATTN_PROBS) },
                         &t_h2,
-                        &mut dctx,
-                        &mut dq,
-                        &mut dk,
-                        &mut dv,
                         dcur,
-                        shape,
-                        attn_drop,
-                        li,
+                        &mut scratch,
                     )?;
                     be.add_assign(dcur, &t_h1)?;
                 }
                 Arch::PreLn => {
                     // out = h1 + W2·gelu(W1·LN_ffn(h1) + b1) + b2
-                    {
-                        let (gw, gb) = two_mut(g, layer.ffn_out.w, layer.ffn_out.b);
-                        be.linear_bwd(
-                            &a.g,
-                            &v[layer.ffn_out.w],
-                            dcur,
-                            LinearGrads { dx: Some(&mut t_f1), dw: gw, db: Some(gb) },
-                            Gemm { m: n, n: h, k: f },
-                        )?;
-                    }
+                    pg.linear(layer.ffn_out, &a.g, dcur, Some(&mut t_f1), Gemm { m: n, n: h, k: f })?;
                     be.gelu_bwd(&a.f1, &t_f1, &mut t_f2)?;
-                    {
-                        let (gw, gb) = two_mut(g, layer.ffn_in.w, layer.ffn_in.b);
-                        be.linear_bwd(
-                            &a.h1,
-                            &v[layer.ffn_in.w],
-                            &t_f2,
-                            LinearGrads { dx: Some(&mut t_h1), dw: gw, db: Some(gb) },
-                            Gemm { m: n, n: f, k: h },
-                        )?;
-                    }
-                    {
-                        let (gg, gb) = two_mut(g, layer.ffn_ln.g, layer.ffn_ln.b);
-                        be.layernorm_bwd(
-                            &a.s1,
-                            &t_h1,
-                            LnSaved { gamma: &v[layer.ffn_ln.g], mean: &a.mean1, rstd: &a.rstd1 },
-                            LnGrads { dx: dcur, accumulate: true, dgamma: gg, dbeta: gb },
-                            RowsShape { rows: n, cols: h },
-                        )?;
-                    }
+                    pg.linear(layer.ffn_in, &a.h1, &t_f2, Some(&mut t_h1), Gemm { m: n, n: f, k: h })?;
+                    pg.layernorm(layer.ffn_ln, &a.s1, &t_h1, (&a.mean1, &a.rstd1), dcur, true)?;
                     // dcur = d(h1); h1 = x + drop(O·attn(LN_attn(x)))
                     be.copy(dcur, &mut t_h2)?;
                     be.dropout_bwd(&mut t_h2, hidden_drop, stream(li, S_ATTN_OUT))?;
-                    Self::attention_block_backward(
-                        be,
-                        v,
-                        g,
+                    pg.attention_block(
                         layer,
-                        a,
-                        &a.a_in,
-                        &enc.key_mask,
+                        BlockInput { a, x: &a.a_in, key_mask: &enc.key_mask },
+                        AttnCall { shape, drop: attn_drop, stream: stream(li, S_ATTN_PROBS) },
                         &t_h2,
-                        &mut dctx,
-                        &mut dq,
-                        &mut dk,
-                        &mut dv,
                         &mut t_h1,
-                        shape,
-                        attn_drop,
-                        li,
+                        &mut scratch,
                     )?;
-                    let (gg, gb) = two_mut(g, layer.attn_ln.g, layer.attn_ln.b);
-                    be.layernorm_bwd(
-                        x,
-                        &t_h1,
-                        LnSaved { gamma: &v[layer.attn_ln.g], mean: &a.a_mean, rstd: &a.a_rstd },
-                        LnGrads { dx: dcur, accumulate: true, dgamma: gg, dbeta: gb },
-                        RowsShape { rows: n, cols: h },
-                    )?;
+                    pg.layernorm(layer.attn_ln, x, &t_h1, (&a.a_mean, &a.a_rstd), dcur, true)?;
                 }
             }
         }
@@ -332,19 +211,12 @@ impl<B: Backend> XlmR<B> {
         be.dropout_bwd(dcur, hidden_drop, S_EMB)?;
         let demb: &B::Buf = match self.ix.emb_ln {
             Some(ln) => {
-                let (gg, gb) = two_mut(g, ln.g, ln.b);
-                be.layernorm_bwd(
-                    &enc.emb,
-                    dcur,
-                    LnSaved { gamma: &v[ln.g], mean: &enc.emb_mean, rstd: &enc.emb_rstd },
-                    LnGrads { dx: &mut t_h1, accumulate: false, dgamma: gg, dbeta: gb },
-                    RowsShape { rows: n, cols: h },
-                )?;
+                pg.layernorm(ln, &enc.emb, dcur, (&enc.emb_mean, &enc.emb_rstd), &mut t_h1, false)?;
                 &t_h1
             }
             None => dcur,
         };
-        let (gw, gp, gt) = three_mut(g, self.ix.word, self.ix.pos, self.ix.typ);
+        let (gw, gp, gt) = three_mut(pg.g, self.ix.word, self.ix.pos, self.ix.typ);
         be.embed_bwd(
             &enc.ids,
             &enc.pos_ids,
@@ -355,49 +227,86 @@ impl<B: Backend> XlmR<B> {
         )?;
         Ok(())
     }
+}
 
-    /// Backward of `attn = O · attention(Q x, K x, V x)` given `dattn`; writes d(x) into `dx`.
-    #[allow(clippy::too_many_arguments)]
-    fn attention_block_backward(
-        be: &B,
-        v: &[B::Buf],
-        g: &mut [B::Buf],
-        layer: Layer,
-        a: &LayerActs<B>,
+/// The parameters' values and gradients of a backward pass, apart from the saved activations so
+/// that both can be borrowed at once: each op finds its layer's parameters by index and adds to
+/// their gradients.
+struct ParamGrads<'a, B: Backend> {
+    be: &'a B,
+    v: &'a [B::Buf],
+    g: &'a mut [B::Buf],
+    /// Rows of the pass (tokens in the encoder, scored rows in the head).
+    rows: usize,
+}
+
+/// What the attention block's backward reads: the layer's saved activations, its input and the
+/// batch's key-padding mask.
+struct BlockInput<'a, B: Backend> {
+    a: &'a LayerActs<B>,
+    x: &'a B::Buf,
+    key_mask: &'a B::IBuf,
+}
+
+/// The attention block's gradient buffers, shared by all layers.
+struct AttnScratch<B: Backend> {
+    dctx: B::Buf,
+    dq: B::Buf,
+    dk: B::Buf,
+    dv: B::Buf,
+}
+
+impl<B: Backend> ParamGrads<'_, B> {
+    /// Linear layer `lin` on `x`: its weight and bias gradients, and `dx` when wanted.
+    fn linear(&mut self, lin: Linear, x: &B::Buf, dy: &B::Buf, dx: Option<&mut B::Buf>, dims: Gemm) -> Result<()> {
+        let (dw, db) = two_mut(self.g, lin.w, lin.b);
+        self.be.linear_bwd(x, &self.v[lin.w], dy, LinearGrads { dx, dw, db: Some(db) }, dims)
+    }
+
+    /// LayerNorm `ln` of `x` with its saved `(mean, rstd)`: its scale and shift gradients, and
+    /// `dx` (overwritten, or added to with `accumulate`).
+    fn layernorm(
+        &mut self,
+        ln: Norm,
         x: &B::Buf,
-        key_mask: &B::IBuf,
-        dattn: &B::Buf,
-        dctx: &mut B::Buf,
-        dq: &mut B::Buf,
-        dk: &mut B::Buf,
-        dv: &mut B::Buf,
+        dout: &B::Buf,
+        stats: (&B::Buf, &B::Buf),
         dx: &mut B::Buf,
-        shape: AttnShape,
-        attn_drop: Dropout,
-        li: usize,
+        accumulate: bool,
     ) -> Result<()> {
-        let (n, h) = (shape.tokens(), shape.hidden());
-        {
-            let (gw, gb) = two_mut(g, layer.o.w, layer.o.b);
-            be.linear_bwd(&a.ctx, &v[layer.o.w], dattn, LinearGrads { dx: Some(dctx), dw: gw, db: Some(gb) }, Gemm { m: n, n: h, k: h })?;
-        }
-        be.attention_bwd(
+        let (dgamma, dbeta) = two_mut(self.g, ln.g, ln.b);
+        let saved = LnSaved { gamma: &self.v[ln.g], mean: stats.0, rstd: stats.1 };
+        let shape = RowsShape { rows: self.rows, cols: self.be.len(&self.v[ln.g]) };
+        self.be.layernorm_bwd(x, dout, saved, LnGrads { dx, accumulate, dgamma, dbeta }, shape)
+    }
+
+    /// Backward of `attn = O · attention(Q x, K x, V x)` (layer `layer`, its activations and its
+    /// input `x`) given `dattn`; writes d(x) into `dx`.
+    fn attention_block(
+        &mut self,
+        layer: Layer,
+        BlockInput { a, x, key_mask }: BlockInput<'_, B>,
+        call: AttnCall,
+        dattn: &B::Buf,
+        dx: &mut B::Buf,
+        s: &mut AttnScratch<B>,
+    ) -> Result<()> {
+        let (n, h) = (call.shape.tokens(), call.shape.hidden());
+        let square = Gemm { m: n, n: h, k: h };
+        self.linear(layer.o, &a.ctx, dattn, Some(&mut s.dctx), square)?;
+        self.be.attention_bwd(
             Qkv { q: &a.q, k: &a.k, v: &a.v },
             key_mask,
             AttnSaved { out: &a.ctx, lse: &a.lse },
-            dctx,
-            QkvGrads { dq, dk, dv },
-            AttnCall { shape, drop: attn_drop, stream: stream(li, S_ATTN_PROBS) },
+            &s.dctx,
+            QkvGrads { dq: &mut s.dq, dk: &mut s.dk, dv: &mut s.dv },
+            call,
         )?;
         // dx = dq·Wq + dk·Wk + dv·Wv; `dctx` is free again and serves as scratch.
-        {
-            let (gw, gb) = two_mut(g, layer.q.w, layer.q.b);
-            be.linear_bwd(x, &v[layer.q.w], dq, LinearGrads { dx: Some(dx), dw: gw, db: Some(gb) }, Gemm { m: n, n: h, k: h })?;
-        }
-        for (lin, d) in [(layer.k, &*dk), (layer.v, &*dv)] {
-            let (gw, gb) = two_mut(g, lin.w, lin.b);
-            be.linear_bwd(x, &v[lin.w], d, LinearGrads { dx: Some(dctx), dw: gw, db: Some(gb) }, Gemm { m: n, n: h, k: h })?;
-            be.add_assign(dx, dctx)?;
+        self.linear(layer.q, x, &s.dq, Some(dx), square)?;
+        for (lin, d) in [(layer.k, &s.dk), (layer.v, &s.dv)] {
+            self.linear(lin, x, d, Some(&mut s.dctx), square)?;
+            self.be.add_assign(dx, &s.dctx)?;
         }
         Ok(())
     }

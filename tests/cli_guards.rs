@@ -5,23 +5,9 @@
 
 mod common;
 use common::fixtures;
+use common::{bin, init_micro};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_dlm-engine"))
-}
-
-fn init_micro(dir: &Path) {
-    let st = bin()
-        .args(["init", "--preset", "micro", "--tokenizer"])
-        .arg(fixtures().join("tokenizer.json"))
-        .arg("--out")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-}
 
 fn ok(o: &Output) -> String {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();

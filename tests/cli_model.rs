@@ -2,13 +2,9 @@
 //! clean one-line errors (exit code 2, no panic) for bad checkpoints.
 
 mod common;
+use common::bin;
 use common::fixtures;
 use std::path::Path;
-use std::process::Command;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_dlm-engine"))
-}
 
 #[test]
 fn fill_mask_matches_the_hf_pipeline() {

@@ -3,23 +3,8 @@
 
 mod common;
 use common::fixtures;
+use common::{bin, init_micro};
 use std::path::Path;
-use std::process::Command;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_dlm-engine"))
-}
-
-fn init_micro(dir: &Path) {
-    let st = bin()
-        .args(["init", "--preset", "micro", "--tokenizer"])
-        .arg(fixtures().join("tokenizer.json"))
-        .arg("--out")
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-}
 
 fn write(p: &Path, lines: &[&str]) {
     std::fs::write(p, lines.join("\n") + "\n").unwrap();

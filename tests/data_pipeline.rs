@@ -1,20 +1,18 @@
 //! Data pipeline end to end: tokenizer (against Python's ids), `tokenizer train` CLI, JSONL
 //! errors through the binary, layout, token-budget batching and resumable sampling.
 
+mod common;
+use common::bin;
+
 use dlm_engine::data::{
     build_examples, layout_pair, pad_batch, read_jsonl, BatchSampler, Example, ExampleBatches, JsonlOptions, Overlong, SamplerState,
 };
 use dlm_engine::tokenizer::{train_unigram, Tok};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_unigram").join(name)
-}
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_dlm-engine"))
 }
 
 /// `golden.json` was written by `tests/golden/check_tokenizer.py` with Python `tokenizers`

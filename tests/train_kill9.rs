@@ -4,14 +4,11 @@
 //! metrics.jsonl once with the loss of a run that was never interrupted, and no temporary is left.
 
 mod common;
+use common::bin;
 use common::fixtures;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_dlm-engine"))
-}
 
 const STEPS: &str = "24";
 

@@ -107,6 +107,16 @@ pub struct Residual<'a, B: ?Sized> {
     pub sum: &'a mut B,
 }
 
+impl<'a, B: ?Sized> Residual<'a, B> {
+    /// The residual and the sum buffer as the two options the kernels take.
+    pub fn unzip(r: Option<Self>) -> (Option<&'a B>, Option<&'a mut B>) {
+        match r {
+            Some(Residual { residual, sum }) => (Some(residual), Some(sum)),
+            None => (None, None),
+        }
+    }
+}
+
 /// A LayerNorm's parameters.
 pub struct LnParams<'a, B: ?Sized> {
     pub gamma: &'a B,

@@ -170,10 +170,7 @@ impl Backend for Bf16Sim {
         stats: LnStats<'_, Self::Buf>,
         shape: RowsShape,
     ) -> R<()> {
-        let (res, sum) = match residual {
-            Some(Residual { residual, sum }) => (Some(residual), Some(sum)),
-            None => (None, None),
-        };
+        let (res, sum) = Residual::unzip(residual);
         let LnParams { gamma: g, beta: b, eps } = params;
         let LnStats { mean, rstd } = stats;
         let RowsShape { rows, cols } = shape;

@@ -200,3 +200,20 @@ impl<B: Backend> Denoiser for HostOnly<'_, B> {
         self.0.pick_many(batch, &g)
     }
 }
+
+/// The `dlm-engine` binary cargo built for the tests.
+pub fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_dlm-engine"))
+}
+
+/// `init --preset micro` with the fixture tokenizer into `dir`.
+pub fn init_micro(dir: &std::path::Path) {
+    let st = bin()
+        .args(["init", "--preset", "micro", "--tokenizer"])
+        .arg(fixtures().join("tokenizer.json"))
+        .arg("--out")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+}

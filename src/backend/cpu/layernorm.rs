@@ -11,10 +11,7 @@ pub fn add_layernorm_fwd(
     stats: LnStats<'_, [f32]>,
     shape: RowsShape,
 ) {
-    let (residual, mut sum) = match residual {
-        Some(Residual { residual, sum }) => (Some(residual), Some(sum)),
-        None => (None, None),
-    };
+    let (residual, mut sum) = Residual::unzip(residual);
     let LnParams { gamma, beta, eps } = params;
     let LnStats { mean, rstd } = stats;
     let RowsShape { rows, cols } = shape;

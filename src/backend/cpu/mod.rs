@@ -182,10 +182,7 @@ impl Backend for CpuBackend {
         stats: LnStats<'_, Self::Buf>,
         shape: RowsShape,
     ) -> Result<()> {
-        let (residual, sum) = match residual {
-            Some(Residual { residual, sum }) => (Some(residual), Some(sum)),
-            None => (None, None),
-        };
+        let (residual, sum) = Residual::unzip(residual);
         let LnParams { gamma, beta, eps } = params;
         let LnStats { mean, rstd } = stats;
         let RowsShape { rows, cols } = shape;

@@ -24,10 +24,7 @@ impl CudaBackend {
         stats: LnStats<'_, CudaBuf>,
         shape: RowsShape,
     ) -> Result<()> {
-        let (residual, sum) = match residual {
-            Some(Residual { residual, sum }) => (Some(residual), Some(sum)),
-            None => (None, None),
-        };
+        let (residual, sum) = Residual::unzip(residual);
         let LnParams { gamma, beta, eps } = params;
         let LnStats { mean, rstd } = stats;
         let RowsShape { rows, cols } = shape;

@@ -276,14 +276,11 @@ impl Backend for CudaBackend {
     }
 
     fn linear_fwd(&self, x: &Self::Buf, w: &Self::Buf, bias: Option<&Self::Buf>, y: &mut Self::Buf, dims: Gemm) -> Result<()> {
-        let Gemm { m, n, k } = dims;
-        self.linear_fwd(x, w, bias, y, Gemm { m, n, k })
+        self.linear_fwd(x, w, bias, y, dims)
     }
 
     fn linear_bwd(&self, x: &Self::Buf, w: &Self::Buf, dy: &Self::Buf, grads: LinearGrads<'_, Self::Buf>, dims: Gemm) -> Result<()> {
-        let Gemm { m, n, k } = dims;
-        let LinearGrads { dx, dw, db } = grads;
-        self.linear_bwd(x, w, dy, LinearGrads { dx, dw, db }, Gemm { m, n, k })
+        self.linear_bwd(x, w, dy, grads, dims)
     }
 
     fn upload_f32(&self, data: &[f32]) -> Result<CudaBuf> {
@@ -302,9 +299,7 @@ impl Backend for CudaBackend {
         out: &mut Self::Buf,
         shape: EmbedShape,
     ) -> Result<()> {
-        let EmbedTables { word, pos, typ } = tables;
-        let EmbedShape { tokens, hidden } = shape;
-        self.embed_fwd(ids, pos_ids, EmbedTables { word, pos, typ }, out, EmbedShape { tokens, hidden })
+        self.embed_fwd(ids, pos_ids, tables, out, shape)
     }
 
     fn embed_bwd(
@@ -316,9 +311,7 @@ impl Backend for CudaBackend {
         shape: EmbedShape,
         padding_idx: i32,
     ) -> Result<()> {
-        let EmbedGrads { word: dword, pos: dpos, typ: dtyp } = grads;
-        let EmbedShape { tokens, hidden } = shape;
-        self.embed_bwd(ids, pos_ids, dout, EmbedGrads { word: dword, pos: dpos, typ: dtyp }, EmbedShape { tokens, hidden }, padding_idx)
+        self.embed_bwd(ids, pos_ids, dout, grads, shape, padding_idx)
     }
 
     fn dropout_fwd(&self, x: &mut CudaBuf, drop: Dropout, stream: u64) -> Result<()> {
@@ -343,21 +336,7 @@ impl Backend for CudaBackend {
         stats: LnStats<'_, Self::Buf>,
         shape: RowsShape,
     ) -> Result<()> {
-        let (residual, sum) = match residual {
-            Some(Residual { residual, sum }) => (Some(residual), Some(sum)),
-            None => (None, None),
-        };
-        let LnParams { gamma, beta, eps } = params;
-        let LnStats { mean, rstd } = stats;
-        let RowsShape { rows, cols } = shape;
-        self.add_layernorm_fwd(
-            x,
-            residual.zip(sum).map(|(residual, sum)| Residual { residual, sum }),
-            LnParams { gamma, beta, eps },
-            out,
-            LnStats { mean, rstd },
-            RowsShape { rows, cols },
-        )
+        self.add_layernorm_fwd(x, residual, params, out, stats, shape)
     }
 
     fn layernorm_bwd(
@@ -368,10 +347,7 @@ impl Backend for CudaBackend {
         grads: LnGrads<'_, Self::Buf>,
         shape: RowsShape,
     ) -> Result<()> {
-        let LnSaved { gamma, mean, rstd } = saved;
-        let LnGrads { dx, accumulate, dgamma, dbeta } = grads;
-        let RowsShape { rows, cols } = shape;
-        self.layernorm_bwd(x, dout, LnSaved { gamma, mean, rstd }, LnGrads { dx, accumulate, dgamma, dbeta }, RowsShape { rows, cols })
+        self.layernorm_bwd(x, dout, saved, grads, shape)
     }
 
     fn attention_fwd(
@@ -382,9 +358,7 @@ impl Backend for CudaBackend {
         lse: &mut Self::Buf,
         call: AttnCall,
     ) -> Result<()> {
-        let Qkv { q, k, v } = qkv;
-        let AttnCall { shape, drop, stream } = call;
-        self.attention_fwd(Qkv { q, k, v }, key_mask, out, lse, AttnCall { shape, drop, stream })
+        self.attention_fwd(qkv, key_mask, out, lse, call)
     }
 
     fn attention_bwd(
@@ -396,18 +370,7 @@ impl Backend for CudaBackend {
         grads: QkvGrads<'_, Self::Buf>,
         call: AttnCall,
     ) -> Result<()> {
-        let Qkv { q, k, v } = qkv;
-        let AttnCall { shape, drop, stream } = call;
-        let AttnSaved { out, lse } = saved;
-        let QkvGrads { dq, dk, dv } = grads;
-        self.attention_bwd(
-            Qkv { q, k, v },
-            key_mask,
-            AttnSaved { out, lse },
-            dout,
-            QkvGrads { dq, dk, dv },
-            AttnCall { shape, drop, stream },
-        )
+        self.attention_bwd(qkv, key_mask, saved, dout, grads, call)
     }
 
     fn gather_rows(&self, x: &CudaBuf, rows: &CudaIBuf, out: &mut CudaBuf, n_rows: usize, cols: usize) -> Result<()> {
@@ -426,8 +389,7 @@ impl Backend for CudaBackend {
         spec: &NoiseSpec,
         out: LossSlots<'_, Self::Buf, Self::IBuf>,
     ) -> Result<usize> {
-        let LossSlots { rows, targets, weights } = out;
-        self.q_sample(ids, seq, src_len, spec, LossSlots { rows, targets, weights })
+        self.q_sample(ids, seq, src_len, spec, out)
     }
 
     fn cross_entropy_fwd_bwd(
@@ -438,8 +400,7 @@ impl Backend for CudaBackend {
         shape: VocabShape,
         label_smoothing: f32,
     ) -> Result<Vec<f32>> {
-        let VocabShape { rows, vocab, valid: valid_vocab } = shape;
-        self.cross_entropy_fwd_bwd(logits, targets, weights, VocabShape { rows, vocab, valid: valid_vocab }, label_smoothing)
+        self.cross_entropy_fwd_bwd(logits, targets, weights, shape, label_smoothing)
     }
 
     fn vocab_pick(
@@ -451,9 +412,7 @@ impl Backend for CudaBackend {
         gumbel: Option<(&Self::IBuf, &Self::IBuf)>,
         out: PicksMut<'_, Self::Buf, Self::IBuf>,
     ) -> Result<()> {
-        let VocabShape { rows, vocab, valid: valid_vocab } = shape;
-        let PicksMut { token, logprob } = out;
-        self.vocab_pick(logits, VocabShape { rows, vocab, valid: valid_vocab }, forbid, temperature, gumbel, PicksMut { token, logprob })
+        self.vocab_pick(logits, shape, forbid, temperature, gumbel, out)
     }
 
     fn reparam_step(
@@ -464,16 +423,7 @@ impl Backend for CudaBackend {
         ids: &mut Self::IBuf,
         rule: ReparamRule,
     ) -> Result<()> {
-        let CanvasInputs { meta: canvases, n: n_canvases, step } = canvases;
-        let Picks { token: pick_token, logprob: pick_logprob } = picks;
-        let CanvasState { tokens, scores, masked } = state;
-        self.reparam_step(
-            CanvasInputs { meta: canvases, n: n_canvases, step },
-            Picks { token: pick_token, logprob: pick_logprob },
-            CanvasState { tokens, scores, masked },
-            ids,
-            rule,
-        )
+        self.reparam_step(canvases, picks, state, ids, rule)
     }
 
     fn begin_capture(&self) -> Result<bool> {
@@ -496,9 +446,7 @@ impl Backend for CudaBackend {
         self.sum_squares_all(xs)
     }
     fn adamw(&self, param: &mut Self::Buf, grad: &Self::Buf, moments: Moments<'_, Self::Buf>, hp: AdamW, at: AdamWStep) -> Result<()> {
-        let Moments { m, v } = moments;
-        let AdamWStep { lr, step, grad_scale } = at;
-        self.adamw(param, grad, Moments { m, v }, hp, AdamWStep { lr, step, grad_scale })
+        self.adamw(param, grad, moments, hp, at)
     }
 }
 

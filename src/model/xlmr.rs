@@ -120,7 +120,16 @@ struct Head<B: Backend> {
     logits: B::Buf,
 }
 
+/// The model: its parameters, and the workspaces its passes reuse from call to call, kept in
+/// separate structs so that a pass can read the one and write the other at once.
 pub struct XlmR<B: Backend> {
+    p: Params<B>,
+    work: Workspace<B>,
+}
+
+/// The parameters, with the backend that holds them: the configuration, every tensor's name,
+/// shape, value and gradient, and the index of each layer's tensors.
+struct Params<B: Backend> {
     backend: B,
     cfg: ModelConfig,
     names: Vec<String>,
@@ -132,6 +141,11 @@ pub struct XlmR<B: Backend> {
     stored: Vec<usize>,
     ix: Index,
     layers: Vec<Layer>,
+}
+
+/// Buffers a pass keeps for the next one of the same shape.
+struct Workspace<B: Backend> {
+    /// The encoder's activations (kept for the backward pass).
     enc: Option<Encoder<B>>,
     /// The sampling step's own workspace (see `pick`).
     step: Option<pick::StepPlan<B>>,
@@ -147,6 +161,32 @@ const S_ATTN_OUT: u64 = 2;
 const S_FFN_OUT: u64 = 3;
 
 impl<B: Backend> XlmR<B> {
+    /// Runs the encoder over `batch`, keeping every activation for a backward pass.
+    fn encode(&mut self, batch: &Batch, drop: Dropout) -> Result<()> {
+        self.p.check_batch(batch)?;
+        let enc = self.work.encoder(&self.p, batch)?;
+        self.p.set_encoder_inputs(enc, batch)?;
+        self.p.run_encoder(enc, drop)
+    }
+
+    /// Uploads the values of parameter `i` (its HF shape), zero-padded to its stored length, in
+    /// the given storage.
+    pub fn upload_param(&self, i: usize, data: &[f32], storage: ParamStorage) -> Result<B::Buf> {
+        self.p.upload_param(i, data, storage)
+    }
+
+    /// Ids the model may emit: XL/XXL carry 250880 rows for a 250002-id tokenizer, and the rows
+    /// past the tokenizer must never be chosen (docs/method.md §1.1).
+    pub fn valid_vocab(&self) -> usize {
+        self.p.valid_vocab()
+    }
+
+    /// Columns of the LM head's logits: the vocabulary rounded up to the backend's
+    /// `vocab_align`. The extra decoder rows are zero and their logits never take part.
+    pub fn head_vocab(&self) -> usize {
+        self.p.head_vocab()
+    }
+
     /// Loads `config.json` and `model.safetensors` from an HF checkpoint directory.
     pub fn load(backend: B, dir: &Path) -> Result<Self> {
         Self::load_with(backend, dir, false)
@@ -249,66 +289,40 @@ impl<B: Backend> XlmR<B> {
         let head_vocab = cfg.vocab_size.next_multiple_of(backend.vocab_align().max(1));
         let decoder = ix.decoder.unwrap_or(ix.word);
         let mut model = XlmR {
-            backend,
-            cfg,
-            names: Vec::new(),
-            shapes: Vec::new(),
-            values: Vec::new(),
-            grads: Vec::new(),
-            stored: Vec::new(),
-            ix,
-            layers,
-            enc: None,
-            step: None,
+            p: Params {
+                backend,
+                cfg,
+                names: Vec::new(),
+                shapes: Vec::new(),
+                values: Vec::new(),
+                grads: Vec::new(),
+                stored: Vec::new(),
+                ix,
+                layers,
+            },
+            work: Workspace { enc: None, step: None },
         };
         for (i, (n, s, d)) in params.into_iter().enumerate() {
             let len = d.len();
-            let padded = if i == decoder || i == ix.head_bias { len / model.cfg.vocab_size * head_vocab } else { len };
-            model.stored.push(padded);
-            model.names.push(n);
-            model.shapes.push(s);
+            let padded = if i == decoder || i == ix.head_bias { len / model.p.cfg.vocab_size * head_vocab } else { len };
+            model.p.stored.push(padded);
+            model.p.names.push(n);
+            model.p.shapes.push(s);
             let buf = model.upload_param(i, &d, if f32_master { ParamStorage::Master } else { ParamStorage::Compact })?;
-            model.values.push(buf);
+            model.p.values.push(buf);
         }
         Ok(model)
     }
 
-    /// Columns of the LM head's logits: the vocabulary rounded up to the backend's
-    /// `vocab_align`. The extra decoder rows are zero and their logits never take part.
-    pub fn head_vocab(&self) -> usize {
-        self.stored[self.ix.head_bias]
-    }
-
     /// Stored length of parameter `i` (its gradient and optimizer moments have the same).
     pub fn param_len(&self, i: usize) -> usize {
-        self.stored[i]
-    }
-
-    /// Uploads the values of parameter `i` (its HF shape), zero-padded to its stored length, in
-    /// the given storage.
-    pub fn upload_param(&self, i: usize, data: &[f32], storage: ParamStorage) -> Result<B::Buf> {
-        let n: usize = self.shapes[i].iter().product();
-        if data.len() != n {
-            bail!("parameter `{}`: {} values given, expected {n}", self.names[i], data.len());
-        }
-        let padded;
-        let data = if self.stored[i] == n {
-            data
-        } else {
-            padded = [data, &vec![0.0; self.stored[i] - n]].concat();
-            &padded
-        };
-        match storage {
-            ParamStorage::Compact => self.backend.upload(data),
-            ParamStorage::F32 => self.backend.upload_f32(data),
-            ParamStorage::Master => self.backend.upload_master(data),
-        }
+        self.p.stored[i]
     }
 
     /// Downloads a buffer of parameter `i` (value, gradient or moment) without its padding.
     pub fn download_param(&self, i: usize, buf: &B::Buf) -> Result<Vec<f32>> {
-        let mut d = self.backend.download(buf)?;
-        d.truncate(self.shapes[i].iter().product());
+        let mut d = self.p.backend.download(buf)?;
+        d.truncate(self.p.shapes[i].iter().product());
         Ok(d)
     }
 
@@ -316,103 +330,126 @@ impl<B: Backend> XlmR<B> {
     /// as `save_pretrained` does).
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-        let mut cfg = self.cfg.to_json();
-        cfg["tie_word_embeddings"] = serde_json::Value::Bool(self.ix.decoder.is_none());
+        let mut cfg = self.p.cfg.to_json();
+        cfg["tie_word_embeddings"] = serde_json::Value::Bool(self.p.ix.decoder.is_none());
         crate::util::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
-        let data = self.values.iter().enumerate().map(|(i, v)| self.download_param(i, v)).collect::<Result<Vec<_>>>()?;
+        let data = self.p.values.iter().enumerate().map(|(i, v)| self.download_param(i, v)).collect::<Result<Vec<_>>>()?;
         let tensors: Vec<(&str, &[usize], &[f32])> =
-            (0..data.len()).map(|i| (self.names[i].as_str(), self.shapes[i].as_slice(), data[i].as_slice())).collect();
+            (0..data.len()).map(|i| (self.p.names[i].as_str(), self.p.shapes[i].as_slice(), data[i].as_slice())).collect();
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
         weights::write_safetensors(&dir.join("model.safetensors"), &tensors, Some(meta))
     }
 
     pub fn config(&self) -> &ModelConfig {
-        &self.cfg
+        &self.p.cfg
     }
 
     /// Sets the training dropout of hidden states and attention probabilities (config.json's
     /// `hidden_dropout_prob` and `attention_probs_dropout_prob`).
     pub fn set_dropout(&mut self, p: f32) {
-        self.cfg.hidden_dropout = p;
-        self.cfg.attention_dropout = p;
+        self.p.cfg.hidden_dropout = p;
+        self.p.cfg.attention_dropout = p;
     }
 
     pub fn backend(&self) -> &B {
-        &self.backend
+        &self.p.backend
     }
 
     /// Parameter names and shapes, in HF `named_parameters()` order.
     pub fn param_names(&self) -> &[String] {
-        &self.names
+        &self.p.names
     }
 
     pub fn param_shapes(&self) -> &[Vec<usize>] {
-        &self.shapes
+        &self.p.shapes
     }
 
     pub fn param_count(&self) -> usize {
-        self.shapes.iter().map(|s| s.iter().product::<usize>()).sum()
+        self.p.shapes.iter().map(|s| s.iter().product::<usize>()).sum()
     }
 
     /// Calls `f(backend, i, value, grad)` for every parameter (after a `loss_and_grad`).
     pub fn for_each_param_mut(&mut self, mut f: impl FnMut(&B, usize, &mut B::Buf, &mut B::Buf) -> Result<()>) -> Result<()> {
         self.ensure_grads()?;
         self.forget_recording()?;
-        for (i, (v, g)) in self.values.iter_mut().zip(self.grads.iter_mut()).enumerate() {
-            f(&self.backend, i, v, g)?;
+        for (i, (v, g)) in self.p.values.iter_mut().zip(self.p.grads.iter_mut()).enumerate() {
+            f(&self.p.backend, i, v, g)?;
         }
         Ok(())
     }
 
     pub fn values(&self) -> &[B::Buf] {
-        &self.values
+        &self.p.values
     }
 
     pub fn grads(&self) -> &[B::Buf] {
-        &self.grads
+        &self.p.grads
     }
 
     /// Replaces the value of parameter `i` (used when restoring checkpoints).
     pub fn set_value(&mut self, i: usize, data: &[f32]) -> Result<()> {
         self.forget_recording()?;
-        self.values[i] = self.upload_param(i, data, ParamStorage::Compact)?;
+        self.p.values[i] = self.upload_param(i, data, ParamStorage::Compact)?;
         Ok(())
     }
 
     pub fn zero_grads(&mut self) -> Result<()> {
-        for g in &mut self.grads {
-            self.backend.fill_zero(g)?;
+        for g in &mut self.p.grads {
+            self.p.backend.fill_zero(g)?;
         }
         Ok(())
     }
 
     fn ensure_grads(&mut self) -> Result<()> {
-        if self.grads.is_empty() {
-            for &n in &self.stored {
-                self.grads.push(self.backend.zeros(n)?);
+        if self.p.grads.is_empty() {
+            for &n in &self.p.stored {
+                self.p.grads.push(self.p.backend.zeros(n)?);
             }
         }
         Ok(())
     }
 
-    fn decoder(&self) -> usize {
-        self.ix.decoder.unwrap_or(self.ix.word)
+    /// MLM head on the flat positions `rows` of the last `encode`: dense → GELU → LN → decoder + bias.
+    fn head_forward(&self, rows: &[i32]) -> Result<Head<B>> {
+        let enc = self.work.enc.as_ref().context("no encoder pass")?;
+        check_rows(rows, enc.batch * enc.seq)?;
+        let mut hd = self.p.alloc_head(rows.len())?;
+        self.p.backend.write_i32(&mut hd.idx, rows)?;
+        self.p.run_head(enc, &mut hd)?;
+        Ok(hd)
     }
 
-    fn check_batch(&self, batch: &Batch) -> Result<()> {
-        if batch.ids.len() != batch.tokens() {
-            bail!("batch: {} ids for {}×{}", batch.ids.len(), batch.batch, batch.seq);
-        }
-        if batch.seq > self.cfg.max_seq_len() {
-            bail!("sequence of {} tokens is longer than the model's maximum of {}", batch.seq, self.cfg.max_seq_len());
-        }
-        if let Some(&bad) = batch.ids.iter().find(|&&t| t < 0 || t as usize >= self.cfg.vocab_size) {
-            bail!("token id {bad} is outside the model's vocabulary of {}", self.cfg.vocab_size);
-        }
-        Ok(())
+    /// Logits (`[rows.len(), vocab_size]`, row-major) at the flat positions `rows` of `batch`.
+    pub fn logits(&mut self, batch: &Batch, rows: &[i32]) -> Result<Vec<f32>> {
+        self.encode(batch, Dropout::off())?;
+        let hd = self.head_forward(rows)?;
+        let all = self.p.backend.download(&hd.logits)?;
+        let (v, hv) = (self.p.cfg.vocab_size, self.head_vocab());
+        Ok(if v == hv { all } else { all.chunks(hv).flat_map(|row| &row[..v]).copied().collect() })
     }
+}
 
+/// How `XlmR::upload_param` stores a tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamStorage {
+    /// The backend's compact storage (`Backend::upload`: bf16 on the GPU), for inference.
+    Compact,
+    /// Full precision (`Backend::upload_f32`), e.g. optimizer moments.
+    F32,
+    /// A trained parameter (`Backend::upload_master`).
+    Master,
+}
+
+/// Rejects flat positions outside a batch of `n`.
+fn check_rows(rows: &[i32], n: usize) -> Result<()> {
+    if let Some(&bad) = rows.iter().find(|&&x| x < 0 || x as usize >= n) {
+        bail!("row {bad} is outside the batch of {n} positions");
+    }
+    Ok(())
+}
+
+impl<B: Backend> Params<B> {
     fn alloc_encoder(&self, batch: &Batch) -> Result<Encoder<B>> {
         let be = &self.backend;
         let (n, h, f) = (batch.tokens(), self.cfg.hidden, self.cfg.intermediate);
@@ -458,24 +495,6 @@ impl<B: Backend> XlmR<B> {
             out_mean: z(if pre { n } else { 0 })?,
             out_rstd: z(if pre { n } else { 0 })?,
         })
-    }
-
-    /// Runs the encoder over `batch`, keeping every activation for a backward pass.
-    fn encode(&mut self, batch: &Batch, drop: Dropout) -> Result<()> {
-        self.check_batch(batch)?;
-        let mut enc = self.take_encoder(batch)?;
-        let r = self.set_encoder_inputs(&mut enc, batch).and_then(|_| self.run_encoder(&mut enc, drop));
-        self.enc = Some(enc);
-        r
-    }
-
-    /// The encoder workspace for `batch`'s shape, reused when the shape is unchanged; the caller
-    /// puts it back in `self.enc`.
-    fn take_encoder(&mut self, batch: &Batch) -> Result<Encoder<B>> {
-        match self.enc.take() {
-            Some(e) if e.batch == batch.batch && e.seq == batch.seq => Ok(e),
-            _ => self.alloc_encoder(batch),
-        }
     }
 
     /// Writes the token ids of `batch` (checked, of the workspace's shape), their padding-aware
@@ -629,14 +648,26 @@ impl<B: Backend> XlmR<B> {
         }
     }
 
-    /// MLM head on the flat positions `rows` of the last `encode`: dense → GELU → LN → decoder + bias.
-    fn head_forward(&self, rows: &[i32]) -> Result<Head<B>> {
-        let enc = self.enc.as_ref().expect("encode first");
-        check_rows(rows, enc.batch * enc.seq)?;
-        let mut hd = self.alloc_head(rows.len())?;
-        self.backend.write_i32(&mut hd.idx, rows)?;
-        self.run_head(enc, &mut hd)?;
-        Ok(hd)
+    /// The head on the rows in `hd.idx` (launches only, as `run_encoder`).
+    fn run_head(&self, enc: &Encoder<B>, hd: &mut Head<B>) -> Result<()> {
+        let _range = nvtx::range!("lm_head");
+        let be = &self.backend;
+        let (r, h, vsz) = (hd.rows, self.cfg.hidden, self.head_vocab());
+        let v = &self.values;
+        be.gather_rows(self.encoder_output(enc), &hd.idx, &mut hd.x, r, h)?;
+        let dn = self.ix.head_dense;
+        be.linear_fwd(&hd.x, &v[dn.w], Some(&v[dn.b]), &mut hd.d1, Gemm { m: r, n: h, k: h })?;
+        be.gelu_fwd(&hd.d1, &mut hd.g1)?;
+        let ln = self.ix.head_ln;
+        be.add_layernorm_fwd(
+            &hd.g1,
+            None,
+            LnParams { gamma: &v[ln.g], beta: &v[ln.b], eps: self.cfg.layer_norm_eps },
+            &mut hd.z,
+            LnStats { mean: &mut hd.mean, rstd: &mut hd.rstd },
+            RowsShape { rows: r, cols: h },
+        )?;
+        be.linear_fwd(&hd.z, &v[self.decoder()], Some(&v[self.ix.head_bias]), &mut hd.logits, Gemm { m: r, n: vsz, k: h })
     }
 
     fn alloc_head(&self, r: usize) -> Result<Head<B>> {
@@ -660,35 +691,27 @@ impl<B: Backend> XlmR<B> {
         })
     }
 
-    /// The head on the rows in `hd.idx` (launches only, as `run_encoder`).
-    fn run_head(&self, enc: &Encoder<B>, hd: &mut Head<B>) -> Result<()> {
-        let _range = nvtx::range!("lm_head");
-        let be = &self.backend;
-        let (r, h, vsz) = (hd.rows, self.cfg.hidden, self.head_vocab());
-        let v = &self.values;
-        be.gather_rows(self.encoder_output(enc), &hd.idx, &mut hd.x, r, h)?;
-        let dn = self.ix.head_dense;
-        be.linear_fwd(&hd.x, &v[dn.w], Some(&v[dn.b]), &mut hd.d1, Gemm { m: r, n: h, k: h })?;
-        be.gelu_fwd(&hd.d1, &mut hd.g1)?;
-        let ln = self.ix.head_ln;
-        be.add_layernorm_fwd(
-            &hd.g1,
-            None,
-            LnParams { gamma: &v[ln.g], beta: &v[ln.b], eps: self.cfg.layer_norm_eps },
-            &mut hd.z,
-            LnStats { mean: &mut hd.mean, rstd: &mut hd.rstd },
-            RowsShape { rows: r, cols: h },
-        )?;
-        be.linear_fwd(&hd.z, &v[self.decoder()], Some(&v[self.ix.head_bias]), &mut hd.logits, Gemm { m: r, n: vsz, k: h })
+    fn decoder(&self) -> usize {
+        self.ix.decoder.unwrap_or(self.ix.word)
     }
 
-    /// Logits (`[rows.len(), vocab_size]`, row-major) at the flat positions `rows` of `batch`.
-    pub fn logits(&mut self, batch: &Batch, rows: &[i32]) -> Result<Vec<f32>> {
-        self.encode(batch, Dropout::off())?;
-        let hd = self.head_forward(rows)?;
-        let all = self.backend.download(&hd.logits)?;
-        let (v, hv) = (self.cfg.vocab_size, self.head_vocab());
-        Ok(if v == hv { all } else { all.chunks(hv).flat_map(|row| &row[..v]).copied().collect() })
+    fn check_batch(&self, batch: &Batch) -> Result<()> {
+        if batch.ids.len() != batch.tokens() {
+            bail!("batch: {} ids for {}×{}", batch.ids.len(), batch.batch, batch.seq);
+        }
+        if batch.seq > self.cfg.max_seq_len() {
+            bail!("sequence of {} tokens is longer than the model's maximum of {}", batch.seq, self.cfg.max_seq_len());
+        }
+        if let Some(&bad) = batch.ids.iter().find(|&&t| t < 0 || t as usize >= self.cfg.vocab_size) {
+            bail!("token id {bad} is outside the model's vocabulary of {}", self.cfg.vocab_size);
+        }
+        Ok(())
+    }
+
+    /// Columns of the LM head's logits: the vocabulary rounded up to the backend's
+    /// `vocab_align`. The extra decoder rows are zero and their logits never take part.
+    pub fn head_vocab(&self) -> usize {
+        self.stored[self.ix.head_bias]
     }
 
     /// Ids the model may emit: XL/XXL carry 250880 rows for a 250002-id tokenizer, and the rows
@@ -700,23 +723,37 @@ impl<B: Backend> XlmR<B> {
             self.cfg.vocab_size
         }
     }
-}
 
-/// How `XlmR::upload_param` stores a tensor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ParamStorage {
-    /// The backend's compact storage (`Backend::upload`: bf16 on the GPU), for inference.
-    Compact,
-    /// Full precision (`Backend::upload_f32`), e.g. optimizer moments.
-    F32,
-    /// A trained parameter (`Backend::upload_master`).
-    Master,
-}
-
-/// Rejects flat positions outside a batch of `n`.
-fn check_rows(rows: &[i32], n: usize) -> Result<()> {
-    if let Some(&bad) = rows.iter().find(|&&x| x < 0 || x as usize >= n) {
-        bail!("row {bad} is outside the batch of {n} positions");
+    /// Uploads the values of parameter `i` (its HF shape), zero-padded to its stored length, in
+    /// the given storage.
+    pub fn upload_param(&self, i: usize, data: &[f32], storage: ParamStorage) -> Result<B::Buf> {
+        let n: usize = self.shapes[i].iter().product();
+        if data.len() != n {
+            bail!("parameter `{}`: {} values given, expected {n}", self.names[i], data.len());
+        }
+        let padded;
+        let data = if self.stored[i] == n {
+            data
+        } else {
+            padded = [data, &vec![0.0; self.stored[i] - n]].concat();
+            &padded
+        };
+        match storage {
+            ParamStorage::Compact => self.backend.upload(data),
+            ParamStorage::F32 => self.backend.upload_f32(data),
+            ParamStorage::Master => self.backend.upload_master(data),
+        }
     }
-    Ok(())
+}
+
+impl<B: Backend> Workspace<B> {
+    /// The encoder workspace for `batch`'s shape: the kept one when the shape is unchanged,
+    /// otherwise a new one (the old one is freed first).
+    fn encoder(&mut self, p: &Params<B>, batch: &Batch) -> Result<&mut Encoder<B>> {
+        if !self.enc.as_ref().is_some_and(|e| e.batch == batch.batch && e.seq == batch.seq) {
+            self.enc = None;
+            return Ok(self.enc.insert(p.alloc_encoder(batch)?));
+        }
+        self.enc.as_mut().context("the encoder workspace vanished")
+    }
 }

@@ -16,9 +16,9 @@ impl<B: Backend> XlmR<B> {
         }
         self.ensure_grads()?;
         self.encode(batch, drop)?;
-        let enc = self.enc.as_ref().expect("encode first");
+        let enc = self.work.enc.as_ref().context("no encoder pass")?;
         check_rows(&loss.rows, enc.batch * enc.seq)?;
-        let be = &self.backend;
+        let be = &self.p.backend;
         let rows = be.upload_i32(&loss.rows)?;
         let targets = be.upload_i32(&loss.targets)?;
         self.head_loss_and_grad(rows, &targets, &loss.weights, drop, label_smoothing)
@@ -36,35 +36,30 @@ impl<B: Backend> XlmR<B> {
         drop: Dropout,
         label_smoothing: f32,
     ) -> Result<(f32, usize)> {
-        self.check_batch(batch)?;
+        self.p.check_batch(batch)?;
         let half = src_len.len() * batch.seq;
         if batch.batch != 2 * src_len.len() || batch.ids[..half] != batch.ids[half..] {
             bail!("noised batch: {} rows for {} examples, not the doubled batch (rows b and B+b equal)", batch.batch, src_len.len());
         }
-        if spec.mask_id < 0 || spec.mask_id as usize >= self.cfg.vocab_size {
-            bail!("<mask> id {} is outside the model's vocabulary of {}", spec.mask_id, self.cfg.vocab_size);
+        if spec.mask_id < 0 || spec.mask_id as usize >= self.p.cfg.vocab_size {
+            bail!("<mask> id {} is outside the model's vocabulary of {}", spec.mask_id, self.p.cfg.vocab_size);
         }
         self.ensure_grads()?;
-        let mut enc = self.take_encoder(batch)?;
-        let be = &self.backend;
+        let enc = self.work.encoder(&self.p, batch)?;
+        let be = &self.p.backend;
         let cap = batch.tokens();
         let mut rows = be.upload_i32(&vec![0; cap])?;
         let mut targets = be.upload_i32(&vec![0; cap])?;
         let mut weights = be.zeros(cap)?;
-        let noised = self
-            .set_encoder_inputs(&mut enc, batch)
-            .and_then(|_| {
-                be.q_sample(
-                    &mut enc.ids,
-                    batch.seq,
-                    src_len,
-                    spec,
-                    LossSlots { rows: &mut rows, targets: &mut targets, weights: &mut weights },
-                )
-            })
-            .and_then(|n| self.run_encoder(&mut enc, drop).map(|_| n));
-        self.enc = Some(enc);
-        let n = noised?;
+        self.p.set_encoder_inputs(enc, batch)?;
+        let n = be.q_sample(
+            &mut enc.ids,
+            batch.seq,
+            src_len,
+            spec,
+            LossSlots { rows: &mut rows, targets: &mut targets, weights: &mut weights },
+        )?;
+        self.p.run_encoder(enc, drop)?;
         let mut w = be.download(&weights)?;
         w.truncate(n);
         let loss = self.head_loss_and_grad(rows, &targets, &w, drop, label_smoothing)?;
@@ -82,9 +77,10 @@ impl<B: Backend> XlmR<B> {
         label_smoothing: f32,
     ) -> Result<f32> {
         let r = weights.len();
-        let mut hd = self.alloc_head_on(rows, r)?;
-        self.run_head(self.enc.as_ref().expect("encode first"), &mut hd)?;
-        let be = &self.backend;
+        let enc = self.work.enc.as_ref().context("the head's backward needs an encoder pass first")?;
+        let mut hd = self.p.alloc_head_on(rows, r)?;
+        self.p.run_head(enc, &mut hd)?;
+        let be = &self.p.backend;
         let vsz = self.head_vocab();
         let per_row = be.cross_entropy_fwd_bwd(
             &mut hd.logits,
@@ -94,138 +90,10 @@ impl<B: Backend> XlmR<B> {
             label_smoothing,
         )?;
         let total: f64 = per_row.iter().zip(weights).map(|(l, w)| (*l as f64) * (*w as f64)).sum();
-        let dhidden = self.head_backward(&hd)?;
-        self.encoder_backward(dhidden, drop)?;
-        Ok(total as f32)
-    }
-
-    /// Backward of the head; returns d(encoder output), `[tokens, hidden]`.
-    fn head_backward(&mut self, hd: &Head<B>) -> Result<B::Buf> {
-        let _range = nvtx::range!("lm_head backward");
-        let be = &self.backend;
-        let (r, h, vsz) = (hd.rows, self.cfg.hidden, self.head_vocab());
-        let decoder = Linear { w: self.decoder(), b: self.ix.head_bias };
-        let mut pg = ParamGrads { be, v: &self.values, g: &mut self.grads, rows: r };
-        let mut dz = be.zeros(r * h)?;
-        pg.linear(decoder, &hd.z, &hd.logits, Some(&mut dz), Gemm { m: r, n: vsz, k: h })?;
-        let mut dg1 = be.zeros(r * h)?;
-        let ln = self.ix.head_ln;
-        pg.layernorm(ln, &hd.g1, &dz, (&hd.mean, &hd.rstd), &mut dg1, false)?;
-        let mut dd1 = be.zeros(r * h)?;
-        be.gelu_bwd(&hd.d1, &dg1, &mut dd1)?;
-        let dn = self.ix.head_dense;
-        let mut dx = be.zeros(r * h)?;
-        pg.linear(dn, &hd.x, &dd1, Some(&mut dx), Gemm { m: r, n: h, k: h })?;
-        let enc = self.enc.as_ref().expect("encode first");
-        let mut dout = be.zeros(enc.batch * enc.seq * h)?;
-        be.scatter_add_rows(&dx, &hd.idx, &mut dout, r, h)?;
-        Ok(dout)
-    }
-
-    fn encoder_backward(&mut self, mut dcur: B::Buf, drop: Dropout) -> Result<()> {
+        let mut dhidden = self.p.head_backward(enc, &hd)?;
         let _range = nvtx::range!("encoder backward");
-        let enc = self.enc.take().expect("encode first");
-        let r = self.encoder_backward_with(&enc, &mut dcur, drop);
-        self.enc = Some(enc);
-        r
-    }
-
-    fn encoder_backward_with(&mut self, enc: &Encoder<B>, dcur: &mut B::Buf, drop: Dropout) -> Result<()> {
-        let be = &self.backend;
-        let cfg = &self.cfg;
-        let (n, h, f) = (enc.batch * enc.seq, cfg.hidden, cfg.intermediate);
-        let mut pg = ParamGrads { be, v: &self.values, g: &mut self.grads, rows: n };
-        let hidden_drop = Dropout { p: if drop.active() { cfg.hidden_dropout } else { 0.0 }, seed: drop.seed };
-        let attn_drop = Dropout { p: if drop.active() { cfg.attention_dropout } else { 0.0 }, seed: drop.seed };
-        let shape = AttnShape { batch: enc.batch, seq: enc.seq, heads: cfg.heads, head_dim: cfg.head_dim() };
-
-        // Scratch buffers shared by all layers.
-        let mut t_h1 = be.zeros(n * h)?;
-        let mut t_h2 = be.zeros(n * h)?;
-        let mut t_f1 = be.zeros(n * f)?;
-        let mut t_f2 = be.zeros(n * f)?;
-        let mut scratch = AttnScratch { dctx: be.zeros(n * h)?, dq: be.zeros(n * h)?, dk: be.zeros(n * h)?, dv: be.zeros(n * h)? };
-
-        if let Some(ln) = self.ix.final_ln {
-            pg.layernorm(ln, &enc.hs[cfg.layers], dcur, (&enc.out_mean, &enc.out_rstd), &mut t_h1, false)?;
-            be.copy(&t_h1, dcur)?;
-        }
-
-        for li in (0..cfg.layers).rev() {
-            let _r = nvtx::range!("layer {} backward", li);
-            let layer = self.layers[li];
-            let a = &enc.layers[li];
-            let x = &enc.hs[li];
-            // On entry dcur = d(layer output); on exit dcur = d(layer input).
-            match cfg.arch {
-                Arch::PostLn => {
-                    // out = LN2(h1 + drop(f2))
-                    let ds2 = &mut t_h1;
-                    pg.layernorm(layer.ffn_ln, &a.s2, dcur, (&a.mean2, &a.rstd2), ds2, false)?;
-                    let df2 = &mut t_h2;
-                    be.copy(ds2, df2)?;
-                    be.dropout_bwd(df2, hidden_drop, stream(li, S_FFN_OUT))?;
-                    pg.linear(layer.ffn_out, &a.g, df2, Some(&mut t_f1), Gemm { m: n, n: h, k: f })?;
-                    be.gelu_bwd(&a.f1, &t_f1, &mut t_f2)?;
-                    pg.linear(layer.ffn_in, &a.h1, &t_f2, Some(dcur), Gemm { m: n, n: f, k: h })?;
-                    // dh1 = ds2 + ffn path (in dcur)
-                    be.add_assign(dcur, &t_h1)?;
-                    // h1 = LN1(x + drop(attn))
-                    pg.layernorm(layer.attn_ln, &a.s1, dcur, (&a.mean1, &a.rstd1), &mut t_h1, false)?;
-                    // t_h1 = ds1: flows to x directly and through the attention block.
-                    be.copy(&t_h1, &mut t_h2)?;
-                    be.dropout_bwd(&mut t_h2, hidden_drop, stream(li, S_ATTN_OUT))?;
-                    pg.attention_block(
-                        layer,
-                        BlockInput { a, x, key_mask: &enc.key_mask },
-                        AttnCall { shape, drop: attn_drop, stream: stream(li, S_ATTN_PROBS) },
-                        &t_h2,
-                        dcur,
-                        &mut scratch,
-                    )?;
-                    be.add_assign(dcur, &t_h1)?;
-                }
-                Arch::PreLn => {
-                    // out = h1 + W2·gelu(W1·LN_ffn(h1) + b1) + b2
-                    pg.linear(layer.ffn_out, &a.g, dcur, Some(&mut t_f1), Gemm { m: n, n: h, k: f })?;
-                    be.gelu_bwd(&a.f1, &t_f1, &mut t_f2)?;
-                    pg.linear(layer.ffn_in, &a.h1, &t_f2, Some(&mut t_h1), Gemm { m: n, n: f, k: h })?;
-                    pg.layernorm(layer.ffn_ln, &a.s1, &t_h1, (&a.mean1, &a.rstd1), dcur, true)?;
-                    // dcur = d(h1); h1 = x + drop(O·attn(LN_attn(x)))
-                    be.copy(dcur, &mut t_h2)?;
-                    be.dropout_bwd(&mut t_h2, hidden_drop, stream(li, S_ATTN_OUT))?;
-                    pg.attention_block(
-                        layer,
-                        BlockInput { a, x: &a.a_in, key_mask: &enc.key_mask },
-                        AttnCall { shape, drop: attn_drop, stream: stream(li, S_ATTN_PROBS) },
-                        &t_h2,
-                        &mut t_h1,
-                        &mut scratch,
-                    )?;
-                    pg.layernorm(layer.attn_ln, x, &t_h1, (&a.a_mean, &a.a_rstd), dcur, true)?;
-                }
-            }
-        }
-
-        // Embeddings.
-        be.dropout_bwd(dcur, hidden_drop, S_EMB)?;
-        let demb: &B::Buf = match self.ix.emb_ln {
-            Some(ln) => {
-                pg.layernorm(ln, &enc.emb, dcur, (&enc.emb_mean, &enc.emb_rstd), &mut t_h1, false)?;
-                &t_h1
-            }
-            None => dcur,
-        };
-        let (gw, gp, gt) = three_mut(pg.g, self.ix.word, self.ix.pos, self.ix.typ);
-        be.embed_bwd(
-            &enc.ids,
-            &enc.pos_ids,
-            demb,
-            EmbedGrads { word: gw, pos: gp, typ: gt },
-            EmbedShape { tokens: n, hidden: h },
-            cfg.pad_id,
-        )?;
-        Ok(())
+        self.p.encoder_backward(enc, &mut dhidden, drop)?;
+        Ok(total as f32)
     }
 }
 
@@ -331,4 +199,126 @@ fn three_mut<T>(v: &mut [T], i: usize, j: usize, k: usize) -> (&mut T, &mut T, &
     assert!(i < v.len() && j < v.len() && k < v.len());
     // SAFETY: the indices are distinct and in bounds, so the references never alias.
     unsafe { (&mut *p.add(i), &mut *p.add(j), &mut *p.add(k)) }
+}
+
+impl<B: Backend> Params<B> {
+    /// Backward of the head; returns d(encoder output), `[tokens, hidden]`.
+    fn head_backward(&mut self, enc: &Encoder<B>, hd: &Head<B>) -> Result<B::Buf> {
+        let _range = nvtx::range!("lm_head backward");
+        let be = &self.backend;
+        let (r, h, vsz) = (hd.rows, self.cfg.hidden, self.head_vocab());
+        let decoder = Linear { w: self.decoder(), b: self.ix.head_bias };
+        let mut pg = ParamGrads { be, v: &self.values, g: &mut self.grads, rows: r };
+        let mut dz = be.zeros(r * h)?;
+        pg.linear(decoder, &hd.z, &hd.logits, Some(&mut dz), Gemm { m: r, n: vsz, k: h })?;
+        let mut dg1 = be.zeros(r * h)?;
+        let ln = self.ix.head_ln;
+        pg.layernorm(ln, &hd.g1, &dz, (&hd.mean, &hd.rstd), &mut dg1, false)?;
+        let mut dd1 = be.zeros(r * h)?;
+        be.gelu_bwd(&hd.d1, &dg1, &mut dd1)?;
+        let dn = self.ix.head_dense;
+        let mut dx = be.zeros(r * h)?;
+        pg.linear(dn, &hd.x, &dd1, Some(&mut dx), Gemm { m: r, n: h, k: h })?;
+        let mut dout = be.zeros(enc.batch * enc.seq * h)?;
+        be.scatter_add_rows(&dx, &hd.idx, &mut dout, r, h)?;
+        Ok(dout)
+    }
+
+    fn encoder_backward(&mut self, enc: &Encoder<B>, dcur: &mut B::Buf, drop: Dropout) -> Result<()> {
+        let be = &self.backend;
+        let cfg = &self.cfg;
+        let (n, h, f) = (enc.batch * enc.seq, cfg.hidden, cfg.intermediate);
+        let mut pg = ParamGrads { be, v: &self.values, g: &mut self.grads, rows: n };
+        let hidden_drop = Dropout { p: if drop.active() { cfg.hidden_dropout } else { 0.0 }, seed: drop.seed };
+        let attn_drop = Dropout { p: if drop.active() { cfg.attention_dropout } else { 0.0 }, seed: drop.seed };
+        let shape = AttnShape { batch: enc.batch, seq: enc.seq, heads: cfg.heads, head_dim: cfg.head_dim() };
+
+        // Scratch buffers shared by all layers.
+        let mut t_h1 = be.zeros(n * h)?;
+        let mut t_h2 = be.zeros(n * h)?;
+        let mut t_f1 = be.zeros(n * f)?;
+        let mut t_f2 = be.zeros(n * f)?;
+        let mut scratch = AttnScratch { dctx: be.zeros(n * h)?, dq: be.zeros(n * h)?, dk: be.zeros(n * h)?, dv: be.zeros(n * h)? };
+
+        if let Some(ln) = self.ix.final_ln {
+            pg.layernorm(ln, &enc.hs[cfg.layers], dcur, (&enc.out_mean, &enc.out_rstd), &mut t_h1, false)?;
+            be.copy(&t_h1, dcur)?;
+        }
+
+        for li in (0..cfg.layers).rev() {
+            let _r = nvtx::range!("layer {} backward", li);
+            let layer = self.layers[li];
+            let a = &enc.layers[li];
+            let x = &enc.hs[li];
+            // On entry dcur = d(layer output); on exit dcur = d(layer input).
+            match cfg.arch {
+                Arch::PostLn => {
+                    // out = LN2(h1 + drop(f2))
+                    let ds2 = &mut t_h1;
+                    pg.layernorm(layer.ffn_ln, &a.s2, dcur, (&a.mean2, &a.rstd2), ds2, false)?;
+                    let df2 = &mut t_h2;
+                    be.copy(ds2, df2)?;
+                    be.dropout_bwd(df2, hidden_drop, stream(li, S_FFN_OUT))?;
+                    pg.linear(layer.ffn_out, &a.g, df2, Some(&mut t_f1), Gemm { m: n, n: h, k: f })?;
+                    be.gelu_bwd(&a.f1, &t_f1, &mut t_f2)?;
+                    pg.linear(layer.ffn_in, &a.h1, &t_f2, Some(dcur), Gemm { m: n, n: f, k: h })?;
+                    // dh1 = ds2 + ffn path (in dcur)
+                    be.add_assign(dcur, &t_h1)?;
+                    // h1 = LN1(x + drop(attn))
+                    pg.layernorm(layer.attn_ln, &a.s1, dcur, (&a.mean1, &a.rstd1), &mut t_h1, false)?;
+                    // t_h1 = ds1: flows to x directly and through the attention block.
+                    be.copy(&t_h1, &mut t_h2)?;
+                    be.dropout_bwd(&mut t_h2, hidden_drop, stream(li, S_ATTN_OUT))?;
+                    pg.attention_block(
+                        layer,
+                        BlockInput { a, x, key_mask: &enc.key_mask },
+                        AttnCall { shape, drop: attn_drop, stream: stream(li, S_ATTN_PROBS) },
+                        &t_h2,
+                        dcur,
+                        &mut scratch,
+                    )?;
+                    be.add_assign(dcur, &t_h1)?;
+                }
+                Arch::PreLn => {
+                    // out = h1 + W2·gelu(W1·LN_ffn(h1) + b1) + b2
+                    pg.linear(layer.ffn_out, &a.g, dcur, Some(&mut t_f1), Gemm { m: n, n: h, k: f })?;
+                    be.gelu_bwd(&a.f1, &t_f1, &mut t_f2)?;
+                    pg.linear(layer.ffn_in, &a.h1, &t_f2, Some(&mut t_h1), Gemm { m: n, n: f, k: h })?;
+                    pg.layernorm(layer.ffn_ln, &a.s1, &t_h1, (&a.mean1, &a.rstd1), dcur, true)?;
+                    // dcur = d(h1); h1 = x + drop(O·attn(LN_attn(x)))
+                    be.copy(dcur, &mut t_h2)?;
+                    be.dropout_bwd(&mut t_h2, hidden_drop, stream(li, S_ATTN_OUT))?;
+                    pg.attention_block(
+                        layer,
+                        BlockInput { a, x: &a.a_in, key_mask: &enc.key_mask },
+                        AttnCall { shape, drop: attn_drop, stream: stream(li, S_ATTN_PROBS) },
+                        &t_h2,
+                        &mut t_h1,
+                        &mut scratch,
+                    )?;
+                    pg.layernorm(layer.attn_ln, x, &t_h1, (&a.a_mean, &a.a_rstd), dcur, true)?;
+                }
+            }
+        }
+
+        // Embeddings.
+        be.dropout_bwd(dcur, hidden_drop, S_EMB)?;
+        let demb: &B::Buf = match self.ix.emb_ln {
+            Some(ln) => {
+                pg.layernorm(ln, &enc.emb, dcur, (&enc.emb_mean, &enc.emb_rstd), &mut t_h1, false)?;
+                &t_h1
+            }
+            None => dcur,
+        };
+        let (gw, gp, gt) = three_mut(pg.g, self.ix.word, self.ix.pos, self.ix.typ);
+        be.embed_bwd(
+            &enc.ids,
+            &enc.pos_ids,
+            demb,
+            EmbedGrads { word: gw, pos: gp, typ: gt },
+            EmbedShape { tokens: n, hidden: h },
+            cfg.pad_id,
+        )?;
+        Ok(())
+    }
 }

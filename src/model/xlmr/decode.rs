@@ -44,7 +44,7 @@ impl<B: Backend> XlmR<B> {
     pub fn decode_start(&mut self, batch: &Batch, first: &[usize], lens: &[usize], spec: &DecodeSpec) -> Result<()> {
         ensure!(first.len() == batch.batch && lens.len() == batch.batch, "decode: {} canvases for a batch of {}", first.len(), batch.batch);
         ensure!(first.iter().zip(lens).all(|(f, l)| f + l <= batch.seq), "decode: a canvas's slots run past its row of {}", batch.seq);
-        self.check_batch(batch)?;
+        self.p.check_batch(batch)?;
         let key = StepKey {
             batch: batch.batch,
             seq: batch.seq,
@@ -55,10 +55,10 @@ impl<B: Backend> XlmR<B> {
             decode: Some(spec.rule),
         };
         self.step_plan_for(key)?;
-        let mut plan = self.step.take().context("decode plan")?;
-        let r = (|| {
-            let be = &self.backend;
-            self.set_encoder_inputs(&mut plan.enc, batch)?;
+        let plan = self.work.step.as_mut().context("decode plan")?;
+        {
+            let be = &self.p.backend;
+            self.p.set_encoder_inputs(&mut plan.enc, batch)?;
             let mut rows = Vec::new();
             let mut meta = Vec::with_capacity(lens.len());
             for (b, (&f, &n)) in first.iter().zip(lens).enumerate() {
@@ -76,17 +76,15 @@ impl<B: Backend> XlmR<B> {
             be.write_i32(&mut c.tokens, &vec![spec.rule.mask; rows.len()])?;
             be.write_f32(&mut c.scores, &vec![f32::NEG_INFINITY; rows.len()])?;
             be.write_i32(&mut c.masked, &vec![1; rows.len()])
-        })();
-        self.step = Some(plan);
-        r
+        }
     }
 
     /// Queues one step with each canvas's inputs; waits for nothing.
     pub fn decode_step(&mut self, steps: &[CanvasStep]) -> Result<()> {
         let _range = nvtx::range!("decode step");
-        let mut plan = self.step.take().context("decode_step before decode_start")?;
-        let r = (|| {
-            let be = &self.backend;
+        let plan = self.work.step.as_mut().context("decode_step before decode_start")?;
+        {
+            let be = &self.p.backend;
             let c = plan.canvases.as_mut().context("decode_step before decode_start")?;
             ensure!(steps.len() == c.n, "decode: inputs for {} canvases, the batch has {}", steps.len(), c.n);
             let per: Vec<StepParams> = steps.iter().map(|s| StepParams::new(s.k, s.rank_stream, s.noise_scale)).collect();
@@ -96,17 +94,15 @@ impl<B: Backend> XlmR<B> {
                     steps.iter().zip(&plan.key.group_rows).flat_map(|(s, &n)| std::iter::repeat_n((s.sample_seed, 0), n)).collect();
                 be.write_i32(&mut plan.seeds, &pack_gumbel(&seeds).0)?;
             }
-            self.execute(&mut plan)
-        })();
-        self.step = Some(plan);
-        r
+            self.p.execute(plan)
+        }
     }
 
     /// Every canvas's slots after the steps queued so far.
     pub fn decode_finish(&mut self) -> Result<Vec<CanvasSlots>> {
-        let plan = self.step.as_ref().context("decode_finish before decode_start")?;
+        let plan = self.work.step.as_ref().context("decode_finish before decode_start")?;
         let c = plan.canvases.as_ref().context("decode_finish before decode_start")?;
-        let be = &self.backend;
+        let be = &self.p.backend;
         let (tokens, scores, masked) = (be.read_i32(&c.tokens)?, be.download(&c.scores)?, be.read_i32(&c.masked)?);
         let mut out = Vec::with_capacity(c.n);
         let mut at = 0;

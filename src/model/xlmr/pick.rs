@@ -5,12 +5,12 @@
 //! once the first has settled every buffer's storage, and replayed from then on: a step is then
 //! the input copies, one replay and the read-back of one token and one log-prob per row.
 
-use super::{check_rows, Encoder, Head, XlmR};
+use super::{check_rows, Encoder, Head, Params, XlmR};
 use crate::backend::contract::{packed, CanvasMeta, StepParams};
 use crate::backend::{pack_gumbel, Backend, Dropout, ReparamRule, RowStats};
 use crate::backend::{CanvasInputs, CanvasState, Picks, PicksMut, VocabShape};
 use crate::model::{Batch, PickOpts};
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 /// What a recording depends on besides the buffers' contents.
 #[derive(Clone, Debug, PartialEq)]
@@ -102,7 +102,7 @@ impl<B: Backend> XlmR<B> {
         if groups.windows(2).any(|w| !same_pass(w[0].1, w[1].1)) {
             return groups.iter().map(|g| self.pick(batch, g.0, g.1)).collect();
         }
-        self.check_batch(batch)?;
+        self.p.check_batch(batch)?;
         for (rows, _) in groups {
             check_rows(rows, batch.tokens())?;
         }
@@ -120,20 +120,18 @@ impl<B: Backend> XlmR<B> {
             return Ok(vec![RowStats::default(); groups.len()]);
         }
         self.step_plan_for(key)?;
-        let mut plan = self.step.take().expect("step plan");
-        let r = self.run_step(&mut plan, batch, groups);
-        self.step = Some(plan);
-        r
+        let plan = self.work.step.as_mut().context("no step plan after planning one")?;
+        self.p.run_step(plan, batch, groups)
     }
 
     /// Drops the sampling step's recording: it holds the parameters' device addresses, which a
     /// caller with mutable access may change (a new buffer, a first optimizer step turning a
     /// weight into an f32 master). The next step runs directly once, then records again.
     pub(super) fn forget_recording(&mut self) -> Result<()> {
-        if let Some(p) = self.step.as_mut() {
+        if let Some(p) = self.work.step.as_mut() {
             p.runs = 0;
             if let Some(g) = p.graph.take() {
-                self.backend.release(g)?;
+                self.p.backend.release(g)?;
             }
         }
         Ok(())
@@ -141,29 +139,29 @@ impl<B: Backend> XlmR<B> {
 
     /// Whether the last shape's sampling step is replayed from a recording (a CUDA graph).
     pub fn sampling_step_recorded(&self) -> bool {
-        self.step.as_ref().is_some_and(|p| p.graph.is_some())
+        self.work.step.as_ref().is_some_and(|p| p.graph.is_some())
     }
 
-    /// Makes `self.step` a plan for `key`, keeping the current one (and its recording) when it
+    /// Makes `self.work.step` a plan for `key`, keeping the current one (and its recording) when it
     /// already is.
     pub(super) fn step_plan_for(&mut self, key: StepKey) -> Result<()> {
-        if self.step.as_ref().is_some_and(|p| p.key == key) {
+        if self.work.step.as_ref().is_some_and(|p| p.key == key) {
             return Ok(());
         }
-        if let Some(old) = self.step.take() {
+        if let Some(old) = self.work.step.take() {
             if let Some(g) = old.graph {
-                self.backend.release(g)?;
+                self.p.backend.release(g)?;
             }
         }
         // The training/logits workspace is rebuilt on demand; free it while sampling.
-        self.enc = None;
-        let be = &self.backend;
+        self.work.enc = None;
+        let be = &self.p.backend;
         let rows: usize = key.group_rows.iter().sum();
         let noise_rows = if key.sampling { rows } else { 0 };
         let batch = Batch { ids: Vec::new(), batch: key.batch, seq: key.seq };
-        self.step = Some(StepPlan {
-            enc: self.alloc_encoder(&batch)?,
-            head: self.alloc_head(rows)?,
+        self.work.step = Some(StepPlan {
+            enc: self.p.alloc_encoder(&batch)?,
+            head: self.p.alloc_head(rows)?,
             forbid: be.upload_i32(&key.forbid)?,
             seeds: be.upload_i32(&vec![0; 2 * noise_rows])?,
             streams: be.upload_i32(&vec![0; noise_rows])?,
@@ -177,7 +175,9 @@ impl<B: Backend> XlmR<B> {
         });
         Ok(())
     }
+}
 
+impl<B: Backend> Params<B> {
     fn run_step(&self, plan: &mut StepPlan<B>, batch: &Batch, groups: &[(&[i32], &PickOpts)]) -> Result<Vec<RowStats>> {
         let _range = nvtx::range!("sampling step");
         let be = &self.backend;

@@ -242,3 +242,26 @@ fn resume_refuses_changed_settings_unless_allowed() {
     ok(&train(&s, &run, &[resume("8"), vec!["--lr", "2e-3"]].concat()));
     assert_eq!(metric_steps(&run), (1..=8).collect::<Vec<_>>());
 }
+
+/// Resuming from an earlier checkpoint abandons the later ones: they are removed, so pruning
+/// keeps the new checkpoints and `--resume RUN` continues the new history (with the straight
+/// run's losses).
+#[test]
+fn resume_from_an_earlier_checkpoint_removes_the_later_ones() {
+    let s = setup();
+    let run = s.root.join("run");
+    let keep = ["--save-every", "1", "--keep-checkpoints", "5"];
+    ok(&train(&s, &run, &[&["--max-steps", "5"][..], &keep].concat()));
+    assert!(run.join("checkpoint-4").is_dir(), "{:?}", names(&run));
+    let cp2 = run.join("checkpoint-2");
+    let from2 = ["--max-steps", "3", "--resume", cp2.to_str().unwrap()];
+    let err = ok(&train(&s, &run, &[&from2[..], &keep].concat()));
+    assert!(err.contains("removed checkpoint-3, checkpoint-4"), "{err}");
+    // Step 3 is now the last: it went to final/, and nothing past step 2 is left besides it.
+    assert!(!run.join("checkpoint-3").exists() && !run.join("checkpoint-4").exists(), "{:?}", names(&run));
+    let on = ["--max-steps", "6", "--resume", run.to_str().unwrap()];
+    ok(&train(&s, &run, &[&on[..], &keep].concat()));
+    let straight = s.root.join("straight");
+    ok(&train(&s, &straight, &[&["--max-steps", "6"][..], &keep].concat()));
+    assert_eq!(losses(&run), losses(&straight));
+}

@@ -111,6 +111,22 @@ pub fn remove_dir_atomic(dir: &Path) -> Result<()> {
     std::fs::remove_dir_all(&aside).with_context(|| format!("{}: cannot delete", aside.display()))
 }
 
+/// Removes (atomically) the `checkpoint-*` directories of a run past `step`: after a resume from
+/// an earlier checkpoint they hold an abandoned continuation, which pruning would keep (their
+/// numbers are higher) and `--resume RUN` would pick. Returns their names.
+pub fn remove_after(run_dir: &Path, step: u64) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(run_dir).with_context(|| format!("{}: cannot read the run directory", run_dir.display()))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if checkpoint_step(&name).is_some_and(|s| s > step) {
+            remove_dir_atomic(&e.path())?;
+            removed.push(name);
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
 /// Removes all but the newest `keep` `checkpoint-*` directories of a run, each atomically.
 pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
     let mut cps: Vec<(u64, PathBuf)> = std::fs::read_dir(run_dir)

@@ -139,6 +139,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
         std::fs::create_dir_all(&cfg.out_dir).with_context(|| format!("{}: cannot create the run directory", cfg.out_dir.display()))?;
         // Lines a previous attempt logged after the step we start from would be logged again.
         super::run_dir::truncate_metrics(&cfg.out_dir, state.step)?;
+        let abandoned = checkpoint::remove_after(&cfg.out_dir, state.step)?;
+        if !abandoned.is_empty() {
+            eprintln!("removed {} (past step {}, which this run continues from)", abandoned.join(", "), state.step);
+        }
         let metrics_path = cfg.out_dir.join(super::run_dir::METRICS_FILE);
         let mut metrics = std::fs::OpenOptions::new()
             .create(true)

@@ -31,7 +31,15 @@ pub struct StepParams {
     pub scale_bits: i32,
 }
 
+impl CanvasMeta {
+    /// i32 fields per record in the packed array (`DLM_CANVAS_FIELDS`).
+    pub const FIELDS: usize = std::mem::size_of::<Self>() / std::mem::size_of::<i32>();
+}
+
 impl StepParams {
+    /// i32 fields per record in the packed array (`DLM_STEP_FIELDS`).
+    pub const FIELDS: usize = std::mem::size_of::<Self>() / std::mem::size_of::<i32>();
+
     pub fn new(k: usize, stream: u64, scale: f32) -> Self {
         let [stream_hi, stream_lo] = super::pack_seed(stream);
         StepParams { k: k.min(i32::MAX as usize) as i32, stream_hi, stream_lo, scale_bits: scale.to_bits() as i32 }
@@ -91,6 +99,8 @@ mod tests {
         let h = header();
         let field = |offset: usize| offset / size_of::<i32>();
         assert_eq!(size_of::<CanvasMeta>(), int(&h, "DLM_CANVAS_FIELDS") * size_of::<i32>());
+        assert_eq!(CanvasMeta::FIELDS, int(&h, "DLM_CANVAS_FIELDS"));
+        assert_eq!(StepParams::FIELDS, int(&h, "DLM_STEP_FIELDS"));
         assert_eq!(field(offset_of!(CanvasMeta, first)), int(&h, "DLM_CANVAS_FIRST"));
         assert_eq!(field(offset_of!(CanvasMeta, len)), int(&h, "DLM_CANVAS_LEN"));
         assert_eq!(field(offset_of!(CanvasMeta, pos0)), int(&h, "DLM_CANVAS_POS0"));

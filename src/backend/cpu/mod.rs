@@ -21,7 +21,6 @@ use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use crate::backend::{EmbedGrads, EmbedShape, EmbedTables, Gemm, LinearGrads, LnGrads, LnParams, LnSaved, LnStats, Residual, RowsShape};
 use crate::rdm::noise;
 use anyhow::Result;
-use std::mem::size_of;
 
 #[derive(Clone, Debug)]
 pub struct CpuBackend {
@@ -336,7 +335,7 @@ impl Backend for CpuBackend {
         let Picks { token: pick_token, logprob: pick_logprob } = picks;
         let CanvasState { tokens, scores, masked } = state;
         anyhow::ensure!(
-            canvases.len() == n_canvases * size_of::<CanvasMeta>() / 4 && step.len() == n_canvases * size_of::<StepParams>() / 4,
+            canvases.len() == n_canvases * CanvasMeta::FIELDS && step.len() == n_canvases * StepParams::FIELDS,
             "reparam_step: canvas arrays do not hold {n_canvases} canvases"
         );
         sampler::reparam_step(

@@ -10,9 +10,6 @@ use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use std::sync::{Arc, MutexGuard};
 
-const META_FIELDS: usize = std::mem::size_of::<CanvasMeta>() / 4;
-const STEP_FIELDS: usize = std::mem::size_of::<StepParams>() / 4;
-
 /// Threads per row for the vocabulary kernels (a 250k-column row is ~250 columns a thread).
 pub(super) const VOCAB_THREADS: u32 = 1024;
 /// Forbidden ids live in the sampler's shared memory.
@@ -109,11 +106,11 @@ impl CudaBackend {
         let CanvasInputs { meta: canvases, n: n_canvases, step } = canvases;
         let Picks { token: pick_token, logprob: pick_logprob } = picks;
         let CanvasState { tokens, scores, masked } = state;
-        Self::check_len("reparam_step canvases", canvases.len(), META_FIELDS * n_canvases)?;
-        Self::check_len("reparam_step step", step.len(), STEP_FIELDS * n_canvases)?;
+        Self::check_len("reparam_step canvases", canvases.len(), CanvasMeta::FIELDS * n_canvases)?;
+        Self::check_len("reparam_step step", step.len(), StepParams::FIELDS * n_canvases)?;
         let slots = tokens.len();
         let mut widest = 0;
-        for (b, c) in records::<CanvasMeta>(&canvases.host[..META_FIELDS * n_canvases]).iter().enumerate() {
+        for (b, c) in records::<CanvasMeta>(&canvases.host[..CanvasMeta::FIELDS * n_canvases]).iter().enumerate() {
             let (s0, n, pos0) = (c.first.max(0) as usize, c.len.max(0) as usize, c.pos0.max(0) as usize);
             if [c.first, c.len, c.pos0].iter().any(|&v| v < 0) || s0 + n > slots || pos0 + n > ids.len() || n > MAX_SLOTS {
                 bail!("reparam_step: canvas {b} (slots {s0}+{n}, ids from {pos0}) does not fit {slots} slots, {} ids, {MAX_SLOTS} slots a canvas", ids.len());

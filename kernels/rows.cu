@@ -46,3 +46,19 @@ extern "C" __global__ void col_sum_add_bf16(const bf16* x, float* acc, int rows,
         atomicAdd(acc + c, t);
     }
 }
+
+// One block per source row: out[rows[r]] = x[r] (the prefix cache's keys and values of the rows
+// a cached step recomputes). Rows are distinct.
+template <typename TO>
+__device__ __forceinline__ void scatter_body(const bf16* x, const int* rows, TO* out, int n_rows, int cols) {
+    const int r = blockIdx.x;
+    if (r >= n_rows) return;
+    const u64 src = (u64)r * cols, dst = (u64)rows[r] * cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) stf(out, dst + c, ldf(x, src + c));
+}
+extern "C" __global__ void scatter_rows_bf16(const bf16* x, const int* rows, bf16* out, int n_rows, int cols) {
+    scatter_body(x, rows, out, n_rows, cols);
+}
+extern "C" __global__ void scatter_rows_f32(const bf16* x, const int* rows, float* out, int n_rows, int cols) {
+    scatter_body(x, rows, out, n_rows, cols);
+}

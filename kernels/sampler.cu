@@ -159,3 +159,98 @@ extern "C" __global__ void reparam_step(const int* canvases, const int* step, co
         ids[pos0 + j] = tokens[t];
     }
 }
+
+// A slot's confidence other than the pick's log-prob, for the samplers that rank by it. CPU twin:
+// cpu::sampler::vocab_confidence. Per row, over the allowed columns c < valid (forbidden ids and
+// padding excluded), of p = softmax(logits):
+//   kind 1 (margin):  p(top1) - p(top2)   (0 with a single allowed column)
+//   kind 2 (entropy): -H(p) = sum p·x - logsumexp(x)
+// One block per row; each thread keeps its two largest logits and a log-sum-exp accumulator
+// (m, s) with t = sum exp(x - m)·x, merged across the block through shared memory.
+struct ConfAcc {
+    float top1, top2, m, s, t;
+};
+
+__device__ __forceinline__ void conf_merge(ConfAcc& a, const ConfAcc& b) {
+    if (b.top1 > a.top1) {
+        a.top2 = fmaxf(a.top1, b.top2);
+        a.top1 = b.top1;
+    } else {
+        a.top2 = fmaxf(a.top2, b.top1);
+    }
+    if (b.m == -INFINITY) return;
+    if (a.m == -INFINITY) {
+        a.m = b.m;
+        a.s = b.s;
+        a.t = b.t;
+    } else if (b.m > a.m) {
+        const float f = expf(a.m - b.m);
+        a.s = a.s * f + b.s;
+        a.t = a.t * f + b.t;
+        a.m = b.m;
+    } else {
+        const float f = expf(b.m - a.m);
+        a.s += b.s * f;
+        a.t += b.t * f;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(1024) vocab_confidence_bf16(const bf16* logits, int rows, int vocab, int valid,
+                                                                     const int* forbid, int n_forbid, int kind, float* out) {
+    extern __shared__ int forb[];
+    __shared__ ConfAcc part[32];
+    for (int i = threadIdx.x; i < n_forbid; i += blockDim.x) forb[i] = forbid[i];
+    __syncthreads();
+    const int r = blockIdx.x;
+    if (r >= rows) return;  // uniform per block
+    const u64 base = (u64)r * vocab;
+    ConfAcc a = {-INFINITY, -INFINITY, -INFINITY, 0.0f, 0.0f};
+    for (int c = threadIdx.x; c < valid; c += blockDim.x) {
+        bool allowed = true;
+        for (int f = 0; f < n_forbid; ++f) allowed = allowed && forb[f] != c;
+        if (!allowed) continue;
+        const float x = ldf(logits, base + c);
+        const ConfAcc one = {x, -INFINITY, x, 1.0f, x};
+        conf_merge(a, one);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        ConfAcc b;
+        b.top1 = __shfl_xor_sync(FULL_MASK, a.top1, o);
+        b.top2 = __shfl_xor_sync(FULL_MASK, a.top2, o);
+        b.m = __shfl_xor_sync(FULL_MASK, a.m, o);
+        b.s = __shfl_xor_sync(FULL_MASK, a.s, o);
+        b.t = __shfl_xor_sync(FULL_MASK, a.t, o);
+        conf_merge(a, b);
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    if (lane == 0) part[warp] = a;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < nwarps; ++w) conf_merge(a, part[w]);
+        const float lse = a.m + logf(a.s);
+        float v;
+        if (a.m == -INFINITY) {
+            v = -INFINITY;  // nothing allowed
+        } else if (kind == 1) {
+            v = expf(a.top1 - lse) - (a.top2 == -INFINITY ? 0.0f : expf(a.top2 - lse));
+        } else {
+            v = a.t / a.s - lse;
+        }
+        out[r] = v;
+    }
+}
+
+// Unsupervised classifier-free guidance on the logits, in place: rows [0, rows) are the
+// conditional rows and rows [rows, 2·rows) the same slots with the prompt masked;
+// cond <- uncond + (scale + 1)·(cond - uncond). CPU twin: cpu::sampler::cfg_combine.
+template <typename T>
+__device__ __forceinline__ void cfg_body(T* logits, int rows, int vocab, float scale) {
+    const u64 n = (u64)rows * vocab;
+    GRID_STRIDE(i, n) {
+        const float c = ldf(logits, i), u = ldf(logits, i + n);
+        // Unfused, as the host computes it.
+        stf(logits, i, __fadd_rn(u, __fmul_rn(scale + 1.0f, __fsub_rn(c, u))));
+    }
+}
+extern "C" __global__ void cfg_combine_bf16(bf16* logits, int rows, int vocab, float scale) { cfg_body(logits, rows, vocab, scale); }
+extern "C" __global__ void cfg_combine_f32(float* logits, int rows, int vocab, float scale) { cfg_body(logits, rows, vocab, scale); }

@@ -406,6 +406,8 @@ pub trait Backend {
     fn gather_rows(&self, x: &Self::Buf, rows: &Self::IBuf, out: &mut Self::Buf, n_rows: usize, cols: usize) -> Result<()>;
     /// `dx[rows[r]] += dout[r]` (rows are distinct).
     fn scatter_add_rows(&self, dout: &Self::Buf, rows: &Self::IBuf, dx: &mut Self::Buf, n_rows: usize, cols: usize) -> Result<()>;
+    /// `out[rows[r]] = x[r]` (rows are distinct); the other rows of `out` keep their values.
+    fn scatter_rows(&self, x: &Self::Buf, rows: &Self::IBuf, out: &mut Self::Buf, n_rows: usize, cols: usize) -> Result<()>;
 
     // ---- the training noise ---------------------------------------------------------------------
     /// The RDM forward noise of one step (docs/method.md §3) on the doubled clean batch `ids`
@@ -452,6 +454,22 @@ pub trait Backend {
         gumbel: Option<(&Self::IBuf, &Self::IBuf)>,
         out: PicksMut<'_, Self::Buf, Self::IBuf>,
     ) -> Result<()>;
+
+    /// Per row, with the `forbid` ids and columns past `valid` excluded, a confidence of
+    /// p = softmax(logits) other than the pick's log-prob (`ConfidenceKind`), into `out`.
+    fn vocab_confidence(
+        &self,
+        logits: &Self::Buf,
+        shape: VocabShape,
+        forbid: &Self::IBuf,
+        kind: ConfidenceKind,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+
+    /// Unsupervised classifier-free guidance in place: `logits` holds `2·shape.rows` rows, the
+    /// conditional ones first and then the same slots with the prompt masked; the first
+    /// `shape.rows` rows become `uncond + (scale + 1)·(cond − uncond)`.
+    fn cfg_combine(&self, logits: &mut Self::Buf, shape: VocabShape, scale: f32) -> Result<()>;
 
     /// One reparameterized RDM step (rdm::remask's ranking, `lowest_set` and
     /// `reparam_update`) on `n_canvases` canvases whose slots live in the flat arrays `tokens`,
@@ -503,6 +521,16 @@ pub trait Backend {
     /// `m`, `v` (PyTorch `AdamW` semantics; `step` is 1-based, for bias correction). The scale is
     /// gradient clipping's factor, applied as the gradient is read rather than in a pass of its own.
     fn adamw(&self, param: &mut Self::Buf, grad: &Self::Buf, moments: Moments<'_, Self::Buf>, hp: AdamW, at: AdamWStep) -> Result<()>;
+}
+
+/// A slot's confidence besides the log-prob of its pick (`vocab_confidence`); the value is the
+/// kernel's `kind` argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConfidenceKind {
+    /// p(top1) − p(top2).
+    Margin = 1,
+    /// −H(p) = Σ p·x − logsumexp(x).
+    Entropy = 2,
 }
 
 /// The fixed part of `reparam_step`: `Cond` re-masking, ranking noise on and its seed, `<mask>`.

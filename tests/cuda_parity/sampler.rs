@@ -140,3 +140,66 @@ fn vocab_pick_matches_cpu() {
         }
     }
 }
+
+/// The margin and negative entropy of each row's softmax over the allowed columns, against the
+/// CPU twin (f64) on bf16-rounded logits: f32 statistics, so `TOL_STAT` relative to 1 + |value|.
+/// Includes a row with one allowed column (margin 1, entropy 0) and a row with a tie at the top
+/// (margin 0).
+#[test]
+fn vocab_confidence_matches_cpu() {
+    let Some(g) = gpu("vocab_confidence_matches_cpu") else { return };
+    let mut rng = fresh_rng("vocab_confidence");
+    for &(rows, vocab, valid) in &[(7usize, 1003usize, 1000usize), (3, 250_048, 250_002), (2, 33, 33), (1, 4, 3)] {
+        let mut v = normal_vec(&mut rng, rows * vocab, 3.0);
+        if rows > 1 {
+            // Row 1: a tie at the top.
+            v[vocab + 11] = 40.0;
+            v[vocab + 12] = 40.0;
+        }
+        // (1, 4, 3): columns 0 and 2 forbidden, column 3 padding: one allowed column.
+        let forbid: Vec<i32> = if vocab == 4 { vec![0, 2] } else { vec![0, 5, 999, -1] };
+        let (logits, lr) = up(&g, &v);
+        let gforbid = g.upload_i32(&forbid).unwrap();
+        let shape = VocabShape { rows, vocab, valid };
+        for kind in [ConfidenceKind::Margin, ConfidenceKind::Entropy] {
+            let mut out = g.upload_f32(&poison(rows)).unwrap();
+            g.vocab_confidence(&logits, shape, &gforbid, kind, &mut out).unwrap();
+            let want = cpu::sampler::vocab_confidence(&lr, shape, &forbid, kind);
+            let got = down(&g, &out);
+            for r in 0..rows {
+                let d = (got[r] - want[r]).abs() as f64;
+                assert!(d <= TOL_STAT * (1.0 + want[r].abs() as f64), "{kind:?} {rows}x{vocab} row {r}: {} vs {}", got[r], want[r]);
+            }
+            if vocab == 4 {
+                let one = if kind == ConfidenceKind::Margin { 1.0 } else { 0.0 };
+                assert!((want[0] - one).abs() < 1e-6, "{kind:?} with one allowed column: {}", want[0]);
+            }
+            if rows > 1 && kind == ConfidenceKind::Margin {
+                assert!(want[1].abs() < 1e-6, "a tie at the top has margin 0, got {}", want[1]);
+            }
+        }
+    }
+}
+
+/// Classifier-free guidance on bf16 and f32 logits: one f32 expression per element, so bf16
+/// output within one rounding of the CPU twin and f32 equal.
+#[test]
+fn cfg_combine_matches_cpu() {
+    let Some(g) = gpu("cfg_combine_matches_cpu") else { return };
+    let mut rng = fresh_rng("cfg_combine");
+    let (rows, vocab) = (13usize, 517usize);
+    let lr = bf16_round(&normal_vec(&mut rng, 2 * rows * vocab, 2.0));
+    let shape = VocabShape { rows, vocab, valid: vocab };
+    for scale in [0.0f32, 1.5] {
+        let mut want = lr.clone();
+        cpu::sampler::cfg_combine(&mut want, rows, vocab, scale);
+        let mut gl = g.upload(&lr).unwrap();
+        g.cfg_combine(&mut gl, shape, scale).unwrap();
+        let got = down(&g, &gl);
+        assert_close(&format!("cfg_combine bf16 scale {scale}"), &got, &want, TOL_BF16);
+        assert_exact(&format!("cfg_combine keeps the unconditional rows (scale {scale})"), &got[rows * vocab..], &want[rows * vocab..]);
+        let mut gf = g.upload_f32(&lr).unwrap();
+        g.cfg_combine(&mut gf, shape, scale).unwrap();
+        assert_exact(&format!("cfg_combine f32 scale {scale}"), &down(&g, &gf), &want);
+    }
+}

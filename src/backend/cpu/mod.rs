@@ -15,7 +15,7 @@ pub mod sampler;
 pub mod vocab;
 
 use super::contract::{CanvasMeta, StepParams};
-use super::{AdamW, Backend, Dropout, NoiseSpec, ReparamRule};
+use super::{AdamW, Backend, ConfidenceKind, Dropout, NoiseSpec, ReparamRule};
 use crate::backend::{AdamWStep, CanvasInputs, CanvasState, LossSlots, Moments, Picks, PicksMut, VocabShape};
 use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use crate::backend::{EmbedGrads, EmbedShape, EmbedTables, Gemm, LinearGrads, LnGrads, LnParams, LnSaved, LnStats, Residual, RowsShape};
@@ -265,6 +265,11 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn scatter_rows(&self, x: &Vec<f32>, rows: &Vec<i32>, out: &mut Vec<f32>, n_rows: usize, cols: usize) -> Result<()> {
+        rows::scatter_rows(x, rows, out, n_rows, cols);
+        Ok(())
+    }
+
     fn q_sample(
         &self,
         ids: &mut Self::IBuf,
@@ -320,6 +325,23 @@ impl Backend for CpuBackend {
         );
         token[..rows].copy_from_slice(&st.token);
         logprob[..rows].copy_from_slice(&st.logprob);
+        Ok(())
+    }
+
+    fn vocab_confidence(
+        &self,
+        logits: &Self::Buf,
+        shape: VocabShape,
+        forbid: &Self::IBuf,
+        kind: ConfidenceKind,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        out[..shape.rows].copy_from_slice(&sampler::vocab_confidence(logits, shape, forbid, kind));
+        Ok(())
+    }
+
+    fn cfg_combine(&self, logits: &mut Self::Buf, shape: VocabShape, scale: f32) -> Result<()> {
+        sampler::cfg_combine(logits, shape.rows, shape.vocab, scale);
         Ok(())
     }
 

@@ -17,3 +17,10 @@ pub fn scatter_add_rows(dout: &[f32], rows: &[i32], dx: &mut [f32], n_rows: usiz
         }
     }
 }
+
+/// `out[rows[r]] = x[r]` (rows are distinct).
+pub fn scatter_rows(x: &[f32], rows: &[i32], out: &mut [f32], n_rows: usize, cols: usize) {
+    for (r, &dst) in rows[..n_rows].iter().enumerate() {
+        out[dst as usize * cols..][..cols].copy_from_slice(&x[r * cols..][..cols]);
+    }
+}

@@ -4,7 +4,7 @@
 //! reference is rdm::remask, run canvas by canvas).
 
 use crate::backend::contract::{records, CanvasMeta, StepParams};
-use crate::backend::{unpack_seed, ReparamRule, RowStats};
+use crate::backend::{unpack_seed, ConfidenceKind, ReparamRule, RowStats};
 use crate::backend::{CanvasState, Picks, VocabShape};
 use crate::rdm::remask::Remask;
 use crate::rdm::remask::{self, RankNoise, Slots};
@@ -53,6 +53,50 @@ pub fn vocab_pick(logits: &[f32], shape: VocabShape, forbid: &[i32], temperature
         })
         .collect();
     RowStats { token: picks.iter().map(|p| p.0).collect(), logprob: picks.iter().map(|p| p.1).collect() }
+}
+
+/// The CPU twin of `Backend::vocab_confidence`: per row, over the allowed columns, the margin
+/// p(top1) − p(top2) or the negative entropy Σ p·x − logsumexp(x) of p = softmax(row), in f64.
+pub fn vocab_confidence(logits: &[f32], shape: VocabShape, forbid: &[i32], kind: ConfidenceKind) -> Vec<f32> {
+    let VocabShape { rows, vocab, valid } = shape;
+    logits[..rows * vocab]
+        .par_chunks(vocab)
+        .map(|row| {
+            let allowed: Vec<f64> =
+                row[..valid].iter().enumerate().filter(|(c, _)| !forbid.contains(&(*c as i32))).map(|(_, &x)| x as f64).collect();
+            let m = allowed.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            if m == f64::NEG_INFINITY {
+                return f32::NEG_INFINITY;
+            }
+            let s: f64 = allowed.iter().map(|x| (x - m).exp()).sum();
+            let lse = m + s.ln();
+            match kind {
+                ConfidenceKind::Margin => {
+                    let (mut t1, mut t2) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+                    for &x in &allowed {
+                        if x > t1 {
+                            t2 = t1;
+                            t1 = x;
+                        } else if x > t2 {
+                            t2 = x;
+                        }
+                    }
+                    ((t1 - lse).exp() - (t2 - lse).exp()) as f32
+                }
+                ConfidenceKind::Entropy => (allowed.iter().map(|x| (x - m).exp() * x).sum::<f64>() / s - lse) as f32,
+            }
+        })
+        .collect()
+}
+
+/// The CPU twin of `Backend::cfg_combine`: rows `[0, rows)` become
+/// `uncond + (scale + 1)·(cond − uncond)` with the unconditional rows `[rows, 2·rows)`.
+pub fn cfg_combine(logits: &mut [f32], rows: usize, vocab: usize, scale: f32) {
+    let n = rows * vocab;
+    let (cond, uncond) = logits[..2 * n].split_at_mut(n);
+    for (c, &u) in cond.iter_mut().zip(uncond.iter()) {
+        *c = u + (scale + 1.0) * (*c - u);
+    }
 }
 
 /// See `Backend::reparam_step` for the layout of `canvases` and `step`.

@@ -44,8 +44,11 @@ pub const KERNEL_NAMES: &[(&str, &[&str])] = &[
     ("embed", &["embed_fwd_bf16", "embed_bwd_bf16"]),
     ("layernorm", &["add_layernorm_fwd_bf16", "layernorm_bwd_bf16"]),
     ("noise", &["q_sample_mask", "q_sample_compact"]),
-    ("rows", &["gather_rows_bf16", "scatter_add_rows_bf16", "scatter_add_rows_f32", "col_sum_add_bf16"]),
-    ("sampler", &["vocab_pick_bf16", "reparam_step"]),
+    (
+        "rows",
+        &["gather_rows_bf16", "scatter_add_rows_bf16", "scatter_add_rows_f32", "scatter_rows_bf16", "scatter_rows_f32", "col_sum_add_bf16"],
+    ),
+    ("sampler", &["vocab_pick_bf16", "vocab_confidence_bf16", "cfg_combine_bf16", "cfg_combine_f32", "reparam_step"]),
     ("vocab", &["cross_entropy_bf16"]),
 ];
 

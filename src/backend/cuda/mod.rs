@@ -44,7 +44,7 @@ mod vocab;
 pub use buffer::{CudaBuf, CudaIBuf};
 pub use kernels::KernelSource;
 
-use super::{AdamW, Backend, Dropout, NoiseSpec, ReparamRule};
+use super::{AdamW, Backend, ConfidenceKind, Dropout, NoiseSpec, ReparamRule};
 use crate::backend::{AdamWStep, CanvasInputs, CanvasState, LossSlots, Moments, Picks, PicksMut, VocabShape};
 use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use crate::backend::{EmbedGrads, EmbedShape, EmbedTables, Gemm, LinearGrads, LnGrads, LnParams, LnSaved, LnStats, Residual, RowsShape};
@@ -381,6 +381,10 @@ impl Backend for CudaBackend {
         self.scatter_add_rows(dout, rows, dx, n_rows, cols)
     }
 
+    fn scatter_rows(&self, x: &CudaBuf, rows: &CudaIBuf, out: &mut CudaBuf, n_rows: usize, cols: usize) -> Result<()> {
+        self.scatter_rows(x, rows, out, n_rows, cols)
+    }
+
     fn q_sample(
         &self,
         ids: &mut Self::IBuf,
@@ -413,6 +417,21 @@ impl Backend for CudaBackend {
         out: PicksMut<'_, Self::Buf, Self::IBuf>,
     ) -> Result<()> {
         self.vocab_pick(logits, shape, forbid, temperature, gumbel, out)
+    }
+
+    fn vocab_confidence(
+        &self,
+        logits: &CudaBuf,
+        shape: VocabShape,
+        forbid: &CudaIBuf,
+        kind: ConfidenceKind,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        self.vocab_confidence(logits, shape, forbid, kind, out)
+    }
+
+    fn cfg_combine(&self, logits: &mut CudaBuf, shape: VocabShape, scale: f32) -> Result<()> {
+        self.cfg_combine(logits, shape, scale)
     }
 
     fn reparam_step(

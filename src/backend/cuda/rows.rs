@@ -57,6 +57,24 @@ impl CudaBackend {
         self.finish_in_place(target, n)
     }
 
+    pub(crate) fn scatter_rows(&self, x: &CudaBuf, rows: &CudaIBuf, out: &mut CudaBuf, n_rows: usize, cols: usize) -> Result<()> {
+        if n_rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        Self::check_rows("scatter_rows", rows, n_rows, out.len / cols, true)?;
+        Self::check_len("scatter_rows source", x.len, n_rows * cols)?;
+        let (nr, nc) = (to_i32("rows", n_rows)?, to_i32("cols", cols)?);
+        let n = out.len;
+        let xs = self.as_bf16(x)?;
+        let cfg = cfg_rows(n_rows, threads_for(cols, 256), 0)?;
+        let mut target = Self::in_place(out);
+        match &mut target {
+            InPlace::Bf16(d) => launch!(self, "scatter_rows_bf16", cfg, [xs.get(), &rows.dev, &mut **d, &nr, &nc])?,
+            InPlace::F32(d, _) => launch!(self, "scatter_rows_f32", cfg, [xs.get(), &rows.dev, &mut **d, &nr, &nc])?,
+        }
+        self.finish_in_place(target, n)
+    }
+
     /// `acc[c] += Σ_r x[r, c]` into f32 (bias and token-type gradients).
     pub(crate) fn col_sum_add(&self, x: &CudaSlice<bf16>, acc: &mut CudaSlice<f32>, rows: usize, cols: usize) -> Result<()> {
         if rows == 0 || cols == 0 {

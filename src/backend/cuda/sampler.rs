@@ -1,11 +1,11 @@
 //! The sampler's kernels: the pick over the vocabulary and the re-masking step. Kernels:
 //! sampler.cu. CPU twin: cpu/sampler.rs.
 
-use super::buffer::{CudaBuf, CudaIBuf};
+use super::buffer::{CudaBuf, CudaIBuf, InPlace};
 use super::{cfg_rows, to_i32, CudaBackend};
 use crate::backend::contract::{records, CanvasMeta, StepParams};
-use crate::backend::ReparamRule;
 use crate::backend::{CanvasInputs, CanvasState, Picks, PicksMut, VocabShape};
+use crate::backend::{ConfidenceKind, ReparamRule};
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use std::sync::{Arc, MutexGuard};
@@ -91,6 +91,56 @@ impl CudaBackend {
             cfg,
             [xs.get(), &nr, &nv, &nvalid, &forbid.dev, &nf, &temperature, &use_gumbel, &seeds.dev, &streams.dev, &mut token.dev, lp]
         )
+    }
+
+    /// Per row, the margin or negative entropy of softmax(logits) over the allowed columns (see
+    /// `Backend::vocab_confidence`). Launch only.
+    pub(crate) fn vocab_confidence(
+        &self,
+        logits: &CudaBuf,
+        shape: VocabShape,
+        forbid: &CudaIBuf,
+        kind: ConfidenceKind,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        let VocabShape { rows, vocab, valid } = shape;
+        if rows == 0 {
+            return Ok(());
+        }
+        if valid > vocab || vocab == 0 {
+            bail!("vocab_confidence: valid_vocab {valid} must be in 1..={vocab}");
+        }
+        if forbid.len() > MAX_FORBID {
+            bail!("vocab_confidence: {} forbidden ids is more than the CUDA kernel's {MAX_FORBID}", forbid.len());
+        }
+        Self::check_len("vocab_confidence logits", logits.len, rows * vocab)?;
+        Self::check_len("vocab_confidence output", out.len, rows)?;
+        let (nr, nv, nvalid, nf) = (to_i32("rows", rows)?, to_i32("vocab", vocab)?, to_i32("valid_vocab", valid)?, forbid.len() as i32);
+        let kind = kind as i32;
+        let xs = self.as_bf16(logits)?;
+        let o = self.out_f32(out)?;
+        let cfg = cfg_rows(rows, VOCAB_THREADS, (forbid.len() * 4) as u32)?;
+        launch!(self, "vocab_confidence_bf16", cfg, [xs.get(), &nr, &nv, &nvalid, &forbid.dev, &nf, &kind, o])
+    }
+
+    /// Classifier-free guidance on `2·shape.rows` rows of logits, in place (see
+    /// `Backend::cfg_combine`). Launch only.
+    pub(crate) fn cfg_combine(&self, logits: &mut CudaBuf, shape: VocabShape, scale: f32) -> Result<()> {
+        let VocabShape { rows, vocab, .. } = shape;
+        if rows == 0 {
+            return Ok(());
+        }
+        Self::check_len("cfg_combine logits", logits.len, 2 * rows * vocab)?;
+        let (nr, nv) = (to_i32("rows", rows)?, to_i32("vocab", vocab)?);
+        to_i32("cfg_combine elements", 2 * rows * vocab)?;
+        let n = logits.len;
+        let cfg = super::cfg_1d(rows * vocab);
+        let mut target = Self::in_place(logits);
+        match &mut target {
+            InPlace::Bf16(d) => launch!(self, "cfg_combine_bf16", cfg, [&mut **d, &nr, &nv, &scale])?,
+            InPlace::F32(d, _) => launch!(self, "cfg_combine_f32", cfg, [&mut **d, &nr, &nv, &scale])?,
+        }
+        self.finish_in_place(target, n)
     }
 
     /// One reparameterized step on every canvas (see `Backend::reparam_step`). Launch only; the

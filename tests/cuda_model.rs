@@ -69,7 +69,7 @@ fn sampling_picks_the_cpu_tokens_where_margins_are_clear() {
     let mut c = XlmR::load(CpuBackend::new(), &dir).unwrap();
     let batch = golden_batch("postln");
     let rows: Vec<i32> = (0..batch.tokens() as i32).collect();
-    let opts = PickOpts { forbid: vec![301], temperature: 1.0, sample_seed: None };
+    let opts = PickOpts::plain(vec![301], 1.0, None);
     let pg = g.pick(&batch, &rows, &opts).unwrap();
     let pc = c.pick(&batch, &rows, &opts).unwrap();
     // Where the CPU's best logit beats the runner-up by a clear margin, bf16 cannot flip it.
@@ -122,8 +122,7 @@ fn recorded_sampling_step_replays_on_new_inputs() {
     // Argmax, then sampling (a new shape key, so a second recording).
     for sampling in [false, true] {
         for (step, batch) in [&a, &b, &a, &b, &a].into_iter().enumerate() {
-            let opts =
-                |k: u64| PickOpts { forbid: vec![301, 0], temperature: 0.8, sample_seed: sampling.then_some(1000 * step as u64 + k) };
+            let opts = |k: u64| PickOpts::plain(vec![301, 0], 0.8, sampling.then_some(1000 * step as u64 + k));
             let (o1, o2) = (opts(1), opts(2));
             let groups: Vec<(&[i32], &PickOpts)> = vec![(first, &o1), (rest, &o2)];
             let want = d.pick_many(batch, &groups).unwrap();
@@ -138,7 +137,7 @@ fn recorded_sampling_step_replays_on_new_inputs() {
     let w: Vec<f32> = g.download_param(i, &g.values()[i]).unwrap().iter().map(|x| -2.0 * x).collect();
     g.set_value(i, &w).unwrap();
     d.set_value(i, &w).unwrap();
-    let o = PickOpts { forbid: vec![301], temperature: 1.0, sample_seed: None };
+    let o = PickOpts::plain(vec![301], 1.0, None);
     for _ in 0..3 {
         assert_eq!(g.pick_many(&a, &[(&rows, &o)]).unwrap(), d.pick_many(&a, &[(&rows, &o)]).unwrap(), "after set_value");
     }
@@ -159,8 +158,15 @@ fn device_decode_matches_the_host_loop_on_gpu() {
     let special = SpecialIds { bos: 0, pad: 1, eos: 2, mask: 301 };
     for strategy in ["reparam-uncond-deterministic-cosine", "reparam-cond-deterministic-linear"] {
         for sample in [false, true] {
-            let cfg =
-                SamplerConfig { steps: 6, strategy: strategy.parse().unwrap(), temperature: 0.9, sample, seed: 77, record_steps: false };
+            let cfg = SamplerConfig {
+                steps: 6,
+                strategy: strategy.parse().unwrap(),
+                temperature: 0.9,
+                sample,
+                seed: 77,
+                record_steps: false,
+                ..SamplerConfig::default()
+            };
             let host = generate(&mut HostOnly(&mut g), &prompts, &lengths, special, &cfg, 4, None).unwrap();
             let dev = generate(&mut g, &prompts, &lengths, special, &cfg, 4, None).unwrap();
             assert_eq!(dev, host, "{strategy} sample={sample}");

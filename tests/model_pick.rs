@@ -38,7 +38,7 @@ fn check(backend: CpuBackend) {
     for (step, batch) in [&a, &b, &a, &b].into_iter().enumerate() {
         let logits = m.logits(batch, &rows).unwrap();
         for sampling in [false, true] {
-            let opts = |k: u64| PickOpts { forbid: vec![301, 5], temperature: 0.7, sample_seed: sampling.then_some(100 * step as u64 + k) };
+            let opts = |k: u64| PickOpts::plain(vec![301, 5], 0.7, sampling.then_some(100 * step as u64 + k));
             let (o1, o2) = (opts(1), opts(2));
             // Twice: the second call reuses the step's workspace.
             for _ in 0..2 {
@@ -56,10 +56,7 @@ fn check(backend: CpuBackend) {
         }
     }
     // Groups that differ in more than their seed still work (each group on its own).
-    let (o1, o2) = (
-        PickOpts { forbid: vec![301], temperature: 1.0, sample_seed: None },
-        PickOpts { forbid: vec![301, 7], temperature: 1.0, sample_seed: None },
-    );
+    let (o1, o2) = (PickOpts::plain(vec![301], 1.0, None), PickOpts::plain(vec![301, 7], 1.0, None));
     let got = m.pick_many(&a, &[(first, &o1), (rest, &o2)]).unwrap();
     assert_eq!(got[0], m.pick(&a, first, &o1).unwrap());
     assert_eq!(got[1], m.pick(&a, rest, &o2).unwrap());
@@ -93,8 +90,15 @@ fn device_decode_matches_the_host_loop() {
         "reparam-cond-stochastic0.5-cosine",
     ] {
         for sample in [false, true] {
-            let cfg =
-                SamplerConfig { steps: 6, strategy: strategy.parse().unwrap(), temperature: 0.9, sample, seed: 77, record_steps: false };
+            let cfg = SamplerConfig {
+                steps: 6,
+                strategy: strategy.parse().unwrap(),
+                temperature: 0.9,
+                sample,
+                seed: 77,
+                record_steps: false,
+                ..SamplerConfig::default()
+            };
             let host = generate(&mut HostOnly(&mut m), &prompts, &lengths, special, &cfg, 3, None).unwrap();
             let dev = generate(&mut m, &prompts, &lengths, special, &cfg, 3, None).unwrap();
             assert_eq!(dev, host, "{strategy} sample={sample}");

@@ -58,6 +58,7 @@ fn every_step_matches_the_numpy_reference_at_every_batch_size() {
             sample: case.sample,
             seed: case.seed,
             record_steps: true,
+            ..SamplerConfig::default()
         };
         for batch_size in [3, 2, 1] {
             let table = fx.logits.clone();

@@ -25,7 +25,15 @@ fn prompts() -> Vec<Vec<i32>> {
 const LENGTHS: [usize; 5] = [4, 9, 1, 0, 6];
 
 fn cfg(strategy: &str, steps: usize, sample: bool, seed: u64) -> SamplerConfig {
-    SamplerConfig { steps, strategy: strategy.parse().unwrap(), temperature: 0.9, sample, seed, record_steps: true }
+    SamplerConfig {
+        steps,
+        strategy: strategy.parse().unwrap(),
+        temperature: 0.9,
+        sample,
+        seed,
+        record_steps: true,
+        ..SamplerConfig::default()
+    }
 }
 
 fn run(c: &SamplerConfig, batch_size: usize, prompts: &[Vec<i32>], lengths: &[usize], logits: LogitsFn) -> Vec<Generated> {

@@ -238,6 +238,8 @@ pub struct RowStats {
     pub token: Vec<i32>,
     /// log-softmax of the chosen token (at the given temperature).
     pub logprob: Vec<f32>,
+    /// The confidence asked for (`PickOpts::confidence`), else empty.
+    pub confidence: Vec<f32>,
 }
 
 /// Packs per-row Gumbel noise streams for `vocab_pick`: row r draws number c (the vocabulary id)

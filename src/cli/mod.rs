@@ -48,6 +48,7 @@ pub mod eval;
 pub mod fill_mask;
 pub mod init;
 pub mod sample;
+mod show_steps;
 pub mod tokenizer;
 pub mod train;
 

@@ -6,7 +6,7 @@ use super::device::{dispatch, Job};
 use crate::backend::Backend;
 use crate::data::jsonl::read_jsonl;
 use crate::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
-use crate::diffusion::Strategy;
+use crate::diffusion::{Confidence, Strategy};
 use crate::metrics::{self, Metric};
 use crate::model::XlmR;
 use crate::tokenizer::Tok;
@@ -38,9 +38,31 @@ pub struct Args {
     /// Denoising steps K.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
-    /// reparam-{uncond,cond}-{deterministic,stochastic<c>}-{cosine,linear}, cmlm or ar.
+    /// reparam-{uncond,cond}-{deterministic,stochastic<c>}-{cosine,linear} (the paper's top-k
+    /// re-masking over K steps), threshold (commit every slot whose confidence reaches
+    /// --threshold, at least one a step, stop when none is masked: K is not used), cmlm or ar.
     #[arg(long, default_value = "reparam-uncond-deterministic-cosine")]
     pub strategy: String,
+    /// What ranks the slots (reparam) and what --threshold compares: prob (the pick's
+    /// probability, the paper's), margin (p1 − p2), entropy (exp(−H), 1 when certain) or random.
+    #[arg(long, default_value = "prob")]
+    pub confidence: String,
+    /// The threshold of `--strategy threshold`, in (0, 1].
+    #[arg(long, default_value_t = 0.9)]
+    pub threshold: f32,
+    /// Semi-autoregressive decoding: blocks of this many target slots, left to right, each with
+    /// its share of the K steps (or its own threshold run).
+    #[arg(long)]
+    pub block_length: Option<usize>,
+    /// Unsupervised classifier-free guidance of scale s: each step also runs the canvases with
+    /// the prompt masked and picks from uncond + (s+1)·(cond − uncond); 0 is off.
+    #[arg(long, default_value_t = 0.0)]
+    pub cfg_scale: f32,
+    /// `prefix`: reuse the keys and values before the current block across its steps,
+    /// recomputing them at each block's first step (an approximation, as XLM-R attends both
+    /// ways); `none`: recompute everything every step.
+    #[arg(long, default_value = "none")]
+    pub cache: String,
     /// Sample tokens from softmax(logits / T) instead of taking the argmax.
     #[arg(long)]
     pub sample: bool,
@@ -55,7 +77,8 @@ pub struct Args {
     pub batch_size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Print the canvas of every step (drafting, then revising) to standard error.
+    /// Show the canvas of every step on standard error (drafting, then revising): redrawn in
+    /// place on a terminal, one line per canvas and step otherwise.
     #[arg(long)]
     pub show_steps: bool,
     /// Cut prompts too long for the model from the left (after `<s>`) instead of refusing them;
@@ -90,6 +113,9 @@ pub struct Output {
     pub tgt: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<Vec<i32>>>,
+    /// Forward passes the example took part in, and target slots committed per pass.
+    pub nfe: usize,
+    pub tokens_per_pass: f32,
 }
 
 /// How to decode, independent of where the inputs come from.
@@ -154,23 +180,54 @@ pub fn decode_checked<B: Backend>(
         prompts.push(src);
         lengths.push(len);
     }
+    let mut view = super::show_steps::StepView::new();
     let mut hook = |step: usize, rows: &[Vec<i32>]| {
-        for (r, row) in rows.iter().enumerate() {
-            let shown: Vec<String> =
-                row.iter().map(|&t| if t == tok.mask() { "▒".to_string() } else { tok.id_to_token(t).unwrap_or_default() }).collect();
-            eprintln!("step {step:>3} row {r:>2}: {}", shown.join(" "));
-        }
+        let lines: Vec<String> = rows
+            .iter()
+            .enumerate()
+            .map(|(r, row)| {
+                let shown: Vec<String> =
+                    row.iter().map(|&t| if t == tok.mask() { "▒".to_string() } else { tok.id_to_token(t).unwrap_or_default() }).collect();
+                format!("step {step:>3} row {r:>2}: {}", shown.join(" "))
+            })
+            .collect();
+        view.frame(step, &lines);
     };
     let hook_ref: Option<crate::diffusion::sampler::StepHook> = if opts.show_steps { Some(&mut hook) } else { None };
     let gens = generate(model, &prompts, &lengths, special_ids(tok), &opts.sampler, opts.batch_size, hook_ref)?;
     let outs = reqs
         .iter()
         .zip(gens)
-        .map(|(r, g)| {
-            Ok(Output { src: r.src.clone(), hyp: tok.decode(&g.tokens, true)?, score: g.score, tgt: r.tgt.clone(), steps: g.steps })
+        .zip(&lengths)
+        .map(|((r, g), &len)| {
+            let tokens_per_pass = if g.nfe == 0 { 0.0 } else { len as f32 / g.nfe as f32 };
+            Ok(Output {
+                src: r.src.clone(),
+                hyp: tok.decode(&g.tokens, true)?,
+                score: g.score,
+                tgt: r.tgt.clone(),
+                steps: g.steps,
+                nfe: g.nfe,
+                tokens_per_pass,
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((outs, truncated))
+}
+
+/// One line on the forward passes: their mean number per example (NFE), the target tokens each
+/// committed, and the wall time (model loading included).
+pub fn decode_summary(outs: &[Output], wall_s: f64) -> String {
+    let n = outs.len().max(1) as f64;
+    let nfe: usize = outs.iter().map(|o| o.nfe).sum();
+    let slots: f64 = outs.iter().map(|o| o.tokens_per_pass as f64 * o.nfe as f64).sum();
+    let per_pass = if nfe == 0 { 0.0 } else { slots / nfe as f64 };
+    format!(
+        "decoded {} example(s): NFE {:.1} per example, {per_pass:.2} target tokens per pass, {:.1} ms per example ({wall_s:.1} s in all)",
+        outs.len(),
+        nfe as f64 / n,
+        1000.0 * wall_s / n
+    )
 }
 
 /// Prints the metric and exact match of outputs that carry targets (to standard error).
@@ -201,6 +258,12 @@ impl Job for SampleJob {
         let a = &self.args;
         let mut model = XlmR::load(backend, &a.model)?;
         let strategy: Strategy = a.strategy.parse()?;
+        let confidence: Confidence = a.confidence.parse().map_err(|e| anyhow::anyhow!("--confidence: {e}"))?;
+        let cache = match a.cache.as_str() {
+            "none" => false,
+            "prefix" => true,
+            other => bail!("--cache must be `prefix` or `none`, got `{other}`"),
+        };
         let length = match a.length.as_str() {
             "oracle" => None,
             n => Some(n.parse::<usize>().map_err(|_| anyhow::anyhow!("--length must be `oracle` or a number, got `{n}`"))?),
@@ -213,6 +276,11 @@ impl Job for SampleJob {
                 sample: a.sample,
                 seed: a.seed,
                 record_steps: a.save_steps,
+                confidence,
+                threshold: a.threshold,
+                block_length: a.block_length,
+                cfg_scale: a.cfg_scale,
+                cache,
             },
             length,
             batch_size: a.batch_size,
@@ -228,6 +296,15 @@ pub fn run(args: Args) -> Result<()> {
     crate::util::range::at_least("--steps", args.steps as u64, 1)?;
     crate::util::range::at_least("--batch-size", args.batch_size as u64, 1)?;
     crate::util::range::positive("--temperature", args.temperature)?;
+    if !(args.threshold > 0.0 && args.threshold <= 1.0) {
+        bail!("--threshold must be in (0, 1], got {}", args.threshold);
+    }
+    if let Some(n) = args.block_length {
+        crate::util::range::at_least("--block-length", n as u64, 1)?;
+    }
+    if !(args.cfg_scale.is_finite() && args.cfg_scale >= 0.0) {
+        bail!("--cfg-scale must be finite and >= 0, got {}", args.cfg_scale);
+    }
     // Every file this command reads; `--out` must not replace one of them.
     let mut inputs: Vec<PathBuf> = ["config.json", "model.safetensors", "tokenizer.json"].iter().map(|f| args.model.join(f)).collect();
     inputs.extend(args.input.clone());
@@ -255,10 +332,13 @@ pub fn run(args: Args) -> Result<()> {
         bail!("nothing to sample: the input has no records");
     }
     let (run, score, out_path, force) = (args.run.clone(), args.score.clone(), args.out.clone(), args.force);
+    let started = std::time::Instant::now();
     let (outs, truncated) = dispatch(&run.device, run.threads, SampleJob { args, tok, reqs, names })?;
+    let wall = started.elapsed().as_secs_f64();
     if truncated > 0 {
         eprintln!("truncated {truncated} of {} prompt(s) from the left to fit the model (--truncate)", outs.len());
     }
+    eprintln!("{}", decode_summary(&outs, wall));
     let mut text = String::new();
     for o in &outs {
         text.push_str(&serde_json::to_string(o)?);

@@ -4,8 +4,9 @@
 //! - `strategy`: decoding strategy strings, schedules and the masked count k.
 //! - `sampler`: canvases, batching, random streams, the `Denoiser` trait and `generate`.
 
+mod canvas;
 pub mod sampler;
 pub mod strategy;
 
 pub use sampler::{generate, Denoiser, Generated, PickGroup, SamplerConfig, SpecialIds};
-pub use strategy::{Remask, Schedule, Strategy};
+pub use strategy::{Confidence, Remask, Schedule, Strategy};

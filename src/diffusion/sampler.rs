@@ -13,17 +13,26 @@
 //! - stream `3<<56 | example<<24 | step`: the example's sampling seed for that step, the u32
 //!   values at counters 0 (high half) and 1 (low half); `PickOpts::sample_seed` then draws the
 //!   Gumbel-max noise per (row within the pick call = rank of the slot among the scored slots,
-//!   vocabulary id).
+//!   vocabulary id);
+//! - stream `4<<56 | example<<24 | step`: `--confidence random`'s confidence, `philox_uniform`.
+//!
+//! A step is counted per example (it takes part in every pass from the first until it is done),
+//! so the step of an example's streams never depends on its batch.
+//!
+//! Beyond the paper (docs/decoding.md): the `threshold` strategy, confidences other than the
+//! log-prob, blocks, classifier-free guidance and the prefix cache run in the host loop, on
+//! any backend; the paper's strategies keep their device-resident loop.
 //!
 //! Scores (docs/method.md §4.4): the hypothesis score is the mean of each kept slot's log-prob at the
 //! moment it was last committed. This includes `cmlm` and `ar`, where the official code instead
 //! reports the mean of the LAST step's max log-probs; dlm-engine keeps one definition for all.
 
-use super::strategy::{Remask, Schedule, Strategy};
-use crate::backend::{ReparamRule, RowStats};
+use super::canvas::Canvas;
+use super::strategy::{Confidence, Remask, Schedule, Strategy};
+use crate::backend::{ConfidenceKind, ReparamRule, RowStats};
 use crate::model::{Batch, CanvasSlots, CanvasStep, DecodeSpec, PickOpts};
-use crate::rdm::remask::{self, RankNoise, Slots};
-use crate::rng::{philox_u32, philox_uniform};
+use crate::rdm::remask::{RankNoise, Slots};
+use crate::rng::philox_u32;
 use anyhow::{bail, ensure, Result};
 
 /// A model that, for each flat position `b·seq + t` in `rows`, picks a token (argmax, or a sample
@@ -41,6 +50,15 @@ pub trait Denoiser {
     /// group; a model should override it to run the forward once and pick per group.
     fn pick_groups(&mut self, batch: &Batch, groups: &[PickGroup]) -> Result<Vec<RowStats>> {
         groups.iter().map(|g| self.pick(batch, &g.rows, &g.opts)).collect()
+    }
+
+    /// `pick_groups` with the prefix cache (`SamplerConfig::cache`): row b of `batch` needs only
+    /// its positions from `active_from[b]` on recomputed (0: the whole row, which refreshes its
+    /// cache); the others may come from the last step that computed them. The default computes
+    /// everything, which is exact.
+    fn pick_groups_cached(&mut self, batch: &Batch, groups: &[PickGroup], active_from: &[usize]) -> Result<Vec<RowStats>> {
+        let _ = active_from;
+        self.pick_groups(batch, groups)
     }
 
     /// A denoiser that can keep a batch's canvases on its device and run whole reparameterized
@@ -92,11 +110,46 @@ pub struct SamplerConfig {
     pub seed: u64,
     /// Keep the target slots after every step in `Generated::steps`.
     pub record_steps: bool,
+    /// What ranks the slots, and what `threshold` compares.
+    pub confidence: Confidence,
+    /// The `threshold` strategy's threshold, on the 0..1 scale of `Confidence::as_probability`.
+    pub threshold: f32,
+    /// Semi-autoregressive blocks of this many target slots (`None`: the whole target).
+    pub block_length: Option<usize>,
+    /// Unsupervised classifier-free guidance's scale s (0: none).
+    pub cfg_scale: f32,
+    /// Reuse the keys and values before the current block across its steps (see
+    /// `Denoiser::pick_groups_cached`).
+    pub cache: bool,
 }
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        SamplerConfig { steps: 50, strategy: Strategy::default(), temperature: 1.0, sample: false, seed: 0, record_steps: false }
+        SamplerConfig {
+            steps: 50,
+            strategy: Strategy::default(),
+            temperature: 1.0,
+            sample: false,
+            seed: 0,
+            record_steps: false,
+            confidence: Confidence::Prob,
+            threshold: 0.9,
+            block_length: None,
+            cfg_scale: 0.0,
+            cache: false,
+        }
+    }
+}
+
+impl SamplerConfig {
+    /// Whether the steps can stay on the device: the paper's reparameterized sampler as it is.
+    fn device_resident(&self) -> bool {
+        matches!(self.strategy, Strategy::Reparam { .. })
+            && self.confidence == Confidence::Prob
+            && self.block_length.is_none()
+            && self.cfg_scale == 0.0
+            && !self.cache
+            && !self.record_steps
     }
 }
 
@@ -108,19 +161,22 @@ pub struct Generated {
     pub score: f32,
     /// The target slots (`<mask>` included) after every step, when `record_steps` is set.
     pub steps: Option<Vec<Vec<i32>>>,
+    /// Forward passes the example took part in (the number of function evaluations).
+    pub nfe: usize,
 }
 
 /// Per-step callback: the step (1-based) and the full canvases of the current batch (unpadded),
 /// called once per step of each batch; batches are consecutive `batch_size` chunks of the input.
 pub type StepHook<'a> = &'a mut dyn FnMut(usize, &[Vec<i32>]);
 
-const RANK_NOISE: u64 = 1;
-const CMLM_DRAW: u64 = 2;
+pub(super) const RANK_NOISE: u64 = 1;
+pub(super) const CMLM_DRAW: u64 = 2;
 const SAMPLE_SEED: u64 = 3;
+pub(super) const RANDOM_CONFIDENCE: u64 = 4;
 const MAX_STEPS: usize = 1 << 24;
 const MAX_EXAMPLES: usize = 1 << 32;
 
-fn stream(purpose: u64, example: usize, step: usize) -> u64 {
+pub(super) fn stream(purpose: u64, example: usize, step: usize) -> u64 {
     (purpose << 56) | ((example as u64) << 24) | step as u64
 }
 
@@ -145,25 +201,20 @@ pub fn generate(
     let mut out = Vec::with_capacity(prompts.len());
     for start in (0..prompts.len()).step_by(batch_size) {
         let end = (start + batch_size).min(prompts.len());
-        let mut canvases: Vec<Canvas> = (start..end)
-            .map(|i| Canvas {
-                example: i,
-                prompt: &prompts[i],
-                slots: Slots::all_masked(lengths[i], special.mask),
-                history: cfg.record_steps.then(Vec::new),
-            })
-            .collect();
+        let mut canvases: Vec<Canvas> = (start..end).map(|i| Canvas::new(i, &prompts[i], lengths[i], special, cfg)).collect();
         // The device path has no per-step view of the canvases, which hooks and histories need.
-        let device = match cfg.strategy {
-            Strategy::Reparam { .. } if on_step.is_none() && !cfg.record_steps && canvases.iter().any(|c| !c.slots.is_empty()) => {
-                d.device_steps()
-            }
-            _ => None,
+        let device = if cfg.device_resident() && on_step.is_none() && canvases.iter().any(|c| !c.slots.is_empty()) {
+            d.device_steps()
+        } else {
+            None
         };
         if let Some(dev) = device {
             decode_on_device(dev, &mut canvases, special, cfg)?;
         } else {
-            for s in 1..=cfg.steps {
+            let mut s = 0;
+            while canvases.iter().any(|c| !c.done()) {
+                s += 1;
+                ensure!(s < MAX_STEPS, "sampler: no end after {MAX_STEPS} steps");
                 denoise_step(d, &mut canvases, special, cfg, s)?;
                 if let Some(hook) = on_step.as_deref_mut() {
                     let rows: Vec<Vec<i32>> = canvases.iter().map(|c| c.row(special)).collect();
@@ -203,6 +254,29 @@ fn validate(prompts: &[Vec<i32>], lengths: &[usize], special: SpecialIds, cfg: &
             bail!("sampler: prompt {i} must start with <s> (id {}), got {:?}", special.bos, p.first());
         }
     }
+    ensure!(cfg.block_length != Some(0), "sampler: the block length must be at least 1");
+    ensure!(
+        cfg.threshold.is_finite() && cfg.threshold > 0.0 && cfg.threshold <= 1.0,
+        "sampler: the threshold must be in (0, 1], got {}",
+        cfg.threshold
+    );
+    ensure!(
+        cfg.cfg_scale.is_finite() && cfg.cfg_scale >= 0.0,
+        "sampler: the guidance scale must be finite and >= 0, got {}",
+        cfg.cfg_scale
+    );
+    ensure!(!(cfg.cache && cfg.cfg_scale > 0.0), "sampler: the prefix cache does not combine with classifier-free guidance");
+    if matches!(cfg.strategy, Strategy::Cmlm | Strategy::Ar) {
+        ensure!(
+            cfg.confidence == Confidence::Prob,
+            "sampler: --confidence ranks slots for the reparam and threshold strategies; {} does not rank",
+            cfg.strategy
+        );
+    }
+    ensure!(
+        !(cfg.strategy == Strategy::Ar && cfg.block_length.is_some()),
+        "sampler: ar already decodes left to right; blocks do not apply"
+    );
     if cfg.strategy == Strategy::Ar {
         let longest = lengths.iter().copied().max().unwrap_or(0);
         ensure!(
@@ -214,44 +288,32 @@ fn validate(prompts: &[Vec<i32>], lengths: &[usize], special: SpecialIds, cfg: &
     Ok(())
 }
 
-struct Canvas<'a> {
-    example: usize,
-    prompt: &'a [i32],
-    slots: Slots,
-    history: Option<Vec<Vec<i32>>>,
-}
-
-impl Canvas<'_> {
-    fn row(&self, special: SpecialIds) -> Vec<i32> {
-        let mut r = Vec::with_capacity(self.prompt.len() + self.slots.len() + 1);
-        r.extend_from_slice(self.prompt);
-        r.extend_from_slice(&self.slots.tokens);
-        r.push(special.eos);
-        r
+/// What the model computes beside the pick for `confidence`.
+fn model_confidence(c: Confidence) -> Option<ConfidenceKind> {
+    match c {
+        Confidence::Margin => Some(ConfidenceKind::Margin),
+        Confidence::Entropy => Some(ConfidenceKind::Entropy),
+        Confidence::Prob | Confidence::Random => None,
     }
 }
 
-/// Which target slots of one canvas are scored at step `s`.
-fn slots_to_score(c: &Canvas, cfg: &SamplerConfig, s: usize) -> Vec<usize> {
-    match cfg.strategy {
-        // The ranking needs the current confidence at every slot, decoded ones included.
-        Strategy::Reparam { .. } => (0..c.slots.len()).collect(),
-        Strategy::Cmlm => {
-            let p = (1.0 / (cfg.steps - (s - 1)) as f64) as f32;
-            let st = stream(CMLM_DRAW, c.example, s);
-            (0..c.slots.len()).filter(|&j| c.slots.masked[j] && philox_uniform(cfg.seed, st, j as u64) < p).collect()
-        }
-        Strategy::Ar => remask::first_masked(&c.slots).into_iter().collect(),
-    }
-}
-
+/// One pass over the batch: every canvas not yet done takes its step `s`.
 fn denoise_step(d: &mut impl Denoiser, canvases: &mut [Canvas], special: SpecialIds, cfg: &SamplerConfig, s: usize) -> Result<()> {
     d.begin_step(s);
-    let plans: Vec<Vec<usize>> = canvases.iter().map(|c| slots_to_score(c, cfg, s)).collect();
-    let rows: Vec<Vec<i32>> = canvases.iter().map(|c| c.row(special)).collect();
+    let plans: Vec<Vec<usize>> = canvases.iter().map(|c| c.plan(cfg, s)).collect();
+    let mut rows: Vec<Vec<i32>> = canvases.iter().map(|c| c.row(special)).collect();
+    if cfg.cfg_scale > 0.0 {
+        rows.extend(canvases.iter().map(|c| c.unconditional_row(special)).collect::<Vec<_>>());
+    }
     let batch = Batch::from_rows(&rows, special.pad);
     let flat = |b: usize, j: usize| (b * batch.seq + canvases[b].prompt.len() + j) as i32;
-    let opts = |sample_seed| PickOpts { forbid: vec![special.mask], temperature: cfg.temperature, sample_seed };
+    let opts = |sample_seed| PickOpts {
+        forbid: vec![special.mask],
+        temperature: cfg.temperature,
+        sample_seed,
+        confidence: model_confidence(cfg.confidence),
+        cfg_scale: (cfg.cfg_scale > 0.0).then_some(cfg.cfg_scale),
+    };
 
     // One group per example when sampling (its own seed); otherwise one group for the batch.
     // `members[g]` lists the batch rows whose planned slots make up group g, in order.
@@ -268,27 +330,51 @@ fn denoise_step(d: &mut impl Denoiser, canvases: &mut [Canvas], special: Special
         let rows = plans.iter().enumerate().flat_map(|(b, p)| p.iter().map(move |&j| (b, j))).map(|(b, j)| flat(b, j)).collect();
         groups.push(PickGroup { rows, opts: opts(None) });
     }
-    let stats = if groups.is_empty() { Vec::new() } else { d.pick_groups(&batch, &groups)? };
+    let stats = match (groups.is_empty(), cfg.cache) {
+        (true, _) => Vec::new(),
+        (false, false) => d.pick_groups(&batch, &groups)?,
+        (false, true) => {
+            // A finished canvas recomputes nothing; one starting a block recomputes its whole row.
+            let active_from: Vec<usize> = canvases
+                .iter()
+                .map(|c| match (c.done(), c.at_block_start()) {
+                    (true, _) => batch.seq,
+                    (false, true) => 0,
+                    (false, false) => c.prompt.len() + c.block_start(),
+                })
+                .collect();
+            d.pick_groups_cached(&batch, &groups, &active_from)?
+        }
+    };
     ensure!(stats.len() == groups.len(), "denoiser returned {} pick groups for {} requested", stats.len(), groups.len());
 
+    let wants_confidence = model_confidence(cfg.confidence).is_some();
     for ((group, st), rows_of_group) in groups.iter().zip(&stats).zip(&members) {
         ensure!(
-            st.token.len() == group.rows.len() && st.logprob.len() == group.rows.len(),
-            "denoiser returned {} tokens and {} log-probs for {} rows",
+            st.token.len() == group.rows.len()
+                && st.logprob.len() == group.rows.len()
+                && (!wants_confidence || st.confidence.len() == group.rows.len()),
+            "denoiser returned {} tokens, {} log-probs and {} confidences for {} rows",
             st.token.len(),
             st.logprob.len(),
+            st.confidence.len(),
             group.rows.len()
         );
         let mut at = 0;
         for &b in rows_of_group {
             let n = plans[b].len();
-            apply(&mut canvases[b], &plans[b], &st.token[at..at + n], &st.logprob[at..at + n], special, cfg, s);
+            if n == 0 {
+                continue; // taken below
+            }
+            let conf = st.confidence.get(at..at + n).unwrap_or_default();
+            canvases[b].apply(&plans[b], &st.token[at..at + n], &st.logprob[at..at + n], conf, cfg, s);
             at += n;
         }
     }
-    for c in canvases.iter_mut() {
-        if let Some(h) = c.history.as_mut() {
-            h.push(c.slots.tokens.clone());
+    // Canvases that scored nothing this step (a `cmlm` draw of none, an empty target) still took it.
+    for (b, c) in canvases.iter_mut().enumerate() {
+        if plans[b].is_empty() && !c.done() {
+            c.apply(&[], &[], &[], &[], cfg, s);
         }
     }
     Ok(())
@@ -312,7 +398,7 @@ fn decode_on_device(dev: &mut dyn DeviceSteps, canvases: &mut [Canvas], special:
         let steps: Vec<CanvasStep> = canvases
             .iter()
             .map(|c| {
-                let (k, noise) = topk_inputs(c, noise_scale, schedule, cfg, s);
+                let (k, noise) = topk_inputs(c.slots.len(), c.example, noise_scale, schedule, cfg, s);
                 CanvasStep {
                     k,
                     rank_stream: noise.map_or(0, |n| n.stream),
@@ -328,30 +414,26 @@ fn decode_on_device(dev: &mut dyn DeviceSteps, canvases: &mut [Canvas], special:
     for (c, (tokens, scores, masked)) in canvases.iter_mut().zip(out) {
         ensure!(tokens.len() == c.slots.len(), "device decoding returned {} slots for {}", tokens.len(), c.slots.len());
         c.slots = Slots { tokens, scores, masked };
+        c.nfe = cfg.steps;
     }
     Ok(())
 }
 
-/// A reparameterized strategy's top-k inputs for one canvas at step `s`: how many slots the
-/// lowest set may hold, and the `stochastic<c>` ranking noise (scale `f32(c·rate)`).
-fn topk_inputs(c: &Canvas, noise_scale: Option<f64>, schedule: Schedule, cfg: &SamplerConfig, s: usize) -> (usize, Option<RankNoise>) {
+/// A reparameterized strategy's top-k inputs for a canvas of `n` slots at step `s`: how many
+/// slots the lowest set may hold, and the `stochastic<c>` ranking noise (scale `f32(c·rate)`),
+/// as `Canvas::apply` computes them for a single block.
+fn topk_inputs(
+    n: usize,
+    example: usize,
+    noise_scale: Option<f64>,
+    schedule: Schedule,
+    cfg: &SamplerConfig,
+    s: usize,
+) -> (usize, Option<RankNoise>) {
     let rate = schedule.rate(s, cfg.steps);
-    let k = super::strategy::stay_masked(c.slots.len(), rate);
-    let noise =
-        noise_scale.map(|scale| RankNoise { scale: (scale * rate) as f32, seed: cfg.seed, stream: stream(RANK_NOISE, c.example, s) });
+    let k = super::strategy::stay_masked(n, rate);
+    let noise = noise_scale.map(|scale| RankNoise { scale: (scale * rate) as f32, seed: cfg.seed, stream: stream(RANK_NOISE, example, s) });
     (k, noise)
-}
-
-/// Applies the picks at the planned slots of one canvas.
-fn apply(c: &mut Canvas, plan: &[usize], tok: &[i32], score: &[f32], special: SpecialIds, cfg: &SamplerConfig, s: usize) {
-    match cfg.strategy {
-        Strategy::Reparam { remask, noise_scale, schedule } => {
-            let (k, noise) = topk_inputs(c, noise_scale, schedule, cfg, s);
-            let lowest = remask::lowest_set(&remask::ranked(score, noise), k);
-            remask::reparam_update(&mut c.slots, tok, score, &lowest, remask, special.mask);
-        }
-        Strategy::Cmlm | Strategy::Ar => remask::fill(&mut c.slots, plan, tok, score),
-    }
 }
 
 fn finalize(c: Canvas, special: SpecialIds) -> Result<Generated> {
@@ -362,7 +444,7 @@ fn finalize(c: Canvas, special: SpecialIds) -> Result<Generated> {
     } else {
         (kept.iter().map(|&j| c.slots.scores[j] as f64).sum::<f64>() / kept.len() as f64) as f32
     };
-    Ok(Generated { tokens: kept.iter().map(|&j| c.slots.tokens[j]).collect(), score, steps: c.history })
+    Ok(Generated { tokens: kept.iter().map(|&j| c.slots.tokens[j]).collect(), score, steps: c.history, nfe: c.nfe })
 }
 
 impl<B: crate::backend::Backend> Denoiser for crate::model::XlmR<B> {
@@ -373,6 +455,11 @@ impl<B: crate::backend::Backend> Denoiser for crate::model::XlmR<B> {
     fn pick_groups(&mut self, batch: &Batch, groups: &[PickGroup]) -> Result<Vec<RowStats>> {
         let g: Vec<(&[i32], &PickOpts)> = groups.iter().map(|g| (g.rows.as_slice(), &g.opts)).collect();
         self.pick_many(batch, &g)
+    }
+
+    fn pick_groups_cached(&mut self, batch: &Batch, groups: &[PickGroup], active_from: &[usize]) -> Result<Vec<RowStats>> {
+        let g: Vec<(&[i32], &PickOpts)> = groups.iter().map(|g| (g.rows.as_slice(), &g.opts)).collect();
+        self.pick_many_cached(batch, &g, active_from)
     }
 
     fn device_steps(&mut self) -> Option<&mut dyn DeviceSteps> {
@@ -397,7 +484,7 @@ mod tests {
     use super::*;
 
     fn gen(score: f32) -> Generated {
-        Generated { tokens: vec![], score, steps: None }
+        Generated { tokens: vec![], score, steps: None, nfe: 0 }
     }
 
     #[test]
@@ -411,6 +498,7 @@ mod tests {
     fn streams_of_examples_steps_and_purposes_do_not_collide() {
         assert_ne!(stream(RANK_NOISE, 1, 0), stream(RANK_NOISE, 0, 1));
         assert_ne!(stream(RANK_NOISE, 0, 1), stream(CMLM_DRAW, 0, 1));
+        assert_ne!(stream(RANDOM_CONFIDENCE, 0, 1), stream(SAMPLE_SEED, 0, 1));
         assert_eq!(stream(SAMPLE_SEED, MAX_EXAMPLES - 1, MAX_STEPS - 1) >> 56, SAMPLE_SEED);
         assert_ne!(sample_seed(0, 0, 1), sample_seed(0, 1, 1));
     }

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 /// The forms `Strategy::from_str` accepts, quoted in its error message.
 pub const VALID_FORMS: &str = "reparam-{uncond,cond}-{deterministic,stochastic<c>}-{cosine,linear} \
-(e.g. reparam-uncond-deterministic-cosine, reparam-cond-stochastic1.0-linear), cmlm, ar";
+(e.g. reparam-uncond-deterministic-cosine, reparam-cond-stochastic1.0-linear), threshold, cmlm, ar";
 
 /// How fast the masked share falls: `rate(s)` is the share of target slots still masked after step s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +21,10 @@ pub enum Strategy {
     /// RDM's reparameterized decoding. `noise_scale` is `c` of `stochastic<c>` (Gumbel noise of
     /// scale `c·rate` added to the ranked scores); `None` is `deterministic`.
     Reparam { remask: Remask, noise_scale: Option<f64>, schedule: Schedule },
+    /// Every step commits each masked slot whose confidence reaches `SamplerConfig::threshold`
+    /// (at least the most confident one) and never re-masks; decoding stops when no slot is
+    /// masked, so K is not used (Fast-dLLM's parallel decoding).
+    Threshold,
     /// Each masked slot is unmasked with probability 1/(K − (s−1)); nothing is re-masked.
     Cmlm,
     /// The first remaining `<mask>` is filled, one slot per step, left to right.
@@ -52,6 +56,46 @@ pub fn stay_masked(n: usize, rate: f64) -> usize {
     ((n as f32) * (rate as f32)) as usize
 }
 
+/// What ranks the slots (the top-k strategies) and what the threshold is compared with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Confidence {
+    /// The pick's log-prob (the paper's); the threshold compares its probability.
+    #[default]
+    Prob,
+    /// p(top1) − p(top2) of the slot's distribution.
+    Margin,
+    /// −H of the slot's distribution; the threshold compares exp(−H), which is 1 for a certain
+    /// slot and 1/V for a uniform one.
+    Entropy,
+    /// A uniform random number per slot and step: a random unmasking order.
+    Random,
+}
+
+impl Confidence {
+    pub const NAMES: &str = "prob, margin, entropy, random";
+
+    /// `value` (as ranked) on the 0..1 scale the threshold is compared with.
+    pub fn as_probability(self, value: f32) -> f32 {
+        match self {
+            Confidence::Prob | Confidence::Entropy => value.exp(),
+            Confidence::Margin | Confidence::Random => value,
+        }
+    }
+}
+
+impl FromStr for Confidence {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "prob" => Confidence::Prob,
+            "margin" => Confidence::Margin,
+            "entropy" => Confidence::Entropy,
+            "random" => Confidence::Random,
+            _ => anyhow::bail!("unknown confidence {s:?}; valid: {}", Confidence::NAMES),
+        })
+    }
+}
+
 fn parse_error(s: &str, why: &str) -> anyhow::Error {
     anyhow::anyhow!("invalid decoding strategy {s:?}: {why}; valid forms: {VALID_FORMS}")
 }
@@ -61,6 +105,7 @@ impl FromStr for Strategy {
 
     fn from_str(s: &str) -> anyhow::Result<Self> {
         match s {
+            "threshold" => return Ok(Strategy::Threshold),
             "cmlm" => return Ok(Strategy::Cmlm),
             "ar" => return Ok(Strategy::Ar),
             _ => {}
@@ -99,6 +144,7 @@ impl FromStr for Strategy {
 impl fmt::Display for Strategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Strategy::Threshold => write!(f, "threshold"),
             Strategy::Cmlm => write!(f, "cmlm"),
             Strategy::Ar => write!(f, "ar"),
             Strategy::Reparam { remask, noise_scale, schedule } => {
@@ -132,6 +178,7 @@ mod tests {
             "reparam-cond-stochastic0.5-cosine",
             "cmlm",
             "ar",
+            "threshold",
         ] {
             let st: Strategy = s.parse().unwrap();
             assert_eq!(st.to_string(), s);

@@ -11,6 +11,7 @@ pub mod xlmr;
 pub use config::{Arch, ModelConfig};
 pub use xlmr::{CanvasSlots, CanvasStep, DecodeSpec, ParamStorage, XlmR};
 // The model takes its inputs in the data layer's types.
+use crate::backend::ConfidenceKind;
 pub use crate::data::{Batch, LossRows};
 
 /// How the sampler picks a token at each scored position.
@@ -21,4 +22,17 @@ pub struct PickOpts {
     pub temperature: f32,
     /// `None` = argmax; `Some(seed)` = sample (Gumbel-max) with noise of that seed.
     pub sample_seed: Option<u64>,
+    /// Also compute this confidence of each row (`RowStats::confidence`).
+    pub confidence: Option<ConfidenceKind>,
+    /// Unsupervised classifier-free guidance of this scale: the batch holds each canvas twice,
+    /// rows `[0, B/2)` as they are and rows `[B/2, B)` with the prompt masked, the picked rows
+    /// are in the first half, and the pick is over `uncond + (s + 1)·(cond − uncond)`.
+    pub cfg_scale: Option<f32>,
+}
+
+impl PickOpts {
+    /// The argmax (or a sample, with `sample_seed`) with `forbid` excluded, nothing else.
+    pub fn plain(forbid: Vec<i32>, temperature: f32, sample_seed: Option<u64>) -> Self {
+        PickOpts { forbid, temperature, sample_seed, confidence: None, cfg_scale: None }
+    }
 }

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 mod backward;
+mod cache;
 mod decode;
 mod pick;
 
@@ -149,6 +150,8 @@ struct Workspace<B: Backend> {
     enc: Option<Encoder<B>>,
     /// The sampling step's own workspace (see `pick`).
     step: Option<pick::StepPlan<B>>,
+    /// The prefix cache of the sampling steps that use one (see `cache`).
+    cache: Option<cache::PrefixCache<B>>,
 }
 
 /// Dropout stream ids: one per site and layer, so no two sites share a mask.
@@ -300,7 +303,7 @@ impl<B: Backend> XlmR<B> {
                 ix,
                 layers,
             },
-            work: Workspace { enc: None, step: None },
+            work: Workspace { enc: None, step: None, cache: None },
         };
         for (i, (n, s, d)) in params.into_iter().enumerate() {
             let len = d.len();
@@ -501,6 +504,15 @@ impl<B: Backend> Params<B> {
     /// positions (HF create_position_ids_from_input_ids) and the key mask into `enc`, in place.
     fn set_encoder_inputs(&self, enc: &mut Encoder<B>, batch: &Batch) -> Result<()> {
         let be = &self.backend;
+        let (pos_ids, key_mask) = self.positions(batch);
+        be.write_i32(&mut enc.ids, &batch.ids)?;
+        be.write_i32(&mut enc.pos_ids, &pos_ids)?;
+        be.write_i32(&mut enc.key_mask, &key_mask)
+    }
+
+    /// Every token's padding-aware position (HF create_position_ids_from_input_ids) and whether
+    /// it is a real token (1) or padding (0), the attention's key mask.
+    fn positions(&self, batch: &Batch) -> (Vec<i32>, Vec<i32>) {
         let pad = self.cfg.pad_id;
         let n = batch.tokens();
         let mut pos_ids = Vec::with_capacity(n);
@@ -514,14 +526,19 @@ impl<B: Backend> Params<B> {
                 key_mask.push(real as i32);
             }
         }
-        be.write_i32(&mut enc.ids, &batch.ids)?;
-        be.write_i32(&mut enc.pos_ids, &pos_ids)?;
-        be.write_i32(&mut enc.key_mask, &key_mask)
+        (pos_ids, key_mask)
     }
 
     /// The encoder over the inputs in `enc`: launches only (no allocation once every buffer has
     /// been written once, no host transfer), so a sampling step can be recorded.
     fn run_encoder(&self, enc: &mut Encoder<B>, drop: Dropout) -> Result<()> {
+        self.run_encoder_on(enc, drop, None)
+    }
+
+    /// `run_encoder`, or with `cache` the encoder over some rows of a batch only (`enc` then holds
+    /// those rows as one sequence, and attention reads the other rows' keys and values from the
+    /// cache: see cache.rs).
+    fn run_encoder_on(&self, enc: &mut Encoder<B>, drop: Dropout, mut cache: Option<&mut cache::KvCache<B>>) -> Result<()> {
         let _range = nvtx::range!("encoder");
         let be = &self.backend;
         let cfg = &self.cfg;
@@ -573,13 +590,16 @@ impl<B: Backend> Params<B> {
             be.linear_fwd(attn_in, &v[layer.q.w], Some(&v[layer.q.b]), &mut a.q, Gemm { m: n, n: h, k: h })?;
             be.linear_fwd(attn_in, &v[layer.k.w], Some(&v[layer.k.b]), &mut a.k, Gemm { m: n, n: h, k: h })?;
             be.linear_fwd(attn_in, &v[layer.v.w], Some(&v[layer.v.b]), &mut a.v, Gemm { m: n, n: h, k: h })?;
-            be.attention_fwd(
-                Qkv { q: &a.q, k: &a.k, v: &a.v },
-                &enc.key_mask,
-                &mut a.ctx,
-                &mut a.lse,
-                AttnCall { shape, drop: attn_drop, stream: stream(li, S_ATTN_PROBS) },
-            )?;
+            match cache.as_deref_mut() {
+                None => be.attention_fwd(
+                    Qkv { q: &a.q, k: &a.k, v: &a.v },
+                    &enc.key_mask,
+                    &mut a.ctx,
+                    &mut a.lse,
+                    AttnCall { shape, drop: attn_drop, stream: stream(li, S_ATTN_PROBS) },
+                )?,
+                Some(c) => c.attend(be, li, Qkv { q: &a.q, k: &a.k, v: &a.v }, &mut a.ctx)?,
+            }
             be.linear_fwd(&a.ctx, &v[layer.o.w], Some(&v[layer.o.b]), &mut a.attn, Gemm { m: n, n: h, k: h })?;
             be.dropout_fwd(&mut a.attn, hidden_drop, stream(li, S_ATTN_OUT))?;
             match cfg.arch {

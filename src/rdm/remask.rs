@@ -111,6 +111,25 @@ pub fn fill(slots: &mut Slots, at: &[usize], tok: &[i32], score: &[f32]) {
     }
 }
 
+/// The masked slots a confidence-threshold step commits: every one whose confidence is at least
+/// `threshold`, or, when none is, the most confident one (the first on ties), so that every step
+/// commits at least one slot while any is masked. `confidence` is on a 0..1 scale.
+pub fn threshold_commits(masked: &[bool], confidence: &[f32], threshold: f32) -> Vec<usize> {
+    let open: Vec<usize> = (0..masked.len()).filter(|&j| masked[j]).collect();
+    let sure: Vec<usize> = open.iter().copied().filter(|&j| confidence[j] >= threshold).collect();
+    if !sure.is_empty() {
+        return sure;
+    }
+    let key = |j: usize| if confidence[j].is_nan() { f32::NEG_INFINITY } else { confidence[j] };
+    let mut best: Option<usize> = None;
+    for &j in &open {
+        if best.is_none_or(|b| key(j) > key(b)) {
+            best = Some(j);
+        }
+    }
+    best.into_iter().collect()
+}
+
 /// The first masked slot (`ar`'s next position), if any.
 pub fn first_masked(slots: &Slots) -> Option<usize> {
     slots.masked.iter().position(|&m| m)
@@ -121,6 +140,18 @@ mod tests {
     use super::*;
 
     const M: i32 = 9;
+
+    #[test]
+    fn threshold_commits_every_sure_slot_or_else_the_most_confident_one() {
+        let masked = [true, false, true, true, true];
+        // Slot 1 is decoded: never committed again, however sure.
+        assert_eq!(threshold_commits(&masked, &[0.95, 0.99, 0.5, 0.9, 0.91], 0.9), [0, 3, 4]);
+        // None reaches 0.97: only the most confident masked slot, the first of a tie.
+        assert_eq!(threshold_commits(&masked, &[0.6, 0.99, 0.7, 0.7, 0.2], 0.97), [2]);
+        assert_eq!(threshold_commits(&[false, false], &[0.1, 0.2], 0.5), Vec::<usize>::new());
+        // A NaN confidence never passes the threshold and loses the fallback.
+        assert_eq!(threshold_commits(&[true, true], &[f32::NAN, 0.1], 0.5), [1]);
+    }
 
     #[test]
     fn lowest_set_is_strict_so_ties_at_the_cutoff_stay_out() {

@@ -5,7 +5,7 @@
 //! tolerances in tests/cuda_model.rs, and runs those tests' comparison code on every machine.
 
 use dlm_engine::backend::cpu::{self as ck, CpuBackend};
-use dlm_engine::backend::{AdamW, Backend, Dropout, NoiseSpec, ReparamRule};
+use dlm_engine::backend::{AdamW, Backend, ConfidenceKind, Dropout, NoiseSpec, ReparamRule};
 use dlm_engine::backend::{AdamWStep, CanvasInputs, CanvasState, LossSlots, Moments, Picks, PicksMut, VocabShape};
 use dlm_engine::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use dlm_engine::backend::{
@@ -270,6 +270,17 @@ impl Backend for Bf16Sim {
     fn scatter_add_rows(&self, d: &SimBuf, rows: &Vec<i32>, dx: &mut SimBuf, n: usize, c: usize) -> R<()> {
         CpuBackend::new().scatter_add_rows(&d.v, rows, &mut dx.v, n, c)?;
         rnd(&mut dx.v);
+        Ok(())
+    }
+    fn scatter_rows(&self, x: &SimBuf, rows: &Vec<i32>, out: &mut SimBuf, n: usize, c: usize) -> R<()> {
+        CpuBackend::new().scatter_rows(&x.v, rows, &mut out.v, n, c)
+    }
+    fn vocab_confidence(&self, l: &SimBuf, shape: VocabShape, f: &Vec<i32>, kind: ConfidenceKind, out: &mut SimBuf) -> R<()> {
+        CpuBackend::new().vocab_confidence(&l.v, shape, f, kind, &mut out.v)
+    }
+    fn cfg_combine(&self, l: &mut SimBuf, shape: VocabShape, scale: f32) -> R<()> {
+        CpuBackend::new().cfg_combine(&mut l.v, shape, scale)?;
+        rnd(&mut l.v);
         Ok(())
     }
     fn q_sample(

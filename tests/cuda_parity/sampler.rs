@@ -107,7 +107,7 @@ fn vocab_pick_matches_cpu() {
                 PicksMut { token: &mut token, logprob: &mut logprob },
             )
             .unwrap();
-            let got = RowStats { token: g.read_i32(&token).unwrap(), logprob: down(&g, &logprob) };
+            let got = RowStats { token: g.read_i32(&token).unwrap(), logprob: down(&g, &logprob), confidence: Vec::new() };
             let want = cpu::sampler::vocab_pick(
                 &lr,
                 VocabShape { rows, vocab, valid },

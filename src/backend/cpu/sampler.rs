@@ -52,7 +52,7 @@ pub fn vocab_pick(logits: &[f32], shape: VocabShape, forbid: &[i32], temperature
             (best.1 as i32, row[best.1] - lse)
         })
         .collect();
-    RowStats { token: picks.iter().map(|p| p.0).collect(), logprob: picks.iter().map(|p| p.1).collect() }
+    RowStats { token: picks.iter().map(|p| p.0).collect(), logprob: picks.iter().map(|p| p.1).collect(), confidence: Vec::new() }
 }
 
 /// The CPU twin of `Backend::vocab_confidence`: per row, over the allowed columns, the margin

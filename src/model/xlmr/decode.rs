@@ -52,6 +52,8 @@ impl<B: Backend> XlmR<B> {
             forbid: spec.forbid.clone(),
             temperature: spec.temperature.to_bits(),
             sampling: spec.sampling,
+            confidence: None,
+            cfg: None,
             decode: Some(spec.rule),
         };
         self.step_plan_for(key)?;

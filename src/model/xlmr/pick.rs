@@ -7,7 +7,7 @@
 
 use super::{check_rows, Encoder, Head, Params, XlmR};
 use crate::backend::contract::{packed, CanvasMeta, StepParams};
-use crate::backend::{pack_gumbel, Backend, Dropout, ReparamRule, RowStats};
+use crate::backend::{pack_gumbel, Backend, ConfidenceKind, Dropout, ReparamRule, RowStats};
 use crate::backend::{CanvasInputs, CanvasState, Picks, PicksMut, VocabShape};
 use crate::model::{Batch, PickOpts};
 use anyhow::{Context, Result};
@@ -22,8 +22,23 @@ pub(super) struct StepKey {
     pub forbid: Vec<i32>,
     pub temperature: u32,
     pub sampling: bool,
+    /// The confidence computed beside the pick, if any.
+    pub confidence: Option<ConfidenceKind>,
+    /// Classifier-free guidance's scale (f32 bits): the head then runs on twice the rows.
+    pub cfg: Option<u32>,
     /// A device-resident decode (decode.rs): the re-masking step follows the pick.
     pub decode: Option<ReparamRule>,
+}
+
+impl StepKey {
+    /// Rows picked (the conditional ones with guidance).
+    pub fn pick_rows(&self) -> usize {
+        self.group_rows.iter().sum()
+    }
+    /// Rows the head runs on.
+    fn head_rows(&self) -> usize {
+        self.pick_rows() * if self.cfg.is_some() { 2 } else { 1 }
+    }
 }
 
 pub(super) struct StepPlan<B: Backend> {
@@ -36,6 +51,7 @@ pub(super) struct StepPlan<B: Backend> {
     pub streams: B::IBuf,
     pub token: B::IBuf,
     pub logprob: B::Buf,
+    pub confidence: B::Buf,
     /// The canvases of a device-resident decode.
     pub canvases: Option<Canvases<B>>,
     /// Direct runs so far; recording waits for the first to have settled the buffers.
@@ -86,7 +102,11 @@ impl<B: Backend> Canvases<B> {
 
 /// Options the groups of one head pass must share (the sampler's groups differ in their seed).
 fn same_pass(a: &PickOpts, b: &PickOpts) -> bool {
-    a.forbid == b.forbid && a.temperature.to_bits() == b.temperature.to_bits() && a.sample_seed.is_some() == b.sample_seed.is_some()
+    a.forbid == b.forbid
+        && a.temperature.to_bits() == b.temperature.to_bits()
+        && a.sample_seed.is_some() == b.sample_seed.is_some()
+        && a.confidence == b.confidence
+        && a.cfg_scale.map(f32::to_bits) == b.cfg_scale.map(f32::to_bits)
 }
 
 impl<B: Backend> XlmR<B> {
@@ -103,10 +123,26 @@ impl<B: Backend> XlmR<B> {
             return groups.iter().map(|g| self.pick(batch, g.0, g.1)).collect();
         }
         self.p.check_batch(batch)?;
+        let half = if groups.first().is_some_and(|g| g.1.cfg_scale.is_some()) {
+            anyhow::ensure!(batch.batch.is_multiple_of(2), "classifier-free guidance needs each canvas twice, got {} rows", batch.batch);
+            batch.tokens() / 2
+        } else {
+            batch.tokens()
+        };
         for (rows, _) in groups {
-            check_rows(rows, batch.tokens())?;
+            check_rows(rows, half)?;
         }
-        let Some(&(_, opts)) = groups.first() else { return Ok(Vec::new()) };
+        let Some(key) = self.pick_key(batch, groups)? else { return Ok(vec![RowStats::default(); groups.len()]) };
+        self.step_plan_for(key)?;
+        let plan = self.work.step.as_mut().context("no step plan after planning one")?;
+        self.p.run_step(plan, batch, groups)
+    }
+
+    /// The step key of a pick over `batch` (groups that share one pass); `None` when nothing
+    /// is picked.
+    pub(super) fn pick_key(&self, batch: &Batch, groups: &[(&[i32], &PickOpts)]) -> Result<Option<StepKey>> {
+        let Some(&(_, opts)) = groups.first() else { return Ok(None) };
+        anyhow::ensure!(groups.iter().all(|g| same_pass(g.1, opts)), "pick groups of one pass must share their options but the seed");
         let key = StepKey {
             batch: batch.batch,
             seq: batch.seq,
@@ -114,14 +150,11 @@ impl<B: Backend> XlmR<B> {
             forbid: opts.forbid.clone(),
             temperature: opts.temperature.to_bits(),
             sampling: opts.sample_seed.is_some(),
+            confidence: opts.confidence,
+            cfg: opts.cfg_scale.map(f32::to_bits),
             decode: None,
         };
-        if key.group_rows.iter().sum::<usize>() == 0 {
-            return Ok(vec![RowStats::default(); groups.len()]);
-        }
-        self.step_plan_for(key)?;
-        let plan = self.work.step.as_mut().context("no step plan after planning one")?;
-        self.p.run_step(plan, batch, groups)
+        Ok((key.pick_rows() > 0).then_some(key))
     }
 
     /// Drops the sampling step's recording: it holds the parameters' device addresses, which a
@@ -156,17 +189,18 @@ impl<B: Backend> XlmR<B> {
         // The training/logits workspace is rebuilt on demand; free it while sampling.
         self.work.enc = None;
         let be = &self.p.backend;
-        let rows: usize = key.group_rows.iter().sum();
+        let rows = key.pick_rows();
         let noise_rows = if key.sampling { rows } else { 0 };
         let batch = Batch { ids: Vec::new(), batch: key.batch, seq: key.seq };
         self.work.step = Some(StepPlan {
             enc: self.p.alloc_encoder(&batch)?,
-            head: self.p.alloc_head(rows)?,
+            head: self.p.alloc_head(key.head_rows())?,
             forbid: be.upload_i32(&key.forbid)?,
             seeds: be.upload_i32(&vec![0; 2 * noise_rows])?,
             streams: be.upload_i32(&vec![0; noise_rows])?,
             token: be.upload_i32(&vec![0; rows])?,
             logprob: be.zeros(rows)?,
+            confidence: be.zeros(if key.confidence.is_some() { rows } else { 0 })?,
             canvases: key.decode.map(|rule| Canvases::alloc(be, &key.group_rows, key.batch, rule)).transpose()?,
             runs: 0,
             graph: None,
@@ -180,10 +214,23 @@ impl<B: Backend> XlmR<B> {
 impl<B: Backend> Params<B> {
     fn run_step(&self, plan: &mut StepPlan<B>, batch: &Batch, groups: &[(&[i32], &PickOpts)]) -> Result<Vec<RowStats>> {
         let _range = nvtx::range!("sampling step");
-        let be = &self.backend;
         self.set_encoder_inputs(&mut plan.enc, batch)?;
         let rows: Vec<i32> = groups.iter().flat_map(|g| g.0.iter().copied()).collect();
-        be.write_i32(&mut plan.head.idx, &rows)?;
+        self.write_pick_inputs(plan, &rows, groups)?;
+        self.execute(plan)?;
+        self.read_picks(plan, groups)
+    }
+
+    /// Writes the head's rows (`rows`, then with guidance the same slots of the unconditional
+    /// half of the batch) and the sampling noise of each row.
+    pub(super) fn write_pick_inputs(&self, plan: &mut StepPlan<B>, rows: &[i32], groups: &[(&[i32], &PickOpts)]) -> Result<()> {
+        let be = &self.backend;
+        let mut head_rows = rows.to_vec();
+        if plan.key.cfg.is_some() {
+            let half = (plan.key.batch / 2 * plan.key.seq) as i32;
+            head_rows.extend(rows.iter().map(|r| r + half));
+        }
+        be.write_i32(&mut plan.head.idx, &head_rows)?;
         if plan.key.sampling {
             let noise: Vec<(u64, u32)> =
                 groups.iter().flat_map(|(rows, o)| (0..rows.len()).map(move |i| (o.sample_seed.unwrap_or(0), i as u32))).collect();
@@ -191,14 +238,24 @@ impl<B: Backend> Params<B> {
             be.write_i32(&mut plan.seeds, &seeds)?;
             be.write_i32(&mut plan.streams, &streams)?;
         }
-        self.execute(plan)?;
+        Ok(())
+    }
+
+    /// The picks of the last step, split by group.
+    pub(super) fn read_picks(&self, plan: &StepPlan<B>, groups: &[(&[i32], &PickOpts)]) -> Result<Vec<RowStats>> {
+        let be = &self.backend;
         let token = be.read_i32(&plan.token)?;
         let logprob = be.download(&plan.logprob)?;
+        let confidence = if plan.key.confidence.is_some() { be.download(&plan.confidence)? } else { Vec::new() };
         let mut out = Vec::with_capacity(groups.len());
         let mut at = 0;
         for (rows, _) in groups {
             let n = rows.len();
-            out.push(RowStats { token: token[at..at + n].to_vec(), logprob: logprob[at..at + n].to_vec() });
+            out.push(RowStats {
+                token: token[at..at + n].to_vec(),
+                logprob: logprob[at..at + n].to_vec(),
+                confidence: confidence.get(at..at + n).map(<[f32]>::to_vec).unwrap_or_default(),
+            });
             at += n;
         }
         Ok(out)
@@ -247,17 +304,29 @@ impl<B: Backend> Params<B> {
     fn step_ops(&self, plan: &mut StepPlan<B>) -> Result<()> {
         self.run_encoder(&mut plan.enc, Dropout::off())?;
         self.run_head(&plan.enc, &mut plan.head)?;
+        self.pick_ops(plan)
+    }
+
+    /// The ops of a step after the head: guidance, the pick, the confidence and, in a
+    /// device-resident decode, the re-masking.
+    pub(super) fn pick_ops(&self, plan: &mut StepPlan<B>) -> Result<()> {
+        let be = &self.backend;
         let gumbel = plan.key.sampling.then_some((&plan.seeds, &plan.streams));
-        let rows = plan.head.rows;
-        let vocab = self.head_vocab();
-        self.backend.vocab_pick(
+        let shape = VocabShape { rows: plan.key.pick_rows(), vocab: self.head_vocab(), valid: self.valid_vocab() };
+        if let Some(scale) = plan.key.cfg {
+            be.cfg_combine(&mut plan.head.logits, shape, f32::from_bits(scale))?;
+        }
+        be.vocab_pick(
             &plan.head.logits,
-            VocabShape { rows, vocab, valid: self.valid_vocab() },
+            shape,
             &plan.forbid,
             f32::from_bits(plan.key.temperature),
             gumbel,
             PicksMut { token: &mut plan.token, logprob: &mut plan.logprob },
         )?;
+        if let Some(kind) = plan.key.confidence {
+            be.vocab_confidence(&plan.head.logits, shape, &plan.forbid, kind, &mut plan.confidence)?;
+        }
         match plan.canvases.as_mut() {
             Some(c) => c.remask(&self.backend, &plan.token, &plan.logprob, &mut plan.enc.ids),
             None => Ok(()),

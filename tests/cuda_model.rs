@@ -320,3 +320,37 @@ fn bf16_simulation_training_within_tolerance() {
         check_training_tracks(arch, XlmR::load(bf16_sim::Bf16Sim, &dir).unwrap(), cpu_model_on_bf16_weights(&dir), tmp.path());
     }
 }
+
+/// The sampler's step variants on the GPU against the CPU on the same bf16 weights: the margin
+/// confidence, the prefix cache recomputed whole, reused, reused with stale prompt states, and
+/// classifier-free guidance (kernels scatter_rows, vocab_confidence, cfg_combine inside the
+/// model). Log-probs within TOL_MODEL (relative L2), margins within 5e-2 absolute on average,
+/// tokens equal where the CPU's log-prob leads clearly.
+#[test]
+fn step_variants_match_cpu() {
+    let Some(backend) = gpu("step_variants_match_cpu") else { return };
+    let dir = fixtures().join("postln");
+    let mut g = XlmR::load(backend, &dir).unwrap();
+    let mut c = cpu_model_on_bf16_weights(&dir);
+    let batch = golden_batch("postln");
+    let vg = step_variants(&mut g, &batch, 301);
+    let vc = step_variants(&mut c, &batch, 301);
+    let pairs = [
+        ("full", &vg.full, &vc.full),
+        ("refresh", &vg.refresh, &vc.refresh),
+        ("partial", &vg.partial, &vc.partial),
+        ("partial, new prompt", &vg.partial_new_prompt, &vc.partial_new_prompt),
+        ("partial, changed targets", &vg.partial_changed, &vc.partial_changed),
+        ("full, changed targets", &vg.full_changed, &vc.full_changed),
+        ("guided", &vg.guided, &vc.guided),
+    ];
+    for (what, a, b) in pairs {
+        assert_close(&format!("{what}: log-probs"), &a.logprob, &b.logprob, TOL_MODEL);
+        let mean_abs = a.confidence.iter().zip(&b.confidence).map(|(x, y)| (x - y).abs()).sum::<f32>() / b.confidence.len().max(1) as f32;
+        assert!(mean_abs < 5e-2 && a.confidence.len() == b.confidence.len(), "{what}: margins differ by {mean_abs} on average");
+        let clear = b.confidence.iter().filter(|&&m| m > 0.1).count();
+        let same = a.token.iter().zip(&b.token).zip(&b.confidence).filter(|((x, y), &m)| m > 0.1 && x == y).count();
+        assert_eq!(same, clear, "{what}: tokens differ where the CPU's margin is clear");
+    }
+    assert_eq!(vg.partial_new_prompt, vg.partial, "GPU: the prompt of a reused row must not be read");
+}

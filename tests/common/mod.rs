@@ -217,3 +217,64 @@ pub fn init_micro(dir: &std::path::Path) {
         .unwrap();
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
 }
+
+/// The sampler's step variants beyond the plain pick, on one model, in a fixed order (one test
+/// body for the CPU and the CUDA backend): a canvas-like batch from the golden fixture whose
+/// first `PROMPT` positions of each row play the prompt and the rest the target.
+pub struct StepVariants {
+    /// The plain step with the margin confidence, and the same through the cache recomputed whole.
+    pub full: RowStats,
+    pub refresh: RowStats,
+    /// The cache reused with the same batch, and with the prompt's ids changed (unread until a refresh).
+    pub partial: RowStats,
+    pub partial_new_prompt: RowStats,
+    /// Targets changed: the cached step (stale prompt states), and the exact one.
+    pub partial_changed: RowStats,
+    pub full_changed: RowStats,
+    /// Classifier-free guidance of scale 1.5 over the batch and its prompt-masked copy.
+    pub guided: RowStats,
+}
+
+pub const PROMPT: usize = 2;
+
+pub fn step_variants<B: Backend>(m: &mut XlmR<B>, batch: &Batch, mask: i32) -> StepVariants {
+    let pad = m.config().pad_id;
+    let lens: Vec<usize> = batch.ids.chunks(batch.seq).map(|r| r.iter().filter(|&&t| t != pad).count()).collect();
+    let rows: Vec<i32> = lens.iter().enumerate().flat_map(|(b, &l)| (PROMPT..l).map(move |t| (b * batch.seq + t) as i32)).collect();
+    let opts = PickOpts { confidence: Some(dlm_engine::backend::ConfidenceKind::Margin), ..PickOpts::plain(vec![mask], 1.0, None) };
+    let g = [(rows.as_slice(), &opts)];
+    let (whole, from) = (vec![0; batch.batch], vec![PROMPT; batch.batch]);
+    let full = m.pick_many(batch, &g).unwrap();
+    let refresh = m.pick_many_cached(batch, &g, &whole).unwrap();
+    let partial = m.pick_many_cached(batch, &g, &from).unwrap();
+    let mut other = batch.clone();
+    for b in 0..batch.batch {
+        other.ids[b * batch.seq + 1] = 4 + (other.ids[b * batch.seq + 1] + 7) % 200;
+    }
+    let partial_new_prompt = m.pick_many_cached(&other, &g, &from).unwrap();
+    let mut changed = batch.clone();
+    for &r in &rows {
+        changed.ids[r as usize] = 4 + (changed.ids[r as usize] * 3 + 1) % 250;
+    }
+    let partial_changed = m.pick_many_cached(&changed, &g, &from).unwrap();
+    let full_changed = m.pick_many(&changed, &g).unwrap();
+    let mut doubled = batch.clone();
+    doubled.batch *= 2;
+    for b in 0..batch.batch {
+        let mut row = batch.ids[b * batch.seq..(b + 1) * batch.seq].to_vec();
+        row[1..PROMPT].fill(mask);
+        doubled.ids.extend(row);
+    }
+    let guided_opts = PickOpts { cfg_scale: Some(1.5), ..opts.clone() };
+    let guided = m.pick_many(&doubled, &[(rows.as_slice(), &guided_opts)]).unwrap().remove(0);
+    let one = |mut v: Vec<RowStats>| v.remove(0);
+    StepVariants {
+        full: one(full),
+        refresh: one(refresh),
+        partial: one(partial),
+        partial_new_prompt: one(partial_new_prompt),
+        partial_changed: one(partial_changed),
+        full_changed: one(full_changed),
+        guided,
+    }
+}

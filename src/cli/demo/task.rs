@@ -47,12 +47,17 @@ pub fn example(rng: &mut Rng, min_words: usize, max_words: usize) -> (String, St
 }
 
 /// `n` distinct examples (by source); the train and held-out sets of the demo never share a source.
-pub fn dataset(seed: u64, n: usize, exclude: &std::collections::HashSet<String>) -> Vec<(String, String)> {
+pub fn dataset(
+    seed: u64,
+    n: usize,
+    words: std::ops::RangeInclusive<usize>,
+    exclude: &std::collections::HashSet<String>,
+) -> Vec<(String, String)> {
     let mut rng = Rng::new(seed, 0xDE40);
     let mut seen = exclude.clone();
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        let (s, t) = example(&mut rng, 3, 7);
+        let (s, t) = example(&mut rng, *words.start(), *words.end());
         if seen.insert(s.clone()) {
             out.push((s, t));
         }
@@ -66,9 +71,9 @@ mod tests {
 
     #[test]
     fn targets_are_reversed_translations_and_sets_are_disjoint() {
-        let train = dataset(1, 300, &Default::default());
+        let train = dataset(1, 300, 3..=7, &Default::default());
         let seen: std::collections::HashSet<String> = train.iter().map(|e| e.0.clone()).collect();
-        let valid = dataset(2, 50, &seen);
+        let valid = dataset(2, 50, 3..=7, &seen);
         assert!(valid.iter().all(|(s, _)| !seen.contains(s)));
         let (s, t) = &train[0];
         let back: Vec<&str> = t.split(' ').rev().map(|g| LEXICON.iter().find(|(_, de)| *de == g).unwrap().0).collect();

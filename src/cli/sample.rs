@@ -56,7 +56,7 @@ pub struct Args {
     pub block_length: Option<usize>,
     /// Unsupervised classifier-free guidance of scale s: each step also runs the canvases with
     /// the prompt masked and picks from uncond + (s+1)·(cond − uncond); 0 is off.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub cfg_scale: f32,
     /// `prefix`: reuse the keys and values before the current block across its steps,
     /// recomputing them at each block's first step (an approximation, as XLM-R attends both

@@ -102,21 +102,35 @@ fn train_and_sample_on_cuda_match_the_cpu() {
         assert!(e <= TOL_TRAIN, "step {}: loss {g} (cuda) vs {c} (cpu): relative {e:.3e} > {TOL_TRAIN:.0e}", s + 1);
     }
 
-    // Both devices sample from the CPU-trained model, so only sampling differs.
+    // Both devices sample from the CPU-trained model, so only sampling differs: the paper's
+    // sampler (device-resident on CUDA), and the threshold decoder with the margin confidence,
+    // blocks and the prefix cache, then with guidance (the host loop over the device's steps).
     let trained = tmp.path().join("run-cpu/final");
+    let decoders: [&[&str]; 3] = [
+        &["--steps", "8"],
+        &["--strategy", "threshold", "--threshold", "0.5", "--confidence", "margin", "--block-length", "3", "--cache", "prefix"],
+        &["--strategy", "threshold", "--threshold", "0.5", "--cfg-scale", "0.5"],
+    ];
+    for flags in decoders {
+        compare_samples(tmp.path(), &trained, &data, rows.len(), flags);
+    }
+}
+
+fn compare_samples(tmp: &Path, trained: &Path, data: &Path, n: usize, flags: &[&str]) {
     let mut outs = Vec::new();
     for device in ["cpu", "cuda"] {
-        let hyp = tmp.path().join(format!("hyp-{device}.jsonl"));
-        run(&["sample", "--steps", "8", "--device", device], &[("--model", &trained), ("--input", &data), ("--out", &hyp)]);
+        let hyp = tmp.join(format!("hyp-{device}.jsonl"));
+        let args: Vec<&str> = ["sample", "--device", device].iter().copied().chain(flags.iter().copied()).collect();
+        run(&args, &[("--model", trained), ("--input", data), ("--out", &hyp)]);
         outs.push(jsonl(&hyp));
     }
-    assert_eq!(outs[0].len(), rows.len());
-    assert_eq!(outs[1].len(), rows.len());
+    assert_eq!(outs[0].len(), n);
+    assert_eq!(outs[1].len(), n);
     let same = outs[0].iter().zip(&outs[1]).filter(|(c, g)| c["hyp"] == g["hyp"]).count();
-    eprintln!("sampled lines equal on both devices: {same}/{}", rows.len());
+    eprintln!("{flags:?}: sampled lines equal on both devices: {same}/{}", n);
     // bf16 logits may flip a near tie, which changes the rest of that line's trajectory; most
     // lines must come out identical, and those with identical output must score alike.
-    assert!(same * 10 >= rows.len() * 8, "only {same}/{} sampled lines agree", rows.len());
+    assert!(same * 10 >= n * 8, "{flags:?}: only {same}/{} sampled lines agree", n);
     for (c, g) in outs[0].iter().zip(&outs[1]).filter(|(c, g)| c["hyp"] == g["hyp"]) {
         let (sc, sg) = (c["score"].as_f64().unwrap(), g["score"].as_f64().unwrap());
         assert!((sc - sg).abs() < 0.05, "{}: score {sg} (cuda) vs {sc} (cpu)", c["src"]);

@@ -11,11 +11,19 @@
 #define DLM_CANVAS_POS0 2   // the flat position in the model's input ids of its slot 0
 
 // One canvas's inputs for one step of `reparam_step` (Rust `StepParams`).
-#define DLM_STEP_FIELDS 4
+#define DLM_STEP_FIELDS 8
 #define DLM_STEP_K 0          // slots the lowest set may hold
 #define DLM_STEP_STREAM_HI 1  // the ranking noise's Philox stream, high then low 32 bits
 #define DLM_STEP_STREAM_LO 2
 #define DLM_STEP_SCALE 3  // the ranking noise's scale, f32 bits
+#define DLM_STEP_LO 4     // the window of slots the step works on (a block): [lo, hi) of the canvas
+#define DLM_STEP_HI 5
+#define DLM_STEP_MODE 6  // DLM_MODE_*
+#define DLM_STEP_CUT 7   // the threshold mode's cut in the ranked values' scale, f32 bits
+
+// What a step does in its window (Rust `StepMode`).
+#define DLM_MODE_TOPK 0       // the reparameterized top-k re-masking
+#define DLM_MODE_THRESHOLD 1  // commit every masked slot ranked >= cut, at least the best one
 
 // The score every non-target position has in the ranking (rdm::remask::NON_TARGET_SCORE).
 #define DLM_NON_TARGET_SCORE 1000.0f

@@ -99,18 +99,24 @@ extern "C" __global__ void __launch_bounds__(1024) vocab_pick_bf16(const bf16* l
     }
 }
 
-// One reparameterized RDM step per canvas, one block each: the ranking, the lowest set and the
-// slot update of rdm::remask (`lowest_set`, `reparam_update`); CPU twin: cpu/sampler.rs. The
-// canvases' slots are flat arrays (tokens, scores, masked), and the picks of this step are in the
-// same order. `canvases` and `step` hold DLM_CANVAS_FIELDS and DLM_STEP_FIELDS i32 per canvas
-// (contract.cuh): its slots and the flat position of slot 0 in `ids` (where the updated tokens go,
-// ready for the next forward), and this step's k, ranking-noise stream and scale.
-// Dynamic shared memory: n floats for the largest n.
+// One step per canvas, one block each, on the slots of the step's window [lo, hi) of the canvas
+// (a block of the target; the whole target without blocks). CPU twin: cpu/sampler.rs. The
+// canvases' slots are flat arrays (tokens, scores, masked); this step's picks (token, log-prob)
+// and the values ranked (`rank`: the log-prob or another confidence) are in the same order.
+// `canvases` and `step` hold DLM_CANVAS_FIELDS and DLM_STEP_FIELDS i32 per canvas (contract.cuh).
+// - DLM_MODE_TOPK: the ranking, the lowest set and the slot update of rdm::remask (`lowest_set`,
+//   `reparam_update`) with k and the ranking noise of the step;
+// - DLM_MODE_THRESHOLD: every masked slot ranked at least at the cut takes its pick, or, when none
+//   is, the best-ranked masked slot (the first on ties; NaN ranks lowest); nothing is re-masked.
+// Every slot's token is written to `ids` at the canvas's positions, ready for the next forward,
+// and the number of masked slots left in the window to `left[canvas]`.
+// Dynamic shared memory: one float per slot of the widest window.
 extern "C" __global__ void reparam_step(const int* canvases, const int* step, const int* pick_token,
-                                        const float* pick_lp, int* tokens, float* scores, int* masked, int* ids,
-                                        int cond, int noise, u64 seed, int mask_id) {
+                                        const float* pick_lp, const float* rank, int* tokens, float* scores, int* masked,
+                                        int* ids, int* left, int cond, int noise, u64 seed, int mask_id) {
     extern __shared__ float ranked[];
     __shared__ float cutoff;
+    __shared__ int sure, best, remaining;
     const int b = blockIdx.x;
     const int* cv = canvases + DLM_CANVAS_FIELDS * b;
     const int* st = step + DLM_STEP_FIELDS * b;
@@ -118,46 +124,84 @@ extern "C" __global__ void reparam_step(const int* canvases, const int* step, co
     const int k = st[DLM_STEP_K];
     const u64 stream = ((u64)(u32)st[DLM_STEP_STREAM_HI] << 32) | (u64)(u32)st[DLM_STEP_STREAM_LO];
     const float scale = __int_as_float(st[DLM_STEP_SCALE]);
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        float v = pick_lp[s0 + j];
+    const int lo = st[DLM_STEP_LO], w = st[DLM_STEP_HI] - lo;  // the host checks 0 <= lo <= hi <= n
+    const float cut = __int_as_float(st[DLM_STEP_CUT]);
+    const int w0 = s0 + lo;  // the window's first slot in the flat arrays
+    for (int j = threadIdx.x; j < w; j += blockDim.x) {
+        float v = rank[w0 + j];
         // Unfused, as the host computes it.
         if (noise) v = __fadd_rn(v, __fmul_rn(scale, philox_gumbel(seed, stream, (u64)j)));
         ranked[j] = v;
     }
-    if (threadIdx.x == 0) cutoff = DLM_NON_TARGET_SCORE;  // k >= n takes every slot
+    if (threadIdx.x == 0) {
+        cutoff = DLM_NON_TARGET_SCORE;  // k >= w takes every slot
+        sure = 0;
+        best = -1;
+        remaining = 0;
+    }
     __syncthreads();
-    if (k < n) {
-        // The cutoff is the k-th smallest ranked value in f32::total_cmp order (the host sorts):
-        // slot j holds sorted positions [less, less_eq) of the keys.
-        for (int j = threadIdx.x; j < n; j += blockDim.x) {
-            const int kj = total_order_key(ranked[j]);
-            int less = 0, less_eq = 0;
-            for (int i = 0; i < n; ++i) {
-                const int ki = total_order_key(ranked[i]);
-                less += ki < kj;
-                less_eq += ki <= kj;
+    if (st[DLM_STEP_MODE] == DLM_MODE_TOPK) {
+        if (k < w) {
+            // The cutoff is the k-th smallest ranked value in f32::total_cmp order (the host sorts):
+            // slot j holds sorted positions [less, less_eq) of the keys.
+            for (int j = threadIdx.x; j < w; j += blockDim.x) {
+                const int kj = total_order_key(ranked[j]);
+                int less = 0, less_eq = 0;
+                for (int i = 0; i < w; ++i) {
+                    const int ki = total_order_key(ranked[i]);
+                    less += ki < kj;
+                    less_eq += ki <= kj;
+                }
+                if (less <= k && k < less_eq) cutoff = ranked[j];  // equal keys write equal values
             }
-            if (less <= k && k < less_eq) cutoff = ranked[j];  // equal keys write equal values
+        }
+        __syncthreads();
+        for (int j = threadIdx.x; j < w; j += blockDim.x) {
+            const int t = w0 + j;
+            const bool was_masked = masked[t] != 0;
+            const int cur = pick_token[t];
+            const float cur_lp = pick_lp[t];
+            const bool to_mask = ranked[j] < cutoff && (!cond || was_masked || (cur == tokens[t] && cur_lp < scores[t]));
+            if (to_mask) {
+                tokens[t] = mask_id;
+                scores[t] = -INFINITY;
+                masked[t] = 1;
+            } else if (was_masked) {
+                tokens[t] = cur;
+                scores[t] = cur_lp;
+                masked[t] = 0;
+            }
+        }
+    } else {
+        for (int j = threadIdx.x; j < w; j += blockDim.x)
+            if (masked[w0 + j] && ranked[j] >= cut) atomicAdd(&sure, 1);
+        __syncthreads();
+        if (threadIdx.x == 0 && sure == 0) {
+            float top = -INFINITY;
+            for (int j = 0; j < w; ++j) {
+                const float v = ranked[j] != ranked[j] ? -INFINITY : ranked[j];  // NaN ranks lowest
+                if (masked[w0 + j] && (best < 0 || v > top)) {
+                    best = j;
+                    top = v;
+                }
+            }
+        }
+        __syncthreads();
+        for (int j = threadIdx.x; j < w; j += blockDim.x) {
+            const int t = w0 + j;
+            if (masked[t] && (ranked[j] >= cut || j == best)) {
+                tokens[t] = pick_token[t];
+                scores[t] = pick_lp[t];
+                masked[t] = 0;
+            }
         }
     }
     __syncthreads();
-    for (int j = threadIdx.x; j < n; j += blockDim.x) {
-        const int t = s0 + j;
-        const bool was_masked = masked[t] != 0;
-        const int cur = pick_token[t];
-        const float cur_lp = pick_lp[t];
-        const bool to_mask = ranked[j] < cutoff && (!cond || was_masked || (cur == tokens[t] && cur_lp < scores[t]));
-        if (to_mask) {
-            tokens[t] = mask_id;
-            scores[t] = -INFINITY;
-            masked[t] = 1;
-        } else if (was_masked) {
-            tokens[t] = cur;
-            scores[t] = cur_lp;
-            masked[t] = 0;
-        }
-        ids[pos0 + j] = tokens[t];
-    }
+    for (int j = threadIdx.x; j < n; j += blockDim.x) ids[pos0 + j] = tokens[s0 + j];
+    for (int j = threadIdx.x; j < w; j += blockDim.x)
+        if (masked[w0 + j]) atomicAdd(&remaining, 1);
+    __syncthreads();
+    if (threadIdx.x == 0) left[b] = remaining;
 }
 
 // A slot's confidence other than the pick's log-prob, for the samplers that rank by it. CPU twin:

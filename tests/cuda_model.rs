@@ -144,9 +144,11 @@ fn recorded_sampling_step_replays_on_new_inputs() {
     assert!(g.sampling_step_recorded());
 }
 
-/// On the GPU, the device-resident decode (re-masking kernel, recorded step, no read-back until
-/// the end) gives the host loop's results on the same GPU picks. Deterministic ranking only: with
-/// ranking noise the device's logf may differ from the host's ln by an ulp.
+/// On the GPU, the device-resident decode (the step kernel, recorded step, no read-back until the
+/// end but a threshold run's masked counts) gives the host loop's results on the same GPU picks,
+/// for the reparameterized and threshold strategies, blocks and the model's confidences.
+/// Deterministic ranking only: with ranking noise the device's logf may differ from the host's
+/// ln by an ulp.
 #[test]
 fn device_decode_matches_the_host_loop_on_gpu() {
     let Some(mut be) = gpu("device_decode_matches_the_host_loop_on_gpu") else { return };
@@ -156,22 +158,11 @@ fn device_decode_matches_the_host_loop_on_gpu() {
     let prompts: Vec<Vec<i32>> = vec![vec![0, 47, 108, 44], vec![0, 55], vec![0, 9, 10, 11, 12, 13], vec![0, 200, 201]];
     let lengths = [5, 9, 0, 3];
     let special = SpecialIds { bos: 0, pad: 1, eos: 2, mask: 301 };
-    for strategy in ["reparam-uncond-deterministic-cosine", "reparam-cond-deterministic-linear"] {
-        for sample in [false, true] {
-            let cfg = SamplerConfig {
-                steps: 6,
-                strategy: strategy.parse().unwrap(),
-                temperature: 0.9,
-                sample,
-                seed: 77,
-                record_steps: false,
-                ..SamplerConfig::default()
-            };
-            let host = generate(&mut HostOnly(&mut g), &prompts, &lengths, special, &cfg, 4, None).unwrap();
-            let dev = generate(&mut g, &prompts, &lengths, special, &cfg, 4, None).unwrap();
-            assert_eq!(dev, host, "{strategy} sample={sample}");
-            assert!(g.sampling_step_recorded(), "{strategy} sample={sample}: the decode step was not recorded");
-        }
+    for cfg in device_configs(false) {
+        let host = generate(&mut HostOnly(&mut g), &prompts, &lengths, special, &cfg, 4, None).unwrap();
+        let dev = generate(&mut g, &prompts, &lengths, special, &cfg, 4, None).unwrap();
+        assert_eq!(dev, host, "{cfg:?}");
+        assert!(g.sampling_step_recorded(), "{cfg:?}: the decode step was not recorded");
     }
 }
 

@@ -7,7 +7,7 @@
 mod common;
 use common::*;
 use dlm_engine::backend::cpu::CpuBackend;
-use dlm_engine::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
+use dlm_engine::diffusion::sampler::{generate, SpecialIds};
 use dlm_engine::model::{Batch, PickOpts, XlmR};
 use dlm_engine::rng::philox_gumbel;
 
@@ -74,8 +74,9 @@ fn pick_many_matches_the_logits_with_a_padded_head() {
 }
 
 /// The device-resident decode (canvases on the backend, `reparam_step` after each pick) gives
-/// exactly the host loop's results for every reparameterized strategy, argmax and sampling,
-/// prompts and targets of mixed lengths (one empty), batches that split the input.
+/// exactly the host loop's results for every reparameterized strategy and the threshold
+/// strategy, with blocks and the model's confidences, argmax and sampling, prompts and targets
+/// of mixed lengths (one empty), batches that split the input.
 #[test]
 fn device_decode_matches_the_host_loop() {
     let dir = fixtures().join("postln");
@@ -83,27 +84,11 @@ fn device_decode_matches_the_host_loop() {
     let prompts: Vec<Vec<i32>> = vec![vec![0, 47, 108, 44], vec![0, 55], vec![0, 9, 10, 11, 12, 13], vec![0, 200, 201]];
     let lengths = [5, 9, 0, 3];
     let special = SpecialIds { bos: 0, pad: 1, eos: 2, mask: 301 };
-    for strategy in [
-        "reparam-uncond-deterministic-cosine",
-        "reparam-cond-deterministic-linear",
-        "reparam-uncond-stochastic1.0-linear",
-        "reparam-cond-stochastic0.5-cosine",
-    ] {
-        for sample in [false, true] {
-            let cfg = SamplerConfig {
-                steps: 6,
-                strategy: strategy.parse().unwrap(),
-                temperature: 0.9,
-                sample,
-                seed: 77,
-                record_steps: false,
-                ..SamplerConfig::default()
-            };
-            let host = generate(&mut HostOnly(&mut m), &prompts, &lengths, special, &cfg, 3, None).unwrap();
-            let dev = generate(&mut m, &prompts, &lengths, special, &cfg, 3, None).unwrap();
-            assert_eq!(dev, host, "{strategy} sample={sample}");
-            assert!(host.iter().any(|g| !g.tokens.is_empty()));
-        }
+    for cfg in device_configs(true) {
+        let host = generate(&mut HostOnly(&mut m), &prompts, &lengths, special, &cfg, 3, None).unwrap();
+        let dev = generate(&mut m, &prompts, &lengths, special, &cfg, 3, None).unwrap();
+        assert_eq!(dev, host, "{cfg:?}");
+        assert!(host.iter().any(|g| !g.tokens.is_empty()));
     }
 }
 

@@ -97,9 +97,14 @@ fn blocks_are_decoded_left_to_right_each_with_its_share_of_the_steps() {
         assert!(slots[2 * done_blocks..].iter().skip(2).all(|&t| t == MASK), "step {}: later blocks stay masked: {slots:?}", s + 1);
         assert!(slots[..2 * done_blocks].iter().all(|&t| t != MASK), "step {}: finished blocks are filled: {slots:?}", s + 1);
     }
-    // Only the current block is scored.
-    let scored: Vec<Vec<usize>> = d.scored.iter().map(|v| v.iter().map(|&(_, j)| j).collect()).collect();
-    assert_eq!(scored, [vec![0, 1], vec![0, 1], vec![2, 3], vec![2, 3], vec![4, 5], vec![4, 5]]);
+    // Every slot is scored (as on the device), only the block's are used.
+    assert!(d.scored.iter().all(|v| v.iter().map(|&(_, j)| j).eq(0..6)));
+    // With the cache only the recomputed slots can be scored: the block and the later ones.
+    let mut d = TableDenoiser::new(&prompts, &[6], SPECIAL, V, Box::new(|_, s, j| peaked(3 + (j + s) % 10, 0.5 + 0.04 * j as f32)));
+    let cached = run(&mut d, &prompts, &[6], &SamplerConfig { cache: true, ..c.clone() }, 1).remove(0);
+    let scored: Vec<usize> = d.scored.iter().map(|v| v[0].1).collect();
+    assert_eq!(scored, [0, 0, 2, 2, 4, 4]);
+    assert_eq!(cached.tokens, g.tokens, "the mock's logits do not depend on the cache");
 
     // A threshold run per block: a block ends as soon as it has no mask, so a sure block takes one pass.
     let logits: LogitsFn = Box::new(|_, _, j| peaked(3 + j, if j < 3 { 0.99 } else { 0.4 }));

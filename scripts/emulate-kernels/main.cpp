@@ -269,13 +269,14 @@ void test_remask(bool cond, bool noise) {
             const int l = lens[b], k = kcase == 0 ? 0 : kcase == 1 ? l / 2 : kcase == 2 ? std::max(l - 1, 0) : kcase == 3 ? l : l + 3;
             const u64 st = ((u64)b << 40) | 17;
             float scale = 0.7f + b; int sbits; memcpy(&sbits, &scale, 4);
-            step.insert(step.end(), {k, (int)(u32)(st >> 32), (int)(u32)st, sbits});
+            step.insert(step.end(), {k, (int)(u32)(st >> 32), (int)(u32)st, sbits, 0, l, DLM_MODE_TOPK, 0});
         }
         auto wt = tok, wm = msk; auto ws = sc; std::vector<int> wids(lens.size() * seq, -1), ids = wids;
+        std::vector<int> left(lens.size(), -1), wleft(lens.size(), 0);
         for (size_t b = 0; b < lens.size(); ++b) {
-            const int s0 = meta[3*b], l = meta[3*b+1], pos0 = meta[3*b+2], k = step[4*b];
-            const u64 st = ((u64)(u32)step[4*b+1] << 32) | (u32)step[4*b+2];
-            const float scale = __int_as_float(step[4*b+3]);
+            const int s0 = meta[3*b], l = meta[3*b+1], pos0 = meta[3*b+2], k = step[8*b];
+            const u64 st = ((u64)(u32)step[8*b+1] << 32) | (u32)step[8*b+2];
+            const float scale = __int_as_float(step[8*b+3]);
             std::vector<float> r(l);
             for (int j = 0; j < l; ++j) r[j] = noise ? __fadd_rn(plp[s0+j], __fmul_rn(scale, philox_gumbel(seed, st, j))) : plp[s0+j];
             auto key = [](float v) { int x; memcpy(&x, &v, 4); return x ^ (int)(((u32)(x >> 31)) >> 1); };
@@ -287,14 +288,16 @@ void test_remask(bool cond, bool noise) {
                 if (to_mask) { wt[t] = mask_id; ws[t] = -INFINITY; wm[t] = 1; }
                 else if (wm[t]) { wt[t] = ptok[t]; ws[t] = plp[t]; wm[t] = 0; }
                 wids[pos0 + j] = wt[t];
+                wleft[b] += wm[t];
             }
         }
         launch({(unsigned)lens.size(),1,1}, {256,1,1}, [&] {
-            reparam_step(meta.data(), step.data(), ptok.data(), plp.data(), tok.data(), sc.data(), msk.data(), ids.data(), cond, noise, seed, mask_id);
+            reparam_step(meta.data(), step.data(), ptok.data(), plp.data(), plp.data(), tok.data(), sc.data(), msk.data(), ids.data(), left.data(), cond, noise, seed, mask_id);
         });
         int bad = 0;
         for (int i = 0; i < n; ++i) bad += tok[i] != wt[i] || msk[i] != wm[i] || !(sc[i] == ws[i] || (std::isinf(sc[i]) && std::isinf(ws[i])));
         for (size_t i = 0; i < ids.size(); ++i) bad += ids[i] != wids[i];
+        for (size_t b = 0; b < lens.size(); ++b) bad += left[b] != wleft[b];
         CHECK(bad == 0, "reparam_step cond %d noise %d k case %d: %d slots differ", cond, noise, kcase, bad);
     }
     printf("reparam_step cond %d noise %d: ok\n", cond, noise);

@@ -29,6 +29,33 @@ pub struct StepParams {
     pub stream_lo: i32,
     /// The ranking noise's scale, as f32 bits.
     pub scale_bits: i32,
+    /// The window of slots the step works on, `[lo, hi)` of the canvas (a block; the whole
+    /// canvas without blocks). Slots outside it are left as they are.
+    pub lo: i32,
+    pub hi: i32,
+    /// `StepMode` code.
+    pub mode: i32,
+    /// The threshold mode's cut, in the scale of the ranked values, as f32 bits.
+    pub cut_bits: i32,
+}
+
+/// What a step does in its window (`DLM_MODE_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepMode {
+    /// The reparameterized top-k re-masking (rdm::remask's `lowest_set` and `reparam_update`).
+    TopK,
+    /// Commit every masked slot ranked at least at the cut, at least the best one
+    /// (rdm::remask::threshold_commits); nothing is re-masked.
+    Threshold,
+}
+
+impl StepMode {
+    pub fn code(self) -> i32 {
+        match self {
+            StepMode::TopK => 0,
+            StepMode::Threshold => 1,
+        }
+    }
 }
 
 impl CanvasMeta {
@@ -40,9 +67,39 @@ impl StepParams {
     /// i32 fields per record in the packed array (`DLM_STEP_FIELDS`).
     pub const FIELDS: usize = std::mem::size_of::<Self>() / std::mem::size_of::<i32>();
 
-    pub fn new(k: usize, stream: u64, scale: f32) -> Self {
+    /// A top-k step over the slots `window` of the canvas: at most `k` stay masked, with
+    /// ranking noise of `stream` and `scale`.
+    pub fn top_k(k: usize, stream: u64, scale: f32, window: std::ops::Range<usize>) -> Self {
         let [stream_hi, stream_lo] = super::pack_seed(stream);
-        StepParams { k: k.min(i32::MAX as usize) as i32, stream_hi, stream_lo, scale_bits: scale.to_bits() as i32 }
+        StepParams {
+            k: k.min(i32::MAX as usize) as i32,
+            stream_hi,
+            stream_lo,
+            scale_bits: scale.to_bits() as i32,
+            lo: window.start.min(i32::MAX as usize) as i32,
+            hi: window.end.min(i32::MAX as usize) as i32,
+            mode: StepMode::TopK.code(),
+            cut_bits: 0,
+        }
+    }
+
+    /// A threshold step over the slots `window` of the canvas.
+    pub fn threshold(cut: f32, window: std::ops::Range<usize>) -> Self {
+        StepParams { mode: StepMode::Threshold.code(), cut_bits: cut.to_bits() as i32, ..Self::top_k(0, 0, 0.0, window) }
+    }
+
+    pub fn window(&self) -> std::ops::Range<usize> {
+        self.lo.max(0) as usize..self.hi.max(0) as usize
+    }
+    pub fn step_mode(&self) -> StepMode {
+        if self.mode == StepMode::Threshold.code() {
+            StepMode::Threshold
+        } else {
+            StepMode::TopK
+        }
+    }
+    pub fn cut(&self) -> f32 {
+        f32::from_bits(self.cut_bits as u32)
     }
     pub fn stream(&self) -> u64 {
         super::unpack_seed(&[self.stream_hi, self.stream_lo], 0)
@@ -50,6 +107,38 @@ impl StepParams {
     pub fn scale(&self) -> f32 {
         f32::from_bits(self.scale_bits as u32)
     }
+}
+
+/// Checks the packed arrays of a `reparam_step` on `n` canvases against `slots` flat slots and
+/// `ids` input positions: each canvas within both, each step's window within its canvas.
+/// Returns the largest canvas (the kernel's shared memory holds one value per slot of it).
+pub fn check_canvases(meta: &[i32], step: &[i32], n: usize, slots: usize, ids: usize) -> anyhow::Result<usize> {
+    anyhow::ensure!(
+        meta.len() >= n * CanvasMeta::FIELDS && step.len() >= n * StepParams::FIELDS,
+        "reparam_step: the canvas arrays do not hold {n} canvases"
+    );
+    let mut widest = 0;
+    let canvases = records::<CanvasMeta>(&meta[..n * CanvasMeta::FIELDS]);
+    for (b, (c, st)) in canvases.iter().zip(records::<StepParams>(&step[..n * StepParams::FIELDS])).enumerate() {
+        let fits =
+            [c.first, c.len, c.pos0].iter().all(|&v| v >= 0) && (c.first + c.len) as usize <= slots && (c.pos0 + c.len) as usize <= ids;
+        anyhow::ensure!(
+            fits,
+            "reparam_step: canvas {b} (slots {}+{}, ids from {}) does not fit {slots} slots and {ids} ids",
+            c.first,
+            c.len,
+            c.pos0
+        );
+        anyhow::ensure!(
+            0 <= st.lo && st.lo <= st.hi && st.hi <= c.len,
+            "reparam_step: canvas {b}'s window {}..{} is not within its {} slots",
+            st.lo,
+            st.hi,
+            c.len
+        );
+        widest = widest.max(c.len as usize);
+    }
+    Ok(widest)
 }
 
 /// The code `q_sample_mask` takes for a reweighting (`DLM_REWEIGHT_*`).
@@ -109,6 +198,10 @@ mod tests {
         assert_eq!(field(offset_of!(StepParams, stream_hi)), int(&h, "DLM_STEP_STREAM_HI"));
         assert_eq!(field(offset_of!(StepParams, stream_lo)), int(&h, "DLM_STEP_STREAM_LO"));
         assert_eq!(field(offset_of!(StepParams, scale_bits)), int(&h, "DLM_STEP_SCALE"));
+        assert_eq!(field(offset_of!(StepParams, lo)), int(&h, "DLM_STEP_LO"));
+        assert_eq!(field(offset_of!(StepParams, hi)), int(&h, "DLM_STEP_HI"));
+        assert_eq!(field(offset_of!(StepParams, mode)), int(&h, "DLM_STEP_MODE"));
+        assert_eq!(field(offset_of!(StepParams, cut_bits)), int(&h, "DLM_STEP_CUT"));
     }
 
     #[test]
@@ -123,14 +216,18 @@ mod tests {
         ] {
             assert_eq!(reweighting_code(r) as usize, int(&h, name), "{name}");
         }
+        assert_eq!(StepMode::TopK.code() as usize, int(&h, "DLM_MODE_TOPK"));
+        assert_eq!(StepMode::Threshold.code() as usize, int(&h, "DLM_MODE_THRESHOLD"));
         // Every definition of the header is checked above: a new one needs its Rust twin here.
-        assert_eq!(h.len(), 13, "kernels/contract.cuh gained or lost a definition: mirror it in contract.rs");
+        assert_eq!(h.len(), 19, "kernels/contract.cuh gained or lost a definition: mirror it in contract.rs");
     }
 
     #[test]
     fn step_params_round_trip() {
-        let s = StepParams::new(usize::MAX, 0xdead_beef_1234_5678, -0.75);
-        assert_eq!((s.k, s.stream(), s.scale()), (i32::MAX, 0xdead_beef_1234_5678, -0.75));
+        let s = StepParams::top_k(usize::MAX, 0xdead_beef_1234_5678, -0.75, 3..9);
+        assert_eq!((s.k, s.stream(), s.scale(), s.window(), s.step_mode()), (i32::MAX, 0xdead_beef_1234_5678, -0.75, 3..9, StepMode::TopK));
+        let t = StepParams::threshold(-0.25, 0..4);
+        assert_eq!((t.cut(), t.window(), t.step_mode()), (-0.25, 0..4, StepMode::Threshold));
         let packed_steps = packed(&[s, StepParams::default()]).to_vec();
         assert_eq!(records::<StepParams>(&packed_steps), &[s, StepParams::default()]);
     }

@@ -182,10 +182,12 @@ pub struct VocabShape {
     pub valid: usize,
 }
 
-/// A pick per row: its token and log-prob.
+/// A pick per row: its token and log-prob, and the value the step ranks (the log-prob itself,
+/// or another confidence).
 pub struct Picks<'a, F: ?Sized, I: ?Sized> {
     pub token: &'a I,
     pub logprob: &'a F,
+    pub rank: &'a F,
 }
 
 /// Where `vocab_pick` writes its picks.
@@ -202,11 +204,13 @@ pub struct CanvasInputs<'a, I: ?Sized> {
     pub step: &'a I,
 }
 
-/// The canvases' slots, flat: tokens, the score at commit (−inf while masked), masked (0/1).
+/// The canvases' slots, flat: tokens, the score at commit (−inf while masked), masked (0/1);
+/// and per canvas the masked slots left in its step's window after the step.
 pub struct CanvasState<'a, F: ?Sized, I: ?Sized> {
     pub tokens: &'a mut I,
     pub scores: &'a mut F,
     pub masked: &'a mut I,
+    pub left: &'a mut I,
 }
 
 /// Where `q_sample` writes the masked slots: flat positions, clean ids and loss weights.
@@ -473,15 +477,17 @@ pub trait Backend {
     /// `shape.rows` rows become `uncond + (scale + 1)·(cond − uncond)`.
     fn cfg_combine(&self, logits: &mut Self::Buf, shape: VocabShape, scale: f32) -> Result<()>;
 
-    /// One reparameterized RDM step (rdm::remask's ranking, `lowest_set` and
-    /// `reparam_update`) on `n_canvases` canvases whose slots live in the flat arrays `tokens`,
-    /// `scores` (log-prob at commit, −inf while masked) and `masked` (0/1), in place; each
-    /// updated slot token is also written to `ids`, the next forward's input.
-    /// - `canvases`: three i32 per canvas: its first slot, its slot count n, and the flat position
-    ///   in `ids` of its slot 0;
-    /// - `step`: four i32 per canvas for this step: k (`lowest_set`'s k), the ranking-noise stream
-    ///   (high, low 32 bits) and the noise scale (f32 bits), unused without `rule.noise`;
-    /// - `pick_token`, `pick_logprob`: this step's picks at every slot, in slot order.
+    /// One decoding step on `n_canvases` canvases whose slots live in the flat arrays `tokens`,
+    /// `scores` (log-prob at commit, −inf while masked) and `masked` (0/1), in place, on each
+    /// canvas's window of this step: the reparameterized top-k (rdm::remask's ranking,
+    /// `lowest_set` and `reparam_update`) or the threshold rule (`threshold_commits`). Every slot
+    /// token is also written to `ids`, the next forward's input, and the masked slots left in the
+    /// window to `left`.
+    /// - `canvases`: `contract::CanvasMeta` per canvas: its first slot, its slot count n, and the
+    ///   flat position in `ids` of its slot 0;
+    /// - `step`: `contract::StepParams` per canvas for this step: the window, the mode, k, the
+    ///   ranking-noise stream and scale (unused without `rule.noise`) and the threshold's cut;
+    /// - `picks`: this step's picks at every slot, in slot order, and the values ranked.
     fn reparam_step(
         &self,
         canvases: CanvasInputs<'_, Self::IBuf>,

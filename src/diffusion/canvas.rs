@@ -9,6 +9,7 @@
 
 use super::sampler::{stream, SamplerConfig, SpecialIds, CMLM_DRAW, RANDOM_CONFIDENCE, RANK_NOISE};
 use super::strategy::{stay_masked, Confidence, Strategy};
+use crate::backend::contract::StepParams;
 use crate::rdm::remask::{self, RankNoise, Slots};
 use crate::rng::philox_uniform;
 use std::ops::Range;
@@ -101,10 +102,14 @@ impl<'a> Canvas<'a> {
     pub fn plan(&self, cfg: &SamplerConfig, s: usize) -> Vec<usize> {
         let Some(b) = self.blocks.get(self.block) else { return Vec::new() };
         match cfg.strategy {
-            // The ranking needs the current confidence at every slot of the block, decoded ones
-            // included; the threshold rule reads only the masked ones, but scoring the whole
-            // block keeps the step's shape, and so its workspace, the same within the block.
-            Strategy::Reparam { .. } | Strategy::Threshold => b.slots.clone().collect(),
+            // The rules read the block's slots (the top-k ranks all of them, decoded ones
+            // included). Every slot is scored, as the device-resident decode does, so both pick
+            // the same rows with the same noise, and a step's shape (its workspace) never
+            // changes; with the cache only the recomputed slots can be, from the block on.
+            Strategy::Reparam { .. } | Strategy::Threshold => {
+                let from = if cfg.cache { b.slots.start } else { 0 };
+                (from..self.slots.len()).collect()
+            }
             Strategy::Cmlm => {
                 let p = (1.0 / (b.steps - self.taken) as f64) as f32;
                 let st = stream(CMLM_DRAW, self.example, s);
@@ -126,16 +131,19 @@ impl<'a> Canvas<'a> {
             }
             Confidence::Margin | Confidence::Entropy => confidence.to_vec(),
         };
+        // The top-k and threshold rules work on the block, which the plan (a run of slots) holds.
+        let (tok, logprob, conf, plan) = match cfg.strategy {
+            Strategy::Reparam { .. } | Strategy::Threshold => {
+                let p0 = plan.first().copied().unwrap_or(b.slots.start);
+                let at = b.slots.start - p0..b.slots.end - p0;
+                (&tok[at.clone()], &logprob[at.clone()], conf[at.clone()].to_vec(), &plan[at])
+            }
+            _ => (tok, logprob, conf, plan),
+        };
         match cfg.strategy {
-            Strategy::Reparam { remask, noise_scale, schedule } => {
+            Strategy::Reparam { remask, .. } => {
                 // The plan is the whole block, in order.
-                let rate = schedule.rate(self.taken + 1, b.steps);
-                let k = stay_masked(b.slots.len(), rate);
-                let noise = noise_scale.map(|c| RankNoise {
-                    scale: (c * rate) as f32,
-                    seed: cfg.seed,
-                    stream: stream(RANK_NOISE, self.example, s),
-                });
+                let (k, noise) = self.top_k(&b, cfg, s);
                 let lowest = remask::lowest_set(&remask::ranked(&conf, noise), k);
                 let mut sub = Slots {
                     tokens: self.slots.tokens[b.slots.clone()].to_vec(),
@@ -149,29 +157,52 @@ impl<'a> Canvas<'a> {
             }
             Strategy::Threshold => {
                 let masked: Vec<bool> = plan.iter().map(|&j| self.slots.masked[j]).collect();
-                let p: Vec<f32> = conf.iter().map(|&v| cfg.confidence.as_probability(v)).collect();
-                let at: Vec<usize> = remask::threshold_commits(&masked, &p, cfg.threshold);
+                let at: Vec<usize> = remask::threshold_commits(&masked, &conf, cfg.confidence.threshold_cut(cfg.threshold));
                 let slots: Vec<usize> = at.iter().map(|&i| plan[i]).collect();
                 let (t, l): (Vec<i32>, Vec<f32>) = at.iter().map(|&i| (tok[i], logprob[i])).unzip();
                 remask::fill(&mut self.slots, &slots, &t, &l);
             }
             Strategy::Cmlm | Strategy::Ar => remask::fill(&mut self.slots, plan, tok, logprob),
         }
-        self.advance(cfg);
+        let block_has_mask = self.slots.masked[b.slots].iter().any(|&m| m);
+        self.advance(cfg, block_has_mask);
+    }
+
+    /// The top-k step's inputs in block `b` at step `s`: how many slots may stay masked, and the
+    /// `stochastic<c>` ranking noise (scale `f32(c·rate)`).
+    fn top_k(&self, b: &Block, cfg: &SamplerConfig, s: usize) -> (usize, Option<RankNoise>) {
+        let Strategy::Reparam { noise_scale, schedule, .. } = cfg.strategy else { return (0, None) };
+        let rate = schedule.rate(self.taken + 1, b.steps);
+        let noise =
+            noise_scale.map(|c| RankNoise { scale: (c * rate) as f32, seed: cfg.seed, stream: stream(RANK_NOISE, self.example, s) });
+        (stay_masked(b.slots.len(), rate), noise)
+    }
+
+    /// Step `s` of a device-resident decode (the reparam and threshold strategies): the window
+    /// and the rule `Backend::reparam_step` applies. A finished canvas gets an empty window.
+    pub fn device_step(&self, cfg: &SamplerConfig, s: usize) -> StepParams {
+        let n = self.slots.len();
+        let Some(b) = self.blocks.get(self.block) else { return StepParams::top_k(0, 0, 0.0, n..n) };
+        match cfg.strategy {
+            Strategy::Threshold => StepParams::threshold(cfg.confidence.threshold_cut(cfg.threshold), b.slots.clone()),
+            _ => {
+                let (k, noise) = self.top_k(b, cfg, s);
+                StepParams::top_k(k, noise.map_or(0, |n| n.stream), noise.map_or(0.0, |n| n.scale), b.slots.clone())
+            }
+        }
     }
 
     /// Counts the step and moves to the next block when this one is finished: after its steps
     /// (top-k, `cmlm`, `ar`), or once it has no mask left (`threshold`).
-    fn advance(&mut self, cfg: &SamplerConfig) {
+    pub fn advance(&mut self, cfg: &SamplerConfig, block_has_mask: bool) {
         self.nfe += 1;
         self.taken += 1;
         if let Some(h) = self.history.as_mut() {
             h.push(self.slots.tokens.clone());
         }
-        let b = &self.blocks[self.block];
         let finished = match cfg.strategy {
-            Strategy::Threshold => !self.slots.masked[b.slots.clone()].iter().any(|&m| m),
-            _ => self.taken >= b.steps,
+            Strategy::Threshold => !block_has_mask,
+            _ => self.taken >= self.blocks[self.block].steps,
         };
         if finished {
             self.block += 1;

@@ -28,10 +28,10 @@
 //! reports the mean of the LAST step's max log-probs; dlm-engine keeps one definition for all.
 
 use super::canvas::Canvas;
-use super::strategy::{Confidence, Remask, Schedule, Strategy};
+use super::strategy::{Confidence, Remask, Strategy};
 use crate::backend::{ConfidenceKind, ReparamRule, RowStats};
 use crate::model::{Batch, CanvasSlots, CanvasStep, DecodeSpec, PickOpts};
-use crate::rdm::remask::{RankNoise, Slots};
+use crate::rdm::remask::Slots;
 use crate::rng::philox_u32;
 use anyhow::{bail, ensure, Result};
 
@@ -74,6 +74,8 @@ pub trait Denoiser {
 pub trait DeviceSteps {
     fn start(&mut self, batch: &Batch, first: &[usize], lens: &[usize], spec: &DecodeSpec) -> Result<()>;
     fn step(&mut self, steps: &[CanvasStep]) -> Result<()>;
+    /// Per canvas, the masked slots left in its window after the steps so far (waits for them).
+    fn left(&mut self) -> Result<Vec<usize>>;
     fn finish(&mut self) -> Result<Vec<CanvasSlots>>;
 }
 
@@ -112,7 +114,7 @@ pub struct SamplerConfig {
     pub record_steps: bool,
     /// What ranks the slots, and what `threshold` compares.
     pub confidence: Confidence,
-    /// The `threshold` strategy's threshold, on the 0..1 scale of `Confidence::as_probability`.
+    /// The `threshold` strategy's threshold τ in (0, 1] (see `Confidence::threshold_cut`).
     pub threshold: f32,
     /// Semi-autoregressive blocks of this many target slots (`None`: the whole target).
     pub block_length: Option<usize>,
@@ -142,11 +144,11 @@ impl Default for SamplerConfig {
 }
 
 impl SamplerConfig {
-    /// Whether the steps can stay on the device: the paper's reparameterized sampler as it is.
+    /// Whether the steps can stay on the device: the reparameterized and threshold strategies,
+    /// in blocks or not, ranking the log-prob or a confidence the model computes.
     fn device_resident(&self) -> bool {
-        matches!(self.strategy, Strategy::Reparam { .. })
-            && self.confidence == Confidence::Prob
-            && self.block_length.is_none()
+        matches!(self.strategy, Strategy::Reparam { .. } | Strategy::Threshold)
+            && self.confidence != Confidence::Random
             && self.cfg_scale == 0.0
             && !self.cache
             && !self.record_steps
@@ -380,60 +382,55 @@ fn denoise_step(d: &mut impl Denoiser, canvases: &mut [Canvas], special: Special
     Ok(())
 }
 
-/// All steps of a reparameterized strategy on the device: the same picks and updates as
-/// `denoise_step` + `apply` (every slot scored, one pick group per canvas when sampling), with
-/// the same random streams.
+/// All steps of a reparameterized or threshold strategy on the device: the same picks and
+/// updates as `denoise_step` and `Canvas::apply` (every slot of the block scored, one pick group
+/// per canvas when sampling), with the same random streams. The top-k strategies queue their
+/// steps without waiting; a threshold run reads back the masked count of each canvas's block
+/// after every step, to know when a block (and the canvas) is done.
 fn decode_on_device(dev: &mut dyn DeviceSteps, canvases: &mut [Canvas], special: SpecialIds, cfg: &SamplerConfig) -> Result<()> {
-    let Strategy::Reparam { remask, noise_scale, schedule } = cfg.strategy else {
-        bail!("internal: device decoding is for reparam strategies")
+    let rule = match cfg.strategy {
+        Strategy::Reparam { remask, noise_scale, .. } => {
+            ReparamRule { cond: remask == Remask::Cond, noise: noise_scale.is_some(), seed: cfg.seed, mask: special.mask }
+        }
+        Strategy::Threshold => ReparamRule { cond: false, noise: false, seed: cfg.seed, mask: special.mask },
+        _ => bail!("internal: device decoding is for the reparam and threshold strategies"),
     };
     let rows: Vec<Vec<i32>> = canvases.iter().map(|c| c.row(special)).collect();
     let batch = Batch::from_rows(&rows, special.pad);
     let first: Vec<usize> = canvases.iter().map(|c| c.prompt.len()).collect();
     let lens: Vec<usize> = canvases.iter().map(|c| c.slots.len()).collect();
-    let rule = ReparamRule { cond: remask == Remask::Cond, noise: noise_scale.is_some(), seed: cfg.seed, mask: special.mask };
-    let spec = DecodeSpec { forbid: vec![special.mask], temperature: cfg.temperature, sampling: cfg.sample, rule };
+    let spec = DecodeSpec {
+        forbid: vec![special.mask],
+        temperature: cfg.temperature,
+        sampling: cfg.sample,
+        rule,
+        confidence: model_confidence(cfg.confidence),
+    };
     dev.start(&batch, &first, &lens, &spec)?;
-    for s in 1..=cfg.steps {
+    let mut s = 0;
+    while canvases.iter().any(|c| !c.done()) {
+        s += 1;
+        ensure!(s < MAX_STEPS, "sampler: no end after {MAX_STEPS} steps");
         let steps: Vec<CanvasStep> = canvases
             .iter()
-            .map(|c| {
-                let (k, noise) = topk_inputs(c.slots.len(), c.example, noise_scale, schedule, cfg, s);
-                CanvasStep {
-                    k,
-                    rank_stream: noise.map_or(0, |n| n.stream),
-                    noise_scale: noise.map_or(0.0, |n| n.scale),
-                    sample_seed: sample_seed(cfg.seed, c.example, s),
-                }
-            })
+            .map(|c| CanvasStep { params: c.device_step(cfg, s), sample_seed: sample_seed(cfg.seed, c.example, s) })
             .collect();
         dev.step(&steps)?;
+        let left = if cfg.strategy == Strategy::Threshold { dev.left()? } else { vec![1; canvases.len()] };
+        ensure!(left.len() == canvases.len(), "device decoding returned {} masked counts for {} canvases", left.len(), canvases.len());
+        for (c, &l) in canvases.iter_mut().zip(&left) {
+            if !c.done() {
+                c.advance(cfg, l > 0);
+            }
+        }
     }
     let out = dev.finish()?;
     ensure!(out.len() == canvases.len(), "device decoding returned {} canvases for {}", out.len(), canvases.len());
     for (c, (tokens, scores, masked)) in canvases.iter_mut().zip(out) {
         ensure!(tokens.len() == c.slots.len(), "device decoding returned {} slots for {}", tokens.len(), c.slots.len());
         c.slots = Slots { tokens, scores, masked };
-        c.nfe = cfg.steps;
     }
     Ok(())
-}
-
-/// A reparameterized strategy's top-k inputs for a canvas of `n` slots at step `s`: how many
-/// slots the lowest set may hold, and the `stochastic<c>` ranking noise (scale `f32(c·rate)`),
-/// as `Canvas::apply` computes them for a single block.
-fn topk_inputs(
-    n: usize,
-    example: usize,
-    noise_scale: Option<f64>,
-    schedule: Schedule,
-    cfg: &SamplerConfig,
-    s: usize,
-) -> (usize, Option<RankNoise>) {
-    let rate = schedule.rate(s, cfg.steps);
-    let k = super::strategy::stay_masked(n, rate);
-    let noise = noise_scale.map(|scale| RankNoise { scale: (scale * rate) as f32, seed: cfg.seed, stream: stream(RANK_NOISE, example, s) });
-    (k, noise)
 }
 
 fn finalize(c: Canvas, special: SpecialIds) -> Result<Generated> {
@@ -473,6 +470,9 @@ impl<B: crate::backend::Backend> DeviceSteps for crate::model::XlmR<B> {
     }
     fn step(&mut self, steps: &[CanvasStep]) -> Result<()> {
         self.decode_step(steps)
+    }
+    fn left(&mut self) -> Result<Vec<usize>> {
+        self.decode_left()
     }
     fn finish(&mut self) -> Result<Vec<CanvasSlots>> {
         self.decode_finish()

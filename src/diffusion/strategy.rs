@@ -74,11 +74,12 @@ pub enum Confidence {
 impl Confidence {
     pub const NAMES: &str = "prob, margin, entropy, random";
 
-    /// `value` (as ranked) on the 0..1 scale the threshold is compared with.
-    pub fn as_probability(self, value: f32) -> f32 {
+    /// The threshold τ (on the 0..1 scale of the flag) in the scale of the ranked values: ln τ
+    /// for the log-prob and the negative entropy, τ itself for the margin and random numbers.
+    pub fn threshold_cut(self, threshold: f32) -> f32 {
         match self {
-            Confidence::Prob | Confidence::Entropy => value.exp(),
-            Confidence::Margin | Confidence::Random => value,
+            Confidence::Prob | Confidence::Entropy => threshold.ln(),
+            Confidence::Margin | Confidence::Random => threshold,
         }
     }
 }

@@ -111,16 +111,16 @@ pub fn fill(slots: &mut Slots, at: &[usize], tok: &[i32], score: &[f32]) {
     }
 }
 
-/// The masked slots a confidence-threshold step commits: every one whose confidence is at least
-/// `threshold`, or, when none is, the most confident one (the first on ties), so that every step
-/// commits at least one slot while any is masked. `confidence` is on a 0..1 scale.
-pub fn threshold_commits(masked: &[bool], confidence: &[f32], threshold: f32) -> Vec<usize> {
+/// The masked slots a confidence-threshold step commits: every one ranked at least at `cut`, or,
+/// when none is, the best-ranked one (the first on ties; NaN ranks lowest), so that every step
+/// commits at least one slot while any is masked.
+pub fn threshold_commits(masked: &[bool], ranked: &[f32], cut: f32) -> Vec<usize> {
     let open: Vec<usize> = (0..masked.len()).filter(|&j| masked[j]).collect();
-    let sure: Vec<usize> = open.iter().copied().filter(|&j| confidence[j] >= threshold).collect();
+    let sure: Vec<usize> = open.iter().copied().filter(|&j| ranked[j] >= cut).collect();
     if !sure.is_empty() {
         return sure;
     }
-    let key = |j: usize| if confidence[j].is_nan() { f32::NEG_INFINITY } else { confidence[j] };
+    let key = |j: usize| if ranked[j].is_nan() { f32::NEG_INFINITY } else { ranked[j] };
     let mut best: Option<usize> = None;
     for &j in &open {
         if best.is_none_or(|b| key(j) > key(b)) {

@@ -328,14 +328,14 @@ impl Backend for Bf16Sim {
         rule: ReparamRule,
     ) -> R<()> {
         let CanvasInputs { meta: c, n: _n, step: st } = canvases;
-        let Picks { token: pt, logprob: pl } = picks;
-        let CanvasState { tokens: tok, scores: sc, masked: m } = state;
+        let Picks { token: pt, logprob: pl, rank } = picks;
+        let CanvasState { tokens: tok, scores: sc, masked: m, left } = state;
         // Scores and log-probs are f32 on the GPU too.
         ck::sampler::reparam_step(
             c,
             st,
-            Picks { token: pt, logprob: &pl.v },
-            CanvasState { tokens: tok, scores: &mut sc.v, masked: m },
+            Picks { token: pt, logprob: &pl.v, rank: &rank.v },
+            CanvasState { tokens: tok, scores: &mut sc.v, masked: m, left },
             ids,
             rule,
         );

@@ -278,3 +278,34 @@ pub fn step_variants<B: Backend>(m: &mut XlmR<B>, batch: &Batch, mask: i32) -> S
         guided,
     }
 }
+
+/// The sampler settings that run device-resident: the reparameterized strategies (with ranking
+/// noise when `noisy`: the device's logf may differ from the host's ln by an ulp) and the
+/// threshold strategy, with and without blocks, ranking the log-prob or the model's margin or
+/// entropy, argmax and sampling.
+pub fn device_configs(noisy: bool) -> Vec<dlm_engine::diffusion::SamplerConfig> {
+    use dlm_engine::diffusion::{Confidence, SamplerConfig};
+    let mut strategies = vec!["reparam-uncond-deterministic-cosine", "reparam-cond-deterministic-linear"];
+    if noisy {
+        strategies.extend(["reparam-uncond-stochastic1.0-linear", "reparam-cond-stochastic0.5-cosine"]);
+    }
+    let base = |strategy: &str, sample: bool| SamplerConfig {
+        steps: 6,
+        strategy: strategy.parse().unwrap(),
+        temperature: 0.9,
+        sample,
+        seed: 77,
+        ..SamplerConfig::default()
+    };
+    let mut out = Vec::new();
+    for sample in [false, true] {
+        out.extend(strategies.iter().map(|s| base(s, sample)));
+        out.push(SamplerConfig { block_length: Some(2), confidence: Confidence::Margin, ..base(strategies[0], sample) });
+        for (confidence, threshold) in [(Confidence::Prob, 0.3), (Confidence::Margin, 0.2), (Confidence::Entropy, 0.05)] {
+            for block_length in [None, Some(3)] {
+                out.push(SamplerConfig { confidence, threshold, block_length, ..base("threshold", sample) });
+            }
+        }
+    }
+    out
+}

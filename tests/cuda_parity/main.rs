@@ -31,9 +31,10 @@ mod sampler;
 mod vocab;
 
 use common::*;
+use dlm_engine::backend::contract::{packed, StepParams};
 use dlm_engine::backend::cpu::{self, CpuBackend};
 use dlm_engine::backend::cuda::CudaBackend;
-use dlm_engine::backend::{pack_gumbel, pack_seed, AdamW, AttnShape, Backend, ConfidenceKind, Dropout, NoiseSpec, ReparamRule, RowStats};
+use dlm_engine::backend::{pack_gumbel, AdamW, AttnShape, Backend, ConfidenceKind, Dropout, NoiseSpec, ReparamRule, RowStats};
 use dlm_engine::backend::{AdamWStep, CanvasInputs, CanvasState, LossSlots, Moments, Picks, PicksMut, VocabShape};
 use dlm_engine::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use dlm_engine::backend::{

@@ -2,11 +2,13 @@
 
 use super::*;
 
-/// The re-masking step on canvases of mixed lengths (one empty): random log-probs with ties and
-/// −inf, every k from 0 past n, both rules, with and without ranking noise. Everything the
-/// kernel computes is exact in f32 except the noise's logf (an ulp from the host's ln at most;
-/// the chance that this moves a slot across the cutoff is negligible), so the slots must agree
-/// exactly.
+/// The step kernel on canvases of mixed lengths (one empty): random log-probs with ties and −inf,
+/// a ranked value that is the log-prob or another confidence, windows that are the whole canvas
+/// or a block of it, the top-k mode with every k from 0 past the window, both rules, with and
+/// without ranking noise, and the threshold mode with cuts that take several slots, none (the
+/// best one then) or all. Everything the kernel computes is exact in f32 except the noise's logf
+/// (an ulp from the host's ln at most; the chance that this moves a slot across the cutoff is
+/// negligible), so the slots, the ids and the masked counts left must agree exactly.
 #[test]
 fn reparam_step_matches_cpu() {
     let Some(g) = gpu("reparam_step_matches_cpu") else { return };
@@ -20,7 +22,10 @@ fn reparam_step_matches_cpu() {
         at += l;
     }
     let gmeta = g.upload_i32(&meta).unwrap();
-    for (cond, noise) in [(false, false), (true, false), (false, true), (true, true)] {
+    // Whole canvases, and blocks: [l/3, 2l/3) (empty for the short ones).
+    let windows: [fn(usize) -> std::ops::Range<usize>; 2] = [|l| 0..l, |l| l / 3..2 * l / 3];
+    let ks: [fn(usize) -> usize; 5] = [|_| 0, |w| w / 2, |w| w.saturating_sub(1), |w| w, |w| w + 3];
+    for (cond, noise, separate_rank) in [(false, false, false), (true, false, true), (false, true, false), (true, true, true)] {
         let rule = ReparamRule { cond, noise, seed: rng.next_u64(), mask: 9 };
         // Slots: some masked (−inf), some committed with scores; picks with ties and repeats.
         let tokens: Vec<i32> = (0..n).map(|i| if i % 3 == 0 { 9 } else { 10 + (i % 5) as i32 }).collect();
@@ -34,41 +39,63 @@ fn reparam_step_matches_cpu() {
                 _ => -rng.uniform() * 4.0,
             })
             .collect();
-        let ks: [fn(usize) -> usize; 5] = [|_| 0, |l| l / 2, |l| l.saturating_sub(1), |l| l, |l| l + 3];
-        for k_of in ks {
-            let step: Vec<i32> = lens
-                .iter()
-                .enumerate()
-                .flat_map(|(b, &l)| {
-                    let [hi, lo] = pack_seed((b as u64) << 40 | 17);
-                    [k_of(l) as i32, hi, lo, (0.7f32 + b as f32).to_bits() as i32]
-                })
-                .collect();
-            let (mut wt, mut ws, mut wm, mut wids) = (tokens.clone(), scores.clone(), masked.clone(), vec![-1i32; lens.len() * seq]);
+        let rank: Vec<f32> =
+            if separate_rank { (0..n).map(|i| if i % 5 == 0 { 0.25 } else { rng.uniform() }).collect() } else { pick_lp.clone() };
+        let mut cases: Vec<Vec<StepParams>> = Vec::new();
+        for window in windows {
+            for k_of in ks {
+                cases.push(
+                    lens.iter()
+                        .enumerate()
+                        .map(|(b, &l)| StepParams::top_k(k_of(window(l).len()), (b as u64) << 40 | 17, 0.7 + b as f32, window(l)))
+                        .collect(),
+                );
+            }
+            let cut = if separate_rank { 0.6 } else { -1.0 };
+            for cut in [cut, f32::INFINITY, f32::NEG_INFINITY] {
+                cases.push(lens.iter().map(|&l| StepParams::threshold(cut, window(l))).collect());
+            }
+        }
+        for params in cases {
+            let step = packed(&params).to_vec();
+            let (mut wt, mut ws, mut wm, mut wids, mut wleft) =
+                (tokens.clone(), scores.clone(), masked.clone(), vec![-1i32; lens.len() * seq], vec![-1i32; lens.len()]);
             cpu::sampler::reparam_step(
                 &meta,
                 &step,
-                Picks { token: &pick_token, logprob: &pick_lp },
-                CanvasState { tokens: &mut wt, scores: &mut ws, masked: &mut wm },
+                Picks { token: &pick_token, logprob: &pick_lp, rank: &rank },
+                CanvasState { tokens: &mut wt, scores: &mut ws, masked: &mut wm, left: &mut wleft },
                 &mut wids,
                 rule,
             );
-            let (mut gt, mut gm, mut gids) =
-                (g.upload_i32(&tokens).unwrap(), g.upload_i32(&masked).unwrap(), g.upload_i32(&vec![-1; lens.len() * seq]).unwrap());
+            let (mut gt, mut gm, mut gids, mut gleft) = (
+                g.upload_i32(&tokens).unwrap(),
+                g.upload_i32(&masked).unwrap(),
+                g.upload_i32(&vec![-1; lens.len() * seq]).unwrap(),
+                g.upload_i32(&vec![-1; lens.len()]).unwrap(),
+            );
             let mut gs = g.upload_f32(&scores).unwrap();
-            let (gpt, gpl, gstep) = (g.upload_i32(&pick_token).unwrap(), g.upload_f32(&pick_lp).unwrap(), g.upload_i32(&step).unwrap());
+            let (gpt, gpl, grank, gstep) = (
+                g.upload_i32(&pick_token).unwrap(),
+                g.upload_f32(&pick_lp).unwrap(),
+                g.upload_f32(&rank).unwrap(),
+                g.upload_i32(&step).unwrap(),
+            );
             g.reparam_step(
                 CanvasInputs { meta: &gmeta, n: lens.len(), step: &gstep },
-                Picks { token: &gpt, logprob: &gpl },
-                CanvasState { tokens: &mut gt, scores: &mut gs, masked: &mut gm },
+                Picks { token: &gpt, logprob: &gpl, rank: &grank },
+                CanvasState { tokens: &mut gt, scores: &mut gs, masked: &mut gm, left: &mut gleft },
                 &mut gids,
                 rule,
             )
             .unwrap();
-            let tag = format!("reparam_step cond={cond} noise={noise} k(64)={}", k_of(64));
+            let p = &params[3];
+            let tag =
+                format!("reparam_step cond={cond} noise={noise} {:?} window {:?} k {} cut {}", p.step_mode(), p.window(), p.k, p.cut());
             assert_eq!(g.read_i32(&gt).unwrap(), wt, "{tag}: tokens");
             assert_eq!(g.read_i32(&gm).unwrap(), wm, "{tag}: masked");
             assert_eq!(g.read_i32(&gids).unwrap(), wids, "{tag}: ids");
+            assert_eq!(g.read_i32(&gleft).unwrap(), wleft, "{tag}: masked slots left");
             let got = down(&g, &gs);
             assert!(
                 got.iter().zip(&ws).all(|(a, b)| a == b || (a.is_infinite() && b.is_infinite() && a.signum() == b.signum())),

@@ -14,7 +14,6 @@ pub mod rows;
 pub mod sampler;
 pub mod vocab;
 
-use super::contract::{CanvasMeta, StepParams};
 use super::{AdamW, Backend, ConfidenceKind, Dropout, NoiseSpec, ReparamRule};
 use crate::backend::{AdamWStep, CanvasInputs, CanvasState, LossSlots, Moments, Picks, PicksMut, VocabShape};
 use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
@@ -354,17 +353,15 @@ impl Backend for CpuBackend {
         rule: ReparamRule,
     ) -> Result<()> {
         let CanvasInputs { meta: canvases, n: n_canvases, step } = canvases;
-        let Picks { token: pick_token, logprob: pick_logprob } = picks;
-        let CanvasState { tokens, scores, masked } = state;
-        anyhow::ensure!(
-            canvases.len() == n_canvases * CanvasMeta::FIELDS && step.len() == n_canvases * StepParams::FIELDS,
-            "reparam_step: canvas arrays do not hold {n_canvases} canvases"
-        );
+        let Picks { token: pick_token, logprob: pick_logprob, rank } = picks;
+        let CanvasState { tokens, scores, masked, left } = state;
+        super::contract::check_canvases(canvases, step, n_canvases, tokens.len(), ids.len())?;
+        anyhow::ensure!(left.len() >= n_canvases, "reparam_step: {} left counts for {n_canvases} canvases", left.len());
         sampler::reparam_step(
             canvases,
             step,
-            Picks { token: pick_token, logprob: pick_logprob },
-            CanvasState { tokens, scores, masked },
+            Picks { token: pick_token, logprob: pick_logprob, rank },
+            CanvasState { tokens, scores, masked, left },
             ids,
             rule,
         );

@@ -3,7 +3,7 @@
 //! canvases whose slots live in flat arrays, as the kernel `reparam_step` keeps them (the
 //! reference is rdm::remask, run canvas by canvas).
 
-use crate::backend::contract::{records, CanvasMeta, StepParams};
+use crate::backend::contract::{records, CanvasMeta, StepMode, StepParams};
 use crate::backend::{unpack_seed, ConfidenceKind, ReparamRule, RowStats};
 use crate::backend::{CanvasState, Picks, VocabShape};
 use crate::rdm::remask::Remask;
@@ -108,26 +108,39 @@ pub fn reparam_step(
     ids: &mut [i32],
     rule: ReparamRule,
 ) {
-    let Picks { token: pick_token, logprob: pick_logprob } = picks;
-    let CanvasState { tokens, scores, masked } = state;
-    for (c, st) in records::<CanvasMeta>(canvases).iter().zip(records::<StepParams>(step)) {
+    let Picks { token: pick_token, logprob: pick_logprob, rank } = picks;
+    let CanvasState { tokens, scores, masked, left } = state;
+    for (b, (c, st)) in records::<CanvasMeta>(canvases).iter().zip(records::<StepParams>(step)).enumerate() {
         let (s0, n, pos0) = (c.first as usize, c.len as usize, c.pos0 as usize);
-        let slots = s0..s0 + n;
+        let w = st.window();
+        let slots = s0 + w.start..s0 + w.end;
         let noise = rule.noise.then(|| RankNoise { scale: st.scale(), seed: rule.seed, stream: st.stream() });
-        let lowest = remask::lowest_set(&remask::ranked(&pick_logprob[slots.clone()], noise), st.k as usize);
+        let ranked = remask::ranked(&rank[slots.clone()], noise);
         let mut s = Slots {
             tokens: tokens[slots.clone()].to_vec(),
             scores: scores[slots.clone()].to_vec(),
             masked: masked[slots.clone()].iter().map(|&m| m != 0).collect(),
         };
-        let remask = if rule.cond { Remask::Cond } else { Remask::Uncond };
-        remask::reparam_update(&mut s, &pick_token[slots.clone()], &pick_logprob[slots.clone()], &lowest, remask, rule.mask);
+        let (tok, lp) = (&pick_token[slots.clone()], &pick_logprob[slots.clone()]);
+        match st.step_mode() {
+            StepMode::TopK => {
+                let lowest = remask::lowest_set(&ranked, st.k as usize);
+                let remask = if rule.cond { Remask::Cond } else { Remask::Uncond };
+                remask::reparam_update(&mut s, tok, lp, &lowest, remask, rule.mask);
+            }
+            StepMode::Threshold => {
+                let at = remask::threshold_commits(&s.masked, &ranked, st.cut());
+                let (t, l): (Vec<i32>, Vec<f32>) = at.iter().map(|&j| (tok[j], lp[j])).unzip();
+                remask::fill(&mut s, &at, &t, &l);
+            }
+        }
         tokens[slots.clone()].copy_from_slice(&s.tokens);
         scores[slots.clone()].copy_from_slice(&s.scores);
         for (m, &v) in masked[slots].iter_mut().zip(&s.masked) {
             *m = v as i32;
         }
-        ids[pos0..pos0 + n].copy_from_slice(&s.tokens);
+        ids[pos0..pos0 + n].copy_from_slice(&tokens[s0..s0 + n]);
+        left[b] = s.masked.iter().filter(|&&m| m).count() as i32;
     }
 }
 

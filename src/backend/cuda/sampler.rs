@@ -3,7 +3,7 @@
 
 use super::buffer::{CudaBuf, CudaIBuf, InPlace};
 use super::{cfg_rows, to_i32, CudaBackend};
-use crate::backend::contract::{records, CanvasMeta, StepParams};
+use crate::backend::contract::{check_canvases, CanvasMeta, StepParams};
 use crate::backend::{CanvasInputs, CanvasState, Picks, PicksMut, VocabShape};
 use crate::backend::{ConfidenceKind, ReparamRule};
 use anyhow::{anyhow, bail, Result};
@@ -154,28 +154,30 @@ impl CudaBackend {
         rule: ReparamRule,
     ) -> Result<()> {
         let CanvasInputs { meta: canvases, n: n_canvases, step } = canvases;
-        let Picks { token: pick_token, logprob: pick_logprob } = picks;
-        let CanvasState { tokens, scores, masked } = state;
+        let Picks { token: pick_token, logprob: pick_logprob, rank } = picks;
+        let CanvasState { tokens, scores, masked, left } = state;
         Self::check_len("reparam_step canvases", canvases.len(), CanvasMeta::FIELDS * n_canvases)?;
         Self::check_len("reparam_step step", step.len(), StepParams::FIELDS * n_canvases)?;
+        Self::check_len("reparam_step left counts", left.len(), n_canvases)?;
         let slots = tokens.len();
-        let mut widest = 0;
-        for (b, c) in records::<CanvasMeta>(&canvases.host[..CanvasMeta::FIELDS * n_canvases]).iter().enumerate() {
-            let (s0, n, pos0) = (c.first.max(0) as usize, c.len.max(0) as usize, c.pos0.max(0) as usize);
-            if [c.first, c.len, c.pos0].iter().any(|&v| v < 0) || s0 + n > slots || pos0 + n > ids.len() || n > MAX_SLOTS {
-                bail!("reparam_step: canvas {b} (slots {s0}+{n}, ids from {pos0}) does not fit {slots} slots, {} ids, {MAX_SLOTS} slots a canvas", ids.len());
-            }
-            widest = widest.max(n);
+        let widest = check_canvases(&canvases.host, &step.host, n_canvases, slots, ids.len())?;
+        if widest > MAX_SLOTS {
+            bail!("reparam_step: a canvas of {widest} slots is more than the kernel's {MAX_SLOTS}");
         }
-        for (what, have) in
-            [("scores", scores.len), ("masked", masked.len()), ("pick tokens", pick_token.len()), ("pick log-probs", pick_logprob.len)]
-        {
+        for (what, have) in [
+            ("scores", scores.len),
+            ("masked", masked.len()),
+            ("pick tokens", pick_token.len()),
+            ("pick log-probs", pick_logprob.len),
+            ("ranked values", rank.len),
+        ] {
             Self::check_len(&format!("reparam_step {what}"), have, slots)?;
         }
         if n_canvases == 0 {
             return Ok(());
         }
         let lp = self.as_f32(pick_logprob)?;
+        let rk = self.as_f32(rank)?;
         let sc = self.acc_f32(scores)?;
         let (cond, noise) = (rule.cond as i32, rule.noise as i32);
         let cfg = cfg_rows(n_canvases, 256, (widest * 4) as u32)?;
@@ -188,10 +190,12 @@ impl CudaBackend {
                 &step.dev,
                 &pick_token.dev,
                 lp.get(),
+                rk.get(),
                 &mut tokens.dev,
                 sc,
                 &mut masked.dev,
                 &mut ids.dev,
+                &mut left.dev,
                 &cond,
                 &noise,
                 &rule.seed,

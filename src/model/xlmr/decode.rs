@@ -6,8 +6,8 @@
 
 use super::pick::StepKey;
 use super::XlmR;
-use crate::backend::contract::{packed, CanvasMeta, StepParams};
-use crate::backend::{pack_gumbel, Backend, ReparamRule};
+use crate::backend::contract::{check_canvases, packed, CanvasMeta, StepParams};
+use crate::backend::{pack_gumbel, Backend, ConfidenceKind, ReparamRule};
 use crate::model::Batch;
 use anyhow::{ensure, Context, Result};
 
@@ -20,16 +20,15 @@ pub struct DecodeSpec {
     /// Gumbel-max sampling (each canvas's own seed per step) rather than the argmax.
     pub sampling: bool,
     pub rule: ReparamRule,
+    /// What the steps rank besides the pick's log-prob.
+    pub confidence: Option<ConfidenceKind>,
 }
 
 /// One canvas's inputs for one step.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CanvasStep {
-    /// `lowest_set`'s k.
-    pub k: usize,
-    /// The ranking-noise stream and scale (unused without `rule.noise`).
-    pub rank_stream: u64,
-    pub noise_scale: f32,
+    /// The step's window, mode, k, ranking noise and threshold (`Backend::reparam_step`).
+    pub params: StepParams,
     /// The Gumbel-max seed of the pick (row j of the canvas draws stream (seed, j)); unused
     /// without sampling.
     pub sample_seed: u64,
@@ -52,7 +51,7 @@ impl<B: Backend> XlmR<B> {
             forbid: spec.forbid.clone(),
             temperature: spec.temperature.to_bits(),
             sampling: spec.sampling,
-            confidence: None,
+            confidence: spec.confidence,
             cfg: None,
             decode: Some(spec.rule),
         };
@@ -75,6 +74,7 @@ impl<B: Backend> XlmR<B> {
             }
             let c = plan.canvases.as_mut().context("decode plan without canvases")?;
             be.write_i32(&mut c.meta, packed(&meta))?;
+            c.meta_host = meta;
             be.write_i32(&mut c.tokens, &vec![spec.rule.mask; rows.len()])?;
             be.write_f32(&mut c.scores, &vec![f32::NEG_INFINITY; rows.len()])?;
             be.write_i32(&mut c.masked, &vec![1; rows.len()])
@@ -89,7 +89,8 @@ impl<B: Backend> XlmR<B> {
             let be = &self.p.backend;
             let c = plan.canvases.as_mut().context("decode_step before decode_start")?;
             ensure!(steps.len() == c.n, "decode: inputs for {} canvases, the batch has {}", steps.len(), c.n);
-            let per: Vec<StepParams> = steps.iter().map(|s| StepParams::new(s.k, s.rank_stream, s.noise_scale)).collect();
+            let per: Vec<StepParams> = steps.iter().map(|s| s.params).collect();
+            check_canvases(packed(&c.meta_host), packed(&per), c.n, plan.key.pick_rows(), plan.key.batch * plan.key.seq)?;
             be.write_i32(&mut c.step, packed(&per))?;
             if plan.key.sampling {
                 let seeds: Vec<(u64, u32)> =
@@ -98,6 +99,13 @@ impl<B: Backend> XlmR<B> {
             }
             self.p.execute(plan)
         }
+    }
+
+    /// Per canvas, the masked slots left in its window after the steps queued so far (waits for them).
+    pub fn decode_left(&mut self) -> Result<Vec<usize>> {
+        let plan = self.work.step.as_ref().context("decode_left before decode_start")?;
+        let c = plan.canvases.as_ref().context("decode_left before decode_start")?;
+        Ok(self.p.backend.read_i32(&c.left)?.iter().map(|&v| v.max(0) as usize).collect())
     }
 
     /// Every canvas's slots after the steps queued so far.

@@ -68,10 +68,14 @@ pub(super) struct Canvases<B: Backend> {
     pub(super) n: usize,
     pub(super) rule: ReparamRule,
     pub(super) meta: B::IBuf,
+    /// The host's copy of `meta`, to check each step's windows against.
+    pub(super) meta_host: Vec<CanvasMeta>,
     pub(super) step: B::IBuf,
     pub(super) tokens: B::IBuf,
     pub(super) scores: B::Buf,
     pub(super) masked: B::IBuf,
+    /// Per canvas: the masked slots left in its window after the last step.
+    pub(super) left: B::IBuf,
 }
 
 impl<B: Backend> Canvases<B> {
@@ -81,19 +85,21 @@ impl<B: Backend> Canvases<B> {
             n,
             rule,
             meta: be.upload_i32(packed(&vec![CanvasMeta::default(); n]))?,
+            meta_host: vec![CanvasMeta::default(); n],
             step: be.upload_i32(packed(&vec![StepParams::default(); n]))?,
             tokens: be.upload_i32(&vec![0; slots])?,
             scores: be.upload_f32(&vec![f32::NEG_INFINITY; slots])?,
             masked: be.upload_i32(&vec![1; slots])?,
+            left: be.upload_i32(&vec![0; n])?,
         })
     }
 
-    /// The re-masking after the pick, which writes the canvases' tokens into `ids`.
-    pub fn remask(&mut self, be: &B, token: &B::IBuf, logprob: &B::Buf, ids: &mut B::IBuf) -> Result<()> {
+    /// The step's update after the pick, ranking `rank`, which writes the canvases' tokens into `ids`.
+    pub fn remask(&mut self, be: &B, picks: Picks<'_, B::Buf, B::IBuf>, ids: &mut B::IBuf) -> Result<()> {
         be.reparam_step(
             CanvasInputs { meta: &self.meta, n: self.n, step: &self.step },
-            Picks { token, logprob },
-            CanvasState { tokens: &mut self.tokens, scores: &mut self.scores, masked: &mut self.masked },
+            picks,
+            CanvasState { tokens: &mut self.tokens, scores: &mut self.scores, masked: &mut self.masked, left: &mut self.left },
             ids,
             self.rule,
         )
@@ -327,8 +333,10 @@ impl<B: Backend> Params<B> {
         if let Some(kind) = plan.key.confidence {
             be.vocab_confidence(&plan.head.logits, shape, &plan.forbid, kind, &mut plan.confidence)?;
         }
+        // The device-resident decode ranks the confidence when there is one, else the log-prob.
+        let rank = if plan.key.confidence.is_some() { &plan.confidence } else { &plan.logprob };
         match plan.canvases.as_mut() {
-            Some(c) => c.remask(&self.backend, &plan.token, &plan.logprob, &mut plan.enc.ids),
+            Some(c) => c.remask(be, Picks { token: &plan.token, logprob: &plan.logprob, rank }, &mut plan.enc.ids),
             None => Ok(()),
         }
     }

@@ -25,7 +25,7 @@ pub enum Command {
     /// The embedded default job: make a small task, train a tokenizer and a tiny model on the
     /// CPU, sample held-out examples and report exact match (about 3 minutes on 2 cores).
     Demo(demo::Args),
-    /// Score hypotheses against references: BLEU (as sacreBLEU), ROUGE-L or exact match.
+    /// Score hypotheses against references: BLEU (as sacreBLEU), ROUGE-L, exact match or last integer.
     #[command(long_about = crate::cli::eval::LONG_ABOUT)]
     Eval(crate::cli::eval::Args),
     /// Predict the tokens at each <mask> of a text (the Hugging Face fill-mask pipeline).

@@ -116,6 +116,8 @@ impl Mixture {
     }
 
     /// Continues from a saved state (the sources must be the same files with the same examples).
+    /// The pick stream continues as saved, with its own seed, even when the run's seed or the
+    /// ratios were changed (`--allow-changes`).
     pub fn restore(&mut self, state: MixtureState) -> Result<()> {
         if state.cursors.len() != self.sources.len() {
             bail!(
@@ -128,9 +130,6 @@ impl Mixture {
             if c.index > s.examples.len() {
                 bail!("{}: the saved position (example {}) is beyond its {} examples: the data changed", s.name, c.index, s.examples.len());
             }
-        }
-        if state.rng.seed != self.seed || state.rng.stream != MIX_STREAM {
-            bail!("the saved data position belongs to another seed");
         }
         self.state = state;
         Ok(())

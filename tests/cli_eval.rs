@@ -251,3 +251,32 @@ fn sample_output_carries_the_group_field_to_eval() {
     let j = stdout_json(&eval(&["--hyp", s(&out_file), "--metric", "exact", "--group-key", "task", "--json"]));
     assert_eq!(j["groups"].as_object().unwrap().keys().collect::<Vec<_>>(), ["t1", "t2"]);
 }
+
+/// `rouge-l-py` through the binary: py-rouge's score without a word-form table, and with one read
+/// from `word|form` lines (tests/golden/fixtures/rouge_py.json has both); a malformed table line
+/// is an error naming the file and line.
+#[test]
+fn rouge_l_py_with_and_without_a_word_table() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/fixtures/rouge_py.json");
+    let fx: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let c = fx["corpora"].as_array().unwrap().iter().find(|c| c["name"] == "headlines").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = c["hyps"].as_array().unwrap().iter().zip(c["refs"].as_array().unwrap());
+    let f = write(dir.path(), "gw.jsonl", &pairs.map(|(h, r)| json!({"hyp": h, "tgt": r}).to_string() + "\n").collect::<String>());
+    let table: String = fx["small_table"].as_object().unwrap().iter().map(|(k, v)| format!("{k}|{}\n", v.as_str().unwrap())).collect();
+    let t = write(dir.path(), "forms.txt", &table);
+    let without = stdout_json(&eval(&["--hyp", s(&f), "--metric", "rouge-l-py", "--json"]));
+    close(&without["rouge_l_py"], &json!(100.0 * c["no_table"]["mean"][2].as_f64().unwrap()));
+    let with = stdout_json(&eval(&["--hyp", s(&f), "--metric", "rouge-l-py", "--rouge-table", s(&t), "--json"]));
+    close(&with["rouge_l_py"], &json!(100.0 * c["small_table"]["mean"][2].as_f64().unwrap()));
+    assert_eq!(with["word_table_entries"], json!(3));
+    assert_ne!(with["rouge_l_py"], without["rouge_l_py"]);
+
+    let bad = write(dir.path(), "bad.txt", "children|child\nno separator here\n");
+    let out = eval(&["--hyp", s(&f), "--metric", "rouge-l-py", "--rouge-table", s(&bad)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("bad.txt:2: expected `word|form`"), "{}", stderr_of(&out));
+    let out = eval(&["--hyp", s(&f), "--metric", "bleu", "--rouge-table", s(&t)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("--rouge-table is for --metric rouge-l-py"), "{}", stderr_of(&out));
+}

@@ -184,8 +184,7 @@ fn report_rejects_mismatched_or_empty_input() {
 #[test]
 fn rouge_l_py_matches_py_rouge() {
     use dlm_engine::metrics::porter::stem;
-    use dlm_engine::metrics::rouge_py::{rouge_l_py_pair, rouge_l_py_with};
-    use std::collections::HashMap;
+    use dlm_engine::metrics::rouge_py::{rouge_l_py_pair, rouge_l_py_with, WordTable};
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/fixtures/rouge_py.json");
     let fx: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let stems = fx["stems"].as_array().unwrap();
@@ -194,12 +193,12 @@ fn rouge_l_py_matches_py_rouge() {
         let (w, s) = (pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
         assert_eq!(stem(w), s, "stem of {w:?}");
     }
-    let small: HashMap<String, String> =
+    let small: WordTable =
         fx["small_table"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect();
     let mut differs_with_package_table = 0;
     for c in fx["corpora"].as_array().unwrap() {
         let (hyps, refs) = (strings(&c["hyps"]), strings(&c["refs"]));
-        for (key, table) in [("no_table", HashMap::new()), ("small_table", small.clone())] {
+        for (key, table) in [("no_table", WordTable::new()), ("small_table", small.clone())] {
             let want = &c[key];
             for (i, (h, r)) in hyps.iter().zip(&refs).enumerate() {
                 let (p, rc, f) = rouge_l_py_pair(h, r, &table);

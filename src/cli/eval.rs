@@ -19,7 +19,7 @@ BLEU is corpus BLEU computed exactly as sacreBLEU 2.x `corpus_bleu` with default
 brevity penalty, smoothing \"exp\", one reference). ROUGE-L is the mean F-measure of the Python \
 rouge-score package (no stemming); rouge-l-py is the mean F of the paper's scorer, py-rouge with \
 its defaults (Porter stemming, 665-character limit, lines as sentences), except its table of \
-irregular word forms. Exact match is the percentage of lines equal after stripping \
+irregular word forms unless --rouge-table gives it. Exact match is the percentage of lines equal after stripping \
 surrounding whitespace; with --lowercase it is the paper's exact match (lowercase and strip, as \
 for MMLU, BBH and TyDiQA). last-integer is the percentage of lines whose last integer equals the \
 reference's, as the paper scores GSM8K/MGSM: digits with optional `,` groups (1,234 is 1234), any \
@@ -57,6 +57,12 @@ pub struct Args {
     /// from the --hyp JSONL records (from --ref's when --hyp is plain text).
     #[arg(long, value_name = "FIELD")]
     pub group_key: Option<String>,
+
+    /// With rouge-l-py: a table of word forms consulted before stemming, lines `word|form`
+    /// (repeatable). py-rouge's own two files (wordnet_key_value.txt and
+    /// wordnet_key_value_special_cases.txt in its package directory) make the score py-rouge's.
+    #[arg(long, value_name = "FILE")]
+    pub rouge_table: Vec<PathBuf>,
 
     /// Print one JSON object, e.g. {"bleu": 35.78, ...}, instead of a readable line (with
     /// --group-key it gains "groups": {NAME: {...}} and "macro").
@@ -220,11 +226,16 @@ fn load_pairs(args: &Args) -> Result<Pairs> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let Pairs { hyps, refs, groups } = load_pairs(&args)?;
     let s = &args.score;
+    if !args.rouge_table.is_empty() && s.metric != metrics::Metric::RougeLPy {
+        bail!("--rouge-table is for --metric rouge-l-py");
+    }
+    let table = metrics::rouge_py::read_word_tables(&args.rouge_table)?;
+    let scorer = metrics::Scorer { metric: s.metric, tokenize: s.tokenize, lowercase: s.lowercase, word_table: Some(&table) };
+    let Pairs { hyps, refs, groups } = load_pairs(&args)?;
     match (groups, &args.group_key) {
         (Some(groups), Some(key)) => {
-            let g = metrics::group::grouped_report(&hyps, &refs, &groups, s.metric, s.tokenize, s.lowercase)?;
+            let g = metrics::group::grouped_report(&hyps, &refs, &groups, &scorer)?;
             if args.json {
                 crate::outln!("{}", g.to_json(key))?;
             } else {
@@ -232,7 +243,7 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
         _ => {
-            let report = metrics::report(&hyps, &refs, s.metric, s.tokenize, s.lowercase)?;
+            let report = scorer.score(&hyps, &refs)?;
             if args.json {
                 crate::outln!("{}", report.to_json())?;
             } else {

@@ -3,7 +3,7 @@
 //! (corpus BLEU per group for BLEU), and the macro average is the unweighted mean of the group
 //! scores. The report over all lines together (the micro score) stays the headline.
 
-use super::{report, Metric, MetricReport, Tokenize};
+use super::{MetricReport, Scorer};
 use anyhow::Result;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -28,16 +28,9 @@ pub struct GroupedReport {
 }
 
 /// Scores `hyps` against `refs` overall and per group (`groups[i]` is line i's group).
-pub fn grouped_report<S: AsRef<str>>(
-    hyps: &[S],
-    refs: &[S],
-    groups: &[String],
-    metric: Metric,
-    tokenize: Tokenize,
-    lowercase: bool,
-) -> Result<GroupedReport> {
+pub fn grouped_report<S: AsRef<str>>(hyps: &[S], refs: &[S], groups: &[String], scorer: &Scorer) -> Result<GroupedReport> {
     anyhow::ensure!(groups.len() == hyps.len(), "{} group labels for {} lines", groups.len(), hyps.len());
-    let overall = report(hyps, refs, metric, tokenize, lowercase)?;
+    let overall = scorer.score(hyps, refs)?;
     let mut members: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, g) in groups.iter().enumerate() {
         members.entry(g).or_default().push(i);
@@ -46,7 +39,7 @@ pub fn grouped_report<S: AsRef<str>>(
     for (name, idx) in members {
         let h: Vec<&str> = idx.iter().map(|&i| hyps[i].as_ref()).collect();
         let r: Vec<&str> = idx.iter().map(|&i| refs[i].as_ref()).collect();
-        out.push(GroupScore { name: name.to_owned(), lines: idx.len(), report: report(&h, &r, metric, tokenize, lowercase)? });
+        out.push(GroupScore { name: name.to_owned(), lines: idx.len(), report: scorer.score(&h, &r)? });
     }
     let macro_average = out.iter().map(|g| g.report.value()).sum::<f64>() / out.len() as f64;
     Ok(GroupedReport { overall, groups: out, macro_average })
@@ -85,6 +78,11 @@ impl fmt::Display for GroupedReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::{report, Metric, Tokenize};
+
+    fn scorer(metric: Metric) -> Scorer<'static> {
+        Scorer { metric, tokenize: Tokenize::Tok13a, lowercase: false, word_table: None }
+    }
 
     #[test]
     fn macro_is_the_mean_of_group_scores_and_micro_the_overall() {
@@ -92,7 +90,7 @@ mod tests {
         let hyps = ["x", "y", "n", "n"];
         let refs = ["x", "y", "z", "w"];
         let groups: Vec<String> = ["a", "b", "b", "b"].iter().map(|s| s.to_string()).collect();
-        let g = grouped_report(&hyps, &refs, &groups, Metric::Exact, Tokenize::Tok13a, false).unwrap();
+        let g = grouped_report(&hyps, &refs, &groups, &scorer(Metric::Exact)).unwrap();
         assert_eq!(g.overall.value(), 50.0);
         assert_eq!(
             g.groups.iter().map(|g| (g.name.as_str(), g.lines, g.report.value())).collect::<Vec<_>>(),
@@ -112,7 +110,7 @@ mod tests {
         let hyps = ["the cat sat on the mat", "a b c d e", "the dog ran off"];
         let refs = ["the cat sat on the mat", "a b x d e", "a dog ran away"];
         let groups: Vec<String> = ["one", "two", "two"].iter().map(|s| s.to_string()).collect();
-        let g = grouped_report(&hyps, &refs, &groups, Metric::Bleu, Tokenize::Tok13a, false).unwrap();
+        let g = grouped_report(&hyps, &refs, &groups, &scorer(Metric::Bleu)).unwrap();
         let two = report(&hyps[1..], &refs[1..], Metric::Bleu, Tokenize::Tok13a, false).unwrap();
         assert_eq!(g.groups[1].report, two);
         assert!((g.groups[0].report.value() - 100.0).abs() < 1e-9);

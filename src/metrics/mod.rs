@@ -112,11 +112,27 @@ pub fn exact_match<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>, lowe
 /// The result of `report`: one metric with the settings that produced it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MetricReport {
-    Bleu { score: BleuScore, tokenize: Tokenize, lowercase: bool },
-    RougeL { score: RougeLScore, lowercase: bool },
-    RougeLPy { score: RougeLScore },
-    Exact { score: ExactScore, lowercase: bool },
-    LastInteger { score: ExactScore },
+    Bleu {
+        score: BleuScore,
+        tokenize: Tokenize,
+        lowercase: bool,
+    },
+    RougeL {
+        score: RougeLScore,
+        lowercase: bool,
+    },
+    /// `word_table`: the number of entries of the word-form table used (0: none).
+    RougeLPy {
+        score: RougeLScore,
+        word_table: usize,
+    },
+    Exact {
+        score: ExactScore,
+        lowercase: bool,
+    },
+    LastInteger {
+        score: ExactScore,
+    },
 }
 
 impl MetricReport {
@@ -124,7 +140,7 @@ impl MetricReport {
     pub fn value(&self) -> f64 {
         match self {
             MetricReport::Bleu { score, .. } => score.score,
-            MetricReport::RougeL { score, .. } | MetricReport::RougeLPy { score } => 100.0 * score.f,
+            MetricReport::RougeL { score, .. } | MetricReport::RougeLPy { score, .. } => 100.0 * score.f,
             MetricReport::Exact { score, .. } | MetricReport::LastInteger { score } => score.percent(),
         }
     }
@@ -162,11 +178,12 @@ impl MetricReport {
                 "lowercase": lowercase,
                 "tokenizer": "rouge-score default, no stemming",
             }),
-            MetricReport::RougeLPy { score } => json!({
+            MetricReport::RougeLPy { score, word_table } => json!({
                 "precision": 100.0 * score.precision,
                 "recall": 100.0 * score.recall,
                 "sentences": score.sentences,
-                "tokenizer": "py-rouge defaults: Porter stemming, 665-character limit, no word table",
+                "tokenizer": "py-rouge defaults: Porter stemming, 665-character limit",
+                "word_table_entries": word_table,
             }),
             MetricReport::Exact { score, lowercase } => json!({
                 "matches": score.matches,
@@ -220,13 +237,17 @@ impl fmt::Display for MetricReport {
                 100.0 * score.precision,
                 100.0 * score.recall
             ),
-            MetricReport::RougeLPy { score } => write!(
+            MetricReport::RougeLPy { score, word_table } => write!(
                 f,
-                "ROUGE-L = {:.2} (py-rouge, F of {} pairs) P={:.2} R={:.2} (Porter stemming, 665-character limit)",
+                "ROUGE-L = {:.2} (py-rouge, F of {} pairs) P={:.2} R={:.2} (Porter stemming, 665-character limit, {})",
                 100.0 * score.f,
                 score.sentences,
                 100.0 * score.precision,
-                100.0 * score.recall
+                100.0 * score.recall,
+                match word_table {
+                    0 => "no word-form table".to_string(),
+                    n => format!("word-form table of {n}"),
+                }
             ),
             MetricReport::Exact { score, lowercase } => {
                 write!(f, "Exact = {:.2} ({}/{} lines, {})", score.percent(), score.matches, score.sentences, case_word(*lowercase))
@@ -239,22 +260,44 @@ impl fmt::Display for MetricReport {
 }
 
 /// Scores hypotheses against references, line by line. `tokenize` only matters for BLEU;
-/// `lowercase` changes nothing for ROUGE-L, whose tokenizer always lowercases.
+/// `lowercase` changes nothing for ROUGE-L, whose tokenizers always lowercase.
 pub fn report<S: AsRef<str>>(hyps: &[S], refs: &[S], metric: Metric, tokenize: Tokenize, lowercase: bool) -> Result<MetricReport> {
-    if hyps.len() != refs.len() {
-        bail!("{} hypotheses but {} references: they must pair up line by line", hyps.len(), refs.len());
+    Scorer { metric, tokenize, lowercase, word_table: None }.score(hyps, refs)
+}
+
+/// A metric with its settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Scorer<'a> {
+    pub metric: Metric,
+    /// BLEU's tokenizer.
+    pub tokenize: Tokenize,
+    pub lowercase: bool,
+    /// `rouge-l-py`: py-rouge's word-form table (word → form, consulted before stemming).
+    pub word_table: Option<&'a rouge_py::WordTable>,
+}
+
+impl Scorer<'_> {
+    pub fn score<S: AsRef<str>>(&self, hyps: &[S], refs: &[S]) -> Result<MetricReport> {
+        if hyps.len() != refs.len() {
+            bail!("{} hypotheses but {} references: they must pair up line by line", hyps.len(), refs.len());
+        }
+        if hyps.is_empty() {
+            bail!("nothing to score: no hypotheses");
+        }
+        let (tokenize, lowercase) = (self.tokenize, self.lowercase);
+        let pairs = || hyps.iter().zip(refs).map(|(h, r)| (h.as_ref(), r.as_ref()));
+        Ok(match self.metric {
+            Metric::Bleu => MetricReport::Bleu { score: bleu::corpus_bleu(pairs(), tokenize, lowercase), tokenize, lowercase },
+            // rouge-score's tokenizer lowercases everything, so `lowercase` cannot change the result.
+            Metric::RougeL => MetricReport::RougeL { score: rouge::corpus_rouge_l(pairs()), lowercase },
+            // py-rouge lowercases too.
+            Metric::RougeLPy => {
+                let empty = rouge_py::WordTable::new();
+                let table = self.word_table.unwrap_or(&empty);
+                MetricReport::RougeLPy { score: rouge_py::rouge_l_py_with(pairs(), table), word_table: table.len() }
+            }
+            Metric::Exact => MetricReport::Exact { score: exact_match(pairs(), lowercase), lowercase },
+            Metric::LastInteger => MetricReport::LastInteger { score: last_integer::last_integer_match(pairs()) },
+        })
     }
-    if hyps.is_empty() {
-        bail!("nothing to score: no hypotheses");
-    }
-    let pairs = || hyps.iter().zip(refs).map(|(h, r)| (h.as_ref(), r.as_ref()));
-    Ok(match metric {
-        Metric::Bleu => MetricReport::Bleu { score: bleu::corpus_bleu(pairs(), tokenize, lowercase), tokenize, lowercase },
-        // rouge-score's tokenizer lowercases everything, so `lowercase` cannot change the result.
-        Metric::RougeL => MetricReport::RougeL { score: rouge::corpus_rouge_l(pairs()), lowercase },
-        // py-rouge lowercases too.
-        Metric::RougeLPy => MetricReport::RougeLPy { score: rouge_py::corpus_rouge_l_py(pairs()) },
-        Metric::Exact => MetricReport::Exact { score: exact_match(pairs(), lowercase), lowercase },
-        Metric::LastInteger => MetricReport::LastInteger { score: last_integer::last_integer_match(pairs()) },
-    })
 }

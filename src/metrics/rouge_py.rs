@@ -16,19 +16,47 @@
 //!   occurs in the hypothesis. P = hits / hypothesis tokens, R = hits / reference tokens,
 //!   F = P·R / (0.5·P + 0.5·R), 0 when P or R is 0. For one-line texts this is the plain LCS.
 //!
-//! Not reproduced: py-rouge first replaces some words by a form from a table it ships (WordNet's
-//! irregular forms, about 6,000, plus 137 words mapped the way the original Perl ROUGE stems
-//! them, e.g. "children" → "child", "flies" → "fly"); here such words are Porter-stemmed like any
-//! other. Regular inflections stem alike either way; irregular plurals and verbs can differ. In
-//! the golden fixture the table changes no pair of the "mixed" sample and 3 of the 24 hand-made
-//! pairs (mean F 0.569 without it, 0.615 with it). `rouge_l_py_with` takes such a table, and the
-//! golden test (`tests/metrics_golden.rs`) checks against py-rouge with its table emptied and with
-//! a three-word table given to both sides.
+//! Not shipped: py-rouge first replaces some words by a form from a table that comes with it
+//! (WordNet's irregular forms, about 6,000, plus 137 words mapped the way the original Perl ROUGE
+//! stems them, e.g. "children" → "child", "flies" → "fly"); without it such words are
+//! Porter-stemmed like any other. `eval --rouge-table FILE` (repeatable) reads tables in
+//! py-rouge's `word|form` format, so giving it py-rouge's two files reproduces the package
+//! exactly. In the golden fixture the table changes no pair of the "mixed" sample and 3 of the 24
+//! hand-made pairs (mean F 0.569 without it, 0.615 with it). The golden test
+//! (`tests/metrics_golden.rs`) checks against py-rouge with its table emptied and with a
+//! three-word table given to both sides.
 
 use super::porter;
 use super::rouge::RougeLScore;
 use super::tokenize::py_strip;
 use std::collections::HashMap;
+
+/// Word forms consulted before stemming (word → form), as py-rouge's shipped table.
+pub type WordTable = HashMap<String, String>;
+
+/// Reads word-form tables: lines `word|form` (py-rouge's `wordnet_key_value.txt` and
+/// `wordnet_key_value_special_cases.txt` have this form); empty lines are skipped, and an entry
+/// of a later file replaces an earlier one.
+pub fn read_word_tables<P: AsRef<std::path::Path>>(paths: &[P]) -> anyhow::Result<WordTable> {
+    let mut table = WordTable::new();
+    for path in paths {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            match line.split_once('|') {
+                Some((word, form)) if !word.is_empty() && !form.contains('|') => {
+                    table.insert(word.to_owned(), form.to_owned());
+                }
+                _ => anyhow::bail!("{}:{}: expected `word|form`, found {line:?}", path.display(), i + 1),
+            }
+        }
+    }
+    Ok(table)
+}
 
 /// py-rouge's default length limit, in characters.
 pub const LENGTH_LIMIT: usize = 665;
@@ -55,7 +83,7 @@ const SPLIT_CONTRACTIONS: [(&str, usize); 5] = [("gimme", 3), ("gonna", 3), ("go
 
 /// One sentence's tokens: lowercase, ASCII alphanumerics, contractions, stemming through
 /// `table` first (word → replacement) for tokens longer than 3 characters.
-fn sentence_tokens(sentence: &str, table: &HashMap<String, String>) -> Vec<String> {
+fn sentence_tokens(sentence: &str, table: &WordTable) -> Vec<String> {
     let lower = sentence.to_lowercase();
     let cleaned: String = lower.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { ' ' }).collect();
     let protected = cleaned.replace("cannot", "_cannot_");
@@ -103,7 +131,7 @@ fn mark_lcs(r: &[String], h: &[String], hits: &mut [bool]) {
 }
 
 /// Precision, recall and F of one pair.
-pub fn rouge_l_py_pair(hyp: &str, reference: &str, table: &HashMap<String, String>) -> (f64, f64, f64) {
+pub fn rouge_l_py_pair(hyp: &str, reference: &str, table: &WordTable) -> (f64, f64, f64) {
     let hs: Vec<Vec<String>> = limited_sentences(hyp).iter().map(|s| sentence_tokens(s, table)).collect();
     let rs: Vec<Vec<String>> = limited_sentences(reference).iter().map(|s| sentence_tokens(s, table)).collect();
     let hyp_count: usize = hs.iter().map(Vec::len).sum();
@@ -133,7 +161,7 @@ pub fn rouge_l_py_pair(hyp: &str, reference: &str, table: &HashMap<String, Strin
 }
 
 /// Mean ROUGE-L over pairs with a replacement table (word → form) consulted before stemming.
-pub fn rouge_l_py_with<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>, table: &HashMap<String, String>) -> RougeLScore {
+pub fn rouge_l_py_with<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>, table: &WordTable) -> RougeLScore {
     let (mut f, mut precision, mut recall, mut sentences) = (0.0, 0.0, 0.0, 0usize);
     for (h, r) in pairs {
         let (p, rc, fm) = rouge_l_py_pair(h, r, table);
@@ -145,11 +173,6 @@ pub fn rouge_l_py_with<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>, 
     // py-rouge divides the sums only when there is more than one pair.
     let n = if sentences > 1 { sentences as f64 } else { 1.0 };
     RougeLScore { f: f / n, precision: precision / n, recall: recall / n, sentences }
-}
-
-/// Mean ROUGE-L over pairs as py-rouge's defaults compute it (without its word table).
-pub fn corpus_rouge_l_py<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> RougeLScore {
-    rouge_l_py_with(pairs, &HashMap::new())
 }
 
 #[cfg(test)]

@@ -175,6 +175,37 @@ mod tests {
         assert_eq!(parse_spec(odd.to_str().unwrap()).unwrap().ratio, None);
     }
 
+    /// `--overlong truncate-left` keeps an over-long pair as Flan does (the stream's last
+    /// `max_len` tokens: the prompt's beginning and `<s>` cut, the target and `</s>` kept) and
+    /// counts it; `drop` removes it. Both say so in the file's log line.
+    #[test]
+    fn overlong_rule_reaches_the_examples_and_the_log() {
+        let tok = Tok::load(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/fixtures/tokenizer.json")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.jsonl");
+        let long = "the cat sat on the mat ".repeat(10);
+        std::fs::write(&file, format!("{{\"src\": \"{long}\", \"tgt\": \"die Katze\"}}\n{{\"src\": \"a\", \"tgt\": \"b\"}}\n")).unwrap();
+        let specs = [TrainSpec { path: file.clone(), ratio: None }];
+        let (src, tgt) = (tok.encode(&long).unwrap(), tok.encode("die Katze").unwrap());
+        let max_len = 12;
+        assert!(src.len() + tgt.len() - 2 > max_len && tgt.len() < max_len);
+        let load_with = |rule| load(&tok, &specs, &DataArgs::default(), max_len, rule, Budget::Sequences(4), 1).unwrap();
+
+        let mut kept = load_with(OverlongArg::TruncateLeft);
+        assert_eq!(kept.examples, 2);
+        assert!(kept.log[0].ends_with("d.jsonl: 2 examples (1 truncated from the left as longer than 12 tokens)"), "{:?}", kept.log);
+        let rows = kept.source.next_batch().unwrap();
+        let cut = rows.iter().find(|e| e.len() == max_len).expect("the long pair, cut to max_len");
+        let full: Vec<i32> = [&src[..src.len() - 1], &tgt[1..]].concat();
+        assert_eq!(cut.ids, full[full.len() - max_len..], "the stream's last max_len tokens");
+        assert_ne!(cut.ids[0], tok.bos());
+        assert_eq!(cut.src_len, max_len - (tgt.len() - 1));
+
+        let dropped = load_with(OverlongArg::Drop);
+        assert_eq!(dropped.examples, 1);
+        assert!(dropped.log[0].ends_with("d.jsonl: 1 examples (1 dropped as longer than 12 tokens)"), "{:?}", dropped.log);
+    }
+
     #[test]
     fn ratios_all_or_none_and_normalised() {
         let specs = |v: &[&str]| parse_specs(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());

@@ -5,7 +5,8 @@ mod common;
 use common::bin;
 
 use dlm_engine::data::{
-    build_examples, layout_pair, pad_batch, read_jsonl, BatchSampler, Example, ExampleBatches, JsonlOptions, Overlong, SamplerState,
+    build_examples, layout_pair, pad_batch, read_jsonl, BatchSampler, Budget, Example, ExampleBatches, JsonlOptions, Mixture, Overlong,
+    SamplerState, Source,
 };
 use dlm_engine::tokenizer::{train_unigram, Tok};
 use std::collections::HashMap;
@@ -224,4 +225,59 @@ fn trained_in_memory_tokenizer_layout_and_mask_canvas() {
     // The canvas is what layout_pair makes of a target of 4 masks.
     let masked_tgt = [vec![tok.bos()], vec![tok.mask(); 4], vec![tok.eos()]].concat();
     assert_eq!(layout_pair(&src, &masked_tgt, 512, Overlong::Truncate), Some(canvas));
+}
+
+/// Source `s`'s example `i` is `[s, i, s, i, ...]` of length `len`.
+fn tagged_source(s: i32, n: usize, len: usize, weight: f64) -> Source {
+    let examples = (0..n as i32).map(|i| Example { ids: [s, i].iter().copied().cycle().take(len).collect(), src_len: 1 }).collect();
+    Source { name: format!("file{s}.jsonl"), examples, weight }
+}
+
+/// Each sequence picks its file by ratio: over 30,000 picks every file's share is within 5
+/// standard deviations of its normalised ratio, the draws are a function of the seed, and
+/// `used()` counts them per file.
+#[test]
+fn mixture_picks_files_in_proportion_to_their_ratios() {
+    let (n, ratios) = (30_000usize, [7.0, 2.0, 1.0]);
+    let mk = |seed| {
+        let sources = ratios.iter().enumerate().map(|(s, &w)| tagged_source(s as i32, 5 + 40 * s, 3, w)).collect();
+        Mixture::new(sources, Budget::Sequences(100), seed).unwrap()
+    };
+    let mut m = mk(11);
+    let picks: Vec<i32> = (0..n / 100).flat_map(|_| m.next_batch()).map(|e| e.ids[0]).collect();
+    assert_eq!(picks.len(), n);
+    let total: f64 = ratios.iter().sum();
+    for (s, w) in ratios.iter().enumerate() {
+        let p = w / total;
+        let count = picks.iter().filter(|&&f| f == s as i32).count() as f64;
+        let sd = (n as f64 * p * (1.0 - p)).sqrt();
+        assert!((count - n as f64 * p).abs() < 5.0 * sd, "file {s}: {count} picks, expected {} ± {sd:.0}", n as f64 * p);
+        assert_eq!(m.used()[s], count as u64);
+    }
+    // Not a round robin: the picks are not periodic in the ratio pattern.
+    assert!(picks.windows(10).any(|w| w.iter().filter(|&&f| f == 0).count() != 7));
+    let mut again = mk(11);
+    let replay: Vec<i32> = (0..n / 100).flat_map(|_| again.next_batch()).map(|e| e.ids[0]).collect();
+    assert_eq!(picks, replay, "same seed, same picks");
+    let mut other = mk(12);
+    let other: Vec<i32> = (0..n / 100).flat_map(|_| other.next_batch()).map(|e| e.ids[0]).collect();
+    assert_ne!(picks, other);
+}
+
+/// `--batch-size N`: every micro-batch has N rows, from the concatenated plan (each example once
+/// per epoch, only an epoch's last batch may be shorter) and from a mixture (always N).
+#[test]
+fn batch_size_gives_n_sequences_per_batch() {
+    let (_, ex, _, _) = corpus_examples(512, Overlong::Truncate);
+    let mut b = ExampleBatches::with_budget(ex.clone(), Budget::Sequences(4), 3).unwrap();
+    let nb = b.sampler().num_batches();
+    assert_eq!(nb, ex.len().div_ceil(4));
+    let short = b.sampler().plan().batches.iter().filter(|r| r.len() != 4).count();
+    assert_eq!(short, usize::from(ex.len() % 4 != 0));
+    let rows: usize = (0..nb).map(|_| b.next_batch().len()).sum();
+    assert_eq!(rows, ex.len());
+    let mut m = Mixture::new(vec![tagged_source(0, 3, 5, 1.0), tagged_source(1, 2, 40, 1.0)], Budget::Sequences(4), 5).unwrap();
+    for _ in 0..20 {
+        assert_eq!(m.next_batch().len(), 4);
+    }
 }

@@ -177,3 +177,47 @@ fn report_rejects_mismatched_or_empty_input() {
     let empty: Vec<String> = Vec::new();
     assert!(report(&empty, &empty, Metric::Exact, Tokenize::Tok13a, false).is_err());
 }
+
+/// `rouge-l-py` against py-rouge 1.1 (tests/golden/make_rouge_py_golden.py): the Porter stems of
+/// every word the corpora hold, then P, R and F of every pair and the corpus means, without
+/// py-rouge's word table and with a small table given to both sides.
+#[test]
+fn rouge_l_py_matches_py_rouge() {
+    use dlm_engine::metrics::porter::stem;
+    use dlm_engine::metrics::rouge_py::{rouge_l_py_pair, rouge_l_py_with, WordTable};
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/fixtures/rouge_py.json");
+    let fx: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let stems = fx["stems"].as_array().unwrap();
+    assert!(stems.len() > 300);
+    for pair in stems {
+        let (w, s) = (pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
+        assert_eq!(stem(w), s, "stem of {w:?}");
+    }
+    let small: WordTable =
+        fx["small_table"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect();
+    let mut differs_with_package_table = 0;
+    for c in fx["corpora"].as_array().unwrap() {
+        let (hyps, refs) = (strings(&c["hyps"]), strings(&c["refs"]));
+        for (key, table) in [("no_table", WordTable::new()), ("small_table", small.clone())] {
+            let want = &c[key];
+            for (i, (h, r)) in hyps.iter().zip(&refs).enumerate() {
+                let (p, rc, f) = rouge_l_py_pair(h, r, &table);
+                let w = &want["per_pair"][i];
+                let what = format!("{} {key} pair {i} ({h:?} vs {r:?})", c["name"]);
+                close(p, w[0].as_f64().unwrap(), &format!("{what} P"));
+                close(rc, w[1].as_f64().unwrap(), &format!("{what} R"));
+                close(f, w[2].as_f64().unwrap(), &format!("{what} F"));
+            }
+            let mean = rouge_l_py_with(hyps.iter().zip(&refs).map(|(h, r)| (h.as_str(), r.as_str())), &table);
+            close(mean.f, want["mean"][2].as_f64().unwrap(), &format!("{} {key} mean F", c["name"]));
+            close(mean.recall, want["mean"][1].as_f64().unwrap(), &format!("{} {key} mean R", c["name"]));
+        }
+        let (no, pkg) = (&c["no_table"]["per_pair"], &c["with_package_table"]["per_pair"]);
+        differs_with_package_table += (0..hyps.len()).filter(|&i| no[i] != pkg[i]).count();
+        // The report's headline is the mean F without a table.
+        let report = report(&hyps, &refs, Metric::RougeLPy, Tokenize::Tok13a, false).unwrap();
+        close(report.value(), 100.0 * c["no_table"]["mean"][2].as_f64().unwrap(), "report");
+    }
+    // The fixture shows what the missing table changes (irregular forms in the hand-made corpus).
+    assert!(differs_with_package_table > 0);
+}

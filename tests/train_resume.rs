@@ -3,6 +3,7 @@
 
 mod common;
 use dlm_engine::backend::cpu::CpuBackend;
+use dlm_engine::data::{Budget, Mixture, Source};
 use dlm_engine::model::{ModelConfig, XlmR};
 use dlm_engine::rdm::noise::Example;
 use dlm_engine::train::{BatchSource, TrainConfig, Trainer};
@@ -61,11 +62,15 @@ fn tokenizer_file(dir: &Path) -> std::path::PathBuf {
 /// Losses of a straight run of 2n steps, of its first n steps, and of n more steps resumed
 /// from the checkpoint the first run left.
 fn straight_first_resumed(backend: CpuBackend) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    straight_first_resumed_with(backend, Cycle::new)
+}
+
+fn straight_first_resumed_with<D: BatchSource>(backend: CpuBackend, data: impl Fn() -> D) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let tmp = tempfile::tempdir().unwrap();
     let tok = tokenizer_file(tmp.path());
     let n = 6;
     let run = |out: &str, steps: u64, model: XlmR<CpuBackend>, resume: Option<&Path>| {
-        let mut data = Cycle::new();
+        let mut data = data();
         let mut t = Trainer {
             cfg: config(&tmp.path().join(out), steps, 3e-3),
             model,
@@ -106,6 +111,34 @@ fn padded_head_trains_and_resumes_like_unpadded() {
     for (i, (a, b)) in straight.iter().zip(&plain).enumerate() {
         assert!((a - b).abs() <= 1e-5 * b.abs(), "step {i}: padded loss {a} vs unpadded {b}");
     }
+}
+
+/// Two copy-task files mixed 3:1 by sequence, 3 rows per micro-batch: the mixture's position
+/// (its pick RNG and each file's pass and index) is saved with the checkpoint, so a resumed run
+/// draws the examples, and so has the losses, of the run that never stopped.
+fn two_file_mixture() -> Mixture {
+    let mut rng = dlm_engine::rng::Rng::new(5, 5);
+    let mut file = |name: &str, count: usize, max_n: u64, weight: f64| Source {
+        name: name.into(),
+        examples: (0..count).map(|_| common::copy_example(&mut rng, 2, max_n, 5, 30)).collect(),
+        weight,
+    };
+    let sources = vec![file("short.jsonl", 7, 3, 3.0), file("long.jsonl", 4, 6, 1.0)];
+    Mixture::new(sources, Budget::Sequences(3), 7).unwrap()
+}
+
+#[test]
+fn mixture_resume_continues_exactly() {
+    let (straight, first, resumed) = straight_first_resumed_with(CpuBackend::new(), two_file_mixture);
+    let n = first.len();
+    assert_eq!(&straight[..n], &first[..]);
+    assert_eq!(&straight[n..], &resumed[..], "resumed losses differ from the straight run");
+    // The data really is the mixture's: another seed draws other examples, hence other losses.
+    let (other, _, _) = straight_first_resumed_with(CpuBackend::new(), || {
+        let m = two_file_mixture();
+        Mixture::new(m.sources().to_vec(), Budget::Sequences(3), 8).unwrap()
+    });
+    assert_ne!(straight, other);
 }
 
 #[test]

@@ -22,7 +22,7 @@ pub struct DataArgs {
 impl DataArgs {
     pub fn jsonl(&self, require_tgt: bool) -> JsonlOptions {
         let keys = self.src_key.clone().zip(self.tgt_key.clone()).map(|(s, t)| Keys::new(s, t));
-        JsonlOptions { keys, require_tgt, skip_bad_lines: self.skip_bad_lines }
+        JsonlOptions { keys, require_tgt, skip_bad_lines: self.skip_bad_lines, keep_extra: false }
     }
 }
 

@@ -25,7 +25,7 @@ pub enum Command {
     /// The embedded default job: make a small task, train a tokenizer and a tiny model on the
     /// CPU, sample held-out examples and report exact match (about 3 minutes on 2 cores).
     Demo(demo::Args),
-    /// Score hypotheses against references: BLEU (as sacreBLEU), ROUGE-L or exact match.
+    /// Score hypotheses against references: BLEU (as sacreBLEU), ROUGE-L, exact match or last integer.
     #[command(long_about = crate::cli::eval::LONG_ABOUT)]
     Eval(crate::cli::eval::Args),
     /// Predict the tokens at each <mask> of a text (the Hugging Face fill-mask pipeline).
@@ -35,7 +35,7 @@ pub enum Command {
     /// Tokenizer tools (`tokenizer train`: a Unigram tokenizer in XLM-R layout from JSONL data).
     Tokenizer(crate::cli::tokenizer::Args),
     /// Diffusive adaptation: finetune a masked LM with the RDM objective on JSONL pairs.
-    Train(crate::cli::train::Args),
+    Train(Box<crate::cli::train::Args>),
     /// Generate with iterative top-k confidence unmasking (the RDM sampler).
     Sample(crate::cli::sample::Args),
 }
@@ -51,6 +51,7 @@ pub mod sample;
 mod show_steps;
 pub mod tokenizer;
 pub mod train;
+pub mod train_data;
 
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -61,7 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::FillMask(a) => fill_mask::run(a),
         Command::Init(a) => init::run(a),
         Command::Tokenizer(a) => tokenizer::run(a),
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Sample(a) => sample::run(a),
     }
 }

@@ -318,12 +318,15 @@ pub fn run(args: Args) -> Result<()> {
         &args.model.join("tokenizer.json").display().to_string(),
         &cfg_file.display().to_string(),
     )?;
+    // The input records' other fields (a task, a language, ...), copied into the output lines.
+    let mut extras: Vec<serde_json::Map<String, serde_json::Value>> = Vec::new();
     let (reqs, names): (Vec<Request>, Vec<String>) = match &args.input {
         Some(path) => {
-            let file = read_jsonl(path, &args.data.jsonl(false))?;
+            let file = read_jsonl(path, &crate::data::JsonlOptions { keep_extra: true, ..args.data.jsonl(false) })?;
             if file.skips.skipped > 0 {
                 eprintln!("skipped {} bad line(s) of {}", file.skips.skipped, path.display());
             }
+            extras = file.records.iter().map(|r| r.extra.clone()).collect();
             file.records.into_iter().map(|r| (Request { src: r.src, tgt: r.tgt }, format!("{}:{}", path.display(), r.line))).unzip()
         }
         None => args.prompt.iter().enumerate().map(|(i, p)| (Request { src: p.clone(), tgt: None }, format!("--prompt {}", i + 1))).unzip(),
@@ -340,8 +343,18 @@ pub fn run(args: Args) -> Result<()> {
     }
     eprintln!("{}", decode_summary(&outs, wall));
     let mut text = String::new();
-    for o in &outs {
-        text.push_str(&serde_json::to_string(o)?);
+    for (i, o) in outs.iter().enumerate() {
+        match extras.get(i).filter(|e| !e.is_empty()) {
+            None => text.push_str(&serde_json::to_string(o)?),
+            Some(extra) => {
+                let mut line = serde_json::to_value(o)?;
+                let obj = line.as_object_mut().expect("an Output is an object");
+                for (k, v) in extra {
+                    obj.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+                text.push_str(&serde_json::to_string(&line)?);
+            }
+        }
         text.push('\n');
     }
     match out_path {

@@ -3,10 +3,10 @@
 use super::args::{DataArgs, DeviceArgs};
 use super::device::{dispatch, Job};
 use super::sample::{decode, DecodeOptions, Output, Request};
+use super::train_data::{self, OverlongArg, TrainSpec};
 use crate::backend::Backend;
-use crate::data::batch::ExampleBatches;
-use crate::data::jsonl::{read_jsonl, read_jsonl_files};
-use crate::data::layout::{build_examples, Overlong};
+use crate::data::batch::Budget;
+use crate::data::jsonl::read_jsonl;
 use crate::diffusion::sampler::SamplerConfig;
 use crate::metrics::{self, Metric, Tokenize};
 use crate::model::XlmR;
@@ -16,7 +16,7 @@ use crate::train::checkpoint;
 use crate::train::defaults::TrainingDefaults;
 use crate::train::run_dir::{self, Mode, RunDir};
 use crate::train::schedule::{default_warmup, Schedule};
-use crate::train::{AdamWSettings, Summary, TrainConfig, Trainer};
+use crate::train::{AdamWSettings, BatchSource, Summary, TrainConfig, Trainer};
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use std::path::PathBuf;
@@ -26,9 +26,13 @@ pub struct Args {
     /// Model to start from: an HF XLM-R checkpoint directory or one made by `dlm-engine init`.
     #[arg(long, required_unless_present = "resume")]
     pub model: Option<PathBuf>,
-    /// Training data: JSONL with {"src","tgt"} or {"inputs","targets"} records (repeatable).
-    #[arg(long, required = true, num_args = 1..)]
-    pub train: Vec<PathBuf>,
+    /// Training data: JSONL with {"src","tgt"} or {"inputs","targets"} records. Repeatable:
+    /// without ratios the files are concatenated; as FILE:RATIO (every file then needs one) each
+    /// sequence picks a file with probability proportional to its ratio (ratios are normalised,
+    /// so 7 and 3 equal 0.7 and 0.3) and takes that file's next example, each file cycling
+    /// through reshuffled passes (the Flan mixtures of the paper).
+    #[arg(long, required = true, num_args = 1.., value_name = "FILE[:RATIO]")]
+    pub train: Vec<String>,
     /// Validation data, decoded every `--eval-every` steps (oracle length, argmax).
     #[arg(long)]
     pub valid: Option<PathBuf>,
@@ -54,6 +58,9 @@ pub struct Args {
     /// Token budget per micro-batch (padded length × rows, before the coupled doubling).
     #[arg(long)]
     pub max_tokens: Option<usize>,
+    /// Sequences per micro-batch (before the coupled doubling), instead of --max-tokens.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     /// Micro-batches accumulated per update.
     #[arg(long, default_value_t = 1)]
     pub accumulate: usize,
@@ -106,9 +113,14 @@ pub struct Args {
     /// Log a line (and a metrics.jsonl record) every N updates.
     #[arg(long, default_value_t = 50)]
     pub log_every: u64,
-    /// Longest training sequence; longer pairs are dropped (default: the model's maximum).
+    /// Longest training sequence, source and target together (default: the model's maximum);
+    /// longer pairs are handled by --overlong.
     #[arg(long)]
     pub max_len: Option<usize>,
+    /// Pairs longer than --max-len: `drop` them (task training) or `truncate-left` (Flan's rule:
+    /// keep the last --max-len tokens, the prompt losing its beginning). Counted per file.
+    #[arg(long, value_enum, default_value_t = OverlongArg::Drop)]
+    pub overlong: OverlongArg,
     #[command(flatten)]
     pub data: DataArgs,
     #[command(flatten)]
@@ -125,7 +137,9 @@ struct TrainJob {
     model_dir: PathBuf,
     resume_dir: Option<PathBuf>,
     tok: Tok,
-    data: ExampleBatches,
+    data: Box<dyn BatchSource>,
+    /// The `--train` files, for the per-file counts at the end.
+    files: Vec<String>,
     valid: Vec<Request>,
     cfg: TrainConfig,
 }
@@ -137,13 +151,7 @@ impl Job for TrainJob {
         // `--dropout` (or the training defaults' rate) is the rate of every dropout site; the
         // saved config.json records it, as Hugging Face's training does.
         model.set_dropout(self.cfg.dropout);
-        eprintln!(
-            "model {} ({} parameters) on {}; {} training batches per epoch",
-            self.model_dir.display(),
-            model.param_count(),
-            model.backend().name(),
-            self.data.sampler().num_batches()
-        );
+        eprintln!("model {} ({} parameters) on {}", self.model_dir.display(), model.param_count(), model.backend().name(),);
         let (tok, valid, eval_steps) = (&self.tok, &self.valid, self.args.eval_steps);
         let validator = (!valid.is_empty())
             .then(|| Box::new(move |m: &mut XlmR<B>| validate(m, tok, valid, eval_steps)) as Box<crate::train::trainer::Validator<'_, B>>);
@@ -151,12 +159,20 @@ impl Job for TrainJob {
             cfg: self.cfg.clone(),
             model,
             tokenizer_path: self.run_dir.path.join("tokenizer.json"),
-            data: &mut self.data,
+            data: self.data.as_mut(),
             validator,
             pad: self.tok.pad(),
             mask: self.tok.mask(),
         };
-        trainer.run(self.resume_dir.as_deref())
+        let summary = trainer.run(self.resume_dir.as_deref())?;
+        drop(trainer);
+        if let Some(used) = self.data.examples_per_file() {
+            let total = used.iter().sum::<u64>().max(1) as f64;
+            let per: Vec<String> =
+                self.files.iter().zip(&used).map(|(f, n)| format!("{f} {n} ({:.1}%)", 100.0 * *n as f64 / total)).collect();
+            eprintln!("examples used per file: {}", per.join(", "));
+        }
+        Ok(summary)
     }
 }
 
@@ -205,6 +221,12 @@ fn check_flags(a: &Args) -> Result<()> {
     if let Some(v) = a.max_tokens {
         range::at_least("--max-tokens", v as u64, 1)?;
     }
+    if let Some(v) = a.batch_size {
+        range::at_least("--batch-size", v as u64, 1)?;
+        if a.max_tokens.is_some() {
+            bail!("--batch-size and --max-tokens are alternatives (sequences or tokens per micro-batch): give one");
+        }
+    }
     if let Some(v) = a.max_len {
         range::at_least("--max-len", v as u64, 2)?;
     }
@@ -214,6 +236,7 @@ fn check_flags(a: &Args) -> Result<()> {
 pub fn train(args: Args) -> Result<Summary> {
     super::device::set_threads(args.run.threads);
     check_flags(&args)?;
+    let specs = train_data::parse_specs(&args.train)?;
     // The run directory is locked before anything of it is read (a resume) and checked to be a
     // run of this tool, or empty, before anything is written.
     let lock = run_dir::lock(&args.out)?;
@@ -230,20 +253,12 @@ pub fn train(args: Args) -> Result<Summary> {
     model_cfg.check_tokenizer(tok.vocab_size(), &tok_file.display().to_string(), &cfg_file.display().to_string())?;
     let max_len = args.max_len.unwrap_or(model_cfg.max_seq_len()).min(model_cfg.max_seq_len());
 
-    let (records, skips) = read_jsonl_files(&args.train, &args.data.jsonl(true))?;
-    if skips.skipped > 0 {
-        eprintln!("skipped {} bad training line(s); first: {}", skips.skipped, skips.first_reasons.first().cloned().unwrap_or_default());
-    }
-    let laid = build_examples(&tok, &records, max_len, Overlong::Drop)?;
-    if laid.dropped > 0 {
-        eprintln!("dropped {} training pair(s) longer than {max_len} tokens", laid.dropped);
-    }
-    if laid.examples.is_empty() {
-        bail!("no usable training examples in {}", args.train.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
-    }
-    let n_examples = laid.examples.len();
-    let max_tokens = args.max_tokens.unwrap_or(defaults.max_tokens);
-    let data = ExampleBatches::new(laid.examples, max_tokens, args.seed)?;
+    let budget = match args.batch_size {
+        Some(n) => Budget::Sequences(n),
+        None => Budget::Tokens(args.max_tokens.unwrap_or(defaults.max_tokens)),
+    };
+    let train_data::TrainingData { source: data, note: data_note, examples: n_examples, log: data_log } =
+        train_data::load(&tok, &specs, &args.data, max_len, args.overlong, budget, args.seed)?;
     let valid: Vec<Request> = match &args.valid {
         Some(p) => {
             let f = read_jsonl(p, &args.data.jsonl(true))?;
@@ -287,16 +302,18 @@ pub fn train(args: Args) -> Result<Summary> {
         (None, true) => Mode::Overwrite,
         (None, false) => Mode::New,
     };
-    let record = serde_json::json!({
+    let data_record = data_settings(&specs, budget, args.overlong);
+    let mut record = serde_json::json!({
         "tool": "dlm-engine",
         "model": model_dir,
-        "train": args.train,
         "valid": args.valid,
-        "max_tokens": max_tokens,
         "settings": cfg,
     });
+    for (k, v) in data_record.as_object().into_iter().flatten() {
+        record[k] = v.clone();
+    }
     if let Some(ck) = &resume_dir {
-        let changes = resume_changes(ck, &args, &cfg, max_tokens)?;
+        let changes = resume_changes(ck, &args, &cfg, &data_record)?;
         if !changes.is_empty() {
             if !args.allow_changes {
                 bail!(
@@ -317,12 +334,20 @@ pub fn train(args: Args) -> Result<Summary> {
     if run_dir::adopt_file(&run_dir.path, &model_dir, "training_defaults.json")?.is_none() && defaults_copy.is_file() {
         std::fs::remove_file(&defaults_copy).with_context(|| format!("{}: cannot delete", defaults_copy.display()))?;
     }
+    for line in &data_log {
+        eprintln!("{line}");
+    }
+    let per_batch = match budget {
+        Budget::Tokens(n) => format!("max {n} tokens/batch"),
+        Budget::Sequences(n) => format!("{n} sequences/batch"),
+    };
     eprintln!(
-        "training on {n_examples} examples: lr {:.1e} ({:?}, warmup {}), max {} tokens/batch, T={}, dropout {}, label smoothing {} [{}]",
-        cfg.lr, cfg.schedule, cfg.warmup_steps, max_tokens, cfg.timesteps, cfg.dropout, cfg.label_smoothing, defaults.note
+        "training on {n_examples} examples ({data_note}): lr {:.1e} ({:?}, warmup {}), {per_batch}, T={}, dropout {}, label smoothing {} [{}]",
+        cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.timesteps, cfg.dropout, cfg.label_smoothing, defaults.note
     );
     let run = args.run.clone();
-    let job = TrainJob { args, run_dir, model_dir, resume_dir, tok, data, valid, cfg };
+    let files = specs.iter().map(|s| s.path.display().to_string()).collect();
+    let job = TrainJob { args, run_dir, model_dir, resume_dir, tok, data, files, valid, cfg };
     dispatch(&run.device, run.threads, job)
 }
 
@@ -343,10 +368,27 @@ pub fn print_summary(s: &Summary) {
     );
 }
 
+/// The data settings `run.json` records and a resume may not change: the files, their
+/// normalised ratios (null: concatenated), the batch budget and the over-long rule.
+fn data_settings(specs: &[TrainSpec], budget: Budget, overlong: OverlongArg) -> serde_json::Value {
+    let (max_tokens, batch_size) = match budget {
+        Budget::Tokens(n) => (Some(n), None),
+        Budget::Sequences(n) => (None, Some(n)),
+    };
+    serde_json::json!({
+        "train": specs.iter().map(|s| &s.path).collect::<Vec<_>>(),
+        "ratios": train_data::normalised_ratios(specs),
+        "max_tokens": max_tokens,
+        "batch_size": batch_size,
+        "overlong": overlong,
+    })
+}
+
 /// The settings that alter the training and that a resume would change, as `name old → new`:
-/// the optimizer and objective settings recorded in the checkpoint, and the model, data files and
-/// token budget recorded in the run's `run.json` (where the run has one).
-fn resume_changes(checkpoint: &std::path::Path, args: &Args, cfg: &TrainConfig, max_tokens: usize) -> Result<Vec<String>> {
+/// the optimizer and objective settings recorded in the checkpoint, and the model and the data
+/// settings (`data_settings`) recorded in the run's `run.json` (where the run has one; a key an
+/// older run.json lacks is no change).
+fn resume_changes(checkpoint: &std::path::Path, args: &Args, cfg: &TrainConfig, data: &serde_json::Value) -> Result<Vec<String>> {
     let old = checkpoint::load_state(checkpoint)?.settings;
     let new = serde_json::to_value(cfg)?;
     let mut changes = Vec::new();
@@ -373,8 +415,15 @@ fn resume_changes(checkpoint: &std::path::Path, args: &Args, cfg: &TrainConfig, 
     let run_file = args.out.join(crate::train::run_dir::RUN_FILE);
     if let Ok(text) = std::fs::read_to_string(&run_file) {
         let run: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", run_file.display()))?;
-        differ("--train", run.get("train"), &serde_json::json!(args.train));
-        differ("--max-tokens", run.get("max_tokens"), &serde_json::json!(max_tokens));
+        for (key, flag) in [
+            ("train", "--train"),
+            ("ratios", "--train ratios"),
+            ("max_tokens", "--max-tokens"),
+            ("batch_size", "--batch-size"),
+            ("overlong", "--overlong"),
+        ] {
+            differ(flag, run.get(key), &data[key]);
+        }
         if let Some(model) = &args.model {
             // The same directory spelled another way is no change.
             let canonical = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());

@@ -1,7 +1,9 @@
-//! Token-budget batching (fairseq `batch_by_size`, which the reference's `--batch_by_tokens` uses).
+//! Token-budget batching (fairseq `batch_by_size`, which the reference's `--batch_by_tokens` uses),
+//! or a fixed number of sequences per batch (`Budget::Sequences`, the reference's instruction runs).
 //!
 //! - Examples are sorted by length (stable, so equal lengths keep index order) and cut greedily
-//!   into batches whose *padded* size `longest × rows` stays within `max_tokens`.
+//!   into batches whose *padded* size `longest × rows` stays within `max_tokens`, or into runs of
+//!   N rows (the last batch of the plan may be shorter).
 //! - An example longer than `max_tokens` on its own still forms a batch alone (nothing is lost;
 //!   the layout's `max_len` already bounds lengths). The plan counts such batches as `oversize`,
 //!   the only batches allowed to exceed the budget.
@@ -54,6 +56,33 @@ pub struct LossRows {
 /// numbers other parts of the engine draw from with the same seed.
 const BATCH_ORDER_STREAM: u64 = 0x4254_4348 << 32;
 
+/// How big a micro-batch may be (before the coupled doubling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Budget {
+    /// Padded tokens: `longest × rows ≤ n` (a single longer example still forms a batch).
+    Tokens(usize),
+    /// Rows: exactly `n` sequences.
+    Sequences(usize),
+}
+
+impl Budget {
+    /// Whether a batch of `rows` rows whose longest has `longest` tokens fits.
+    pub fn admits(self, longest: usize, rows: usize) -> bool {
+        match self {
+            Budget::Tokens(n) => longest * rows <= n,
+            Budget::Sequences(n) => rows <= n,
+        }
+    }
+
+    fn check(self) -> Result<()> {
+        match self {
+            Budget::Tokens(0) => bail!("the token budget per batch must be positive"),
+            Budget::Sequences(0) => bail!("the batch size must be at least one sequence"),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Batches as lists of example indices.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BatchPlan {
@@ -64,16 +93,21 @@ pub struct BatchPlan {
 
 /// Sorts by length and chunks greedily under `longest × rows ≤ max_tokens`.
 pub fn plan_batches(lengths: &[usize], max_tokens: usize) -> BatchPlan {
+    plan_batches_with(lengths, Budget::Tokens(max_tokens))
+}
+
+/// Sorts by length and chunks greedily while the budget admits the batch.
+pub fn plan_batches_with(lengths: &[usize], budget: Budget) -> BatchPlan {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| lengths[i]);
     let mut plan = BatchPlan { batches: Vec::new(), oversize: 0 };
     let mut current: Vec<usize> = Vec::new();
     for i in order {
         // Ascending order: the newcomer is the longest of the batch.
-        if !current.is_empty() && lengths[i] * (current.len() + 1) > max_tokens {
+        if !current.is_empty() && !budget.admits(lengths[i], current.len() + 1) {
             plan.batches.push(std::mem::take(&mut current));
         }
-        if current.is_empty() && lengths[i] > max_tokens {
+        if current.is_empty() && !budget.admits(lengths[i], 1) {
             plan.oversize += 1;
         }
         current.push(i);
@@ -103,13 +137,15 @@ pub struct BatchSampler {
 
 impl BatchSampler {
     pub fn new(lengths: &[usize], max_tokens: usize, seed: u64) -> Result<Self> {
+        Self::with_budget(lengths, Budget::Tokens(max_tokens), seed)
+    }
+
+    pub fn with_budget(lengths: &[usize], budget: Budget, seed: u64) -> Result<Self> {
         if lengths.is_empty() {
             bail!("no training examples to batch");
         }
-        if max_tokens == 0 {
-            bail!("the token budget per batch must be positive");
-        }
-        let plan = plan_batches(lengths, max_tokens);
+        budget.check()?;
+        let plan = plan_batches_with(lengths, budget);
         let order = epoch_order(plan.batches.len(), seed, 0);
         Ok(BatchSampler { plan, seed, state: SamplerState::default(), order })
     }
@@ -172,8 +208,12 @@ pub struct ExampleBatches {
 
 impl ExampleBatches {
     pub fn new(examples: Vec<Example>, max_tokens: usize, seed: u64) -> Result<Self> {
+        Self::with_budget(examples, Budget::Tokens(max_tokens), seed)
+    }
+
+    pub fn with_budget(examples: Vec<Example>, budget: Budget, seed: u64) -> Result<Self> {
         let lengths: Vec<usize> = examples.iter().map(Example::len).collect();
-        let sampler = BatchSampler::new(&lengths, max_tokens, seed)?;
+        let sampler = BatchSampler::with_budget(&lengths, budget, seed)?;
         Ok(ExampleBatches { examples, sampler })
     }
 
@@ -218,6 +258,15 @@ mod tests {
         let plan = plan_batches(&[3, 2, 9, 3, 5], 10);
         assert_eq!(plan.batches, vec![vec![1, 0, 3], vec![4], vec![2]]);
         assert_eq!(plan.oversize, 0);
+    }
+
+    #[test]
+    fn sequence_budget_cuts_length_sorted_runs_of_n() {
+        // Sorted: 1 (2), 0 (3), 3 (3), 4 (5), 2 (9); runs of 2, the last one shorter.
+        let plan = plan_batches_with(&[3, 2, 9, 3, 5], Budget::Sequences(2));
+        assert_eq!(plan.batches, vec![vec![1, 0], vec![3, 4], vec![2]]);
+        assert_eq!(plan.oversize, 0);
+        assert!(BatchSampler::with_budget(&[3], Budget::Sequences(0), 0).is_err());
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! `FILE:LINE: …` naming the key, or, with `skip_bad_lines`, are counted and skipped; the first
 //! few reasons are kept so a CLI can show them. Lines holding only whitespace are ignored.
 //! Reading streams line by line, so corpora larger than memory can feed the tokenizer trainer.
+//! With `keep_extra` a record also keeps its other fields (for `sample` to copy into its output,
+//! e.g. the task or language an evaluation groups by).
 
 use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
@@ -46,12 +48,14 @@ pub struct JsonlOptions {
     /// A target that is present must still be a string.
     pub require_tgt: bool,
     pub skip_bad_lines: bool,
+    /// Keep every field besides the source and target in `Record::extra`.
+    pub keep_extra: bool,
 }
 
 impl JsonlOptions {
     /// Options for training data: both fields required, bad lines are errors.
     pub fn training() -> Self {
-        JsonlOptions { keys: None, require_tgt: true, skip_bad_lines: false }
+        JsonlOptions { keys: None, require_tgt: true, skip_bad_lines: false, keep_extra: false }
     }
 }
 
@@ -61,6 +65,8 @@ pub struct Record {
     pub tgt: Option<String>,
     /// 1-based line number in its file, for messages further down the pipeline.
     pub line: usize,
+    /// The record's other fields, with `JsonlOptions::keep_extra` (else empty).
+    pub extra: serde_json::Map<String, Value>,
 }
 
 /// Lines skipped under `skip_bad_lines`.
@@ -141,9 +147,14 @@ impl JsonlReader {
         if tgt.is_none() && self.opts.require_tgt {
             return Err(format!("missing key \"{}\"", keys.tgt));
         }
+        let extra = if self.opts.keep_extra {
+            obj.iter().filter(|(k, _)| **k != keys.src && **k != keys.tgt).map(|(k, v)| (k.clone(), v.clone())).collect()
+        } else {
+            serde_json::Map::new()
+        };
         // Detection is settled by the first good record, so one odd line cannot switch keys.
         self.keys.get_or_insert(keys);
-        Ok(Record { src, tgt, line: self.line_no })
+        Ok(Record { src, tgt, line: self.line_no, extra })
     }
 }
 
@@ -270,8 +281,15 @@ mod tests {
         assert_eq!(r.keys, Some(Keys::task()));
         assert_eq!(
             r.records,
-            vec![Record { src: "a".into(), tgt: Some("b".into()), line: 1 }, Record { src: "c".into(), tgt: Some("d".into()), line: 4 },]
+            vec![
+                Record { src: "a".into(), tgt: Some("b".into()), line: 1, extra: Default::default() },
+                Record { src: "c".into(), tgt: Some("d".into()), line: 4, extra: Default::default() },
+            ]
         );
+        let keep = JsonlOptions { keep_extra: true, ..JsonlOptions::training() };
+        let r = read_jsonl(f.path(), &keep).unwrap();
+        assert!(r.records[0].extra.is_empty());
+        assert_eq!(serde_json::Value::Object(r.records[1].extra.clone()), serde_json::json!({"x": 1}));
         let f = file_with("\u{feff}{\"inputs\":\"q\",\"targets\":\"r\"}\r\n");
         let r = read_jsonl(f.path(), &JsonlOptions::training()).unwrap();
         assert_eq!(r.keys, Some(Keys::flan()));

@@ -1,5 +1,7 @@
 //! Evaluation metrics of the paper (docs/method.md §6): corpus BLEU as sacreBLEU computes it,
-//! ROUGE-L F as the `rouge-score` package computes it, and exact match.
+//! ROUGE-L F as the `rouge-score` package (`rouge.rs`) or the paper's py-rouge (`rouge_py.rs`)
+//! computes it, exact match, and the last-integer match of
+//! GSM8K/MGSM; `group` scores each group of lines apart and macro-averages them.
 //!
 //! All scores are reported on a 0..100 scale (BLEU's usual scale; ROUGE-L and exact match are
 //! multiplied by 100, the way the paper's tables print them). `report` is the one entry point the
@@ -9,7 +11,11 @@
 //! decoding code lowercases both before scoring, although its sacreBLEU signature says "mixed".
 
 pub mod bleu;
+pub mod group;
+pub mod last_integer;
+pub mod porter;
 pub mod rouge;
+pub mod rouge_py;
 pub mod tokenize;
 
 use anyhow::{bail, Result};
@@ -27,8 +33,16 @@ pub enum Metric {
     /// Mean ROUGE-L F-measure (rouge-score, no stemming).
     #[value(name = "rouge-l")]
     RougeL,
-    /// Percentage of lines equal after stripping surrounding whitespace.
+    /// Mean ROUGE-L F-measure as the paper's scorer py-rouge computes it by default (Porter
+    /// stemming, 665-character limit, summary-level LCS over lines).
+    #[value(name = "rouge-l-py")]
+    RougeLPy,
+    /// Percentage of lines equal after stripping surrounding whitespace (with --lowercase:
+    /// the paper's normalisation, lowercase and strip).
     Exact,
+    /// Percentage of lines whose last integer equals the reference's (GSM8K/MGSM).
+    #[value(name = "last-integer")]
+    LastInteger,
 }
 
 /// BLEU word tokenizer.
@@ -98,9 +112,27 @@ pub fn exact_match<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>, lowe
 /// The result of `report`: one metric with the settings that produced it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MetricReport {
-    Bleu { score: BleuScore, tokenize: Tokenize, lowercase: bool },
-    RougeL { score: RougeLScore, lowercase: bool },
-    Exact { score: ExactScore, lowercase: bool },
+    Bleu {
+        score: BleuScore,
+        tokenize: Tokenize,
+        lowercase: bool,
+    },
+    RougeL {
+        score: RougeLScore,
+        lowercase: bool,
+    },
+    /// `word_table`: the number of entries of the word-form table used (0: none).
+    RougeLPy {
+        score: RougeLScore,
+        word_table: usize,
+    },
+    Exact {
+        score: ExactScore,
+        lowercase: bool,
+    },
+    LastInteger {
+        score: ExactScore,
+    },
 }
 
 impl MetricReport {
@@ -108,17 +140,19 @@ impl MetricReport {
     pub fn value(&self) -> f64 {
         match self {
             MetricReport::Bleu { score, .. } => score.score,
-            MetricReport::RougeL { score, .. } => 100.0 * score.f,
-            MetricReport::Exact { score, .. } => score.percent(),
+            MetricReport::RougeL { score, .. } | MetricReport::RougeLPy { score, .. } => 100.0 * score.f,
+            MetricReport::Exact { score, .. } | MetricReport::LastInteger { score } => score.percent(),
         }
     }
 
-    /// The JSON key of the headline number: "bleu", "rouge_l" or "exact".
+    /// The JSON key of the headline number: "bleu", "rouge_l", "rouge_l_py", "exact" or "last_integer".
     pub fn key(&self) -> &'static str {
         match self {
             MetricReport::Bleu { .. } => "bleu",
             MetricReport::RougeL { .. } => "rouge_l",
+            MetricReport::RougeLPy { .. } => "rouge_l_py",
             MetricReport::Exact { .. } => "exact",
+            MetricReport::LastInteger { .. } => "last_integer",
         }
     }
 
@@ -144,10 +178,21 @@ impl MetricReport {
                 "lowercase": lowercase,
                 "tokenizer": "rouge-score default, no stemming",
             }),
+            MetricReport::RougeLPy { score, word_table } => json!({
+                "precision": 100.0 * score.precision,
+                "recall": 100.0 * score.recall,
+                "sentences": score.sentences,
+                "tokenizer": "py-rouge defaults: Porter stemming, 665-character limit",
+                "word_table_entries": word_table,
+            }),
             MetricReport::Exact { score, lowercase } => json!({
                 "matches": score.matches,
                 "sentences": score.sentences,
                 "lowercase": lowercase,
+            }),
+            MetricReport::LastInteger { score } => json!({
+                "matches": score.matches,
+                "sentences": score.sentences,
             }),
         };
         obj[self.key()] = json!(self.value());
@@ -192,27 +237,67 @@ impl fmt::Display for MetricReport {
                 100.0 * score.precision,
                 100.0 * score.recall
             ),
+            MetricReport::RougeLPy { score, word_table } => write!(
+                f,
+                "ROUGE-L = {:.2} (py-rouge, F of {} pairs) P={:.2} R={:.2} (Porter stemming, 665-character limit, {})",
+                100.0 * score.f,
+                score.sentences,
+                100.0 * score.precision,
+                100.0 * score.recall,
+                match word_table {
+                    0 => "no word-form table".to_string(),
+                    n => format!("word-form table of {n}"),
+                }
+            ),
             MetricReport::Exact { score, lowercase } => {
                 write!(f, "Exact = {:.2} ({}/{} lines, {})", score.percent(), score.matches, score.sentences, case_word(*lowercase))
+            }
+            MetricReport::LastInteger { score } => {
+                write!(f, "Last-integer = {:.2} ({}/{} lines whose last integer matches)", score.percent(), score.matches, score.sentences)
             }
         }
     }
 }
 
 /// Scores hypotheses against references, line by line. `tokenize` only matters for BLEU;
-/// `lowercase` changes nothing for ROUGE-L, whose tokenizer always lowercases.
+/// `lowercase` changes nothing for ROUGE-L, whose tokenizers always lowercase.
 pub fn report<S: AsRef<str>>(hyps: &[S], refs: &[S], metric: Metric, tokenize: Tokenize, lowercase: bool) -> Result<MetricReport> {
-    if hyps.len() != refs.len() {
-        bail!("{} hypotheses but {} references: they must pair up line by line", hyps.len(), refs.len());
+    Scorer { metric, tokenize, lowercase, word_table: None }.score(hyps, refs)
+}
+
+/// A metric with its settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Scorer<'a> {
+    pub metric: Metric,
+    /// BLEU's tokenizer.
+    pub tokenize: Tokenize,
+    pub lowercase: bool,
+    /// `rouge-l-py`: py-rouge's word-form table (word → form, consulted before stemming).
+    pub word_table: Option<&'a rouge_py::WordTable>,
+}
+
+impl Scorer<'_> {
+    pub fn score<S: AsRef<str>>(&self, hyps: &[S], refs: &[S]) -> Result<MetricReport> {
+        if hyps.len() != refs.len() {
+            bail!("{} hypotheses but {} references: they must pair up line by line", hyps.len(), refs.len());
+        }
+        if hyps.is_empty() {
+            bail!("nothing to score: no hypotheses");
+        }
+        let (tokenize, lowercase) = (self.tokenize, self.lowercase);
+        let pairs = || hyps.iter().zip(refs).map(|(h, r)| (h.as_ref(), r.as_ref()));
+        Ok(match self.metric {
+            Metric::Bleu => MetricReport::Bleu { score: bleu::corpus_bleu(pairs(), tokenize, lowercase), tokenize, lowercase },
+            // rouge-score's tokenizer lowercases everything, so `lowercase` cannot change the result.
+            Metric::RougeL => MetricReport::RougeL { score: rouge::corpus_rouge_l(pairs()), lowercase },
+            // py-rouge lowercases too.
+            Metric::RougeLPy => {
+                let empty = rouge_py::WordTable::new();
+                let table = self.word_table.unwrap_or(&empty);
+                MetricReport::RougeLPy { score: rouge_py::rouge_l_py_with(pairs(), table), word_table: table.len() }
+            }
+            Metric::Exact => MetricReport::Exact { score: exact_match(pairs(), lowercase), lowercase },
+            Metric::LastInteger => MetricReport::LastInteger { score: last_integer::last_integer_match(pairs()) },
+        })
     }
-    if hyps.is_empty() {
-        bail!("nothing to score: no hypotheses");
-    }
-    let pairs = || hyps.iter().zip(refs).map(|(h, r)| (h.as_ref(), r.as_ref()));
-    Ok(match metric {
-        Metric::Bleu => MetricReport::Bleu { score: bleu::corpus_bleu(pairs(), tokenize, lowercase), tokenize, lowercase },
-        // rouge-score's tokenizer lowercases everything, so `lowercase` cannot change the result.
-        Metric::RougeL => MetricReport::RougeL { score: rouge::corpus_rouge_l(pairs()), lowercase },
-        Metric::Exact => MetricReport::Exact { score: exact_match(pairs(), lowercase), lowercase },
-    })
 }

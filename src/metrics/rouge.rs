@@ -7,16 +7,9 @@
 //! therefore loses those characters: "grüße" is the two tokens "gr" and "e". That is how
 //! rouge-score behaves, and it is fine for the English Gigaword task this metric serves.
 //!
-//! How this differs from the paper's scorer, py-rouge's `Rouge(["rouge-l"])` with its defaults
-//! (read from py-rouge's source; we did not run it):
-//! - py-rouge Porter-stems tokens longer than 3 characters (with a WordNet exception table), so
-//!   "says"/"said" variants can match there but not here; it also keeps "cannot" as one token.
-//! - py-rouge truncates each text to its first 665 bytes before scoring; we never truncate.
-//! - py-rouge computes summary-level (union) LCS over sentences split at '\n'. Our inputs are
-//!   single lines, where that reduces to the plain LCS used here.
-//! - Its F uses α = 0.5, `P·R/(0.5·P + 0.5·R)`, which equals our `2PR/(P+R)`.
-//!
-//! Expect scores within a point or so of py-rouge on English headlines, mostly from stemming.
+//! The paper's scorer is py-rouge with its defaults, which stems, limits texts to 665 characters
+//! and scores lines as sentences: `rouge_py.rs` (`--metric rouge-l-py`) implements it and lists
+//! the differences.
 
 use serde::Serialize;
 

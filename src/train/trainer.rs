@@ -21,6 +21,11 @@ pub trait BatchSource {
     fn next_batch(&mut self) -> Result<Vec<Example>>;
     fn state(&self) -> serde_json::Value;
     fn restore(&mut self, state: &serde_json::Value) -> Result<()>;
+    /// Examples taken from each training file so far, in `--train` order, where the source
+    /// tracks them (a ratio mixture); logged with every step line.
+    fn examples_per_file(&self) -> Option<Vec<u64>> {
+        None
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -74,6 +79,9 @@ pub struct StepLog {
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
     pub skipped_steps: u64,
+    /// Examples taken from each `--train` file so far (ratio mixtures only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub examples_per_file: Option<Vec<u64>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -233,6 +241,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                     tokens_per_s: window.2 as f64 / secs,
                     elapsed_s: state.elapsed_secs,
                     skipped_steps: state.skipped_steps,
+                    examples_per_file: self.data.examples_per_file(),
                 };
                 writeln!(metrics, "{}", serde_json::to_string(&log)?)?;
                 let line = format!(
@@ -308,5 +317,22 @@ impl BatchSource for crate::data::batch::ExampleBatches {
     fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
         let s = serde_json::from_value(state.clone()).map_err(|e| anyhow::anyhow!("checkpoint data position is not valid: {e}"))?;
         crate::data::batch::ExampleBatches::restore(self, s)
+    }
+}
+
+impl BatchSource for crate::data::mixture::Mixture {
+    fn next_batch(&mut self) -> Result<Vec<Example>> {
+        Ok(crate::data::mixture::Mixture::next_batch(self))
+    }
+    fn state(&self) -> serde_json::Value {
+        serde_json::json!({ "mixture": crate::data::mixture::Mixture::state(self) })
+    }
+    fn restore(&mut self, state: &serde_json::Value) -> Result<()> {
+        let s = serde_json::from_value(state["mixture"].clone())
+            .map_err(|e| anyhow::anyhow!("checkpoint data position is not a ratio mixture's (was the run started without ratios?): {e}"))?;
+        crate::data::mixture::Mixture::restore(self, s)
+    }
+    fn examples_per_file(&self) -> Option<Vec<u64>> {
+        Some(self.used())
     }
 }

@@ -12,6 +12,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod rows;
 pub mod sampler;
+pub mod simd;
 pub mod vocab;
 
 use super::{AdamW, Backend, ConfidenceKind, Dropout, NoiseSpec, ReparamRule};

@@ -37,7 +37,7 @@ pub enum Command {
     /// Diffusive adaptation: finetune a masked LM with the RDM objective on JSONL pairs.
     Train(Box<crate::cli::train::Args>),
     /// Generate with iterative top-k confidence unmasking (the RDM sampler).
-    Sample(crate::cli::sample::Args),
+    Sample(Box<crate::cli::sample::Args>),
 }
 
 pub mod args;
@@ -63,7 +63,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init(a) => init::run(a),
         Command::Tokenizer(a) => tokenizer::run(a),
         Command::Train(a) => train::run(*a),
-        Command::Sample(a) => sample::run(a),
+        Command::Sample(a) => sample::run(*a),
     }
 }
 

@@ -7,6 +7,7 @@
 
 use crate::backend::Dropout;
 use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
+use super::simd;
 use crate::rng::philox4x32;
 use rayon::prelude::*;
 
@@ -32,57 +33,83 @@ fn fill_keep(drop: Dropout, stream: u64, start: u64, out: &mut [f32]) {
     }
 }
 
-#[inline]
+/// Σ a·b with 16 running sums, so the loop vectorises (a single sum would have to add in order).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut acc = [0.0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// What every batch row of the attention passes reads.
+struct Inputs<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    key_mask: &'a [i32],
+    call: AttnCall,
 }
 
 pub fn attention_fwd(qkv: Qkv<'_, [f32]>, key_mask: &[i32], out: &mut [f32], lse: &mut [f32], call: AttnCall) {
     let Qkv { q, k, v } = qkv;
-    let AttnCall { shape: s, drop, stream } = call;
-    let (t, nh, d) = (s.seq, s.heads, s.head_dim);
-    let hid = s.hidden();
-    let scale = 1.0 / (d as f32).sqrt();
-    out[..s.tokens() * hid].par_chunks_mut(t * hid).zip(lse[..s.batch * nh * t].par_chunks_mut(nh * t)).enumerate().for_each(
-        |(b, (ob, lb))| {
-            let mask = &key_mask[b * t..][..t];
-            let base = b * t * hid;
-            let mut p = vec![0.0f32; t];
-            let mut keep = vec![1.0f32; t];
-            for h in 0..nh {
-                for i in 0..t {
-                    let qi = &q[base + i * hid + h * d..][..d];
-                    let mut mx = f32::NEG_INFINITY;
-                    for j in 0..t {
-                        p[j] = if mask[j] != 0 { dot(qi, &k[base + j * hid + h * d..][..d]) * scale } else { f32::NEG_INFINITY };
-                        mx = mx.max(p[j]);
+    let s = call.shape;
+    let (t, nh, hid) = (s.seq, s.heads, s.hidden());
+    let a = Inputs { q, k, v, key_mask, call };
+    out[..s.tokens() * hid]
+        .par_chunks_mut(t * hid)
+        .zip(lse[..s.batch * nh * t].par_chunks_mut(nh * t))
+        .enumerate()
+        .for_each(|(b, (ob, lb))| fwd_batch(&a, b, ob, lb));
+}
+
+simd::multiversion! {
+    /// Batch row `b` of `attention_fwd`: its outputs `ob` and log-sum-exps `lb`.
+    fn fwd_batch(a: &Inputs<'_>, b: usize, ob: &mut [f32], lb: &mut [f32]) {
+        let Inputs { q, k, v, key_mask, call } = *a;
+        let AttnCall { shape: s, drop, stream } = call;
+        let (t, nh, d) = (s.seq, s.heads, s.head_dim);
+        let hid = s.hidden();
+        let scale = 1.0 / (d as f32).sqrt();
+        let mask = &key_mask[b * t..][..t];
+        let base = b * t * hid;
+        let mut p = vec![0.0f32; t];
+        let mut keep = vec![1.0f32; t];
+        for h in 0..nh {
+            for i in 0..t {
+                let qi = &q[base + i * hid + h * d..][..d];
+                let mut mx = f32::NEG_INFINITY;
+                for j in 0..t {
+                    p[j] = if mask[j] != 0 { dot(qi, &k[base + j * hid + h * d..][..d]) * scale } else { f32::NEG_INFINITY };
+                    mx = mx.max(p[j]);
+                }
+                let mut den = 0.0f32;
+                for pj in p.iter_mut() {
+                    *pj = simd::exp(*pj - mx);
+                    den += *pj;
+                }
+                lb[h * t + i] = mx + den.ln();
+                let o = &mut ob[i * hid + h * d..][..d];
+                o.fill(0.0);
+                fill_keep(drop, stream, (((b * nh + h) * t + i) * t) as u64, &mut keep);
+                for j in 0..t {
+                    let w = p[j] / den * keep[j];
+                    if w == 0.0 {
+                        continue;
                     }
-                    let mut den = 0.0f32;
-                    for pj in p.iter_mut() {
-                        *pj = if *pj == f32::NEG_INFINITY { 0.0 } else { (*pj - mx).exp() };
-                        den += *pj;
-                    }
-                    lb[h * t + i] = mx + den.ln();
-                    let o = &mut ob[i * hid + h * d..][..d];
-                    o.fill(0.0);
-                    fill_keep(drop, stream, (((b * nh + h) * t + i) * t) as u64, &mut keep);
-                    for j in 0..t {
-                        if p[j] == 0.0 {
-                            continue;
-                        }
-                        let w = p[j] / den * keep[j];
-                        if w == 0.0 {
-                            continue;
-                        }
-                        let vj = &v[base + j * hid + h * d..][..d];
-                        for c in 0..d {
-                            o[c] += w * vj[c];
-                        }
+                    let vj = &v[base + j * hid + h * d..][..d];
+                    for c in 0..d {
+                        o[c] += w * vj[c];
                     }
                 }
             }
-        },
-    );
+        }
+    }
 }
 
 pub fn attention_bwd(
@@ -94,63 +121,74 @@ pub fn attention_bwd(
     call: AttnCall,
 ) {
     let Qkv { q, k, v } = qkv;
-    let AttnCall { shape: s, drop, stream } = call;
-    let AttnSaved { out, lse } = saved;
     let QkvGrads { dq, dk, dv } = grads;
-    let (t, nh, d) = (s.seq, s.heads, s.head_dim);
-    let hid = s.hidden();
-    let scale = 1.0 / (d as f32).sqrt();
+    let s = call.shape;
+    let (t, hid) = (s.seq, s.hidden());
     let n = s.tokens() * hid;
-    dq[..n].par_chunks_mut(t * hid).zip(dk[..n].par_chunks_mut(t * hid).zip(dv[..n].par_chunks_mut(t * hid))).enumerate().for_each(
-        |(b, (dqb, (dkb, dvb)))| {
-            dqb.fill(0.0);
-            dkb.fill(0.0);
-            dvb.fill(0.0);
-            let mask = &key_mask[b * t..][..t];
-            let base = b * t * hid;
-            let mut keep = vec![1.0f32; t];
-            for h in 0..nh {
-                for i in 0..t {
-                    let off_i = i * hid + h * d;
-                    let qi = &q[base + off_i..][..d];
-                    let doi = &dout[base + off_i..][..d];
-                    // D_i = dO_i · O_i = Σ_j p_ij dp_ij, with or without dropout.
-                    let di = dot(doi, &out[base + off_i..][..d]);
-                    let l = lse[(b * nh + h) * t + i];
-                    fill_keep(drop, stream, (((b * nh + h) * t + i) * t) as u64, &mut keep);
-                    for j in 0..t {
-                        if mask[j] == 0 {
-                            continue;
-                        }
-                        let off_j = j * hid + h * d;
-                        let kj = &k[base + off_j..][..d];
-                        let vj = &v[base + off_j..][..d];
-                        let pij = (dot(qi, kj) * scale - l).exp();
-                        let ks = keep[j];
-                        let dpij = dot(doi, vj) * ks;
-                        let pw = pij * ks;
-                        if pw != 0.0 {
-                            let dvj = &mut dvb[off_j..][..d];
-                            for c in 0..d {
-                                dvj[c] += pw * doi[c];
-                            }
-                        }
-                        let ds = pij * (dpij - di) * scale;
-                        {
-                            let dqi = &mut dqb[off_i..][..d];
-                            for c in 0..d {
-                                dqi[c] += ds * kj[c];
-                            }
-                        }
-                        let dkj = &mut dkb[off_j..][..d];
+    let a = Inputs { q, k, v, key_mask, call };
+    dq[..n]
+        .par_chunks_mut(t * hid)
+        .zip(dk[..n].par_chunks_mut(t * hid).zip(dv[..n].par_chunks_mut(t * hid)))
+        .enumerate()
+        .for_each(|(b, (dqb, (dkb, dvb)))| bwd_batch(&a, saved.out, saved.lse, dout, b, QkvGrads { dq: dqb, dk: dkb, dv: dvb }));
+}
+
+simd::multiversion! {
+    /// Batch row `b` of `attention_bwd`: the gradients of its queries, keys and values.
+    fn bwd_batch(a: &Inputs<'_>, out: &[f32], lse: &[f32], dout: &[f32], b: usize, g: QkvGrads<'_, [f32]>) {
+        let Inputs { q, k, v, key_mask, call } = *a;
+        let AttnCall { shape: s, drop, stream } = call;
+        let QkvGrads { dq: dqb, dk: dkb, dv: dvb } = g;
+        let (t, nh, d) = (s.seq, s.heads, s.head_dim);
+        let hid = s.hidden();
+        let scale = 1.0 / (d as f32).sqrt();
+        dqb.fill(0.0);
+        dkb.fill(0.0);
+        dvb.fill(0.0);
+        let mask = &key_mask[b * t..][..t];
+        let base = b * t * hid;
+        let mut keep = vec![1.0f32; t];
+        for h in 0..nh {
+            for i in 0..t {
+                let off_i = i * hid + h * d;
+                let qi = &q[base + off_i..][..d];
+                let doi = &dout[base + off_i..][..d];
+                // D_i = dO_i · O_i = Σ_j p_ij dp_ij, with or without dropout.
+                let di = dot(doi, &out[base + off_i..][..d]);
+                let l = lse[(b * nh + h) * t + i];
+                fill_keep(drop, stream, (((b * nh + h) * t + i) * t) as u64, &mut keep);
+                for j in 0..t {
+                    if mask[j] == 0 {
+                        continue;
+                    }
+                    let off_j = j * hid + h * d;
+                    let kj = &k[base + off_j..][..d];
+                    let vj = &v[base + off_j..][..d];
+                    let pij = simd::exp(dot(qi, kj) * scale - l);
+                    let ks = keep[j];
+                    let dpij = dot(doi, vj) * ks;
+                    let pw = pij * ks;
+                    if pw != 0.0 {
+                        let dvj = &mut dvb[off_j..][..d];
                         for c in 0..d {
-                            dkj[c] += ds * qi[c];
+                            dvj[c] += pw * doi[c];
                         }
+                    }
+                    let ds = pij * (dpij - di) * scale;
+                    {
+                        let dqi = &mut dqb[off_i..][..d];
+                        for c in 0..d {
+                            dqi[c] += ds * kj[c];
+                        }
+                    }
+                    let dkj = &mut dkb[off_j..][..d];
+                    for c in 0..d {
+                        dkj[c] += ds * qi[c];
                     }
                 }
             }
-        },
-    );
+        }
+    }
 }
 
 #[cfg(test)]

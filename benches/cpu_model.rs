@@ -1,6 +1,6 @@
-//! Forward + backward of a small XLM-R-shaped model on the CPU backend: the same work as
-//! `scripts/torch_cpu_baseline.py` times in PyTorch, so the two can be read side by side
-//! (`bash scripts/bench-cpu.sh` runs both).
+//! Forward + backward of a small XLM-R-shaped model on the CPU backend, under criterion (for
+//! tracking the CPU kernels; `bash scripts/bench-cpu.sh` compares whole training and sampling
+//! steps with PyTorch CPU).
 //!
 //! Shape: preset `tiny` (post-LN, 2 layers, hidden 128, 4 heads, FFN 512) with a 1000-id
 //! vocabulary, batch 16 × 32 tokens, MLM head on 25% of the positions.

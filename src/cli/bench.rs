@@ -32,6 +32,15 @@ pub struct Shape {
     /// Model shape: base, large, xl, xxl, tiny, small, ...
     #[arg(long, default_value = "base")]
     pub preset: String,
+    /// Change the preset's number of layers ...
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// ... its hidden size (the FFN becomes 4× this; the heads stay as many) ...
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// ... or its vocabulary.
+    #[arg(long)]
+    pub vocab: Option<usize>,
     /// Batch sizes to time, comma-separated (default: 1,64 on CUDA, 1 on the CPU).
     #[arg(long, value_delimiter = ',')]
     pub batch: Vec<usize>,
@@ -50,6 +59,35 @@ pub struct Shape {
     pub peak_tflops: Option<f64>,
     #[command(flatten)]
     pub run: super::args::DeviceArgs,
+}
+
+impl Shape {
+    /// The preset with the overrides, checked.
+    fn config(&self) -> Result<ModelConfig> {
+        let mut cfg = ModelConfig::preset(&self.preset)?;
+        if let Some(l) = self.layers {
+            cfg.layers = l;
+        }
+        if let Some(h) = self.hidden {
+            cfg.hidden = h;
+            cfg.intermediate = 4 * h;
+        }
+        if let Some(v) = self.vocab {
+            cfg.vocab_size = v;
+        }
+        cfg.validate("bench flags")?;
+        Ok(cfg)
+    }
+
+    fn name(&self) -> String {
+        let mut n = self.preset.clone();
+        for (tag, v) in [("L", self.layers), ("H", self.hidden), ("V", self.vocab)] {
+            if let Some(v) = v {
+                n.push_str(&format!("-{tag}{v}"));
+            }
+        }
+        n
+    }
 }
 
 struct BenchJob {
@@ -72,7 +110,7 @@ impl Job for BenchJob {
     type Out = ();
     fn run<B: Backend>(self, backend: B) -> Result<()> {
         let s = &self.shape;
-        let cfg = ModelConfig::preset(&s.preset)?;
+        let cfg = s.config()?;
         let name = backend.name();
         let is_cpu = name.starts_with("cpu");
         let batches = if s.batch.is_empty() {
@@ -89,7 +127,7 @@ impl Job for BenchJob {
         }
         let peak = s.peak_tflops.or(if is_cpu { None } else { Some(789.0) });
         let mut model = XlmR::random(backend, cfg.clone(), 0)?;
-        eprintln!("{} preset ({} parameters) on {name}", s.preset, model.param_count());
+        eprintln!("{} ({} parameters) on {name}", s.name(), model.param_count());
         if name.contains(crate::backend::cuda::SOFTWARE_DEVICE_MARK) {
             eprintln!(
                 "warning: this is the software CUDA device of the tests, which runs the kernels on the CPU: its timings mean nothing"
@@ -98,7 +136,7 @@ impl Job for BenchJob {
         let mut rng = Rng::new(1, 1);
         let mask = cfg.vocab_size as i32 - 1;
         for &b in &batches {
-            let key = format!("{}_{}_B{b}_L{}", if self.train { "train" } else { "sample" }, s.preset, s.prompt_len + s.target_len);
+            let key = format!("{}_{}_B{b}_L{}", if self.train { "train" } else { "sample" }, s.name(), s.prompt_len + s.target_len);
             let p = prompts(&cfg, b, s, &mut rng);
             let ms = if self.train { time_train(&mut model, &p, s, mask, &mut rng)? } else { time_sample(&mut model, &p, s, mask)? };
             let tokens = (b * (s.prompt_len + s.target_len)) as f64;

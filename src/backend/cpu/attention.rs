@@ -5,31 +5,35 @@
 //! query row of scores in memory. Attention-probability dropout draws the mask for element
 //! `((b·heads + h)·seq + i)·seq + j` of stream (`seed`, `stream`).
 
+use super::simd;
 use crate::backend::Dropout;
 use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
-use super::simd;
-use crate::rng::philox4x32;
+use crate::rng::{philox4x32_lanes, LANES};
 use rayon::prelude::*;
 
 /// Dropout scales (0 or 1/(1-p)) of the `out.len()` consecutive probabilities starting at
-/// element `start` of the Philox stream, computing each 4-number Philox block once.
+/// element `start` of the Philox stream, the whole blocks `LANES` at a time.
+#[inline(always)]
 fn fill_keep(drop: Dropout, stream: u64, start: u64, out: &mut [f32]) {
     if !drop.active() {
         out.fill(1.0);
         return;
     }
     let scale = 1.0 / (1.0 - drop.p);
-    let key = [drop.seed as u32, (drop.seed >> 32) as u32];
-    let mut block = u64::MAX;
-    let mut r = [0u32; 4];
-    for (j, o) in out.iter_mut().enumerate() {
-        let idx = start + j as u64;
-        if idx >> 2 != block {
-            block = idx >> 2;
-            r = philox4x32([block as u32, (block >> 32) as u32, stream as u32, (stream >> 32) as u32], key);
+    let keep = |r: u32| if (r >> 8) as f32 * (1.0 / 16_777_216.0) >= drop.p { scale } else { 0.0 };
+    let (end, mut idx) = (start + out.len() as u64, start);
+    while idx < end {
+        let first = idx >> 2;
+        let r = philox4x32_lanes(first, stream, drop.seed);
+        for l in 0..LANES {
+            for q in 0..4 {
+                let e = 4 * (first + l as u64) + q as u64;
+                if e >= idx && e < end {
+                    out[(e - start) as usize] = keep(r[q][l]);
+                }
+            }
         }
-        let u = (r[(idx & 3) as usize] >> 8) as f32 * (1.0 / 16_777_216.0);
-        *o = if u >= drop.p { scale } else { 0.0 };
+        idx = 4 * (first + LANES as u64);
     }
 }
 
@@ -79,9 +83,11 @@ simd::multiversion! {
         let mask = &key_mask[b * t..][..t];
         let base = b * t * hid;
         let mut p = vec![0.0f32; t];
-        let mut keep = vec![1.0f32; t];
+        let mut keep_all = vec![1.0f32; t * t];
         for h in 0..nh {
+            fill_keep(drop, stream, (((b * nh + h) * t) * t) as u64, &mut keep_all);
             for i in 0..t {
+                let keep = &keep_all[i * t..][..t];
                 let qi = &q[base + i * hid + h * d..][..d];
                 let mut mx = f32::NEG_INFINITY;
                 for j in 0..t {
@@ -96,7 +102,6 @@ simd::multiversion! {
                 lb[h * t + i] = mx + den.ln();
                 let o = &mut ob[i * hid + h * d..][..d];
                 o.fill(0.0);
-                fill_keep(drop, stream, (((b * nh + h) * t + i) * t) as u64, &mut keep);
                 for j in 0..t {
                     let w = p[j] / den * keep[j];
                     if w == 0.0 {
@@ -147,16 +152,17 @@ simd::multiversion! {
         dvb.fill(0.0);
         let mask = &key_mask[b * t..][..t];
         let base = b * t * hid;
-        let mut keep = vec![1.0f32; t];
+        let mut keep_all = vec![1.0f32; t * t];
         for h in 0..nh {
+            fill_keep(drop, stream, (((b * nh + h) * t) * t) as u64, &mut keep_all);
             for i in 0..t {
+                let keep = &keep_all[i * t..][..t];
                 let off_i = i * hid + h * d;
                 let qi = &q[base + off_i..][..d];
                 let doi = &dout[base + off_i..][..d];
                 // D_i = dO_i · O_i = Σ_j p_ij dp_ij, with or without dropout.
                 let di = dot(doi, &out[base + off_i..][..d]);
                 let l = lse[(b * nh + h) * t + i];
-                fill_keep(drop, stream, (((b * nh + h) * t + i) * t) as u64, &mut keep);
                 for j in 0..t {
                     if mask[j] == 0 {
                         continue;

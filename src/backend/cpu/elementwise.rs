@@ -1,7 +1,7 @@
 //! Dropout (Philox masks regenerated in the backward pass) and exact-erf GELU.
 
 use super::simd;
-use crate::rng::philox4x32;
+use crate::rng::{philox4x32, philox4x32_lanes, LANES};
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
@@ -11,21 +11,37 @@ pub fn dropout_apply(x: &mut [f32], p: f32, seed: u64, stream: u64) {
     if p <= 0.0 {
         return;
     }
-    let scale = 1.0 / (1.0 - p);
-    // CHUNK is a multiple of 4, so each Philox block (4 numbers) is computed once.
-    x.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-        let base = (c * CHUNK) as u64;
-        for (q, quad) in chunk.chunks_mut(4).enumerate() {
-            let idx = base + 4 * q as u64;
-            let block = idx >> 2;
-            let r =
-                philox4x32([block as u32, (block >> 32) as u32, stream as u32, (stream >> 32) as u32], [seed as u32, (seed >> 32) as u32]);
-            for (lane, v) in quad.iter_mut().enumerate() {
-                let u = (r[lane] >> 8) as f32 * (1.0 / 16_777_216.0);
-                *v = if u >= p { *v * scale } else { 0.0 };
+    // CHUNK is a multiple of 4·LANES, so each chunk starts on a Philox block of its own.
+    x.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| dropout_chunk(chunk, (c * CHUNK) as u64, p, seed, stream));
+}
+
+simd::multiversion! {
+    /// `dropout_apply` on the elements `base ..` of `x` (`base` a multiple of 4).
+    fn dropout_chunk(x: &mut [f32], base: u64, p: f32, seed: u64, stream: u64) {
+        let scale = 1.0 / (1.0 - p);
+        let apply = |v: &mut f32, r: u32| {
+            let u = (r >> 8) as f32 * (1.0 / 16_777_216.0);
+            *v = if u >= p { *v * scale } else { 0.0 };
+        };
+        let mut groups = x.chunks_exact_mut(4 * LANES);
+        let mut block = base >> 2;
+        for g in groups.by_ref() {
+            let r = philox4x32_lanes(block, stream, seed);
+            for l in 0..LANES {
+                for q in 0..4 {
+                    apply(&mut g[4 * l + q], r[q][l]);
+                }
+            }
+            block += LANES as u64;
+        }
+        for (i, quad) in groups.into_remainder().chunks_mut(4).enumerate() {
+            let b = block + i as u64;
+            let r = philox4x32([b as u32, (b >> 32) as u32, stream as u32, (stream >> 32) as u32], [seed as u32, (seed >> 32) as u32]);
+            for (q, v) in quad.iter_mut().enumerate() {
+                apply(v, r[q]);
             }
         }
-    });
+    }
 }
 
 /// Exact-erf GELU, x·Φ(x) with Φ(x) = erfc(−x/√2)/2, in f32 (erfc as simd.rs computes it).

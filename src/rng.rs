@@ -197,6 +197,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::needless_range_loop)] // lane l is block first + l
     fn lanes_are_the_blocks_side_by_side() {
         for (first, stream, seed) in [(0u64, 0u64, 0u64), (u32::MAX as u64 - 3, 7, 99), (123_456_789, u64::MAX, 0xdead_beef)] {
             let lanes = philox4x32_lanes(first, stream, seed);

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 /// Dropout scales (0 or 1/(1-p)) of the `out.len()` consecutive probabilities starting at
 /// element `start` of the Philox stream, the whole blocks `LANES` at a time.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // (lane, number) index the block's element
 fn fill_keep(drop: Dropout, stream: u64, start: u64, out: &mut [f32]) {
     if !drop.active() {
         out.fill(1.0);

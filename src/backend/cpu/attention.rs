@@ -52,6 +52,29 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Head `h` of batch row `b` of `x` (rows of `hid`) transposed into `out[c·t + j]`, so that a
+/// query's scores over all keys are `d` vectorisable passes over `t` contiguous values.
+#[inline(always)]
+fn head_transposed(x: &[f32], base: usize, hid: usize, h: usize, d: usize, t: usize, out: &mut [f32]) {
+    for j in 0..t {
+        let row = &x[base + j * hid + h * d..][..d];
+        for (c, &val) in row.iter().enumerate() {
+            out[c * t + j] = val;
+        }
+    }
+}
+
+/// `out[j] = Σ_c a[c]·xt[c·t + j]` (a row against a transposed head).
+#[inline(always)]
+fn row_times(a: &[f32], xt: &[f32], t: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    for (c, &ac) in a.iter().enumerate() {
+        for (o, &x) in out.iter_mut().zip(&xt[c * t..][..t]) {
+            *o += ac * x;
+        }
+    }
+}
+
 /// What every batch row of the attention passes reads.
 struct Inputs<'a> {
     q: &'a [f32],
@@ -85,14 +108,17 @@ simd::multiversion! {
         let base = b * t * hid;
         let mut p = vec![0.0f32; t];
         let mut keep_all = vec![1.0f32; t * t];
+        let mut kt = vec![0.0f32; d * t];
         for h in 0..nh {
             fill_keep(drop, stream, (((b * nh + h) * t) * t) as u64, &mut keep_all);
+            head_transposed(k, base, hid, h, d, t, &mut kt);
             for i in 0..t {
                 let keep = &keep_all[i * t..][..t];
                 let qi = &q[base + i * hid + h * d..][..d];
+                row_times(qi, &kt, t, &mut p);
                 let mut mx = f32::NEG_INFINITY;
                 for j in 0..t {
-                    p[j] = if mask[j] != 0 { dot(qi, &k[base + j * hid + h * d..][..d]) * scale } else { f32::NEG_INFINITY };
+                    p[j] = if mask[j] != 0 { p[j] * scale } else { f32::NEG_INFINITY };
                     mx = mx.max(p[j]);
                 }
                 let mut den = 0.0f32;
@@ -154,8 +180,12 @@ simd::multiversion! {
         let mask = &key_mask[b * t..][..t];
         let base = b * t * hid;
         let mut keep_all = vec![1.0f32; t * t];
+        let (mut kt, mut vt) = (vec![0.0f32; d * t], vec![0.0f32; d * t]);
+        let (mut srow, mut dprow) = (vec![0.0f32; t], vec![0.0f32; t]);
         for h in 0..nh {
             fill_keep(drop, stream, (((b * nh + h) * t) * t) as u64, &mut keep_all);
+            head_transposed(k, base, hid, h, d, t, &mut kt);
+            head_transposed(v, base, hid, h, d, t, &mut vt);
             for i in 0..t {
                 let keep = &keep_all[i * t..][..t];
                 let off_i = i * hid + h * d;
@@ -164,16 +194,20 @@ simd::multiversion! {
                 // D_i = dO_i · O_i = Σ_j p_ij dp_ij, with or without dropout.
                 let di = dot(doi, &out[base + off_i..][..d]);
                 let l = lse[(b * nh + h) * t + i];
+                row_times(qi, &kt, t, &mut srow);
+                row_times(doi, &vt, t, &mut dprow);
+                for x in srow.iter_mut() {
+                    *x = simd::exp(*x * scale - l);
+                }
                 for j in 0..t {
                     if mask[j] == 0 {
                         continue;
                     }
                     let off_j = j * hid + h * d;
                     let kj = &k[base + off_j..][..d];
-                    let vj = &v[base + off_j..][..d];
-                    let pij = simd::exp(dot(qi, kj) * scale - l);
+                    let pij = srow[j];
                     let ks = keep[j];
-                    let dpij = dot(doi, vj) * ks;
+                    let dpij = dprow[j] * ks;
                     let pw = pij * ks;
                     if pw != 0.0 {
                         let dvj = &mut dvb[off_j..][..d];

@@ -3,6 +3,7 @@
 //! canvases whose slots live in flat arrays, as the kernel `reparam_step` keeps them (the
 //! reference is rdm::remask, run canvas by canvas).
 
+use super::simd;
 use crate::backend::contract::{records, CanvasMeta, StepMode, StepParams};
 use crate::backend::{unpack_seed, ConfidenceKind, ReparamRule, RowStats};
 use crate::backend::{CanvasState, Picks, VocabShape};
@@ -19,40 +20,70 @@ pub fn vocab_pick(logits: &[f32], shape: VocabShape, forbid: &[i32], temperature
     let picks: Vec<(i32, f32)> = logits[..rows * vocab]
         .par_chunks(vocab)
         .enumerate()
-        .map(|(r, row)| {
-            let allowed = |c: usize| !forbid.contains(&(c as i32));
-            let (mx, lse) = {
-                let mut mx = f32::NEG_INFINITY;
-                for (c, &x) in row[..valid].iter().enumerate() {
-                    if allowed(c) {
-                        mx = mx.max(x);
-                    }
-                }
-                let s: f64 = (0..valid).filter(|&c| allowed(c)).map(|c| ((row[c] - mx) as f64).exp()).sum();
-                (mx, mx + s.ln() as f32)
-            };
-            let _ = mx;
-            let mut best = (f32::NEG_INFINITY, 0usize);
-            for (c, &x) in row[..valid].iter().enumerate() {
-                if !allowed(c) {
-                    continue;
-                }
-                let key = match noise {
-                    None => x,
-                    Some(stream_of) => {
-                        let (seed, stream) = stream_of(r);
-                        x / temperature + philox_gumbel(seed, stream, c as u64)
-                    }
-                };
-                // Strict `>` keeps the lowest id on ties, as torch.argmax does.
-                if key > best.0 {
-                    best = (key, c);
+        .map_init(Vec::new, |buf, (r, row)| {
+            // The allowed logits, forbidden ids at −inf (they then add nothing and are never the max).
+            buf.clear();
+            buf.extend_from_slice(&row[..valid]);
+            for &f in forbid {
+                if let Some(x) = usize::try_from(f).ok().and_then(|f| buf.get_mut(f)) {
+                    *x = f32::NEG_INFINITY;
                 }
             }
-            (best.1 as i32, row[best.1] - lse)
+            let (mx, s) = max_and_sum_exp(buf);
+            let lse = mx + s.ln() as f32;
+            let best = match noise {
+                // The first maximum, as torch.argmax; 0 when every logit is −inf.
+                None => buf.iter().position(|&x| x == mx && x > f32::NEG_INFINITY).unwrap_or(0),
+                Some(stream_of) => {
+                    let (seed, stream) = stream_of(r);
+                    let mut best = (f32::NEG_INFINITY, 0usize);
+                    for (c, &x) in buf.iter().enumerate() {
+                        if x == f32::NEG_INFINITY && forbid.contains(&(c as i32)) {
+                            continue;
+                        }
+                        let key = x / temperature + philox_gumbel(seed, stream, c as u64);
+                        // Strict `>` keeps the lowest id on ties.
+                        if key > best.0 {
+                            best = (key, c);
+                        }
+                    }
+                    best.1
+                }
+            };
+            (best as i32, row[best] - lse)
         })
         .collect();
     RowStats { token: picks.iter().map(|p| p.0).collect(), logprob: picks.iter().map(|p| p.1).collect(), confidence: Vec::new() }
+}
+
+simd::multiversion! {
+    /// The maximum of `xs` and Σ exp(x − max) (f32 exponentials, summed in f64), in 16 lanes.
+    fn max_and_sum_exp_into(xs: &[f32], out: &mut (f32, f64)) {
+        let mut m = [f32::NEG_INFINITY; 16];
+        let chunks = xs.chunks_exact(16);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for l in 0..16 {
+                m[l] = if c[l] > m[l] { c[l] } else { m[l] };
+            }
+        }
+        let mx = tail.iter().chain(m.iter()).fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+        let mut acc = [0.0f64; 16];
+        let chunks = xs.chunks_exact(16);
+        for c in chunks {
+            for l in 0..16 {
+                acc[l] += simd::exp(c[l] - mx) as f64;
+            }
+        }
+        let s = tail.iter().map(|&x| simd::exp(x - mx) as f64).sum::<f64>() + acc.iter().sum::<f64>();
+        *out = (mx, s);
+    }
+}
+
+fn max_and_sum_exp(xs: &[f32]) -> (f32, f64) {
+    let mut out = (f32::NEG_INFINITY, 0.0);
+    max_and_sum_exp_into(xs, &mut out);
+    out
 }
 
 /// The CPU twin of `Backend::vocab_confidence`: per row, over the allowed columns, the margin

@@ -29,7 +29,7 @@ pub fn vocab_pick(logits: &[f32], shape: VocabShape, forbid: &[i32], temperature
                     *x = f32::NEG_INFINITY;
                 }
             }
-            let (mx, s) = max_and_sum_exp(buf);
+            let (mx, s) = simd::max_and_sum_exp(buf);
             let lse = mx + s.ln() as f32;
             let best = match noise {
                 // The first maximum, as torch.argmax; 0 when every logit is −inf.
@@ -54,36 +54,6 @@ pub fn vocab_pick(logits: &[f32], shape: VocabShape, forbid: &[i32], temperature
         })
         .collect();
     RowStats { token: picks.iter().map(|p| p.0).collect(), logprob: picks.iter().map(|p| p.1).collect(), confidence: Vec::new() }
-}
-
-simd::multiversion! {
-    /// The maximum of `xs` and Σ exp(x − max) (f32 exponentials, summed in f64), in 16 lanes.
-    fn max_and_sum_exp_into(xs: &[f32], out: &mut (f32, f64)) {
-        let mut m = [f32::NEG_INFINITY; 16];
-        let chunks = xs.chunks_exact(16);
-        let tail = chunks.remainder();
-        for c in chunks {
-            for l in 0..16 {
-                m[l] = if c[l] > m[l] { c[l] } else { m[l] };
-            }
-        }
-        let mx = tail.iter().chain(m.iter()).fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-        let mut acc = [0.0f64; 16];
-        let chunks = xs.chunks_exact(16);
-        for c in chunks {
-            for l in 0..16 {
-                acc[l] += simd::exp(c[l] - mx) as f64;
-            }
-        }
-        let s = tail.iter().map(|&x| simd::exp(x - mx) as f64).sum::<f64>() + acc.iter().sum::<f64>();
-        *out = (mx, s);
-    }
-}
-
-fn max_and_sum_exp(xs: &[f32]) -> (f32, f64) {
-    let mut out = (f32::NEG_INFINITY, 0.0);
-    max_and_sum_exp_into(xs, &mut out);
-    out
 }
 
 /// The CPU twin of `Backend::vocab_confidence`: per row, over the allowed columns, the margin

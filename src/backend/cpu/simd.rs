@@ -88,6 +88,36 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
+multiversion! {
+    /// The maximum of `xs` and Σ exp(x − max) (f32 exponentials, summed in f64), in 16 lanes.
+    fn max_and_sum_exp_into(xs: &[f32], out: &mut (f32, f64)) {
+        let mut m = [f32::NEG_INFINITY; 16];
+        let chunks = xs.chunks_exact(16);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for l in 0..16 {
+                m[l] = if c[l] > m[l] { c[l] } else { m[l] };
+            }
+        }
+        let mx = tail.iter().chain(m.iter()).fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+        let mut acc = [0.0f64; 16];
+        let chunks = xs.chunks_exact(16);
+        for c in chunks {
+            for l in 0..16 {
+                acc[l] += exp(c[l] - mx) as f64;
+            }
+        }
+        let s = tail.iter().map(|&x| exp(x - mx) as f64).sum::<f64>() + acc.iter().sum::<f64>();
+        *out = (mx, s);
+    }
+}
+
+pub fn max_and_sum_exp(xs: &[f32]) -> (f32, f64) {
+    let mut out = (f32::NEG_INFINITY, 0.0);
+    max_and_sum_exp_into(xs, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

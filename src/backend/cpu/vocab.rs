@@ -1,13 +1,26 @@
 //! The weighted softmax cross-entropy over the vocabulary (loss and dlogits in place); the CPU
 //! twin of kernels/vocab.cu.
 
+use super::simd;
 use crate::backend::VocabShape;
 use rayon::prelude::*;
 
 fn row_lse(row: &[f32]) -> (f32, f32) {
-    let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let s: f64 = row.iter().map(|&v| ((v - mx) as f64).exp()).sum();
+    let (mx, s) = simd::max_and_sum_exp(row);
     (mx, mx + s.ln() as f32)
+}
+
+simd::multiversion! {
+    /// dlogits of one row in place: `w·(softmax − smoothed one-hot)`, 0 past `valid`.
+    fn ce_grad_row(row: &mut [f32], valid: usize, lse: f32, ls: f32, t: usize, w: f32) {
+        let off = ls / valid as f32;
+        let (head, pad) = row.split_at_mut(valid);
+        for g in head.iter_mut() {
+            *g = (simd::exp(*g - lse) - off) * w;
+        }
+        head[t] -= (1.0 - ls) * w;
+        pad.fill(0.0);
+    }
 }
 
 pub fn cross_entropy_fwd_bwd(logits: &mut [f32], targets: &[i32], weights: &[f32], shape: VocabShape, label_smoothing: f32) -> Vec<f32> {
@@ -27,19 +40,7 @@ pub fn cross_entropy_fwd_bwd(logits: &mut [f32], targets: &[i32], weights: &[f32
             } else {
                 nll
             };
-            let w = weights[r];
-            for (c, g) in row.iter_mut().enumerate() {
-                if c >= valid {
-                    *g = 0.0;
-                    continue;
-                }
-                let p = (*g - lse).exp();
-                let mut d = p - ls / valid as f32;
-                if c == t {
-                    d -= 1.0 - ls;
-                }
-                *g = d * w;
-            }
+            ce_grad_row(row, valid, lse, ls, t, weights[r]);
             loss
         })
         .collect()

@@ -5,6 +5,7 @@
 //! query row of scores in memory. Attention-probability dropout draws the mask for element
 //! `((b·heads + h)·seq + i)·seq + j` of stream (`seed`, `stream`).
 
+use super::linear::sgemm;
 use super::simd;
 use crate::backend::Dropout;
 use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
@@ -52,29 +53,6 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Head `h` of batch row `b` of `x` (rows of `hid`) transposed into `out[c·t + j]`, so that a
-/// query's scores over all keys are `d` vectorisable passes over `t` contiguous values.
-#[inline(always)]
-fn head_transposed(x: &[f32], base: usize, hid: usize, h: usize, d: usize, t: usize, out: &mut [f32]) {
-    for j in 0..t {
-        let row = &x[base + j * hid + h * d..][..d];
-        for (c, &val) in row.iter().enumerate() {
-            out[c * t + j] = val;
-        }
-    }
-}
-
-/// `out[j] = Σ_c a[c]·xt[c·t + j]` (a row against a transposed head).
-#[inline(always)]
-fn row_times(a: &[f32], xt: &[f32], t: usize, out: &mut [f32]) {
-    out.fill(0.0);
-    for (c, &ac) in a.iter().enumerate() {
-        for (o, &x) in out.iter_mut().zip(&xt[c * t..][..t]) {
-            *o += ac * x;
-        }
-    }
-}
-
 /// What every batch row of the attention passes reads.
 struct Inputs<'a> {
     q: &'a [f32],
@@ -97,48 +75,44 @@ pub fn attention_fwd(qkv: Qkv<'_, [f32]>, key_mask: &[i32], out: &mut [f32], lse
 }
 
 simd::multiversion! {
-    /// Batch row `b` of `attention_fwd`: its outputs `ob` and log-sum-exps `lb`.
+    /// Batch row `b` of `attention_fwd`: its outputs `ob` and log-sum-exps `lb`. Per head, the
+    /// scores and the output are small GEMMs on strided views of q, k and v.
     fn fwd_batch(a: &Inputs<'_>, b: usize, ob: &mut [f32], lb: &mut [f32]) {
         let Inputs { q, k, v, key_mask, call } = *a;
         let AttnCall { shape: s, drop, stream } = call;
         let (t, nh, d) = (s.seq, s.heads, s.head_dim);
-        let hid = s.hidden();
+        let (hid, base) = (s.hidden(), b * t * s.hidden());
         let scale = 1.0 / (d as f32).sqrt();
         let mask = &key_mask[b * t..][..t];
-        let base = b * t * hid;
-        let mut p = vec![0.0f32; t];
-        let mut keep_all = vec![1.0f32; t * t];
-        let mut kt = vec![0.0f32; d * t];
+        let (mut p, mut keep, mut o) = (vec![0.0f32; t * t], vec![1.0f32; t * t], vec![0.0f32; t * d]);
+        let (hs, one) = (hid as isize, 1isize);
         for h in 0..nh {
-            fill_keep(drop, stream, (((b * nh + h) * t) * t) as u64, &mut keep_all);
-            head_transposed(k, base, hid, h, d, t, &mut kt);
+            let at = base + h * d;
+            // S = Q_h·K_hᵀ
+            sgemm(t, t, d, &q[at..], hs, one, &k[at..], one, hs, &mut p, false);
+            fill_keep(drop, stream, (((b * nh + h) * t) * t) as u64, &mut keep);
             for i in 0..t {
-                let keep = &keep_all[i * t..][..t];
-                let qi = &q[base + i * hid + h * d..][..d];
-                row_times(qi, &kt, t, &mut p);
+                let row = &mut p[i * t..][..t];
                 let mut mx = f32::NEG_INFINITY;
-                for j in 0..t {
-                    p[j] = if mask[j] != 0 { p[j] * scale } else { f32::NEG_INFINITY };
-                    mx = mx.max(p[j]);
+                for (x, &m) in row.iter_mut().zip(mask) {
+                    *x = if m != 0 { *x * scale } else { f32::NEG_INFINITY };
+                    mx = if *x > mx { *x } else { mx };
                 }
                 let mut den = 0.0f32;
-                for pj in p.iter_mut() {
-                    *pj = simd::exp(*pj - mx);
-                    den += *pj;
+                for x in row.iter_mut() {
+                    *x = simd::exp(*x - mx);
+                    den += *x;
                 }
                 lb[h * t + i] = mx + den.ln();
-                let o = &mut ob[i * hid + h * d..][..d];
-                o.fill(0.0);
-                for j in 0..t {
-                    let w = p[j] / den * keep[j];
-                    if w == 0.0 {
-                        continue;
-                    }
-                    let vj = &v[base + j * hid + h * d..][..d];
-                    for c in 0..d {
-                        o[c] += w * vj[c];
-                    }
+                let inv = 1.0 / den;
+                for (x, &kp) in row.iter_mut().zip(&keep[i * t..][..t]) {
+                    *x = *x * inv * kp;
                 }
+            }
+            // O_h = (P∘keep)·V_h
+            sgemm(t, d, t, &p, t as isize, one, &v[at..], hs, one, &mut o, false);
+            for i in 0..t {
+                ob[i * hid + h * d..][..d].copy_from_slice(&o[i * d..][..d]);
             }
         }
     }
@@ -166,68 +140,49 @@ pub fn attention_bwd(
 }
 
 simd::multiversion! {
-    /// Batch row `b` of `attention_bwd`: the gradients of its queries, keys and values.
+    /// Batch row `b` of `attention_bwd`: the gradients of its queries, keys and values, per
+    /// head as small GEMMs (P recomputed from the saved log-sum-exps).
     fn bwd_batch(a: &Inputs<'_>, out: &[f32], lse: &[f32], dout: &[f32], b: usize, g: QkvGrads<'_, [f32]>) {
         let Inputs { q, k, v, key_mask, call } = *a;
         let AttnCall { shape: s, drop, stream } = call;
         let QkvGrads { dq: dqb, dk: dkb, dv: dvb } = g;
         let (t, nh, d) = (s.seq, s.heads, s.head_dim);
-        let hid = s.hidden();
+        let (hid, base) = (s.hidden(), b * t * s.hidden());
         let scale = 1.0 / (d as f32).sqrt();
-        dqb.fill(0.0);
-        dkb.fill(0.0);
-        dvb.fill(0.0);
         let mask = &key_mask[b * t..][..t];
-        let base = b * t * hid;
-        let mut keep_all = vec![1.0f32; t * t];
-        let (mut kt, mut vt) = (vec![0.0f32; d * t], vec![0.0f32; d * t]);
-        let (mut srow, mut dprow) = (vec![0.0f32; t], vec![0.0f32; t]);
-        for h in 0..nh {
-            fill_keep(drop, stream, (((b * nh + h) * t) * t) as u64, &mut keep_all);
-            head_transposed(k, base, hid, h, d, t, &mut kt);
-            head_transposed(v, base, hid, h, d, t, &mut vt);
+        let (mut p, mut dp, mut w, mut keep) = (vec![0.0f32; t * t], vec![0.0f32; t * t], vec![0.0f32; t * t], vec![1.0f32; t * t]);
+        let mut g_h = vec![0.0f32; t * d];
+        let (hs, one, ts) = (hid as isize, 1isize, t as isize);
+        let put = |dst: &mut [f32], src: &[f32], h: usize| {
             for i in 0..t {
-                let keep = &keep_all[i * t..][..t];
-                let off_i = i * hid + h * d;
-                let qi = &q[base + off_i..][..d];
-                let doi = &dout[base + off_i..][..d];
-                // D_i = dO_i · O_i = Σ_j p_ij dp_ij, with or without dropout.
-                let di = dot(doi, &out[base + off_i..][..d]);
+                dst[i * hid + h * d..][..d].copy_from_slice(&src[i * d..][..d]);
+            }
+        };
+        for h in 0..nh {
+            let at = base + h * d;
+            sgemm(t, t, d, &q[at..], hs, one, &k[at..], one, hs, &mut p, false);
+            // dP = dO_h·V_hᵀ
+            sgemm(t, t, d, &dout[at..], hs, one, &v[at..], one, hs, &mut dp, false);
+            fill_keep(drop, stream, (((b * nh + h) * t) * t) as u64, &mut keep);
+            for i in 0..t {
                 let l = lse[(b * nh + h) * t + i];
-                row_times(qi, &kt, t, &mut srow);
-                row_times(doi, &vt, t, &mut dprow);
-                for x in srow.iter_mut() {
-                    *x = simd::exp(*x * scale - l);
-                }
+                // D_i = dO_i · O_i = Σ_j p_ij dp_ij, with or without dropout.
+                let di = dot(&dout[at + i * hid..][..d], &out[at + i * hid..][..d]);
+                let (pr, dpr, wr, kr) = (&mut p[i * t..][..t], &mut dp[i * t..][..t], &mut w[i * t..][..t], &keep[i * t..][..t]);
                 for j in 0..t {
-                    if mask[j] == 0 {
-                        continue;
-                    }
-                    let off_j = j * hid + h * d;
-                    let kj = &k[base + off_j..][..d];
-                    let pij = srow[j];
-                    let ks = keep[j];
-                    let dpij = dprow[j] * ks;
-                    let pw = pij * ks;
-                    if pw != 0.0 {
-                        let dvj = &mut dvb[off_j..][..d];
-                        for c in 0..d {
-                            dvj[c] += pw * doi[c];
-                        }
-                    }
-                    let ds = pij * (dpij - di) * scale;
-                    {
-                        let dqi = &mut dqb[off_i..][..d];
-                        for c in 0..d {
-                            dqi[c] += ds * kj[c];
-                        }
-                    }
-                    let dkj = &mut dkb[off_j..][..d];
-                    for c in 0..d {
-                        dkj[c] += ds * qi[c];
-                    }
+                    let pij = if mask[j] != 0 { simd::exp(pr[j] * scale - l) } else { 0.0 };
+                    wr[j] = pij * kr[j];
+                    // dS, in place of dP
+                    dpr[j] = pij * (dpr[j] * kr[j] - di) * scale;
                 }
             }
+            // dV_h = (P∘keep)ᵀ·dO_h, dQ_h = dS·K_h, dK_h = dSᵀ·Q_h
+            sgemm(t, d, t, &w, one, ts, &dout[at..], hs, one, &mut g_h, false);
+            put(dvb, &g_h, h);
+            sgemm(t, d, t, &dp, ts, one, &k[at..], hs, one, &mut g_h, false);
+            put(dqb, &g_h, h);
+            sgemm(t, d, t, &dp, one, ts, &q[at..], hs, one, &mut g_h, false);
+            put(dkb, &g_h, h);
         }
     }
 }

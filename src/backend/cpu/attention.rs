@@ -98,6 +98,12 @@ simd::multiversion! {
                     *x = if m != 0 { *x * scale } else { f32::NEG_INFINITY };
                     mx = if *x > mx { *x } else { mx };
                 }
+                if mx == f32::NEG_INFINITY {
+                    // Every key is padding: no attention, an output of zeros.
+                    row.fill(0.0);
+                    lb[h * t + i] = f32::NEG_INFINITY;
+                    continue;
+                }
                 let mut den = 0.0f32;
                 for x in row.iter_mut() {
                     *x = simd::exp(*x - mx);
@@ -240,5 +246,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_row_of_padding_attends_to_nothing() {
+        let s = AttnShape { batch: 2, seq: 5, heads: 2, head_dim: 4 };
+        let (q, k, v, mut mask) = setup(s);
+        mask[s.seq..].fill(0); // the second batch row is all padding
+        let n = q.len();
+        let (mut o, mut l) = (vec![f32::NAN; n], vec![f32::NAN; s.batch * s.heads * s.seq]);
+        attention_fwd(Qkv { q: &q, k: &k, v: &v }, &mask, &mut o, &mut l, AttnCall { shape: s, drop: Dropout::off(), stream: 0 });
+        assert!(o[..n / 2].iter().all(|x| x.is_finite()) && o[n / 2..].iter().all(|&x| x == 0.0), "{o:?}");
+        assert!(l[l.len() / 2..].iter().all(|&x| x == f32::NEG_INFINITY));
+        let (mut dq, mut dk, mut dv) = (vec![f32::NAN; n], vec![f32::NAN; n], vec![f32::NAN; n]);
+        let grads = QkvGrads { dq: &mut dq[..], dk: &mut dk[..], dv: &mut dv[..] };
+        let call = AttnCall { shape: s, drop: Dropout::off(), stream: 0 };
+        attention_bwd(Qkv { q: &q, k: &k, v: &v }, &mask, AttnSaved { out: &o, lse: &l }, &q, grads, call);
+        assert!(dq.iter().chain(&dk).chain(&dv).all(|x| x.is_finite()));
     }
 }

@@ -40,6 +40,9 @@ pub struct Args {
     pub sample_steps: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The task: `translate` (the default) or `sort` (a harder one: the words in alphabetical order).
+    #[arg(long, value_enum, default_value = "translate")]
+    pub task: task::Task,
     /// Words per source sentence: at least this many ...
     #[arg(long, default_value_t = 3)]
     pub min_words: usize,
@@ -69,15 +72,15 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     std::fs::create_dir_all(out.join("data"))?;
-    eprintln!("== 1/5 task: translate English word sequences into German, in reverse order");
+    eprintln!("== 1/5 task: {}", a.task.describe());
     crate::util::range::at_least("--min-words", a.min_words as u64, 1)?;
     if a.max_words < a.min_words {
         anyhow::bail!("--max-words ({}) must be at least --min-words ({})", a.max_words, a.min_words);
     }
     let words = a.min_words..=a.max_words;
-    let train_set = task::dataset(a.seed, a.train_examples, words.clone(), &HashSet::new());
+    let train_set = task::dataset(a.task, a.seed, a.train_examples, words.clone(), &HashSet::new());
     let seen: HashSet<String> = train_set.iter().map(|p| p.0.clone()).collect();
-    let valid_set = task::dataset(a.seed + 1000, a.valid_examples, words, &seen);
+    let valid_set = task::dataset(a.task, a.seed + 1000, a.valid_examples, words, &seen);
     let (train_path, valid_path) = (out.join("data/train.jsonl"), out.join("data/valid.jsonl"));
     write_jsonl(&train_path, &train_set)?;
     write_jsonl(&valid_path, &valid_set)?;

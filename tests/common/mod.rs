@@ -74,6 +74,7 @@ pub fn copy_example(rng: &mut dlm_engine::rng::Rng, min_n: u64, max_n: u64, lo: 
 /// (and a recorded loss) every step.
 pub fn small_train_config(out: &std::path::Path, steps: u64, lr: f32, dropout: f32) -> dlm_engine::train::TrainConfig {
     dlm_engine::train::TrainConfig {
+        stage: Default::default(),
         lr,
         schedule: dlm_engine::train::schedule::Schedule::WarmupConstant,
         warmup_steps: 4,

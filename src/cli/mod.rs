@@ -47,6 +47,7 @@ pub mod device;
 pub mod eval;
 pub mod fill_mask;
 pub mod init;
+pub mod length_beam;
 pub mod sample;
 pub mod tokenizer;
 pub mod train;

@@ -3,6 +3,7 @@
 
 use super::args::{DataArgs, DeviceArgs, ScoreArgs};
 use super::device::{dispatch, Job};
+use super::length_beam::BeamOptions;
 use crate::backend::Backend;
 use crate::data::jsonl::read_jsonl;
 use crate::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
@@ -47,9 +48,18 @@ pub struct Args {
     /// Softmax temperature T for `--sample`.
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
-    /// Target length: `oracle` (from each record's target) or a number of tokens.
+    /// Target length: `oracle` (from each record's target), `predict` (the model's length
+    /// predictor, trained by `train --stage length`; see --length-beam) or a number of tokens.
     #[arg(long, default_value = "oracle")]
     pub length: String,
+    /// With `--length predict`: decode the N most likely lengths of every input as separate
+    /// canvases and keep the one with the highest score (mean log-prob).
+    #[arg(long, default_value_t = 1)]
+    pub length_beam: usize,
+    /// With `--length predict`: add `candidates` (every beam's length, score and text) to each
+    /// output line.
+    #[arg(long)]
+    pub save_candidates: bool,
     /// Examples per forward batch.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
@@ -90,6 +100,12 @@ pub struct Output {
     pub tgt: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<Vec<i32>>>,
+    /// With `--length predict`: the chosen candidate's number of target slots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub length: Option<usize>,
+    /// With `--save-candidates`: every candidate of the length beam.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<Vec<super::length_beam::Candidate>>,
 }
 
 /// How to decode, independent of where the inputs come from.
@@ -122,17 +138,36 @@ pub fn decode_checked<B: Backend>(
     opts: &DecodeOptions,
     names: Option<&[String]>,
 ) -> Result<(Vec<Output>, usize)> {
-    let max_len = model.config().max_seq_len();
-    let mut prompts = Vec::with_capacity(reqs.len());
     let mut lengths = Vec::with_capacity(reqs.len());
-    let mut truncated = 0;
     for (i, r) in reqs.iter().enumerate() {
-        let name = names.and_then(|n| n.get(i).cloned()).unwrap_or_else(|| format!("input {}", i + 1));
-        let len = match (opts.length, &r.tgt) {
+        lengths.push(match (opts.length, &r.tgt) {
             (Some(n), _) => n,
             (None, Some(t)) => tok.encode(t)?.len().saturating_sub(2),
-            (None, None) => bail!("{name} has no target, so `--length oracle` cannot work; give --length N"),
-        };
+            (None, None) => bail!("{} has no target, so `--length oracle` cannot work; give --length N", input_name(names, i)),
+        });
+    }
+    decode_lengths(model, tok, reqs, &lengths, opts, names)
+}
+
+/// `file:line` of input `i` when names are given, else `input i+1`.
+pub fn input_name(names: Option<&[String]>, i: usize) -> String {
+    names.and_then(|n| n.get(i).cloned()).unwrap_or_else(|| format!("input {}", i + 1))
+}
+
+/// `decode_checked` with each request's number of target slots given (`lengths`).
+pub fn decode_lengths<B: Backend>(
+    model: &mut XlmR<B>,
+    tok: &Tok,
+    reqs: &[Request],
+    lengths: &[usize],
+    opts: &DecodeOptions,
+    names: Option<&[String]>,
+) -> Result<(Vec<Output>, usize)> {
+    let max_len = model.config().max_seq_len();
+    let mut prompts = Vec::with_capacity(reqs.len());
+    let mut truncated = 0;
+    for (i, (r, &len)) in reqs.iter().zip(lengths).enumerate() {
+        let name = input_name(names, i);
         if len + 3 > max_len {
             bail!("{name}: a target of {len} tokens does not fit the model's {max_len} positions");
         }
@@ -152,7 +187,6 @@ pub fn decode_checked<B: Backend>(
             truncated += 1;
         }
         prompts.push(src);
-        lengths.push(len);
     }
     let mut hook = |step: usize, rows: &[Vec<i32>]| {
         for (r, row) in rows.iter().enumerate() {
@@ -162,12 +196,13 @@ pub fn decode_checked<B: Backend>(
         }
     };
     let hook_ref: Option<crate::diffusion::sampler::StepHook> = if opts.show_steps { Some(&mut hook) } else { None };
-    let gens = generate(model, &prompts, &lengths, special_ids(tok), &opts.sampler, opts.batch_size, hook_ref)?;
+    let gens = generate(model, &prompts, lengths, special_ids(tok), &opts.sampler, opts.batch_size, hook_ref)?;
     let outs = reqs
         .iter()
         .zip(gens)
         .map(|(r, g)| {
-            Ok(Output { src: r.src.clone(), hyp: tok.decode(&g.tokens, true)?, score: g.score, tgt: r.tgt.clone(), steps: g.steps })
+            let hyp = tok.decode(&g.tokens, true)?;
+            Ok(Output { src: r.src.clone(), hyp, score: g.score, tgt: r.tgt.clone(), steps: g.steps, length: None, candidates: None })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((outs, truncated))
@@ -202,8 +237,8 @@ impl Job for SampleJob {
         let mut model = XlmR::load(backend, &a.model)?;
         let strategy: Strategy = a.strategy.parse()?;
         let length = match a.length.as_str() {
-            "oracle" => None,
-            n => Some(n.parse::<usize>().map_err(|_| anyhow::anyhow!("--length must be `oracle` or a number, got `{n}`"))?),
+            "oracle" | "predict" => None,
+            n => Some(n.parse::<usize>().map_err(|_| anyhow::anyhow!("--length must be `oracle`, `predict` or a number, got `{n}`"))?),
         };
         let opts = DecodeOptions {
             sampler: SamplerConfig {
@@ -219,6 +254,10 @@ impl Job for SampleJob {
             show_steps: a.show_steps,
         };
         let names = (!a.truncate).then_some(self.names.as_slice());
+        if a.length == "predict" {
+            let beam = BeamOptions { beam: a.length_beam, save_candidates: a.save_candidates };
+            return super::length_beam::decode(&mut model, &self.tok, &self.reqs, &opts, &beam, names);
+        }
         decode_checked(&mut model, &self.tok, &self.reqs, &opts, names)
     }
 }
@@ -228,6 +267,7 @@ pub fn run(args: Args) -> Result<()> {
     crate::util::range::at_least("--steps", args.steps as u64, 1)?;
     crate::util::range::at_least("--batch-size", args.batch_size as u64, 1)?;
     crate::util::range::positive("--temperature", args.temperature)?;
+    super::length_beam::check_flags(&args.length, args.length_beam, args.save_candidates)?;
     // Every file this command reads; `--out` must not replace one of them.
     let mut inputs: Vec<PathBuf> = ["config.json", "model.safetensors", "tokenizer.json"].iter().map(|f| args.model.join(f)).collect();
     inputs.extend(args.input.clone());

@@ -448,24 +448,29 @@ impl<B: Backend> Params<B> {
 }
 
 impl<B: Backend> XlmR<B> {
-    /// The `k` most likely target lengths (class + 1) of every prompt, best first (a tie goes to
-    /// the shorter length), `batch` prompts per forward pass.
-    pub fn predict_lengths(&mut self, prompts: &[Vec<i32>], k: usize, batch: usize) -> Result<Vec<Vec<usize>>> {
+    /// The `k` most likely target lengths (class + 1) of every prompt among those no longer than
+    /// its `room` (fewer when the room holds fewer), best first (a tie goes to the shorter
+    /// length), `batch` prompts per forward pass.
+    pub fn predict_lengths(&mut self, prompts: &[Vec<i32>], room: &[usize], k: usize, batch: usize) -> Result<Vec<Vec<usize>>> {
         if k == 0 || k > LENGTH_CLASSES {
             bail!("the length beam must be in 1..={LENGTH_CLASSES}, got {k}");
         }
+        if room.len() != prompts.len() {
+            bail!("{} length limits for {} prompts", room.len(), prompts.len());
+        }
         let mut out = Vec::with_capacity(prompts.len());
-        for chunk in prompts.chunks(batch.max(1)) {
+        for (chunk, rooms) in prompts.chunks(batch.max(1)).zip(room.chunks(batch.max(1))) {
             let logits = self.length_logits(chunk)?;
-            out.extend(logits.chunks(LENGTH_CLASSES).map(|row| top_lengths(row, k)));
+            out.extend(logits.chunks(LENGTH_CLASSES).zip(rooms).map(|(row, &r)| top_lengths(row, k, r)));
         }
         Ok(out)
     }
 }
 
-/// The `k` classes with the highest logits (ties to the lower class), as lengths (class + 1).
-fn top_lengths(row: &[f32], k: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..row.len()).collect();
+/// The `k` classes with the highest logits whose length (class + 1) is at most `room` (ties to
+/// the lower class), as lengths.
+fn top_lengths(row: &[f32], k: usize, room: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..row.len().min(room)).collect();
     order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
     order.into_iter().take(k).map(|c| c + 1).collect()
 }
@@ -477,7 +482,8 @@ mod tests {
     #[test]
     fn classes_and_top_lengths() {
         assert_eq!((length_class(0), length_class(1), length_class(7), length_class(10_000)), (0, 0, 6, 513));
-        assert_eq!(top_lengths(&[0.5, 2.0, 2.0, -1.0], 3), vec![2, 3, 1]);
+        assert_eq!(top_lengths(&[0.5, 2.0, 2.0, -1.0], 3, usize::MAX), vec![2, 3, 1]);
+        assert_eq!(top_lengths(&[0.5, 2.0, 2.0, -1.0], 3, 2), vec![2, 1]);
     }
 
     #[test]

@@ -9,41 +9,9 @@ mod common;
 use common::*;
 use dlm_engine::backend::cpu::CpuBackend;
 use dlm_engine::backend::Dropout;
-use dlm_engine::model::weights::{read_safetensors, write_safetensors};
+use dlm_engine::model::weights::read_safetensors;
 use dlm_engine::model::{Part, XlmR};
 use std::collections::HashMap;
-use std::path::Path;
-
-/// A copy of the postln fixture model whose model.safetensors also holds the length predictor's
-/// tensors `extra` (official name → shape, values), as the official code saves them.
-fn model_dir_with(dir: &Path, extra: &[(String, Vec<usize>, Vec<f32>)]) {
-    let src = fixtures().join("postln");
-    std::fs::create_dir_all(dir).unwrap();
-    for f in ["config.json", "tokenizer.json"] {
-        std::fs::copy(src.join(f), dir.join(f)).unwrap();
-    }
-    let base = read_safetensors(&src.join("model.safetensors")).unwrap();
-    let mut tensors: Vec<(&str, &[usize], &[f32])> =
-        base.iter().map(|(n, t)| (n.as_str(), t.shape.as_slice(), t.data.as_slice())).collect();
-    tensors.extend(extra.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())));
-    write_safetensors(&dir.join("model.safetensors"), &tensors, None).unwrap();
-}
-
-/// The fixture's `param.*` tensors as (official name, shape, f32 values).
-fn fixture_params(g: &HashMap<String, T>) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let mut v: Vec<_> = g
-        .iter()
-        .filter_map(|(k, t)| Some((k.strip_prefix("param.")?.to_string(), t.shape.clone(), t.data.iter().map(|&x| x as f32).collect())))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-/// The prompts of the fixture batch: each row up to its first pad.
-fn prompts(g: &HashMap<String, T>) -> Vec<Vec<i32>> {
-    let t = &g["input_ids"];
-    ids(t).chunks(t.shape[1]).map(|r| r.iter().copied().take_while(|&x| x != 1).collect()).collect()
-}
 
 /// The model's gradients under the official names: the `.q`, `.k`, `.v` parts of the attention's
 /// input projection concatenated in that order, as PyTorch packs them.
@@ -62,10 +30,10 @@ fn official_grads(model: &XlmR<CpuBackend>) -> HashMap<String, Vec<f32>> {
 fn length_predictor_matches_pytorch() {
     let g = read(&fixtures().join("postln/length.safetensors"));
     let tmp = tempfile::tempdir().unwrap();
-    model_dir_with(tmp.path(), &fixture_params(&g));
+    length_model_dir(tmp.path(), &length_fixture_params(&g));
     let mut model = XlmR::load(CpuBackend::new(), tmp.path()).unwrap();
     assert!(model.has_length_predictor());
-    let prompts = prompts(&g);
+    let prompts = length_prompts(&g);
 
     let logits = model.length_logits(&prompts).unwrap();
     let e = rel_err(&logits, &g["logits"].data);
@@ -100,8 +68,8 @@ fn length_predictor_matches_pytorch() {
 fn length_predictor_round_trips_and_is_optional() {
     let g = read(&fixtures().join("postln/length.safetensors"));
     let tmp = tempfile::tempdir().unwrap();
-    let params = fixture_params(&g);
-    model_dir_with(&tmp.path().join("in"), &params);
+    let params = length_fixture_params(&g);
+    length_model_dir(&tmp.path().join("in"), &params);
     let model = XlmR::load(CpuBackend::new(), &tmp.path().join("in")).unwrap();
     model.save(&tmp.path().join("out")).unwrap();
     let saved = read_safetensors(&tmp.path().join("out/model.safetensors")).unwrap();
@@ -123,22 +91,22 @@ fn length_predictor_round_trips_and_is_optional() {
 fn an_incomplete_or_misshapen_length_predictor_is_an_error_naming_the_tensor() {
     let g = read(&fixtures().join("postln/length.safetensors"));
     let tmp = tempfile::tempdir().unwrap();
-    let mut params = fixture_params(&g);
+    let mut params = length_fixture_params(&g);
     params.retain(|(n, _, _)| n != "length_predictor.2.bias");
-    model_dir_with(tmp.path(), &params);
+    length_model_dir(tmp.path(), &params);
     let err = XlmR::load(CpuBackend::new(), tmp.path()).err().unwrap().to_string();
     assert!(err.contains("missing tensor `length_predictor.2.bias`"), "{err}");
 
-    let mut params = fixture_params(&g);
+    let mut params = length_fixture_params(&g);
     params.iter_mut().find(|(n, _, _)| n == "length_predictor.0.bias").unwrap().2.pop();
     params.iter_mut().find(|(n, _, _)| n == "length_predictor.0.bias").unwrap().1[0] -= 1;
-    model_dir_with(tmp.path(), &params);
+    length_model_dir(tmp.path(), &params);
     let err = XlmR::load(CpuBackend::new(), tmp.path()).err().unwrap().to_string();
     assert!(err.contains("`length_predictor.0.bias` has shape [63]"), "{err}");
 
-    let mut params = fixture_params(&g);
+    let mut params = length_fixture_params(&g);
     params.push(("length_trm.layers.1.norm1.bias".into(), vec![32], vec![0.0; 32]));
-    model_dir_with(tmp.path(), &params);
+    length_model_dir(tmp.path(), &params);
     let err = XlmR::load(CpuBackend::new(), tmp.path()).err().unwrap().to_string();
     assert!(err.contains("unexpected tensor `length_trm.layers.1.norm1.bias`"), "{err}");
 }

@@ -26,6 +26,7 @@ mod embed;
 mod layernorm;
 mod linear;
 mod noise;
+mod pool;
 mod rows;
 mod sampler;
 mod vocab;
@@ -33,7 +34,7 @@ mod vocab;
 use common::*;
 use dlm_engine::backend::cpu::{self, CpuBackend};
 use dlm_engine::backend::cuda::CudaBackend;
-use dlm_engine::backend::{pack_gumbel, pack_seed, AdamW, AttnShape, Backend, Dropout, NoiseSpec, ReparamRule, RowStats};
+use dlm_engine::backend::{pack_gumbel, pack_seed, Activation, AdamW, AttnShape, Backend, Dropout, NoiseSpec, ReparamRule, RowStats};
 use dlm_engine::backend::{AdamWStep, CanvasInputs, CanvasState, LossSlots, Moments, Picks, PicksMut, VocabShape};
 use dlm_engine::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use dlm_engine::backend::{

@@ -25,7 +25,7 @@ pub struct Args {
     /// optional unless `--length oracle`.
     #[arg(long, conflicts_with = "prompt", required_unless_present = "prompt")]
     pub input: Option<PathBuf>,
-    /// A prompt to complete (repeatable); needs a fixed `--length`.
+    /// A prompt to complete (repeatable); needs a fixed `--length N` or `--length predict`.
     #[arg(long)]
     pub prompt: Vec<String>,
     /// Where to write the JSON lines (default: standard output). Written beside the path and

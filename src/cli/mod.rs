@@ -35,7 +35,7 @@ pub enum Command {
     /// Tokenizer tools (`tokenizer train`: a Unigram tokenizer in XLM-R layout from JSONL data).
     Tokenizer(crate::cli::tokenizer::Args),
     /// Diffusive adaptation: finetune a masked LM with the RDM objective on JSONL pairs.
-    Train(crate::cli::train::Args),
+    Train(Box<crate::cli::train::Args>),
     /// Generate with iterative top-k confidence unmasking (the RDM sampler).
     Sample(crate::cli::sample::Args),
 }
@@ -61,7 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::FillMask(a) => fill_mask::run(a),
         Command::Init(a) => init::run(a),
         Command::Tokenizer(a) => tokenizer::run(a),
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Sample(a) => sample::run(a),
     }
 }

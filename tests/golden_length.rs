@@ -140,3 +140,21 @@ fn init_length_predictor_adds_a_trainable_module_and_freezes_the_backbone() {
     let rows = dlm_engine::model::LossRows { rows: vec![1], targets: vec![5], weights: vec![1.0] };
     assert!(model.loss_and_grad(&batch, &rows, Dropout::off(), 0.0).is_err());
 }
+
+/// The frozen forward keeps one layer's buffers and two hidden-state buffers in turn; its
+/// features must equal those of the encoder that keeps every activation (both architectures).
+#[test]
+fn the_frozen_forward_equals_the_one_that_keeps_its_activations() {
+    for arch in ["postln", "preln"] {
+        let load = || {
+            let mut m = XlmR::load(CpuBackend::new(), &fixtures().join(arch)).unwrap();
+            m.init_length_predictor(9).unwrap();
+            m
+        };
+        let (mut lean, mut kept) = (load(), load());
+        let prompts = vec![vec![0, 5, 6, 7, 8], vec![0, 9, 10]];
+        // A forward of the same shape first: the length pass then reuses its (kept) workspace.
+        kept.logits(&dlm_engine::model::Batch::from_rows(&prompts, 1), &[0]).unwrap();
+        assert_eq!(lean.length_logits(&prompts).unwrap(), kept.length_logits(&prompts).unwrap(), "{arch}");
+    }
+}

@@ -27,7 +27,7 @@ fn demo_learns_the_held_out_task() {
     let number_after = |prefix: &str, key: &str| -> f64 {
         let line = stdout.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no `{prefix}` line in:\n{stdout}"));
         eprintln!("{line}");
-        line.split(key).nth(1).unwrap().split(|c: char| c.is_whitespace() || c == '%').next().unwrap().parse().unwrap()
+        line.split(key).nth(1).unwrap().trim_start().split(|c: char| c.is_whitespace() || c == '%').next().unwrap().parse().unwrap()
     };
     let pct = number_after("held-out: Exact", "Exact =");
     assert!(pct >= 90.0, "held-out exact match {pct}% < 90%\n{stderr}");

@@ -1,5 +1,5 @@
 // Elementwise kernels: dtype conversion, add, dropout (Philox masks identical to the CPU
-// backend's), exact-erf GELU forward and backward. CPU twin: src/backend/cpu/elementwise.rs.
+// backend's), exact-erf GELU, ReLU and tanh forward and backward. CPU twin: src/backend/cpu/elementwise.rs.
 // All take 64-bit element counts and use grid-stride loops, so any launch size is correct.
 #include "common.cuh"
 
@@ -51,6 +51,24 @@ extern "C" __global__ void gelu_fwd_bf16(const bf16* x, bf16* y, u64 n) {
 
 extern "C" __global__ void gelu_bwd_bf16(const bf16* x, const bf16* dy, bf16* dx, u64 n) {
     GRID_STRIDE(i, n) stf(dx, i, ldf(dy, i) * gelu_grad_f(ldf(x, i)));
+}
+
+// ReLU and tanh (the length predictor, docs/method.md §5.1). The backward of ReLU reads the
+// forward's input, that of tanh its output: dx = dy * (1 - y^2).
+extern "C" __global__ void relu_fwd_bf16(const bf16* x, bf16* y, u64 n) {
+    GRID_STRIDE(i, n) stf(y, i, fmaxf(ldf(x, i), 0.0f));
+}
+extern "C" __global__ void relu_bwd_bf16(const bf16* x, const bf16* dy, bf16* dx, u64 n) {
+    GRID_STRIDE(i, n) stf(dx, i, ldf(x, i) > 0.0f ? ldf(dy, i) : 0.0f);
+}
+extern "C" __global__ void tanh_fwd_bf16(const bf16* x, bf16* y, u64 n) {
+    GRID_STRIDE(i, n) stf(y, i, tanhf(ldf(x, i)));
+}
+extern "C" __global__ void tanh_bwd_bf16(const bf16* y, const bf16* dy, bf16* dx, u64 n) {
+    GRID_STRIDE(i, n) {
+        const float v = ldf(y, i);
+        stf(dx, i, ldf(dy, i) * (1.0f - v * v));
+    }
 }
 
 // Raw Philox numbers first..first+n of (seed, stream): lets the parity tests compare the device

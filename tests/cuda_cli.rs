@@ -136,3 +136,59 @@ fn compare_samples(tmp: &Path, trained: &Path, data: &Path, n: usize, flags: &[&
         assert!((sc - sg).abs() < 0.05, "{}: score {sg} (cuda) vs {sc} (cpu)", c["src"]);
     }
 }
+
+/// `train --stage length` on both devices: the same losses within TOL_TRAIN, and on the GPU too
+/// the backbone comes back bit for bit; then `sample --length predict --length-beam 2` picks the
+/// same lengths on both where the CPU's choice is clear.
+#[test]
+fn length_stage_and_beam_on_cuda_match_the_cpu() {
+    let Some(g) = gpu("length_stage_and_beam_on_cuda_match_the_cpu") else { return };
+    drop(g);
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    run(&["init", "--preset", "micro"], &[("--tokenizer", &fixtures().join("tokenizer.json")), ("--out", &model)]);
+    round_weights_to_bf16(&model.join("model.safetensors"));
+    let words = ["the", "cat", "dog", "sat", "on", "a", "mat", "big", "small", "house", "runs", "home"];
+    let rows: Vec<String> = (0..32)
+        .map(|i| {
+            let src: Vec<&str> = (0..1 + i % 4).map(|j| words[(i * 7 + j * 5) % words.len()]).collect();
+            serde_json::json!({"src": src.join(" "), "tgt": src.join(" ")}).to_string()
+        })
+        .collect();
+    let data = tmp.path().join("train.jsonl");
+    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    let train =
+        ["train", "--stage", "length", "--max-steps", "10", "--lr", "3e-3", "--no-progress", "--log-every", "1", "--max-tokens", "256"];
+    let mut per_device = Vec::new();
+    for device in ["cpu", "cuda"] {
+        let out = tmp.path().join(format!("len-{device}"));
+        run(&[&train[..], &["--device", device]].concat(), &[("--model", &model), ("--train", &data), ("--out", &out)]);
+        per_device.push(losses(&out));
+        let before = dlm_engine::model::weights::read_safetensors(&model.join("model.safetensors")).unwrap();
+        let after = dlm_engine::model::weights::read_safetensors(&out.join("final/model.safetensors")).unwrap();
+        for (n, t) in &before {
+            assert!(after[n].data == t.data, "{device}: backbone tensor {n} changed");
+        }
+        assert_eq!(after.len(), before.len() + 16, "{device}: the length predictor's 16 tensors");
+    }
+    let (lc, lg) = (&per_device[0], &per_device[1]);
+    assert_eq!((lc.len(), lg.len()), (10, 10));
+    for (s, (c, g)) in lc.iter().zip(lg).enumerate() {
+        let e = (g - c).abs() / c.abs();
+        eprintln!("length step {}: loss {g:.5} (cuda) vs {c:.5} (cpu), relative {e:.2e}", s + 1);
+        assert!(e <= TOL_TRAIN, "length step {}: loss {g} vs {c}: relative {e:.3e} > {TOL_TRAIN:.0e}", s + 1);
+    }
+    let trained = tmp.path().join("len-cpu/final");
+    let mut outs = Vec::new();
+    for device in ["cpu", "cuda"] {
+        let hyp = tmp.path().join(format!("beam-{device}.jsonl"));
+        let args = ["sample", "--steps", "4", "--length", "predict", "--length-beam", "2", "--save-candidates", "--device", device];
+        run(&args, &[("--model", &trained), ("--input", &data), ("--out", &hyp)]);
+        outs.push(jsonl(&hyp));
+    }
+    let cand_lengths =
+        |v: &serde_json::Value| -> Vec<u64> { v["candidates"].as_array().unwrap().iter().map(|c| c["length"].as_u64().unwrap()).collect() };
+    let same = outs[0].iter().zip(&outs[1]).filter(|(c, g)| cand_lengths(c) == cand_lengths(g)).count();
+    eprintln!("inputs with the same candidate lengths on both devices: {same}/{}", rows.len());
+    assert!(same * 10 >= rows.len() * 8, "only {same}/{} inputs have the same candidate lengths", rows.len());
+}

@@ -18,6 +18,9 @@
 //!   times the query bias's norm (simulated: under 1e-2 times).
 //! - training: 20 AdamW steps from the same weights and batches, per-step losses within
 //!   TOL_TRAIN = 5e-3 relative of the CPU's (simulated: under 5e-4).
+//! - the length predictor (postln with the length fixture's tensors): logits TOL_MODEL, loss
+//!   TOL_LOSS, each of its gradients TOL_GRAD and all together TOL_GRAD_ALL, with and without
+//!   dropout (`bf16_simulation_length_predictor_within_tolerances` prints the simulated figures).
 
 mod common;
 use common::*;
@@ -25,7 +28,7 @@ use dlm_engine::backend::cpu::CpuBackend;
 use dlm_engine::backend::{Backend, Dropout};
 use dlm_engine::data::ExampleBatches;
 use dlm_engine::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
-use dlm_engine::model::{Batch, LossRows, PickOpts, XlmR};
+use dlm_engine::model::{Batch, LossRows, Part, PickOpts, XlmR};
 use dlm_engine::train::Trainer;
 use std::path::Path;
 
@@ -344,4 +347,66 @@ fn step_variants_match_cpu() {
         assert_eq!(same, clear, "{what}: tokens differ where the CPU's margin is clear");
     }
     assert_eq!(vg.partial_new_prompt, vg.partial, "GPU: the prompt of a reused row must not be read");
+}
+
+// ---- the length predictor ----------------------------------------------------------------------
+
+/// The length predictor's logits, loss and gradients on `g` against the CPU on the bf16-rounded
+/// weights, with and without dropout (both backends draw the same masks).
+fn check_length<B: Backend>(tag: &str, g: &mut XlmR<B>, dir: &Path) {
+    let lf = read(&fixtures().join("postln/length.safetensors"));
+    let prompts = length_prompts(&lf);
+    let classes = ids(&lf["classes"]);
+    let mut c = cpu_model_on_bf16_weights(dir);
+    let (lg, lc) = (g.length_logits(&prompts).unwrap(), c.length_logits(&prompts).unwrap());
+    eprintln!("{tag}: length logits relative L2 {:.3e}", rel_l2(&lg, &lc));
+    assert_close(&format!("{tag} length logits"), &lg, &lc, TOL_MODEL);
+    g.set_trainable(Part::Length).unwrap();
+    c.set_trainable(Part::Length).unwrap();
+    for drop in [Dropout::off(), Dropout { p: 0.1, seed: 0x1e7 }] {
+        let tag = format!("{tag} length dropout={}", drop.active());
+        g.zero_grads().unwrap();
+        c.zero_grads().unwrap();
+        let lg = g.length_loss_and_grad(&prompts, &classes, drop, 1.0).unwrap() as f64;
+        let lc = c.length_loss_and_grad(&prompts, &classes, drop, 1.0).unwrap() as f64;
+        eprintln!("{tag}: loss {lg} vs {lc} (cpu)");
+        assert!(((lg - lc) / lc).abs() <= TOL_LOSS, "{tag}: loss {lg} vs {lc}");
+        let (mut all_g, mut all_c, mut worst) = (Vec::new(), Vec::new(), (0.0f64, String::new()));
+        for (j, i) in c.trainable().enumerate() {
+            let got = g.download_param(i, &g.grads()[j]).unwrap();
+            let want = &c.grads()[j];
+            let name = &c.param_names()[i];
+            if name.ends_with("in_proj_bias.k") {
+                // Exactly zero in truth (softmax is shift-invariant): small against the query bias's.
+                let (kn, qn) = (l2(&got), l2(&c.grads()[j - 2]));
+                assert!(kn <= TOL_GRAD * qn, "{tag}: {name} should be ~0: |g| = {kn:.3e} vs query bias {qn:.3e}");
+                continue;
+            }
+            let e = rel_l2(&got, want);
+            assert!(e <= TOL_GRAD, "{tag}: gradient of {name}: relative L2 error {e:.3e} > {TOL_GRAD:.0e}");
+            if e > worst.0 {
+                worst = (e, name.clone());
+            }
+            all_g.extend(got);
+            all_c.extend_from_slice(want);
+        }
+        let e = rel_l2(&all_g, &all_c);
+        eprintln!("{tag}: all gradients {e:.3e}, worst {:.3e} ({})", worst.0, worst.1);
+        assert!(e <= TOL_GRAD_ALL, "{tag}: all gradients together: {e:.3e} > {TOL_GRAD_ALL:.0e}");
+    }
+}
+
+#[test]
+fn length_predictor_matches_cpu() {
+    let Some(backend) = gpu("length_predictor_matches_cpu") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    length_model_dir(tmp.path(), &length_fixture_params(&read(&fixtures().join("postln/length.safetensors"))));
+    check_length("gpu", &mut XlmR::load(backend, tmp.path()).unwrap(), tmp.path());
+}
+
+#[test]
+fn bf16_simulation_length_predictor_within_tolerances() {
+    let tmp = tempfile::tempdir().unwrap();
+    length_model_dir(tmp.path(), &length_fixture_params(&read(&fixtures().join("postln/length.safetensors"))));
+    check_length("simulated", &mut XlmR::load(bf16_sim::Bf16Sim, tmp.path()).unwrap(), tmp.path());
 }

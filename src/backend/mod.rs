@@ -94,6 +94,24 @@ pub struct EmbedGrads<'a, B: ?Sized> {
     pub typ: &'a mut B,
 }
 
+/// An elementwise activation other than GELU (which has its own ops): the length predictor's
+/// ReLU and tanh (docs/method.md §5.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `max(x, 0)`; its backward reads the forward's input.
+    Relu,
+    /// `tanh(x)`; its backward reads the forward's output (`1 − y²`).
+    Tanh,
+}
+
+/// `batch` sequences of `seq` rows of `cols` values, and which rows are real (`key_mask`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolShape {
+    pub batch: usize,
+    pub seq: usize,
+    pub cols: usize,
+}
+
 /// `rows` rows of `cols` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RowsShape {
@@ -356,6 +374,20 @@ pub trait Backend {
     fn gelu_fwd(&self, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
     /// `dx = dy · gelu'(x)` (overwrites dx).
     fn gelu_bwd(&self, x: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
+
+    /// `y = act(x)` elementwise (same length).
+    fn activation_fwd(&self, act: Activation, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
+    /// `dx = dy · act'(·)` (overwrites dx), from `saved`: the forward's input for ReLU, its output
+    /// for tanh (see `Activation`).
+    fn activation_bwd(&self, act: Activation, saved: &Self::Buf, dy: &Self::Buf, dx: &mut Self::Buf) -> Result<()>;
+
+    // ---- pooling ------------------------------------------------------------------------------
+    /// Mean over the real rows of each sequence: `out[b] = Σ_{s: key_mask[b·seq+s] ≠ 0} x[b, s] / count_b`
+    /// (`x` is `[batch, seq, cols]`, `out` `[batch, cols]`; a sequence with no real row gives zeros).
+    fn mean_pool_fwd(&self, x: &Self::Buf, key_mask: &Self::IBuf, out: &mut Self::Buf, shape: PoolShape) -> Result<()>;
+    /// Backward of `mean_pool_fwd`: `dx[b, s] = dout[b] / count_b` at real rows, 0 at the others
+    /// (overwrites dx).
+    fn mean_pool_bwd(&self, dout: &Self::Buf, key_mask: &Self::IBuf, dx: &mut Self::Buf, shape: PoolShape) -> Result<()>;
 
     // ---- layer norm ---------------------------------------------------------------------------
     /// Fused residual add + LayerNorm over rows of `cols`:

@@ -22,8 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Time the sampling or training step at a preset shape (`bench sample`, `bench train`).
     Bench(crate::cli::bench::Args),
-    /// The embedded default job: make a small task, train a tokenizer and a tiny model on the
-    /// CPU, sample held-out examples and report exact match (about 3 minutes on 2 cores).
+    /// The embedded default job: make a small task, train a tokenizer, a tiny model and its length
+    /// predictor on the CPU, sample held-out examples with oracle and predicted lengths and report
+    /// exact match (about 4 minutes on 2 cores).
     Demo(demo::Args),
     /// Score hypotheses against references: BLEU (as sacreBLEU), ROUGE-L, exact match or last integer.
     #[command(long_about = crate::cli::eval::LONG_ABOUT)]
@@ -47,6 +48,7 @@ pub mod device;
 pub mod eval;
 pub mod fill_mask;
 pub mod init;
+pub mod length_beam;
 pub mod sample;
 mod show_steps;
 pub mod tokenizer;

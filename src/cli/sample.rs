@@ -3,6 +3,7 @@
 
 use super::args::{DataArgs, DeviceArgs, ScoreArgs};
 use super::device::{dispatch, Job};
+use super::length_beam::BeamOptions;
 use crate::backend::Backend;
 use crate::data::jsonl::read_jsonl;
 use crate::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
@@ -24,7 +25,7 @@ pub struct Args {
     /// optional unless `--length oracle`.
     #[arg(long, conflicts_with = "prompt", required_unless_present = "prompt")]
     pub input: Option<PathBuf>,
-    /// A prompt to complete (repeatable); needs a fixed `--length`.
+    /// A prompt to complete (repeatable); needs a fixed `--length N` or `--length predict`.
     #[arg(long)]
     pub prompt: Vec<String>,
     /// Where to write the JSON lines (default: standard output). Written beside the path and
@@ -69,9 +70,18 @@ pub struct Args {
     /// Softmax temperature T for `--sample`.
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
-    /// Target length: `oracle` (from each record's target) or a number of tokens.
+    /// Target length: `oracle` (from each record's target), `predict` (the model's length
+    /// predictor, trained by `train --stage length`; see --length-beam) or a number of tokens.
     #[arg(long, default_value = "oracle")]
     pub length: String,
+    /// With `--length predict`: decode the N most likely lengths of every input as separate
+    /// canvases and keep the one with the highest score (mean log-prob).
+    #[arg(long, default_value_t = 1)]
+    pub length_beam: usize,
+    /// With `--length predict`: add `candidates` (every beam's length, score and text) to each
+    /// output line.
+    #[arg(long)]
+    pub save_candidates: bool,
     /// Examples per forward batch.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
@@ -116,6 +126,12 @@ pub struct Output {
     /// Forward passes the example took part in, and target slots committed per pass.
     pub nfe: usize,
     pub tokens_per_pass: f32,
+    /// With `--length predict`: the chosen candidate's number of target slots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub length: Option<usize>,
+    /// With `--save-candidates`: every candidate of the length beam.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<Vec<super::length_beam::Candidate>>,
 }
 
 /// How to decode, independent of where the inputs come from.
@@ -148,17 +164,36 @@ pub fn decode_checked<B: Backend>(
     opts: &DecodeOptions,
     names: Option<&[String]>,
 ) -> Result<(Vec<Output>, usize)> {
-    let max_len = model.config().max_seq_len();
-    let mut prompts = Vec::with_capacity(reqs.len());
     let mut lengths = Vec::with_capacity(reqs.len());
-    let mut truncated = 0;
     for (i, r) in reqs.iter().enumerate() {
-        let name = names.and_then(|n| n.get(i).cloned()).unwrap_or_else(|| format!("input {}", i + 1));
-        let len = match (opts.length, &r.tgt) {
+        lengths.push(match (opts.length, &r.tgt) {
             (Some(n), _) => n,
             (None, Some(t)) => tok.encode(t)?.len().saturating_sub(2),
-            (None, None) => bail!("{name} has no target, so `--length oracle` cannot work; give --length N"),
-        };
+            (None, None) => bail!("{} has no target, so `--length oracle` cannot work; give --length N", input_name(names, i)),
+        });
+    }
+    decode_lengths(model, tok, reqs, &lengths, opts, names)
+}
+
+/// `file:line` of input `i` when names are given, else `input i+1`.
+pub fn input_name(names: Option<&[String]>, i: usize) -> String {
+    names.and_then(|n| n.get(i).cloned()).unwrap_or_else(|| format!("input {}", i + 1))
+}
+
+/// `decode_checked` with each request's number of target slots given (`lengths`).
+pub fn decode_lengths<B: Backend>(
+    model: &mut XlmR<B>,
+    tok: &Tok,
+    reqs: &[Request],
+    lengths: &[usize],
+    opts: &DecodeOptions,
+    names: Option<&[String]>,
+) -> Result<(Vec<Output>, usize)> {
+    let max_len = model.config().max_seq_len();
+    let mut prompts = Vec::with_capacity(reqs.len());
+    let mut truncated = 0;
+    for (i, (r, &len)) in reqs.iter().zip(lengths).enumerate() {
+        let name = input_name(names, i);
         if len + 3 > max_len {
             bail!("{name}: a target of {len} tokens does not fit the model's {max_len} positions");
         }
@@ -178,7 +213,6 @@ pub fn decode_checked<B: Backend>(
             truncated += 1;
         }
         prompts.push(src);
-        lengths.push(len);
     }
     let mut view = super::show_steps::StepView::new();
     let mut hook = |step: usize, rows: &[Vec<i32>]| {
@@ -194,11 +228,11 @@ pub fn decode_checked<B: Backend>(
         view.frame(step, &lines);
     };
     let hook_ref: Option<crate::diffusion::sampler::StepHook> = if opts.show_steps { Some(&mut hook) } else { None };
-    let gens = generate(model, &prompts, &lengths, special_ids(tok), &opts.sampler, opts.batch_size, hook_ref)?;
+    let gens = generate(model, &prompts, lengths, special_ids(tok), &opts.sampler, opts.batch_size, hook_ref)?;
     let outs = reqs
         .iter()
         .zip(gens)
-        .zip(&lengths)
+        .zip(lengths.iter())
         .map(|((r, g), &len)| {
             let tokens_per_pass = if g.nfe == 0 { 0.0 } else { len as f32 / g.nfe as f32 };
             Ok(Output {
@@ -209,6 +243,8 @@ pub fn decode_checked<B: Backend>(
                 steps: g.steps,
                 nfe: g.nfe,
                 tokens_per_pass,
+                length: None,
+                candidates: None,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -265,8 +301,8 @@ impl Job for SampleJob {
             other => bail!("--cache must be `prefix` or `none`, got `{other}`"),
         };
         let length = match a.length.as_str() {
-            "oracle" => None,
-            n => Some(n.parse::<usize>().map_err(|_| anyhow::anyhow!("--length must be `oracle` or a number, got `{n}`"))?),
+            "oracle" | "predict" => None,
+            n => Some(n.parse::<usize>().map_err(|_| anyhow::anyhow!("--length must be `oracle`, `predict` or a number, got `{n}`"))?),
         };
         let opts = DecodeOptions {
             sampler: SamplerConfig {
@@ -287,6 +323,10 @@ impl Job for SampleJob {
             show_steps: a.show_steps,
         };
         let names = (!a.truncate).then_some(self.names.as_slice());
+        if a.length == "predict" {
+            let beam = BeamOptions { beam: a.length_beam, save_candidates: a.save_candidates };
+            return super::length_beam::decode(&mut model, &self.tok, &self.reqs, &opts, &beam, names);
+        }
         decode_checked(&mut model, &self.tok, &self.reqs, &opts, names)
     }
 }
@@ -305,6 +345,7 @@ pub fn run(args: Args) -> Result<()> {
     if !(args.cfg_scale.is_finite() && args.cfg_scale >= 0.0) {
         bail!("--cfg-scale must be finite and >= 0, got {}", args.cfg_scale);
     }
+    super::length_beam::check_flags(&args.length, args.length_beam, args.save_candidates)?;
     // Every file this command reads; `--out` must not replace one of them.
     let mut inputs: Vec<PathBuf> = ["config.json", "model.safetensors", "tokenizer.json"].iter().map(|f| args.model.join(f)).collect();
     inputs.extend(args.input.clone());

@@ -1,4 +1,5 @@
-//! `dlm-engine train`: diffusive adaptation (RDM finetuning) of a masked LM on JSONL pairs.
+//! `dlm-engine train`: diffusive adaptation (RDM finetuning) of a masked LM on JSONL pairs, or
+//! (`--stage length`) the length predictor over the frozen model (`crate::train::length_stage`).
 
 use super::args::{DataArgs, DeviceArgs};
 use super::device::{dispatch, Job};
@@ -14,6 +15,7 @@ use crate::rdm::noise::Reweighting;
 use crate::tokenizer::Tok;
 use crate::train::checkpoint;
 use crate::train::defaults::TrainingDefaults;
+use crate::train::length_stage::{self, Stage};
 use crate::train::run_dir::{self, Mode, RunDir};
 use crate::train::schedule::{default_warmup, Schedule};
 use crate::train::{AdamWSettings, BatchSource, Summary, TrainConfig, Trainer};
@@ -23,6 +25,12 @@ use std::path::PathBuf;
 
 #[derive(ClapArgs, Debug, Clone)]
 pub struct Args {
+    /// What to train: `main` (diffusive adaptation of the masked LM) or `length` (the length
+    /// predictor that `sample --length predict` uses, over the frozen masked LM: the backbone runs
+    /// forward only and its weights stay bit for bit; a model without a predictor gets a new one;
+    /// validation reports length accuracy).
+    #[arg(long, default_value = "main")]
+    pub stage: String,
     /// Model to start from: an HF XLM-R checkpoint directory or one made by `dlm-engine init`.
     #[arg(long, required_unless_present = "resume")]
     pub model: Option<PathBuf>,
@@ -149,12 +157,22 @@ impl Job for TrainJob {
     fn run<B: Backend>(mut self, backend: B) -> Result<Summary> {
         let mut model = XlmR::load_for_training(backend, &self.model_dir)?;
         // `--dropout` (or the training defaults' rate) is the rate of every dropout site; the
-        // saved config.json records it, as Hugging Face's training does.
-        model.set_dropout(self.cfg.dropout);
-        eprintln!("model {} ({} parameters) on {}", self.model_dir.display(), model.param_count(), model.backend().name(),);
-        let (tok, valid, eval_steps) = (&self.tok, &self.valid, self.args.eval_steps);
-        let validator = (!valid.is_empty())
-            .then(|| Box::new(move |m: &mut XlmR<B>| validate(m, tok, valid, eval_steps)) as Box<crate::train::trainer::Validator<'_, B>>);
+        // saved config.json records it, as Hugging Face's training does. The length stage leaves
+        // the backbone's configuration as it is (its dropout is the predictor's only).
+        if self.cfg.stage == Stage::Main {
+            model.set_dropout(self.cfg.dropout);
+        }
+        if length_stage::prepare(&mut model, self.cfg.stage, self.cfg.seed)? {
+            eprintln!("the model has no length predictor: starting a new one (seed {})", self.cfg.seed);
+        }
+        eprintln!("model {} ({} parameters) on {}", self.model_dir.display(), model.param_count(), model.backend().name());
+        let (tok, valid, eval_steps, stage) = (&self.tok, &self.valid, self.args.eval_steps, self.cfg.stage);
+        let validator = (!valid.is_empty()).then(|| {
+            Box::new(move |m: &mut XlmR<B>| match stage {
+                Stage::Main => validate(m, tok, valid, eval_steps),
+                Stage::Length => validate_lengths(m, tok, valid),
+            }) as Box<crate::train::trainer::Validator<'_, B>>
+        });
         let mut trainer = Trainer {
             cfg: self.cfg.clone(),
             model,
@@ -186,6 +204,24 @@ pub fn validate<B: Backend>(model: &mut XlmR<B>, tok: &Tok, reqs: &[Request], st
     let exact = metrics::report(&hyps, &refs, Metric::Exact, Tokenize::Tok13a, false)?;
     let bleu = metrics::report(&hyps, &refs, Metric::Bleu, Tokenize::Tok13a, false)?;
     Ok(serde_json::json!({ "exact": exact.to_json()["exact"], "bleu": bleu.to_json()["bleu"], "examples": outs.len() }))
+}
+
+/// The length predictor's accuracy on the validation set (docs/method.md §5.1): the prompt as the
+/// sampler lays it out, the target's token count as `--length oracle` counts it.
+pub fn validate_lengths<B: Backend>(model: &mut XlmR<B>, tok: &Tok, reqs: &[Request]) -> Result<serde_json::Value> {
+    let max_len = model.config().max_seq_len();
+    let mut prompts = Vec::with_capacity(reqs.len());
+    let mut lengths = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let mut src = tok.encode(&r.src)?;
+        src.pop(); // </s>
+        if src.len() > max_len {
+            src.drain(1..1 + src.len() - max_len);
+        }
+        prompts.push(src);
+        lengths.push(tok.encode(r.tgt.as_deref().unwrap_or(""))?.len().saturating_sub(2));
+    }
+    Ok(serde_json::to_value(length_stage::length_accuracy(model, &prompts, &lengths, 64)?)?)
 }
 
 /// Runs training as the CLI would; returns the summary (used by `demo` too).
@@ -237,6 +273,7 @@ pub fn train(args: Args) -> Result<Summary> {
     super::device::set_threads(args.run.threads);
     check_flags(&args)?;
     let specs = train_data::parse_specs(&args.train)?;
+    let stage: Stage = args.stage.parse()?;
     // The run directory is locked before anything of it is read (a resume) and checked to be a
     // run of this tool, or empty, before anything is written.
     let lock = run_dir::lock(&args.out)?;
@@ -271,6 +308,7 @@ pub fn train(args: Args) -> Result<Summary> {
     let warmup = args.warmup_steps.or(defaults.warmup_steps).unwrap_or_else(|| default_warmup(args.max_steps.unwrap_or(1000)));
     let reweighting: Reweighting = args.reweighting.parse()?;
     let cfg = TrainConfig {
+        stage,
         lr: args.lr.unwrap_or(defaults.lr),
         schedule,
         warmup_steps: warmup,
@@ -398,6 +436,7 @@ fn resume_changes(checkpoint: &std::path::Path, args: &Args, cfg: &TrainConfig, 
         }
     };
     for (key, flag) in [
+        ("stage", "--stage"),
         ("lr", "--lr"),
         ("schedule", "--schedule"),
         ("warmup_steps", "--warmup-steps"),

@@ -2,14 +2,14 @@
 //!
 //! - `config`: HF `config.json` and presets.
 //! - `weights`: safetensors loading/saving by HF tensor names (f32/f16/bf16, tied decoder).
-//! - `xlmr`: parameters, forward and backward.
+//! - `xlmr`: parameters, forward and backward; `xlmr/length.rs` the length predictor.
 
 pub mod config;
 pub mod weights;
 pub mod xlmr;
 
 pub use config::{Arch, ModelConfig};
-pub use xlmr::{CanvasSlots, CanvasStep, DecodeSpec, ParamStorage, XlmR};
+pub use xlmr::{length_class, CanvasSlots, CanvasStep, DecodeSpec, ParamStorage, Part, XlmR, LENGTH_CLASSES};
 // The model takes its inputs in the data layer's types.
 use crate::backend::ConfidenceKind;
 pub use crate::data::{Batch, LossRows};

@@ -16,10 +16,13 @@ use std::path::Path;
 
 mod backward;
 mod cache;
+use backward::in_and_out;
 mod decode;
+mod length;
 mod pick;
 
 pub use decode::{CanvasSlots, CanvasStep, DecodeSpec};
+pub use length::{length_class, Part, LENGTH_CLASSES};
 
 #[derive(Clone, Copy)]
 struct Linear {
@@ -60,7 +63,7 @@ struct Index {
     decoder: Option<usize>,
 }
 
-/// Activations of one layer saved for the backward pass.
+/// Activations of one layer saved for the backward pass (also the length predictor's layer).
 struct LayerActs<B: Backend> {
     /// Pre-LN only: LN_attn(x) and its statistics.
     a_in: B::Buf,
@@ -92,6 +95,9 @@ struct LayerActs<B: Backend> {
 struct Encoder<B: Backend> {
     batch: usize,
     seq: usize,
+    /// Every layer's activations are kept (for a backward pass). Without, one set of layer
+    /// buffers and two hidden-state buffers serve all layers in turn (a frozen forward).
+    keep: bool,
     ids: B::IBuf,
     pos_ids: B::IBuf,
     key_mask: B::IBuf,
@@ -99,7 +105,8 @@ struct Encoder<B: Backend> {
     emb: B::Buf,
     emb_mean: B::Buf,
     emb_rstd: B::Buf,
-    /// `hs[l]` is the input of layer l; `hs[L]` the last layer's output.
+    /// `hs[l]` is the input of layer l; `hs[L]` the last layer's output. Without `keep`, two
+    /// buffers taken in turn: layer l reads `hs[l % 2]` and writes `hs[(l + 1) % 2]`.
     hs: Vec<B::Buf>,
     layers: Vec<LayerActs<B>>,
     /// Pre-LN: the final encoder LayerNorm output and statistics.
@@ -142,6 +149,11 @@ struct Params<B: Backend> {
     stored: Vec<usize>,
     ix: Index,
     layers: Vec<Layer>,
+    /// Index of the length predictor's first tensor (its tensors come last), when the model has one.
+    length: Option<usize>,
+    /// The parameters training updates: the backbone's or the length predictor's (`Part`). Only
+    /// they have gradients: `grads[j]` is parameter `trainable.start + j`'s.
+    trainable: std::ops::Range<usize>,
 }
 
 /// Buffers a pass keeps for the next one of the same shape.
@@ -152,6 +164,8 @@ struct Workspace<B: Backend> {
     step: Option<pick::StepPlan<B>>,
     /// The prefix cache of the sampling steps that use one (see `cache`).
     cache: Option<cache::PrefixCache<B>>,
+    /// The length predictor's activations (see `length`).
+    length: Option<length::Work<B>>,
 }
 
 /// Dropout stream ids: one per site and layer, so no two sites share a mask.
@@ -167,7 +181,7 @@ impl<B: Backend> XlmR<B> {
     /// Runs the encoder over `batch`, keeping every activation for a backward pass.
     fn encode(&mut self, batch: &Batch, drop: Dropout) -> Result<()> {
         self.p.check_batch(batch)?;
-        let enc = self.work.encoder(&self.p, batch)?;
+        let enc = self.work.encoder(&self.p, batch, true)?;
         self.p.set_encoder_inputs(enc, batch)?;
         self.p.run_encoder(enc, drop)
     }
@@ -212,8 +226,11 @@ impl<B: Backend> XlmR<B> {
         if !wpath.is_file() {
             bail!("{}: missing (expected the model weights in safetensors format)", wpath.display());
         }
-        let tensors = weights::read_safetensors(&wpath)?;
-        let (params, untied) = weights::resolve(&cfg, tensors, &wpath.display().to_string())?;
+        let mut tensors = weights::read_safetensors(&wpath)?;
+        let length = length::take_tensors(&cfg, &mut tensors, &wpath.display().to_string())?;
+        let (mut params, untied) = weights::resolve(&cfg, tensors, &wpath.display().to_string())?;
+        let n_backbone = params.len();
+        params.extend(length);
         // A diverged or damaged model would sample to empty text and NaN scores.
         for (name, _, data) in &params {
             if let Some(i) = data.iter().position(|x| !x.is_finite()) {
@@ -224,7 +241,7 @@ impl<B: Backend> XlmR<B> {
                 );
             }
         }
-        Self::from_params(backend, cfg, params, untied, f32_master)
+        Self::from_params(backend, cfg, params, n_backbone, untied, f32_master)
     }
 
     /// A randomly initialised model with HF's init: normal(0, 0.02) weights and embeddings (the
@@ -251,11 +268,21 @@ impl<B: Backend> XlmR<B> {
                 };
                 (name, shape, data)
             })
-            .collect();
-        Self::from_params(backend, cfg, params, false, true)
+            .collect::<Vec<_>>();
+        let n = params.len();
+        Self::from_params(backend, cfg, params, n, false, true)
     }
 
-    fn from_params(backend: B, cfg: ModelConfig, params: Vec<super::weights::NamedTensor>, untied: bool, f32_master: bool) -> Result<Self> {
+    /// `params`: the backbone's `n_backbone` tensors, then the length predictor's (in its own
+    /// order, `length::internal_specs`), if any.
+    fn from_params(
+        backend: B,
+        cfg: ModelConfig,
+        params: Vec<super::weights::NamedTensor>,
+        n_backbone: usize,
+        untied: bool,
+        f32_master: bool,
+    ) -> Result<Self> {
         let pos: HashMap<&str, usize> = params.iter().enumerate().map(|(i, p)| (p.0.as_str(), i)).collect();
         let at = |n: &str| -> Result<usize> { pos.get(n).copied().with_context(|| format!("internal: parameter `{n}` missing")) };
         let lin = |p: &str| -> Result<Linear> { Ok(Linear { w: at(&format!("{p}.weight"))?, b: at(&format!("{p}.bias"))? }) };
@@ -302,8 +329,10 @@ impl<B: Backend> XlmR<B> {
                 stored: Vec::new(),
                 ix,
                 layers,
+                length: (params.len() > n_backbone).then_some(n_backbone),
+                trainable: 0..n_backbone,
             },
-            work: Workspace { enc: None, step: None, cache: None },
+            work: Workspace { enc: None, step: None, cache: None, length: None },
         };
         for (i, (n, s, d)) in params.into_iter().enumerate() {
             let len = d.len();
@@ -337,8 +366,12 @@ impl<B: Backend> XlmR<B> {
         cfg["tie_word_embeddings"] = serde_json::Value::Bool(self.p.ix.decoder.is_none());
         crate::util::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
         let data = self.p.values.iter().enumerate().map(|(i, v)| self.download_param(i, v)).collect::<Result<Vec<_>>>()?;
-        let tensors: Vec<(&str, &[usize], &[f32])> =
-            (0..data.len()).map(|i| (self.p.names[i].as_str(), self.p.shapes[i].as_slice(), data[i].as_slice())).collect();
+        let n_backbone = self.p.length.unwrap_or(data.len());
+        let mut tensors: Vec<(&str, &[usize], &[f32])> =
+            (0..n_backbone).map(|i| (self.p.names[i].as_str(), self.p.shapes[i].as_slice(), data[i].as_slice())).collect();
+        // The length predictor under its official names (its attention's input projection whole).
+        let official = length::merge(&self.p.names[n_backbone..], &data[n_backbone..], &self.p.cfg)?;
+        tensors.extend(official.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())));
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
         weights::write_safetensors(&dir.join("model.safetensors"), &tensors, Some(meta))
@@ -372,12 +405,13 @@ impl<B: Backend> XlmR<B> {
         self.p.shapes.iter().map(|s| s.iter().product::<usize>()).sum()
     }
 
-    /// Calls `f(backend, i, value, grad)` for every parameter (after a `loss_and_grad`).
+    /// Calls `f(backend, i, value, grad)` for every trainable parameter i (after a `loss_and_grad`).
     pub fn for_each_param_mut(&mut self, mut f: impl FnMut(&B, usize, &mut B::Buf, &mut B::Buf) -> Result<()>) -> Result<()> {
         self.ensure_grads()?;
         self.forget_recording()?;
-        for (i, (v, g)) in self.p.values.iter_mut().zip(self.p.grads.iter_mut()).enumerate() {
-            f(&self.p.backend, i, v, g)?;
+        let start = self.p.trainable.start;
+        for (j, (v, g)) in self.p.values[self.p.trainable.clone()].iter_mut().zip(self.p.grads.iter_mut()).enumerate() {
+            f(&self.p.backend, start + j, v, g)?;
         }
         Ok(())
     }
@@ -386,6 +420,7 @@ impl<B: Backend> XlmR<B> {
         &self.p.values
     }
 
+    /// The gradients of the trainable parameters: `grads()[j]` is parameter `trainable().start + j`'s.
     pub fn grads(&self) -> &[B::Buf] {
         &self.p.grads
     }
@@ -406,7 +441,7 @@ impl<B: Backend> XlmR<B> {
 
     fn ensure_grads(&mut self) -> Result<()> {
         if self.p.grads.is_empty() {
-            for &n in &self.p.stored {
+            for &n in &self.p.stored[self.p.trainable.clone()] {
                 self.p.grads.push(self.p.backend.zeros(n)?);
             }
         }
@@ -453,14 +488,15 @@ fn check_rows(rows: &[i32], n: usize) -> Result<()> {
 }
 
 impl<B: Backend> Params<B> {
-    fn alloc_encoder(&self, batch: &Batch) -> Result<Encoder<B>> {
+    fn alloc_encoder(&self, batch: &Batch, keep: bool) -> Result<Encoder<B>> {
         let be = &self.backend;
         let (n, h, f) = (batch.tokens(), self.cfg.hidden, self.cfg.intermediate);
         let nh = self.cfg.heads;
         let pre = self.cfg.arch == Arch::PreLn;
         let z = |k: usize| be.zeros(k);
-        let mut layers = Vec::with_capacity(self.cfg.layers);
-        for _ in 0..self.cfg.layers {
+        let n_sets = if keep { self.cfg.layers } else { 1 };
+        let mut layers = Vec::with_capacity(n_sets);
+        for _ in 0..n_sets {
             layers.push(LayerActs {
                 a_in: z(if pre { n * h } else { 0 })?,
                 a_mean: z(if pre { n } else { 0 })?,
@@ -486,13 +522,14 @@ impl<B: Backend> Params<B> {
         Ok(Encoder {
             batch: batch.batch,
             seq: batch.seq,
+            keep,
             ids: be.upload_i32(&vec![0; n])?,
             pos_ids: be.upload_i32(&vec![0; n])?,
             key_mask: be.upload_i32(&vec![0; n])?,
             emb: z(n * h)?,
             emb_mean: z(n)?,
             emb_rstd: z(n)?,
-            hs: (0..=self.cfg.layers).map(|_| z(n * h)).collect::<Result<_>>()?,
+            hs: (0..if keep { self.cfg.layers + 1 } else { 2 }).map(|_| z(n * h)).collect::<Result<_>>()?,
             layers,
             out: z(if pre { n * h } else { 0 })?,
             out_mean: z(if pre { n } else { 0 })?,
@@ -569,11 +606,11 @@ impl<B: Backend> Params<B> {
         be.dropout_fwd(&mut enc.hs[0], hidden_drop, S_EMB)?;
 
         let shape = AttnShape { batch: enc.batch, seq: enc.seq, heads: cfg.heads, head_dim: cfg.head_dim() };
-        for (li, (layer, a)) in self.layers.iter().zip(enc.layers.iter_mut()).enumerate() {
+        let sets = enc.layers.len();
+        for (li, layer) in self.layers.iter().enumerate() {
             let _r = nvtx::range!("layer {}", li);
-            let (before, after) = enc.hs.split_at_mut(li + 1);
-            let x = &before[li];
-            let out = &mut after[0];
+            let a = &mut enc.layers[li % sets];
+            let (x, out) = in_and_out(&mut enc.hs, li);
             let attn_in: &B::Buf = if cfg.arch == Arch::PreLn {
                 be.add_layernorm_fwd(
                     x,
@@ -646,7 +683,7 @@ impl<B: Backend> Params<B> {
             }
         }
         if let Some(ln) = self.ix.final_ln {
-            let last = &enc.hs[cfg.layers];
+            let last = &enc.hs[cfg.layers % enc.hs.len()];
             be.add_layernorm_fwd(
                 last,
                 None,
@@ -664,7 +701,7 @@ impl<B: Backend> Params<B> {
         if self.ix.final_ln.is_some() {
             &enc.out
         } else {
-            &enc.hs[self.cfg.layers]
+            &enc.hs[self.cfg.layers % enc.hs.len()]
         }
     }
 
@@ -767,12 +804,13 @@ impl<B: Backend> Params<B> {
 }
 
 impl<B: Backend> Workspace<B> {
-    /// The encoder workspace for `batch`'s shape: the kept one when the shape is unchanged,
-    /// otherwise a new one (the old one is freed first).
-    fn encoder(&mut self, p: &Params<B>, batch: &Batch) -> Result<&mut Encoder<B>> {
-        if !self.enc.as_ref().is_some_and(|e| e.batch == batch.batch && e.seq == batch.seq) {
+    /// The encoder workspace for `batch`'s shape: the kept one when the shape is unchanged (and
+    /// it keeps every layer's activations if `keep` asks for that), otherwise a new one (the old
+    /// one is freed first).
+    fn encoder(&mut self, p: &Params<B>, batch: &Batch, keep: bool) -> Result<&mut Encoder<B>> {
+        if !self.enc.as_ref().is_some_and(|e| e.batch == batch.batch && e.seq == batch.seq && (e.keep || !keep)) {
             self.enc = None;
-            return Ok(self.enc.insert(p.alloc_encoder(batch)?));
+            return Ok(self.enc.insert(p.alloc_encoder(batch, keep)?));
         }
         self.enc.as_mut().context("the encoder workspace vanished")
     }

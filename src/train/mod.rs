@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod defaults;
+pub mod length_stage;
 pub mod optim;
 pub mod run_dir;
 pub mod schedule;

@@ -1,5 +1,6 @@
-//! AdamW over every model parameter, with global gradient-norm clipping and a skipped step when
-//! the gradients are not finite.
+//! AdamW over the model's trainable parameters (`XlmR::trainable`: the backbone, or the length
+//! predictor alone), with global gradient-norm clipping and a skipped step when the gradients
+//! are not finite.
 
 use crate::backend::{AdamW, Backend};
 use crate::backend::{AdamWStep, Moments};
@@ -11,8 +12,10 @@ pub struct Optimizer<B: Backend> {
     pub hp: AdamW,
     /// Number of updates applied so far (1-based bias correction uses `step + 1`).
     pub step: u64,
+    /// Moments of the trainable parameters: `m[j]` belongs to parameter `trainable.start + j`.
     m: Vec<B::Buf>,
     v: Vec<B::Buf>,
+    trainable: std::ops::Range<usize>,
 }
 
 /// What one `update` did.
@@ -29,16 +32,24 @@ impl<B: Backend> Optimizer<B> {
         let be = model.backend();
         let mut m = Vec::new();
         let mut v = Vec::new();
-        for i in 0..model.param_names().len() {
+        for i in model.trainable() {
             m.push(be.zeros(model.param_len(i))?);
             v.push(be.zeros(model.param_len(i))?);
         }
-        Ok(Optimizer { hp, step: 0, m, v })
+        Ok(Optimizer { hp, step: 0, m, v, trainable: model.trainable() })
+    }
+
+    fn check_part(&self, model: &XlmR<B>) -> Result<()> {
+        if model.trainable() != self.trainable {
+            bail!("internal: the optimizer was made for parameters {:?}, the model trains {:?}", self.trainable, model.trainable());
+        }
+        Ok(())
     }
 
     /// Clips the gradients to `max_norm` (PyTorch `clip_grad_norm_` semantics) and applies one
     /// AdamW update with learning rate `lr`.
     pub fn update(&mut self, model: &mut XlmR<B>, lr: f32, max_norm: Option<f32>) -> Result<UpdateInfo> {
+        self.check_part(model)?;
         let be = model.backend();
         let grads: Vec<&B::Buf> = model.grads().iter().collect();
         let norm = be.sum_squares_all(&grads)?.sqrt();
@@ -56,21 +67,23 @@ impl<B: Backend> Optimizer<B> {
         let step = self.step;
         let hp = self.hp;
         // The clipping factor is applied inside the update, as each gradient is read.
-        let (m, v) = (&mut self.m, &mut self.v);
+        let (m, v, start) = (&mut self.m, &mut self.v, self.trainable.start);
         let grad_scale = clip.unwrap_or(1.0);
         model.for_each_param_mut(|be, i, value, grad| {
-            be.adamw(value, grad, Moments { m: &mut m[i], v: &mut v[i] }, hp, AdamWStep { lr, step, grad_scale })
+            let j = i - start;
+            be.adamw(value, grad, Moments { m: &mut m[j], v: &mut v[j] }, hp, AdamWStep { lr, step, grad_scale })
         })?;
         Ok(UpdateInfo { grad_norm: norm, skipped: false })
     }
 
     /// The moments as named f32 tensors (`exp_avg.<name>`, `exp_avg_sq.<name>`).
     pub fn state_tensors(&self, model: &XlmR<B>) -> Result<Vec<crate::model::weights::NamedTensor>> {
+        self.check_part(model)?;
         let mut out = Vec::new();
-        for (i, name) in model.param_names().iter().enumerate() {
-            let shape = model.param_shapes()[i].clone();
-            out.push((format!("exp_avg.{name}"), shape.clone(), model.download_param(i, &self.m[i])?));
-            out.push((format!("exp_avg_sq.{name}"), shape, model.download_param(i, &self.v[i])?));
+        for (j, i) in self.trainable.clone().enumerate() {
+            let (name, shape) = (&model.param_names()[i], model.param_shapes()[i].clone());
+            out.push((format!("exp_avg.{name}"), shape.clone(), model.download_param(i, &self.m[j])?));
+            out.push((format!("exp_avg_sq.{name}"), shape, model.download_param(i, &self.v[j])?));
         }
         Ok(out)
     }
@@ -85,10 +98,12 @@ impl<B: Backend> Optimizer<B> {
 
     pub fn load(&mut self, model: &XlmR<B>, path: &Path) -> Result<()> {
         let file = path.display().to_string();
+        self.check_part(model)?;
         let mut t = crate::model::weights::read_safetensors(path)?;
-        for (i, name) in model.param_names().iter().enumerate() {
+        for (j, i) in self.trainable.clone().enumerate() {
+            let name = &model.param_names()[i];
             let n: usize = model.param_shapes()[i].iter().product();
-            for (prefix, dst) in [("exp_avg", &mut self.m[i]), ("exp_avg_sq", &mut self.v[i])] {
+            for (prefix, dst) in [("exp_avg", &mut self.m[j]), ("exp_avg_sq", &mut self.v[j])] {
                 let key = format!("{prefix}.{name}");
                 let Some(x) = t.remove(&key) else { bail!("{file}: missing tensor `{key}`") };
                 if x.data.len() != n {

@@ -1,8 +1,10 @@
-//! The diffusive-adaptation loop: batches → coupled noise → forward/backward → AdamW, with
-//! accumulation, schedules, stop by steps or time, progress, metrics JSONL, checkpoints and
-//! exact resume.
+//! The training loop: batches → coupled noise → forward/backward → AdamW (diffusive adaptation),
+//! or batches → frozen backbone → length predictor → AdamW on the predictor alone
+//! (`Stage::Length`, `super::length_stage`), with accumulation, schedules, stop by steps or time,
+//! progress, metrics JSONL, checkpoints and exact resume.
 
 use super::checkpoint::{self, TrainerState};
+use super::length_stage::{self, Stage};
 use super::optim::Optimizer;
 use super::schedule::Schedule;
 use crate::backend::{AdamW, Backend, Dropout};
@@ -30,6 +32,8 @@ pub trait BatchSource {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainConfig {
+    /// What trains: the masked LM (diffusive adaptation) or the length predictor.
+    pub stage: Stage,
     pub lr: f32,
     pub schedule: Schedule,
     pub warmup_steps: u64,
@@ -182,24 +186,32 @@ impl<'a, B: Backend> Trainer<'a, B> {
             let mut step_tokens = 0u64;
             for micro in 0..cfg.accumulate {
                 let rows = self.data.next_batch()?;
-                // Each micro-batch's noise is a pure function of one key from the run's RNG, so
-                // the device draws it and a resumed run draws the same one.
-                let spec = NoiseSpec {
-                    key: state.rng.next_u64(),
-                    steps: cfg.timesteps,
-                    pad: self.pad,
-                    mask_id: self.mask,
-                    reweighting: cfg.reweighting,
-                    scale: 1.0 / cfg.accumulate as f32,
-                };
-                let (batch, src_len) = noise::doubled_batch(&rows, self.pad);
                 let drop = if cfg.dropout > 0.0 {
                     Dropout { p: cfg.dropout, seed: dropout_seed(cfg.seed, state.step, micro) }
                 } else {
                     Dropout::off()
                 };
-                step_loss += self.model.noised_loss_and_grad(&batch, &src_len, &spec, drop, cfg.label_smoothing)?.0 as f64;
-                step_tokens += rows.iter().map(|r| r.ids.len() as u64).sum::<u64>();
+                let scale = 1.0 / cfg.accumulate as f32;
+                let (loss, tokens) = match cfg.stage {
+                    Stage::Main => {
+                        // Each micro-batch's noise is a pure function of one key from the run's
+                        // RNG, so the device draws it and a resumed run draws the same one.
+                        let spec = NoiseSpec {
+                            key: state.rng.next_u64(),
+                            steps: cfg.timesteps,
+                            pad: self.pad,
+                            mask_id: self.mask,
+                            reweighting: cfg.reweighting,
+                            scale,
+                        };
+                        let (batch, src_len) = noise::doubled_batch(&rows, self.pad);
+                        let loss = self.model.noised_loss_and_grad(&batch, &src_len, &spec, drop, cfg.label_smoothing)?.0;
+                        (loss, rows.iter().map(|r| r.ids.len() as u64).sum::<u64>())
+                    }
+                    Stage::Length => length_stage::micro_step(&mut self.model, &rows, drop, scale)?,
+                };
+                step_loss += loss as f64;
+                step_tokens += tokens;
             }
             let info = opt.update(&mut self.model, lr, Some(cfg.clip_norm))?;
             state.step += 1;

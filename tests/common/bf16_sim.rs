@@ -5,7 +5,7 @@
 //! tolerances in tests/cuda_model.rs, and runs those tests' comparison code on every machine.
 
 use dlm_engine::backend::cpu::{self as ck, CpuBackend};
-use dlm_engine::backend::{AdamW, Backend, ConfidenceKind, Dropout, NoiseSpec, ReparamRule};
+use dlm_engine::backend::{Activation, AdamW, Backend, ConfidenceKind, Dropout, NoiseSpec, PoolShape, ReparamRule};
 use dlm_engine::backend::{AdamWStep, CanvasInputs, CanvasState, LossSlots, Moments, Picks, PicksMut, VocabShape};
 use dlm_engine::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use dlm_engine::backend::{
@@ -158,6 +158,26 @@ impl Backend for Bf16Sim {
     }
     fn gelu_bwd(&self, x: &SimBuf, dy: &SimBuf, dx: &mut SimBuf) -> R<()> {
         ck::elementwise::gelu_bwd(&x.v, &dy.v, &mut dx.v);
+        rnd(&mut dx.v);
+        Ok(())
+    }
+    fn activation_fwd(&self, act: Activation, x: &SimBuf, y: &mut SimBuf) -> R<()> {
+        ck::elementwise::activation_fwd(act, &x.v, &mut y.v);
+        rnd(&mut y.v);
+        Ok(())
+    }
+    fn activation_bwd(&self, act: Activation, saved: &SimBuf, dy: &SimBuf, dx: &mut SimBuf) -> R<()> {
+        ck::elementwise::activation_bwd(act, &saved.v, &dy.v, &mut dx.v);
+        rnd(&mut dx.v);
+        Ok(())
+    }
+    fn mean_pool_fwd(&self, x: &SimBuf, key_mask: &Vec<i32>, out: &mut SimBuf, shape: PoolShape) -> R<()> {
+        ck::pool::mean_pool_fwd(&x.v, key_mask, &mut out.v, shape);
+        rnd(&mut out.v);
+        Ok(())
+    }
+    fn mean_pool_bwd(&self, dout: &SimBuf, key_mask: &Vec<i32>, dx: &mut SimBuf, shape: PoolShape) -> R<()> {
+        ck::pool::mean_pool_bwd(&dout.v, key_mask, &mut dx.v, shape);
         rnd(&mut dx.v);
         Ok(())
     }

@@ -74,6 +74,7 @@ pub fn copy_example(rng: &mut dlm_engine::rng::Rng, min_n: u64, max_n: u64, lo: 
 /// (and a recorded loss) every step.
 pub fn small_train_config(out: &std::path::Path, steps: u64, lr: f32, dropout: f32) -> dlm_engine::train::TrainConfig {
     dlm_engine::train::TrainConfig {
+        stage: Default::default(),
         lr,
         schedule: dlm_engine::train::schedule::Schedule::WarmupConstant,
         warmup_steps: 4,
@@ -308,4 +309,37 @@ pub fn device_configs(noisy: bool) -> Vec<dlm_engine::diffusion::SamplerConfig> 
         }
     }
     out
+}
+
+/// A copy of the postln fixture model whose model.safetensors also holds the length predictor's
+/// tensors `extra` (official name, shape, values), as the official code saves them.
+pub fn length_model_dir(dir: &std::path::Path, extra: &[(String, Vec<usize>, Vec<f32>)]) {
+    use dlm_engine::model::weights::{read_safetensors, write_safetensors};
+    let src = fixtures().join("postln");
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let base = read_safetensors(&src.join("model.safetensors")).unwrap();
+    let mut tensors: Vec<(&str, &[usize], &[f32])> =
+        base.iter().map(|(n, t)| (n.as_str(), t.shape.as_slice(), t.data.as_slice())).collect();
+    tensors.extend(extra.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())));
+    write_safetensors(&dir.join("model.safetensors"), &tensors, None).unwrap();
+}
+
+/// The length fixture's `param.*` tensors (postln/length.safetensors) as (official name, shape,
+/// f32 values), sorted by name.
+pub fn length_fixture_params(g: &HashMap<String, T>) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut v: Vec<_> = g
+        .iter()
+        .filter_map(|(k, t)| Some((k.strip_prefix("param.")?.to_string(), t.shape.clone(), t.data.iter().map(|&x| x as f32).collect())))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// The length fixture's prompts: each row of `input_ids` up to its first pad.
+pub fn length_prompts(g: &HashMap<String, T>) -> Vec<Vec<i32>> {
+    let t = &g["input_ids"];
+    ids(t).chunks(t.shape[1]).map(|r| r.iter().copied().take_while(|&x| x != 1).collect()).collect()
 }

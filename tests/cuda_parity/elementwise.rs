@@ -75,3 +75,30 @@ fn gelu_matches_cpu() {
     cpu::elementwise::gelu_bwd(&xr, &dyr, &mut dwant);
     assert_close("gelu_bwd", &down(&g, &dx), &dwant, TOL_BF16);
 }
+
+/// The length predictor's ReLU and tanh (bf16 in and out, f32 arithmetic), forward and backward.
+#[test]
+fn relu_and_tanh_match_cpu() {
+    let Some(g) = gpu("relu_and_tanh_match_cpu") else { return };
+    let mut rng = fresh_rng("relu_and_tanh");
+    let n = 70_001;
+    let (x, xr) = up(&g, &normal_vec(&mut rng, n, 2.0));
+    let (dy, dyr) = up(&g, &normal_vec(&mut rng, n, 1.0));
+    for act in [Activation::Relu, Activation::Tanh] {
+        let mut y = g.upload(&poison(n)).unwrap();
+        g.activation_fwd(act, &x, &mut y).unwrap();
+        let mut want = vec![0.0; n];
+        cpu::elementwise::activation_fwd(act, &xr, &mut want);
+        assert_close(&format!("{act:?} forward"), &down(&g, &y), &want, TOL_BF16);
+        // The backward reads the forward's input (ReLU) or its stored output (tanh).
+        let (saved, saved_host) = match act {
+            Activation::Relu => (&x, xr.clone()),
+            Activation::Tanh => (&y, down(&g, &y)),
+        };
+        let mut dx = g.upload(&poison(n)).unwrap();
+        g.activation_bwd(act, saved, &dy, &mut dx).unwrap();
+        let mut dwant = vec![0.0; n];
+        cpu::elementwise::activation_bwd(act, &saved_host, &dyr, &mut dwant);
+        assert_close(&format!("{act:?} backward"), &down(&g, &dx), &dwant, TOL_BF16);
+    }
+}

@@ -26,6 +26,7 @@ mod embed;
 mod layernorm;
 mod linear;
 mod noise;
+mod pool;
 mod rows;
 mod sampler;
 mod vocab;
@@ -34,7 +35,7 @@ use common::*;
 use dlm_engine::backend::contract::{packed, StepParams};
 use dlm_engine::backend::cpu::{self, CpuBackend};
 use dlm_engine::backend::cuda::CudaBackend;
-use dlm_engine::backend::{pack_gumbel, AdamW, AttnShape, Backend, ConfidenceKind, Dropout, NoiseSpec, ReparamRule, RowStats};
+use dlm_engine::backend::{pack_gumbel, Activation, AdamW, AttnShape, Backend, ConfidenceKind, Dropout, NoiseSpec, ReparamRule, RowStats};
 use dlm_engine::backend::{AdamWStep, CanvasInputs, CanvasState, LossSlots, Moments, Picks, PicksMut, VocabShape};
 use dlm_engine::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use dlm_engine::backend::{

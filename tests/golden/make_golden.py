@@ -439,6 +439,117 @@ FILL_MASK_TEXTS = [
 TOP_K = 5
 
 
+# ------------------------------------------------------------------------------------------------
+# Length predictor (docs/method.md §5.1): nn.TransformerEncoder (one post-LN ReLU layer) over the
+# frozen backbone's features of `[<s>] prompt`, mean pooling over real positions, then
+# Linear(H→FFN) → tanh → Linear(FFN→514); plain mean CE over `class = target tokens − 1`.
+# ------------------------------------------------------------------------------------------------
+
+LENGTH_SEED = 4321
+LENGTH_CLASSES = 514
+
+
+def make_length_module(config):
+    """The official module's two parts, named as the official model's attributes name them, with
+    every tensor moved off its init value (as make_model does). Dropout is off for the golden."""
+    torch.manual_seed(LENGTH_SEED)
+    H, F_, heads = config.hidden_size, config.intermediate_size, config.num_attention_heads
+    layer = torch.nn.TransformerEncoderLayer(d_model=H, nhead=heads, dim_feedforward=F_, dropout=0.0,
+                                             activation="relu", layer_norm_eps=1e-5, batch_first=True,
+                                             norm_first=False)
+    trm = torch.nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False)
+    mlp = torch.nn.Sequential(torch.nn.Linear(H, F_), torch.nn.Tanh(), torch.nn.Linear(F_, LENGTH_CLASSES))
+    gen = torch.Generator().manual_seed(LENGTH_SEED + 1)
+    with torch.no_grad():
+        for _, p in length_named_parameters(trm, mlp):
+            noise = torch.randn(p.shape, generator=gen)
+            p.add_(0.1 * noise if p.dim() == 1 else 0.05 * noise)
+    trm.train()  # dropout 0: the plain (not the fused inference) path, with gradients
+    return trm, mlp
+
+
+def length_named_parameters(trm, mlp):
+    return ([(f"length_trm.{n}", p) for n, p in trm.named_parameters()]
+            + [(f"length_predictor.{n}", p) for n, p in mlp.named_parameters()])
+
+
+def length_batch(mask_id):
+    """`[<s>] prompt` rows (no `</s>`) of 6, 3, 9 and 1 real tokens, right-padded, and classes."""
+    gen = torch.Generator().manual_seed(77)
+    lengths = [6, 3, 9, 1]
+    ids = torch.ones(len(lengths), max(lengths), dtype=torch.int64)
+    for r, n in enumerate(lengths):
+        ids[r, 0] = 0
+        ids[r, 1:n] = torch.randint(4, mask_id, (n - 1,), generator=gen)
+    classes = torch.tensor([3, 0, 12, LENGTH_CLASSES - 1], dtype=torch.int64)
+    return ids, classes
+
+
+def length_forward(model, trm, mlp, ids):
+    real = ids != 1
+    with torch.no_grad():  # the frozen backbone
+        feat = model.roberta(input_ids=ids, attention_mask=real.long()).last_hidden_state
+    f = trm(feat, src_key_padding_mask=~real)
+    m = real.unsqueeze(-1).float()
+    pooled = (f * m).sum(1) / m.sum(1)
+    return mlp(pooled)
+
+
+def length_golden(model):
+    trm, mlp = make_length_module(model.config)
+    ids, classes = length_batch(model.config.vocab_size - 1)
+    logits = length_forward(model, trm, mlp, ids)
+    loss = F.cross_entropy(logits, classes)
+    loss.backward()
+    out = {"input_ids": ids, "classes": classes, "logits": logits.detach().contiguous(),
+           "loss": loss.detach().reshape(1)}
+    for name, p in length_named_parameters(trm, mlp):
+        out[f"param.{name}"] = p.detach().clone().contiguous()
+        out[f"grad.{name}"] = p.grad.detach().clone().contiguous()
+    assert all(p.grad is None for p in model.parameters()), "the backbone must stay frozen"
+    return out
+
+
+def verify_length(model, d):
+    """Recomputes the length fixture from its stored parameters, and checks that transformers
+    still loads a model directory whose model.safetensors also holds the length predictor
+    (reporting exactly those tensors as unexpected) with unchanged logits."""
+    from safetensors.torch import save_file
+
+    r = load_st(d / "length.safetensors")
+    trm, mlp = make_length_module(model.config)
+    params = dict(length_named_parameters(trm, mlp))
+    assert sorted(params) == sorted(k[len("param."):] for k in r if k.startswith("param.")), "length names"
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(r[f"param.{n}"])
+    logits = length_forward(model, trm, mlp, r["input_ids"])
+    loss = F.cross_entropy(logits, r["classes"])
+    loss.backward()
+    assert torch.equal(logits.detach(), r["logits"]) and torch.equal(loss.detach().reshape(1), r["loss"])
+    for n, p in params.items():
+        assert torch.allclose(p.grad, r[f"grad.{n}"], rtol=1e-5, atol=1e-7), n
+    model.zero_grad(set_to_none=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for f in ["config.json", "tokenizer.json"]:
+            shutil.copyfile(d / f, tmp / f)
+        sd = load_st(d / "model.safetensors")
+        sd.update({n: r[f"param.{n}"] for n in params})
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        from transformers import AutoModelForMaskedLM
+
+        m, info = AutoModelForMaskedLM.from_pretrained(str(tmp), output_loading_info=True, attn_implementation="eager")
+        assert sorted(info["unexpected_keys"]) == sorted(params), info
+        assert not info["missing_keys"] and not info.get("mismatched_keys"), info
+        m.eval()
+        g = load_st(d / "golden.safetensors")
+        with torch.no_grad():
+            assert torch.equal(m(input_ids=g["input_ids"], attention_mask=g["attention_mask"]).logits, g["logits"])
+    print("length predictor: fixture recomputed; transformers loads a model with it, ignoring",
+          len(params), "unexpected length tensors")
+
+
 def hf_fast_tokenizer(tokenizer_json):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
@@ -547,6 +658,7 @@ def generate():
         fill[arch] = fill_mask(model, tok_path, tok)
         if arch == "postln":
             save_tensors(d / "rdm.safetensors", rdm_golden(model, names))
+            save_tensors(d / "length.safetensors", length_golden(model))
             save_model_dir(model, FIXTURES / "postln_bf16", tok_path, torch.bfloat16)
             save_model_dir(model, FIXTURES / "postln_f16", tok_path, torch.float16)
             write_noprefix(model, FIXTURES / "postln_noprefix")
@@ -624,6 +736,7 @@ def verify():
             with torch.no_grad():
                 rec = rdm_loss(model, r["x_t"], r["t"], r["loss_mask"], x0d, nm, "reciprocal", 0.1)
             assert torch.allclose(rec.reshape(1), r["loss_reciprocal_ls"], rtol=1e-6), rec
+            verify_length(model, d)
     for dtype, sub in [(torch.bfloat16, "postln_bf16"), (torch.float16, "postln_f16")]:
         w = load_st(FIXTURES / sub / "model.safetensors")
         assert sorted(w) == sorted(ref), sub

@@ -1,6 +1,7 @@
-//! Dropout (Philox masks regenerated in the backward pass) and exact-erf GELU.
+//! Dropout (Philox masks regenerated in the backward pass), exact-erf GELU, ReLU and tanh.
 
 use super::simd;
+use crate::backend::Activation;
 use crate::rng::{philox4x32, philox4x32_lanes, LANES};
 use rayon::prelude::*;
 
@@ -80,6 +81,36 @@ pub fn gelu_fwd(x: &[f32], y: &mut [f32]) {
 
 pub fn gelu_bwd(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dc, (xc, gc))| gelu_grad_chunk(xc, gc, dc));
+}
+
+/// `y = act(x)` (ReLU or tanh).
+pub fn activation_fwd(act: Activation, x: &[f32], y: &mut [f32]) {
+    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(yc, xc)| {
+        for (o, &v) in yc.iter_mut().zip(xc) {
+            *o = match act {
+                Activation::Relu => v.max(0.0),
+                Activation::Tanh => v.tanh(),
+            };
+        }
+    });
+}
+
+/// `dx = dy · act'`, from the forward's input (ReLU: 1 where x > 0) or output (tanh: 1 − y²).
+pub fn activation_bwd(act: Activation, saved: &[f32], dy: &[f32], dx: &mut [f32]) {
+    dx.par_chunks_mut(CHUNK).zip(saved.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(|(dc, (sc, gc))| {
+        for ((o, &s), &g) in dc.iter_mut().zip(sc).zip(gc) {
+            *o = match act {
+                Activation::Relu => {
+                    if s > 0.0 {
+                        g
+                    } else {
+                        0.0
+                    }
+                }
+                Activation::Tanh => g * (1.0 - s * s),
+            };
+        }
+    });
 }
 
 #[cfg(test)]

@@ -10,12 +10,13 @@ pub mod elementwise;
 pub mod embed;
 pub mod layernorm;
 pub mod linear;
+pub mod pool;
 pub mod rows;
 pub mod sampler;
 pub mod simd;
 pub mod vocab;
 
-use super::{AdamW, Backend, ConfidenceKind, Dropout, NoiseSpec, ReparamRule};
+use super::{Activation, AdamW, Backend, ConfidenceKind, Dropout, NoiseSpec, PoolShape, ReparamRule};
 use crate::backend::{AdamWStep, CanvasInputs, CanvasState, LossSlots, Moments, Picks, PicksMut, VocabShape};
 use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use crate::backend::{EmbedGrads, EmbedShape, EmbedTables, Gemm, LinearGrads, LnGrads, LnParams, LnSaved, LnStats, Residual, RowsShape};
@@ -169,6 +170,27 @@ impl Backend for CpuBackend {
     }
     fn gelu_bwd(&self, x: &Vec<f32>, dy: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
         elementwise::gelu_bwd(x, dy, dx);
+        Ok(())
+    }
+    fn activation_fwd(&self, act: Activation, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
+        anyhow::ensure!(x.len() == y.len(), "activation_fwd: {} inputs, {} outputs", x.len(), y.len());
+        elementwise::activation_fwd(act, x, y);
+        Ok(())
+    }
+    fn activation_bwd(&self, act: Activation, saved: &Vec<f32>, dy: &Vec<f32>, dx: &mut Vec<f32>) -> Result<()> {
+        anyhow::ensure!(saved.len() == dy.len() && dy.len() == dx.len(), "activation_bwd: lengths differ");
+        elementwise::activation_bwd(act, saved, dy, dx);
+        Ok(())
+    }
+
+    fn mean_pool_fwd(&self, x: &Vec<f32>, key_mask: &Vec<i32>, out: &mut Vec<f32>, shape: PoolShape) -> Result<()> {
+        pool::check(x.len(), key_mask.len(), out.len(), shape)?;
+        pool::mean_pool_fwd(x, key_mask, out, shape);
+        Ok(())
+    }
+    fn mean_pool_bwd(&self, dout: &Vec<f32>, key_mask: &Vec<i32>, dx: &mut Vec<f32>, shape: PoolShape) -> Result<()> {
+        pool::check(dx.len(), key_mask.len(), dout.len(), shape)?;
+        pool::mean_pool_bwd(dout, key_mask, dx, shape);
         Ok(())
     }
 

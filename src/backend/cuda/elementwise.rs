@@ -1,9 +1,9 @@
-//! Conversions, copies, sums, dropout, GELU and the Philox generator. Kernels: elementwise.cu.
+//! Conversions, copies, sums, dropout, GELU, ReLU, tanh and the Philox generator. Kernels: elementwise.cu.
 //! CPU twin: cpu/elementwise.rs.
 
 use super::buffer::{view, AnyArg, CudaBuf, InPlace, Store};
 use super::{cfg_1d, CudaBackend};
-use crate::backend::Dropout;
+use crate::backend::{Activation, Dropout};
 use anyhow::{bail, Result};
 use cudarc::driver::CudaSlice;
 use half::bf16;
@@ -128,6 +128,38 @@ impl CudaBackend {
         let gs = self.as_bf16(dy)?;
         let ds = self.out_bf16(dx)?;
         launch!(self, "gelu_bwd_bf16", cfg_1d(n), [xs.get(), gs.get(), ds, &n64])
+    }
+
+    pub(crate) fn activation_fwd(&self, act: Activation, x: &CudaBuf, y: &mut CudaBuf) -> Result<()> {
+        Self::check_len("activation_fwd output", y.len, x.len)?;
+        let n = x.len;
+        if n == 0 {
+            return Ok(());
+        }
+        let n64 = n as u64;
+        let xs = self.as_bf16(x)?;
+        let ys = self.out_bf16(y)?;
+        match act {
+            Activation::Relu => launch!(self, "relu_fwd_bf16", cfg_1d(n), [xs.get(), ys, &n64]),
+            Activation::Tanh => launch!(self, "tanh_fwd_bf16", cfg_1d(n), [xs.get(), ys, &n64]),
+        }
+    }
+
+    pub(crate) fn activation_bwd(&self, act: Activation, saved: &CudaBuf, dy: &CudaBuf, dx: &mut CudaBuf) -> Result<()> {
+        Self::check_len("activation_bwd dy", dy.len, saved.len)?;
+        Self::check_len("activation_bwd dx", dx.len, saved.len)?;
+        let n = saved.len;
+        if n == 0 {
+            return Ok(());
+        }
+        let n64 = n as u64;
+        let ss = self.as_bf16(saved)?;
+        let gs = self.as_bf16(dy)?;
+        let ds = self.out_bf16(dx)?;
+        match act {
+            Activation::Relu => launch!(self, "relu_bwd_bf16", cfg_1d(n), [ss.get(), gs.get(), ds, &n64]),
+            Activation::Tanh => launch!(self, "tanh_bwd_bf16", cfg_1d(n), [ss.get(), gs.get(), ds, &n64]),
+        }
     }
 
     /// Philox numbers `first .. first + n` of (`seed`, `stream`) drawn on the GPU, for tests that

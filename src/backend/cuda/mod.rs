@@ -37,6 +37,7 @@ mod embed;
 mod layernorm;
 mod linear;
 mod noise;
+mod pool;
 mod rows;
 mod sampler;
 mod vocab;
@@ -44,7 +45,7 @@ mod vocab;
 pub use buffer::{CudaBuf, CudaIBuf};
 pub use kernels::KernelSource;
 
-use super::{AdamW, Backend, ConfidenceKind, Dropout, NoiseSpec, ReparamRule};
+use super::{Activation, AdamW, Backend, ConfidenceKind, Dropout, NoiseSpec, PoolShape, ReparamRule};
 use crate::backend::{AdamWStep, CanvasInputs, CanvasState, LossSlots, Moments, Picks, PicksMut, VocabShape};
 use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use crate::backend::{EmbedGrads, EmbedShape, EmbedTables, Gemm, LinearGrads, LnGrads, LnParams, LnSaved, LnStats, Residual, RowsShape};
@@ -325,6 +326,18 @@ impl Backend for CudaBackend {
     }
     fn gelu_bwd(&self, x: &CudaBuf, dy: &CudaBuf, dx: &mut CudaBuf) -> Result<()> {
         self.gelu_bwd(x, dy, dx)
+    }
+    fn activation_fwd(&self, act: Activation, x: &CudaBuf, y: &mut CudaBuf) -> Result<()> {
+        self.activation_fwd(act, x, y)
+    }
+    fn activation_bwd(&self, act: Activation, saved: &CudaBuf, dy: &CudaBuf, dx: &mut CudaBuf) -> Result<()> {
+        self.activation_bwd(act, saved, dy, dx)
+    }
+    fn mean_pool_fwd(&self, x: &CudaBuf, key_mask: &CudaIBuf, out: &mut CudaBuf, shape: PoolShape) -> Result<()> {
+        self.mean_pool_fwd(x, key_mask, out, shape)
+    }
+    fn mean_pool_bwd(&self, dout: &CudaBuf, key_mask: &CudaIBuf, dx: &mut CudaBuf, shape: PoolShape) -> Result<()> {
+        self.mean_pool_bwd(dout, key_mask, dx, shape)
     }
 
     fn add_layernorm_fwd(

@@ -1,12 +1,15 @@
 //! `dlm-engine demo`: the embedded default job. It makes a small seq2seq task with the
 //! project's own generator (`task`), trains a tokenizer and a `tiny` model on it with the default
-//! settings `init` records, samples the held-out set, shows one denoising trajectory and reports
-//! exact match — the same `tokenizer train → init → train → sample` path a user takes.
+//! settings `init` records, trains the length predictor over it, samples the held-out set with the
+//! oracle length and with predicted lengths (a length beam), shows one denoising trajectory and
+//! reports exact match and length accuracy — the same `tokenizer train → init → train → train
+//! --stage length → sample` path a user takes.
 
 pub mod task;
 
 use super::device::Device;
-use super::sample::{decode, DecodeOptions, Request};
+use super::length_beam::BeamOptions;
+use super::sample::{decode, DecodeOptions, Output, Request};
 use super::train::{train, Args as TrainArgs};
 use crate::diffusion::sampler::SamplerConfig;
 use crate::metrics::{self, Metric, Tokenize};
@@ -38,6 +41,16 @@ pub struct Args {
     /// Denoising steps when sampling the held-out set.
     #[arg(long, default_value_t = 10)]
     pub sample_steps: usize,
+    /// Updates of the length predictor (`train --stage length`).
+    #[arg(long, default_value_t = 800)]
+    pub length_steps: u64,
+    /// Predicted lengths decoded per held-out source (`sample --length predict --length-beam`).
+    #[arg(long, default_value_t = 3)]
+    pub length_beam: usize,
+    /// Denoising steps of the comparison between oracle and predicted lengths (50, `sample`'s
+    /// default and the official evaluation's).
+    #[arg(long, default_value_t = 50)]
+    pub beam_steps: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// The task: `translate` (the default) or `sort` (a harder one: the words in alphabetical order).
@@ -65,14 +78,14 @@ fn write_jsonl(path: &Path, pairs: &[(String, String)]) -> Result<()> {
 pub fn run(a: Args) -> Result<()> {
     let t0 = std::time::Instant::now();
     let out = &a.out;
-    for sub in ["data", "model", "run"] {
+    for sub in ["data", "model", "run", "run-length"] {
         let p = out.join(sub);
         if p.exists() {
             std::fs::remove_dir_all(&p).with_context(|| format!("{}: cannot clear", p.display()))?;
         }
     }
     std::fs::create_dir_all(out.join("data"))?;
-    eprintln!("== 1/5 task: {}", a.task.describe());
+    eprintln!("== 1/6 task: {}", a.task.describe());
     crate::util::range::at_least("--min-words", a.min_words as u64, 1)?;
     if a.max_words < a.min_words {
         anyhow::bail!("--max-words ({}) must be at least --min-words ({})", a.max_words, a.min_words);
@@ -93,14 +106,14 @@ pub fn run(a: Args) -> Result<()> {
         out.join("data").display()
     );
 
-    eprintln!("== 2/5 tokenizer: Unigram, XLM-R special ids");
+    eprintln!("== 2/6 tokenizer: Unigram, XLM-R special ids");
     let texts = train_set.iter().flat_map(|(s, t)| [s.clone(), t.clone()]);
     let tok = train_unigram(texts, 200)?;
     let tok_path = out.join("data/tokenizer.json");
     tok.save(&tok_path)?;
     eprintln!("   {} ids -> {}", tok.vocab_size(), tok_path.display());
 
-    eprintln!("== 3/5 model: init --preset tiny");
+    eprintln!("== 3/6 model: init --preset tiny");
     super::init::run(super::init::Args {
         config: None,
         preset: Some("tiny".into()),
@@ -110,7 +123,7 @@ pub fn run(a: Args) -> Result<()> {
         force: true,
     })?;
 
-    eprintln!("== 4/5 train: RDM objective with the model's default settings");
+    eprintln!("== 4/6 train: RDM objective with the model's default settings");
     let mut targs = default_train_args(&out.join("model"), &train_path, &out.join("run"));
     targs.max_steps = Some(a.steps);
     targs.max_time = Some(a.max_time.clone());
@@ -119,9 +132,18 @@ pub fn run(a: Args) -> Result<()> {
     let summary = train(targs)?;
     super::train::print_summary(&summary);
 
-    eprintln!("== 5/5 sample the held-out set ({} steps, oracle length, argmax)", a.sample_steps);
-    let tok = Tok::load(summary.checkpoint.join("tokenizer.json"))?;
-    let mut model = XlmR::load(crate::backend::cpu::CpuBackend::new(), &summary.checkpoint)?;
+    eprintln!("== 5/6 train --stage length: the length predictor over the frozen model");
+    let mut largs = default_train_args(&summary.checkpoint, &train_path, &out.join("run-length"));
+    largs.stage = "length".into();
+    largs.max_steps = Some(a.length_steps);
+    largs.seed = a.seed;
+    largs.run.threads = a.threads;
+    let length_summary = train(largs)?;
+    super::train::print_summary(&length_summary);
+
+    eprintln!("== 6/6 sample the held-out set ({} steps, argmax): oracle lengths, then predicted ones", a.sample_steps);
+    let tok = Tok::load(length_summary.checkpoint.join("tokenizer.json"))?;
+    let mut model = XlmR::load(crate::backend::cpu::CpuBackend::new(), &length_summary.checkpoint)?;
     let reqs: Vec<Request> = valid_set.iter().map(|(s, t)| Request { src: s.clone(), tgt: Some(t.clone()) }).collect();
     let opts = DecodeOptions {
         sampler: SamplerConfig { steps: a.sample_steps, record_steps: true, ..SamplerConfig::default() },
@@ -131,8 +153,15 @@ pub fn run(a: Args) -> Result<()> {
     };
     let outs = decode(&mut model, &tok, &reqs, &opts)?;
     let samples = out.join("run/samples.jsonl");
-    let text: String = outs.iter().map(|o| serde_json::to_string(o).map(|s| s + "\n")).collect::<Result<_, _>>()?;
-    crate::util::write_atomic(&samples, text.as_bytes())?;
+    write_samples(&samples, &outs)?;
+    // Oracle against predicted lengths, both at `--beam-steps`.
+    let beam = BeamOptions { beam: a.length_beam, save_candidates: true };
+    let k_opts = DecodeOptions { sampler: SamplerConfig { steps: a.beam_steps, ..SamplerConfig::default() }, ..opts.clone() };
+    let oracle_k = decode(&mut model, &tok, &reqs, &k_opts)?;
+    let top1 = BeamOptions { beam: 1, save_candidates: false };
+    let predicted_top1 = super::length_beam::decode(&mut model, &tok, &reqs, &k_opts, &top1, None)?.0;
+    let predicted = super::length_beam::decode(&mut model, &tok, &reqs, &k_opts, &beam, None)?.0;
+    write_samples(&out.join("run-length/samples.jsonl"), &predicted)?;
 
     let show = &outs[0];
     eprintln!("   one denoising trajectory ({:?} -> {:?}):", show.src, show.tgt.as_deref().unwrap_or(""));
@@ -150,6 +179,30 @@ pub fn run(a: Args) -> Result<()> {
     let bleu = metrics::report(&hyps, &refs, Metric::Bleu, Tokenize::Tok13a, false)?;
     crate::outln!("held-out: {exact}")?;
     crate::outln!("held-out: {bleu}")?;
+    let runs = [
+        ("oracle lengths".to_string(), &oracle_k),
+        ("predicted lengths (top 1)".to_string(), &predicted_top1),
+        (format!("predicted lengths (beam {})", a.length_beam), &predicted),
+    ];
+    for (what, outs) in runs {
+        let hyps: Vec<&str> = outs.iter().map(|o| o.hyp.as_str()).collect();
+        let exact = metrics::report(&hyps, &refs, Metric::Exact, Tokenize::Tok13a, false)?;
+        crate::outln!("held-out, {what}, {} steps: {exact}", a.beam_steps)?;
+    }
+    let oracle_len: Vec<usize> = reqs.iter().map(|r| Ok(tok.encode(r.tgt.as_deref().unwrap_or(""))?.len() - 2)).collect::<Result<_>>()?;
+    let pct = |n: usize| 100.0 * n as f64 / reqs.len() as f64;
+    let off = |o: &Output, l: usize| o.length.map_or(usize::MAX, |p| p.abs_diff(l));
+    let exact = predicted_top1.iter().zip(&oracle_len).filter(|(o, &l)| off(o, l) == 0).count();
+    let near = predicted_top1.iter().zip(&oracle_len).filter(|(o, &l)| off(o, l) <= 1).count();
+    let chosen = predicted.iter().zip(&oracle_len).filter(|(o, &l)| off(o, l) == 0).count();
+    crate::outln!(
+        "held-out length accuracy: top-1 prediction exact {:.2}%, within ±1 {:.2}%; beam {}'s chosen length exact {:.2}% ({} examples)",
+        pct(exact),
+        pct(near),
+        a.length_beam,
+        pct(chosen),
+        reqs.len()
+    )?;
     eprintln!(
         "demo finished in {:.0}s; samples in {}, model in {}",
         t0.elapsed().as_secs_f64(),
@@ -157,6 +210,11 @@ pub fn run(a: Args) -> Result<()> {
         summary.checkpoint.display()
     );
     Ok(())
+}
+
+fn write_samples(path: &Path, outs: &[Output]) -> Result<()> {
+    let text: String = outs.iter().map(|o| serde_json::to_string(o).map(|s| s + "\n")).collect::<Result<_, _>>()?;
+    crate::util::write_atomic(path, text.as_bytes())
 }
 
 /// `train` arguments as the CLI's defaults give them.

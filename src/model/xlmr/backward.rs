@@ -14,6 +14,7 @@ impl<B: Backend> XlmR<B> {
         if loss.rows.len() != loss.targets.len() || loss.rows.len() != loss.weights.len() {
             bail!("loss rows, targets and weights differ in length");
         }
+        self.require_trainable(Part::Backbone)?;
         self.ensure_grads()?;
         self.encode(batch, drop)?;
         let enc = self.work.enc.as_ref().context("no encoder pass")?;
@@ -44,8 +45,9 @@ impl<B: Backend> XlmR<B> {
         if spec.mask_id < 0 || spec.mask_id as usize >= self.p.cfg.vocab_size {
             bail!("<mask> id {} is outside the model's vocabulary of {}", spec.mask_id, self.p.cfg.vocab_size);
         }
+        self.require_trainable(Part::Backbone)?;
         self.ensure_grads()?;
-        let enc = self.work.encoder(&self.p, batch)?;
+        let enc = self.work.encoder(&self.p, batch, true)?;
         let be = &self.p.backend;
         let cap = batch.tokens();
         let mut rows = be.upload_i32(&vec![0; cap])?;
@@ -100,40 +102,40 @@ impl<B: Backend> XlmR<B> {
 /// The parameters' values and gradients of a backward pass, apart from the saved activations so
 /// that both can be borrowed at once: each op finds its layer's parameters by index and adds to
 /// their gradients.
-struct ParamGrads<'a, B: Backend> {
-    be: &'a B,
-    v: &'a [B::Buf],
-    g: &'a mut [B::Buf],
+pub(super) struct ParamGrads<'a, B: Backend> {
+    pub(super) be: &'a B,
+    pub(super) v: &'a [B::Buf],
+    pub(super) g: &'a mut [B::Buf],
     /// Rows of the pass (tokens in the encoder, scored rows in the head).
-    rows: usize,
+    pub(super) rows: usize,
 }
 
 /// What the attention block's backward reads: the layer's saved activations, its input and the
 /// batch's key-padding mask.
-struct BlockInput<'a, B: Backend> {
-    a: &'a LayerActs<B>,
-    x: &'a B::Buf,
-    key_mask: &'a B::IBuf,
+pub(super) struct BlockInput<'a, B: Backend> {
+    pub(super) a: &'a LayerActs<B>,
+    pub(super) x: &'a B::Buf,
+    pub(super) key_mask: &'a B::IBuf,
 }
 
 /// The attention block's gradient buffers, shared by all layers.
-struct AttnScratch<B: Backend> {
-    dctx: B::Buf,
-    dq: B::Buf,
-    dk: B::Buf,
-    dv: B::Buf,
+pub(super) struct AttnScratch<B: Backend> {
+    pub(super) dctx: B::Buf,
+    pub(super) dq: B::Buf,
+    pub(super) dk: B::Buf,
+    pub(super) dv: B::Buf,
 }
 
 impl<B: Backend> ParamGrads<'_, B> {
     /// Linear layer `lin` on `x`: its weight and bias gradients, and `dx` when wanted.
-    fn linear(&mut self, lin: Linear, x: &B::Buf, dy: &B::Buf, dx: Option<&mut B::Buf>, dims: Gemm) -> Result<()> {
+    pub(super) fn linear(&mut self, lin: Linear, x: &B::Buf, dy: &B::Buf, dx: Option<&mut B::Buf>, dims: Gemm) -> Result<()> {
         let (dw, db) = two_mut(self.g, lin.w, lin.b);
         self.be.linear_bwd(x, &self.v[lin.w], dy, LinearGrads { dx, dw, db: Some(db) }, dims)
     }
 
     /// LayerNorm `ln` of `x` with its saved `(mean, rstd)`: its scale and shift gradients, and
     /// `dx` (overwritten, or added to with `accumulate`).
-    fn layernorm(
+    pub(super) fn layernorm(
         &mut self,
         ln: Norm,
         x: &B::Buf,
@@ -149,14 +151,14 @@ impl<B: Backend> ParamGrads<'_, B> {
     }
 
     /// Backward of `attn = O · attention(Q x, K x, V x)` (layer `layer`, its activations and its
-    /// input `x`) given `dattn`; writes d(x) into `dx`.
-    fn attention_block(
+    /// input `x`) given `dattn`; writes d(x) into `dx` when given (a frozen input needs none).
+    pub(super) fn attention_block(
         &mut self,
         layer: Layer,
         BlockInput { a, x, key_mask }: BlockInput<'_, B>,
         call: AttnCall,
         dattn: &B::Buf,
-        dx: &mut B::Buf,
+        dx: Option<&mut B::Buf>,
         s: &mut AttnScratch<B>,
     ) -> Result<()> {
         let (n, h) = (call.shape.tokens(), call.shape.hidden());
@@ -171,12 +173,32 @@ impl<B: Backend> ParamGrads<'_, B> {
             call,
         )?;
         // dx = dq·Wq + dk·Wk + dv·Wv; `dctx` is free again and serves as scratch.
+        let Some(dx) = dx else {
+            for (lin, d) in [(layer.q, &s.dq), (layer.k, &s.dk), (layer.v, &s.dv)] {
+                self.linear(lin, x, d, None, square)?;
+            }
+            return Ok(());
+        };
         self.linear(layer.q, x, &s.dq, Some(dx), square)?;
         for (lin, d) in [(layer.k, &s.dk), (layer.v, &s.dv)] {
             self.linear(lin, x, d, Some(&mut s.dctx), square)?;
             self.be.add_assign(dx, &s.dctx)?;
         }
         Ok(())
+    }
+}
+
+/// Layer `li`'s input and output among the hidden-state buffers `hs` (all L + 1 of them, or two
+/// taken in turn).
+pub(super) fn in_and_out<T>(hs: &mut [T], li: usize) -> (&T, &mut T) {
+    let n = hs.len();
+    let (i, o) = (li % n, (li + 1) % n);
+    if i < o {
+        let (a, b) = hs.split_at_mut(o);
+        (&a[i], &mut b[0])
+    } else {
+        let (a, b) = hs.split_at_mut(i);
+        (&b[0], &mut a[o])
     }
 }
 
@@ -225,6 +247,9 @@ impl<B: Backend> Params<B> {
     }
 
     fn encoder_backward(&mut self, enc: &Encoder<B>, dcur: &mut B::Buf, drop: Dropout) -> Result<()> {
+        if !enc.keep {
+            bail!("internal: the encoder pass kept no activations for a backward pass");
+        }
         let be = &self.backend;
         let cfg = &self.cfg;
         let (n, h, f) = (enc.batch * enc.seq, cfg.hidden, cfg.intermediate);
@@ -274,7 +299,7 @@ impl<B: Backend> Params<B> {
                         BlockInput { a, x, key_mask: &enc.key_mask },
                         AttnCall { shape, drop: attn_drop, stream: stream(li, S_ATTN_PROBS) },
                         &t_h2,
-                        dcur,
+                        Some(dcur),
                         &mut scratch,
                     )?;
                     be.add_assign(dcur, &t_h1)?;
@@ -293,7 +318,7 @@ impl<B: Backend> Params<B> {
                         BlockInput { a, x: &a.a_in, key_mask: &enc.key_mask },
                         AttnCall { shape, drop: attn_drop, stream: stream(li, S_ATTN_PROBS) },
                         &t_h2,
-                        &mut t_h1,
+                        Some(&mut t_h1),
                         &mut scratch,
                     )?;
                     pg.layernorm(layer.attn_ln, x, &t_h1, (&a.a_mean, &a.a_rstd), dcur, true)?;

@@ -24,7 +24,7 @@ pub enum Command {
     Bench(crate::cli::bench::Args),
     /// The embedded default job: make a small task, train a tokenizer, a tiny model and its length
     /// predictor on the CPU, sample held-out examples with oracle and predicted lengths and report
-    /// exact match (about 4 minutes on 2 cores).
+    /// exact match (about a minute on 2 cores).
     Demo(demo::Args),
     /// Score hypotheses against references: BLEU (as sacreBLEU), ROUGE-L, exact match or last integer.
     #[command(long_about = crate::cli::eval::LONG_ABOUT)]

@@ -74,11 +74,17 @@ pub fn philox_u32(seed: u64, stream: u64, idx: u64) -> u32 {
     out[(idx & 3) as usize]
 }
 
-/// Uniform in [0, 1) with 24 random bits (exactly representable in f32; the CUDA twin computes
-/// the same value).
+/// Uniform in [0, 1) from the top 24 bits of `r` (exactly representable in f32; the kernels'
+/// `uniform_from_u32` computes the same value).
+#[inline(always)]
+pub fn uniform_from_u32(r: u32) -> f32 {
+    (r >> 8) as f32 * (1.0 / 16_777_216.0)
+}
+
+/// Uniform in [0, 1) with 24 random bits: number `idx` of the stream through `uniform_from_u32`.
 #[inline]
 pub fn philox_uniform(seed: u64, stream: u64, idx: u64) -> f32 {
-    (philox_u32(seed, stream, idx) >> 8) as f32 * (1.0 / 16_777_216.0)
+    uniform_from_u32(philox_u32(seed, stream, idx))
 }
 
 /// Gumbel(0,1) noise from the same stream: `-ln(-ln(u))` with `u` kept inside (0, 1).

@@ -9,7 +9,7 @@ use super::linear::sgemm;
 use super::simd;
 use crate::backend::Dropout;
 use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
-use crate::rng::{philox4x32_lanes, LANES};
+use crate::rng::{philox4x32_lanes, uniform_from_u32, LANES};
 use rayon::prelude::*;
 
 /// Dropout scales (0 or 1/(1-p)) of the `out.len()` consecutive probabilities starting at
@@ -22,7 +22,7 @@ fn fill_keep(drop: Dropout, stream: u64, start: u64, out: &mut [f32]) {
         return;
     }
     let scale = 1.0 / (1.0 - drop.p);
-    let keep = |r: u32| if (r >> 8) as f32 * (1.0 / 16_777_216.0) >= drop.p { scale } else { 0.0 };
+    let keep = |r: u32| if uniform_from_u32(r) >= drop.p { scale } else { 0.0 };
     let (end, mut idx) = (start + out.len() as u64, start);
     while idx < end {
         let first = idx >> 2;

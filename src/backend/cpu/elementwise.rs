@@ -2,7 +2,7 @@
 
 use super::simd;
 use crate::backend::Activation;
-use crate::rng::{philox4x32, philox4x32_lanes, LANES};
+use crate::rng::{philox4x32, philox4x32_lanes, uniform_from_u32, LANES};
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
@@ -21,8 +21,7 @@ simd::multiversion! {
     fn dropout_chunk(x: &mut [f32], base: u64, p: f32, seed: u64, stream: u64) {
         let scale = 1.0 / (1.0 - p);
         let apply = |v: &mut f32, r: u32| {
-            let u = (r >> 8) as f32 * (1.0 / 16_777_216.0);
-            *v = if u >= p { *v * scale } else { 0.0 };
+            *v = if uniform_from_u32(r) >= p { *v * scale } else { 0.0 };
         };
         let mut groups = x.chunks_exact_mut(4 * LANES);
         let mut block = base >> 2;

@@ -2,13 +2,13 @@
 //! a tokenizer and a `tiny` model with the default settings `init` records, and must reach at
 //! least 90% exact match on held-out sources it never saw (the diffusion issue's bar). It then
 //! trains the length predictor (`train --stage length`) and decodes the same sources at 50 steps
-//! with oracle lengths, with the predictor's top length, and with a length beam of 3. Required:
-//! the top length's exact match within 5 points of the oracle's, the top length within ±1 of the
-//! target's on ≥ 90%, and the beam within 15 points of the oracle. The length issue asked for the
-//! beam within 5 points; on this task that is not met (measured: 90% against 100%, the top length
-//! alone 100%): every wrong-length canvas decodes as confidently as the right one (the model
+//! with oracle lengths, with the predictor's top length, and with a length beam of 3 chosen both
+//! ways. Required (the length issue's bar): the beam of 3 with `--length-select joint` within 5
+//! points of the oracle's exact match, and so is the top length alone; the top length within ±1
+//! of the target's on ≥ 90%. The paper's rule, the mean score, is required only within 15 points:
+//! on this task every wrong-length canvas decodes as confidently as the right one (the model
 //! repeats or drops words, and with label smoothing every confident token scores about −0.1), so
-//! the mean score, the official selection rule (docs/method.md §5.2), picks among near-ties.
+//! the mean picks among near-ties (measured: 92% against 100%; docs/method.md §5.2).
 
 use std::process::Command;
 
@@ -33,14 +33,19 @@ fn demo_learns_the_held_out_task() {
     assert!(pct >= 90.0, "held-out exact match {pct}% < 90%\n{stderr}");
     let oracle = number_after("held-out, oracle lengths, 50 steps", "Exact =");
     let top = number_after("held-out, predicted lengths (top 1), 50 steps", "Exact =");
-    let beam = number_after("held-out, predicted lengths (beam 3), 50 steps", "Exact =");
+    let beam = number_after("held-out, predicted lengths (beam 3, mean score), 50 steps", "Exact =");
+    let joint = number_after("held-out, predicted lengths (beam 3, joint score), 50 steps", "Exact =");
     assert!(
         top >= oracle - 5.0,
         "with the predicted length exact match is {top}%, more than 5 points under the oracle's {oracle}%\n{stderr}"
     );
     assert!(
+        joint >= oracle - 5.0,
+        "with a length beam of 3 (joint score) exact match is {joint}%, more than 5 points under the oracle's {oracle}%\n{stderr}"
+    );
+    assert!(
         beam >= oracle - 15.0,
-        "with a length beam of 3 exact match is {beam}%, more than 15 points under the oracle's {oracle}%\n{stderr}"
+        "with a length beam of 3 (mean score) exact match is {beam}%, more than 15 points under the oracle's {oracle}%\n{stderr}"
     );
     let near = number_after("held-out length accuracy", "within ±1");
     assert!(near >= 90.0, "the length predictor's top length is within ±1 on only {near}%\n{stderr}");

@@ -132,6 +132,7 @@ fn bad_stage_and_beam_flags_are_one_line_errors() {
         (vec!["train", "--stage", "lengths", "--max-steps", "1"], "error: --stage must be `main` or `length`, got `lengths`"),
         (vec!["sample", "--length-beam", "3"], "error: --length-beam needs --length predict"),
         (vec!["sample", "--length", "4", "--save-candidates"], "error: --save-candidates needs --length predict"),
+        (vec!["sample", "--length-select", "joint"], "error: --length-select needs --length predict"),
         (vec!["sample", "--length", "predict", "--length-beam", "0"], "--length-beam"),
         (vec!["sample", "--length", "predict"], "error: the model has no length predictor, so `--length predict` cannot work"),
     ];
@@ -183,6 +184,28 @@ fn length_beam_keeps_the_best_candidate_and_batching_changes_nothing() {
         assert_eq!((&l["hyp"], &l["length"], &l["score"]), (&cands[best]["hyp"], &cands[best]["length"], &cands[best]["score"]));
         assert!(l["hyp"].as_str().unwrap().split_whitespace().count() <= l["length"].as_u64().unwrap() as usize);
     }
+    // `--length-select joint` decodes the same candidates and keeps the highest
+    // log p(length) + Σ committed log-probs = length_logprob + tokens · score.
+    let joint = sample(&input, &tmp.path().join("j.jsonl"), &["--length-select", "joint"]);
+    for (l, j) in lines.iter().zip(joint.lines()) {
+        let j: serde_json::Value = serde_json::from_str(j).unwrap();
+        assert_eq!(l["candidates"], j["candidates"]);
+        let cands = j["candidates"].as_array().unwrap();
+        let value = |c: &serde_json::Value| {
+            let n = c["tokens"].as_f64().unwrap();
+            if n == 0.0 {
+                f64::NEG_INFINITY
+            } else {
+                c["length_logprob"].as_f64().unwrap() + n * c["score"].as_f64().unwrap()
+            }
+        };
+        // The kept one has the highest value (up to the f32 rounding of the engine's own sum).
+        let best = cands.iter().map(value).fold(f64::NEG_INFINITY, f64::max);
+        let kept = cands.iter().find(|c| c["length"] == j["length"]).unwrap();
+        assert!(value(kept) >= best - 1e-5 && kept["hyp"] == j["hyp"], "{j}");
+        let lp: Vec<f64> = cands.iter().map(|c| c["length_logprob"].as_f64().unwrap()).collect();
+        assert!(lp.windows(2).all(|w| w[0] >= w[1]) && lp[0] < 0.0, "candidates come best length first: {j}");
+    }
     // One canvas per forward pass, and one input per run, give the same lines: the same texts and
     // lengths, and scores equal up to f32 rounding (the CPU GEMMs' summation order depends on
     // the number of rows).
@@ -206,13 +229,16 @@ fn length_beam_keeps_the_best_candidate_and_batching_changes_nothing() {
     assert!(first.get("length").is_some() && first.get("candidates").is_none(), "{first}");
 }
 
-/// JSON lines equal in everything but the scores, which agree within 1e-5 (relative).
+/// JSON lines equal in everything but the scores and length log-probs, which agree within 1e-5
+/// (relative).
 fn assert_same_lines(a: &str, b: &str) {
     fn split(v: &mut serde_json::Value, scores: &mut Vec<f64>) {
         match v {
             serde_json::Value::Object(m) => {
-                if let Some(s) = m.remove("score") {
-                    scores.push(s.as_f64().unwrap());
+                for key in ["score", "length_logprob"] {
+                    if let Some(s) = m.remove(key) {
+                        scores.push(s.as_f64().unwrap());
+                    }
                 }
                 m.values_mut().for_each(|x| split(x, scores));
             }

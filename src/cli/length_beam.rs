@@ -1,7 +1,9 @@
 //! `sample --length predict --length-beam N` (docs/method.md §5.2): the length predictor's N most
 //! likely lengths of every input become N canvases of the same batch (each `[<s>] prompt
 //! <mask>×L_b </s>` with its own prompt, right-padded by the sampler), decoded together; the
-//! candidate with the highest score (mean committed log-prob) is kept, the first on ties.
+//! candidate with the highest score is kept, the first on ties: by default the mean committed
+//! log-prob (the paper's rule), or with `--length-select joint` the joint log-probability of
+//! length and text, log p(L) + the sum of the committed log-probs (docs/method.md §5.2).
 //!
 //! Each candidate is a request of its own to `sample::decode_lengths`, so every beam row gets its
 //! own prompt and its own fixed (prompt) positions; the official release reuses the batch's
@@ -9,7 +11,7 @@
 
 use super::sample::{decode_lengths, DecodeOptions, Output, Request};
 use crate::backend::Backend;
-use crate::model::{XlmR, LENGTH_CLASSES};
+use crate::model::{LengthGuess, XlmR, LENGTH_CLASSES};
 use crate::tokenizer::Tok;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -21,25 +23,55 @@ pub struct BeamOptions {
     pub beam: usize,
     /// Keep every candidate in the output.
     pub save_candidates: bool,
+    pub select: LengthSelect,
+}
+
+/// How the beam chooses among an input's candidates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LengthSelect {
+    /// The highest mean committed log-prob: the paper's rule, length-normalised.
+    #[default]
+    Mean,
+    /// The highest log p(L) + Σ committed log-probs: the joint log-probability of the length
+    /// (under the length predictor) and of the text given that length (as the sampler committed
+    /// it). Not length-normalised, so it leans towards shorter texts when tokens are uncertain.
+    Joint,
+}
+
+impl LengthSelect {
+    fn value(self, guess: &LengthGuess, out: &Output) -> f32 {
+        match self {
+            LengthSelect::Mean => out.score,
+            // No kept token means a score of −inf; so is the joint value.
+            LengthSelect::Joint if out.kept_tokens == 0 => f32::NEG_INFINITY,
+            LengthSelect::Joint => guess.logprob + out.score * out.kept_tokens as f32,
+        }
+    }
 }
 
 /// One candidate of the beam, as `--save-candidates` writes it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Candidate {
     pub length: usize,
+    /// Target tokens kept in `hyp` (the committed slots `score` averages over).
+    pub tokens: usize,
+    /// The length predictor's log-probability of `length`.
+    pub length_logprob: f32,
     pub score: f32,
     pub hyp: String,
 }
 
-/// `--length-beam` and `--save-candidates` make sense only with `--length predict`.
-pub fn check_flags(length: &str, beam: usize, save_candidates: bool) -> Result<()> {
+/// `--length-beam` and the other beam flags (`flag`: the first of `--save-candidates` and
+/// `--length-select` that was given) make sense only with `--length predict`.
+pub fn check_flags(length: &str, beam: usize, flag: Option<&str>) -> Result<()> {
     crate::util::range::at_least("--length-beam", beam as u64, 1)?;
     if beam > LENGTH_CLASSES {
         bail!("--length-beam must be at most {LENGTH_CLASSES} (the length predictor's classes), got {beam}");
     }
-    if length != "predict" && (beam > 1 || save_candidates) {
-        let flag = if beam > 1 { "--length-beam" } else { "--save-candidates" };
-        bail!("{flag} needs --length predict (the lengths come from the model's length predictor)");
+    if length != "predict" {
+        if let Some(flag) = if beam > 1 { Some("--length-beam") } else { flag } {
+            bail!("{flag} needs --length predict (the lengths come from the model's length predictor)");
+        }
     }
     Ok(())
 }
@@ -56,6 +88,45 @@ pub fn decode<B: Backend>(
     beam: &BeamOptions,
     names: Option<&[String]>,
 ) -> Result<(Vec<Output>, usize)> {
+    let (beams, truncated) = decode_candidates(model, tok, reqs, opts, beam.beam, names)?;
+    Ok((beams.iter().map(|b| b.choose(beam.select, beam.save_candidates)).collect(), truncated))
+}
+
+/// One input's decoded candidates: its predicted lengths, best first, and their outputs.
+pub struct Beam {
+    pub guesses: Vec<LengthGuess>,
+    pub outs: Vec<Output>,
+}
+
+impl Beam {
+    /// The chosen candidate's output, with its length and, if asked, every candidate.
+    pub fn choose(&self, select: LengthSelect, save_candidates: bool) -> Output {
+        let best = best_index(self.outs.iter().zip(&self.guesses).map(|(c, g)| select.value(g, c)));
+        let mut out = self.outs[best].clone();
+        out.length = Some(self.guesses[best].length);
+        if save_candidates {
+            let all = self.outs.iter().zip(&self.guesses).map(|(c, g)| Candidate {
+                length: g.length,
+                tokens: c.kept_tokens,
+                length_logprob: g.logprob,
+                score: c.score,
+                hyp: c.hyp.clone(),
+            });
+            out.candidates = Some(all.collect());
+        }
+        out
+    }
+}
+
+/// The first half of `decode`: every input's `beam` most likely lengths, each decoded.
+pub fn decode_candidates<B: Backend>(
+    model: &mut XlmR<B>,
+    tok: &Tok,
+    reqs: &[Request],
+    opts: &DecodeOptions,
+    beam: usize,
+    names: Option<&[String]>,
+) -> Result<(Vec<Beam>, usize)> {
     if !model.has_length_predictor() {
         bail!("the model has no length predictor, so `--length predict` cannot work; train one with `dlm-engine train --stage length`");
     }
@@ -76,12 +147,12 @@ pub fn decode<B: Backend>(
     // official code caps a longer prediction at 512 − 1 − src_len instead, which can decode the
     // same canvas twice).
     let room: Vec<usize> = prompts.iter().map(|p| max_len.saturating_sub(p.len() + 1).max(1)).collect();
-    let predicted = model.predict_lengths(&prompts, &room, beam.beam, opts.batch_size)?;
+    let predicted = model.predict_lengths(&prompts, &room, beam, opts.batch_size)?;
     let (mut expanded, mut lengths, mut expanded_names) = (Vec::new(), Vec::new(), Vec::new());
     for (i, (r, lens)) in reqs.iter().zip(&predicted).enumerate() {
-        for &l in lens {
+        for g in lens {
             expanded.push(r.clone());
-            lengths.push(l);
+            lengths.push(g.length);
             if let Some(n) = names {
                 expanded_names.push(n[i].clone());
             }
@@ -89,23 +160,11 @@ pub fn decode<B: Backend>(
     }
     let names = names.map(|_| expanded_names.as_slice());
     let (outs, truncated) = decode_lengths(model, tok, &expanded, &lengths, opts, names)?;
-    let mut chosen = Vec::with_capacity(reqs.len());
-    let mut at = 0;
-    for lens in &predicted {
-        let cands = &outs[at..at + lens.len()];
-        at += lens.len();
-        let best = best_index(cands.iter().map(|c| c.score));
-        let mut out = cands[best].clone();
-        out.length = Some(lens[best]);
-        if beam.save_candidates {
-            let all = cands.iter().zip(lens).map(|(c, &length)| Candidate { length, score: c.score, hyp: c.hyp.clone() });
-            out.candidates = Some(all.collect());
-        }
-        chosen.push(out);
-    }
+    let mut outs = outs.into_iter();
+    let beams = predicted.into_iter().map(|guesses| Beam { outs: outs.by_ref().take(guesses.len()).collect(), guesses }).collect();
     // A prompt is cut only when even one target slot leaves no room for all of it; then its
     // room is 1 and it has a single candidate, so `truncated` counts inputs.
-    Ok((chosen, truncated))
+    Ok((beams, truncated))
 }
 
 /// The index of the highest score, the first on ties (the rule of `sampler::best_candidate`, on
@@ -133,11 +192,12 @@ mod tests {
 
     #[test]
     fn beam_flags_need_predict() {
-        assert!(check_flags("predict", 3, true).is_ok());
-        assert!(check_flags("oracle", 1, false).is_ok());
-        assert!(check_flags("oracle", 3, false).unwrap_err().to_string().contains("--length-beam needs --length predict"));
-        assert!(check_flags("12", 1, true).unwrap_err().to_string().contains("--save-candidates needs"));
-        assert!(check_flags("predict", 0, false).is_err());
-        assert!(check_flags("predict", 515, false).is_err());
+        assert!(check_flags("predict", 3, Some("--save-candidates")).is_ok());
+        assert!(check_flags("oracle", 1, None).is_ok());
+        assert!(check_flags("oracle", 3, None).unwrap_err().to_string().contains("--length-beam needs --length predict"));
+        assert!(check_flags("12", 1, Some("--save-candidates")).unwrap_err().to_string().contains("--save-candidates needs"));
+        assert!(check_flags("12", 1, Some("--length-select")).unwrap_err().to_string().contains("--length-select needs"));
+        assert!(check_flags("predict", 0, None).is_err());
+        assert!(check_flags("predict", 515, None).is_err());
     }
 }

@@ -3,7 +3,7 @@
 
 use super::args::{DataArgs, DeviceArgs, ScoreArgs};
 use super::device::{dispatch, Job};
-use super::length_beam::BeamOptions;
+use super::length_beam::{BeamOptions, LengthSelect};
 use crate::backend::Backend;
 use crate::data::jsonl::read_jsonl;
 use crate::diffusion::sampler::{generate, SamplerConfig, SpecialIds};
@@ -75,9 +75,14 @@ pub struct Args {
     #[arg(long, default_value = "oracle")]
     pub length: String,
     /// With `--length predict`: decode the N most likely lengths of every input as separate
-    /// canvases and keep the one with the highest score (mean log-prob).
+    /// canvases and keep the best one (see --length-select).
     #[arg(long, default_value_t = 1)]
     pub length_beam: usize,
+    /// How the length beam chooses: `mean` (the highest mean log-prob of the committed tokens,
+    /// the paper's rule) or `joint` (the highest log p(length) + sum of the committed log-probs,
+    /// the model's joint log-probability of length and text).
+    #[arg(long, value_enum, default_value = "mean")]
+    pub length_select: LengthSelect,
     /// With `--length predict`: add `candidates` (every beam's length, score and text) to each
     /// output line.
     #[arg(long)]
@@ -119,6 +124,9 @@ pub struct Output {
     pub src: String,
     pub hyp: String,
     pub score: f32,
+    /// Target tokens kept in the hypothesis (the slots `score` averages over).
+    #[serde(skip)]
+    pub kept_tokens: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tgt: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -239,6 +247,7 @@ pub fn decode_lengths<B: Backend>(
                 src: r.src.clone(),
                 hyp: tok.decode(&g.tokens, true)?,
                 score: g.score,
+                kept_tokens: g.tokens.len(),
                 tgt: r.tgt.clone(),
                 steps: g.steps,
                 nfe: g.nfe,
@@ -324,7 +333,7 @@ impl Job for SampleJob {
         };
         let names = (!a.truncate).then_some(self.names.as_slice());
         if a.length == "predict" {
-            let beam = BeamOptions { beam: a.length_beam, save_candidates: a.save_candidates };
+            let beam = BeamOptions { beam: a.length_beam, save_candidates: a.save_candidates, select: a.length_select };
             return super::length_beam::decode(&mut model, &self.tok, &self.reqs, &opts, &beam, names);
         }
         decode_checked(&mut model, &self.tok, &self.reqs, &opts, names)
@@ -345,7 +354,12 @@ pub fn run(args: Args) -> Result<()> {
     if !(args.cfg_scale.is_finite() && args.cfg_scale >= 0.0) {
         bail!("--cfg-scale must be finite and >= 0, got {}", args.cfg_scale);
     }
-    super::length_beam::check_flags(&args.length, args.length_beam, args.save_candidates)?;
+    let beam_flag = if args.save_candidates {
+        Some("--save-candidates")
+    } else {
+        (args.length_select != LengthSelect::Mean).then_some("--length-select")
+    };
+    super::length_beam::check_flags(&args.length, args.length_beam, beam_flag)?;
     // Every file this command reads; `--out` must not replace one of them.
     let mut inputs: Vec<PathBuf> = ["config.json", "model.safetensors", "tokenizer.json"].iter().map(|f| args.model.join(f)).collect();
     inputs.extend(args.input.clone());

@@ -22,7 +22,7 @@ mod length;
 mod pick;
 
 pub use decode::{CanvasSlots, CanvasStep, DecodeSpec};
-pub use length::{length_class, Part, LENGTH_CLASSES};
+pub use length::{length_class, LengthGuess, Part, LENGTH_CLASSES};
 
 #[derive(Clone, Copy)]
 struct Linear {

@@ -82,7 +82,7 @@ pub fn length_accuracy<B: Backend>(model: &mut XlmR<B>, prompts: &[Vec<i32>], le
     let predicted = model.predict_lengths(prompts, &vec![usize::MAX; prompts.len()], 1, batch)?;
     let mut hits = [0usize; 3];
     for (p, &t) in predicted.iter().zip(lengths) {
-        let d = p[0].abs_diff(t);
+        let d = p[0].length.abs_diff(t);
         for (tol, h) in hits.iter_mut().enumerate() {
             *h += (d <= tol) as usize;
         }

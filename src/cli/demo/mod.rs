@@ -8,7 +8,7 @@
 pub mod task;
 
 use super::device::Device;
-use super::length_beam::BeamOptions;
+use super::length_beam::{self, Beam, LengthSelect};
 use super::sample::{decode, DecodeOptions, Output, Request};
 use super::train::{train, Args as TrainArgs};
 use crate::diffusion::sampler::SamplerConfig;
@@ -155,12 +155,15 @@ pub fn run(a: Args) -> Result<()> {
     let samples = out.join("run/samples.jsonl");
     write_samples(&samples, &outs)?;
     // Oracle against predicted lengths, both at `--beam-steps`.
-    let beam = BeamOptions { beam: a.length_beam, save_candidates: true };
     let k_opts = DecodeOptions { sampler: SamplerConfig { steps: a.beam_steps, ..SamplerConfig::default() }, ..opts.clone() };
     let oracle_k = decode(&mut model, &tok, &reqs, &k_opts)?;
-    let top1 = BeamOptions { beam: 1, save_candidates: false };
-    let predicted_top1 = super::length_beam::decode(&mut model, &tok, &reqs, &k_opts, &top1, None)?.0;
-    let predicted = super::length_beam::decode(&mut model, &tok, &reqs, &k_opts, &beam, None)?.0;
+    let beams = length_beam::decode_candidates(&mut model, &tok, &reqs, &k_opts, a.length_beam, None)?.0;
+    // Decoding is argmax, without random numbers, so an input's first candidate (its most likely
+    // length) is the canvas `--length-beam 1` decodes.
+    let first = |b: &Beam| Beam { guesses: b.guesses[..1].to_vec(), outs: b.outs[..1].to_vec() }.choose(LengthSelect::Mean, false);
+    let predicted_top1: Vec<Output> = beams.iter().map(first).collect();
+    let predicted = beams.iter().map(|b| b.choose(LengthSelect::Mean, true)).collect::<Vec<_>>();
+    let predicted_joint = beams.iter().map(|b| b.choose(LengthSelect::Joint, false)).collect::<Vec<_>>();
     write_samples(&out.join("run-length/samples.jsonl"), &predicted)?;
 
     let show = &outs[0];
@@ -182,7 +185,8 @@ pub fn run(a: Args) -> Result<()> {
     let runs = [
         ("oracle lengths".to_string(), &oracle_k),
         ("predicted lengths (top 1)".to_string(), &predicted_top1),
-        (format!("predicted lengths (beam {})", a.length_beam), &predicted),
+        (format!("predicted lengths (beam {}, mean score)", a.length_beam), &predicted),
+        (format!("predicted lengths (beam {}, joint score)", a.length_beam), &predicted_joint),
     ];
     for (what, outs) in runs {
         let hyps: Vec<&str> = outs.iter().map(|o| o.hyp.as_str()).collect();
@@ -194,13 +198,14 @@ pub fn run(a: Args) -> Result<()> {
     let off = |o: &Output, l: usize| o.length.map_or(usize::MAX, |p| p.abs_diff(l));
     let exact = predicted_top1.iter().zip(&oracle_len).filter(|(o, &l)| off(o, l) == 0).count();
     let near = predicted_top1.iter().zip(&oracle_len).filter(|(o, &l)| off(o, l) <= 1).count();
-    let chosen = predicted.iter().zip(&oracle_len).filter(|(o, &l)| off(o, l) == 0).count();
+    let chosen = |outs: &[Output]| pct(outs.iter().zip(&oracle_len).filter(|(o, &l)| off(o, l) == 0).count());
     crate::outln!(
-        "held-out length accuracy: top-1 prediction exact {:.2}%, within ±1 {:.2}%; beam {}'s chosen length exact {:.2}% ({} examples)",
+        "held-out length accuracy: top-1 prediction exact {:.2}%, within ±1 {:.2}%; beam {}'s chosen length exact {:.2}% (mean score), {:.2}% (joint score) ({} examples)",
         pct(exact),
         pct(near),
         a.length_beam,
-        pct(chosen),
+        chosen(&predicted),
+        chosen(&predicted_joint),
         reqs.len()
     )?;
     eprintln!(

@@ -447,11 +447,19 @@ impl<B: Backend> Params<B> {
     }
 }
 
+/// A candidate target length and its log-probability under the length predictor (a
+/// log-softmax over all classes).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LengthGuess {
+    pub length: usize,
+    pub logprob: f32,
+}
+
 impl<B: Backend> XlmR<B> {
     /// The `k` most likely target lengths (class + 1) of every prompt among those no longer than
     /// its `room` (fewer when the room holds fewer), best first (a tie goes to the shorter
     /// length), `batch` prompts per forward pass.
-    pub fn predict_lengths(&mut self, prompts: &[Vec<i32>], room: &[usize], k: usize, batch: usize) -> Result<Vec<Vec<usize>>> {
+    pub fn predict_lengths(&mut self, prompts: &[Vec<i32>], room: &[usize], k: usize, batch: usize) -> Result<Vec<Vec<LengthGuess>>> {
         if k == 0 || k > LENGTH_CLASSES {
             bail!("the length beam must be in 1..={LENGTH_CLASSES}, got {k}");
         }
@@ -468,11 +476,13 @@ impl<B: Backend> XlmR<B> {
 }
 
 /// The `k` classes with the highest logits whose length (class + 1) is at most `room` (ties to
-/// the lower class), as lengths.
-fn top_lengths(row: &[f32], k: usize, room: usize) -> Vec<usize> {
+/// the lower class), as lengths with their log-probabilities.
+fn top_lengths(row: &[f32], k: usize, room: usize) -> Vec<LengthGuess> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_z = max + (row.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>()).ln() as f32;
     let mut order: Vec<usize> = (0..row.len().min(room)).collect();
     order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-    order.into_iter().take(k).map(|c| c + 1).collect()
+    order.into_iter().take(k).map(|c| LengthGuess { length: c + 1, logprob: row[c] - log_z }).collect()
 }
 
 #[cfg(test)]
@@ -482,8 +492,13 @@ mod tests {
     #[test]
     fn classes_and_top_lengths() {
         assert_eq!((length_class(0), length_class(1), length_class(7), length_class(10_000)), (0, 0, 6, 513));
-        assert_eq!(top_lengths(&[0.5, 2.0, 2.0, -1.0], 3, usize::MAX), vec![2, 3, 1]);
-        assert_eq!(top_lengths(&[0.5, 2.0, 2.0, -1.0], 3, 2), vec![2, 1]);
+        let lengths = |row: &[f32], k, room| top_lengths(row, k, room).iter().map(|g| g.length).collect::<Vec<_>>();
+        assert_eq!(lengths(&[0.5, 2.0, 2.0, -1.0], 3, usize::MAX), vec![2, 3, 1]);
+        assert_eq!(lengths(&[0.5, 2.0, 2.0, -1.0], 3, 2), vec![2, 1]);
+        // Log-probabilities over every class, whatever the room: ln(e^2 / (e^0.5 + 2e^2 + e^-1)).
+        let z = (0.5f64.exp() + 2.0 * 2.0f64.exp() + (-1.0f64).exp()).ln();
+        let g = top_lengths(&[0.5, 2.0, 2.0, -1.0], 2, 2);
+        assert!((g[0].logprob as f64 - (2.0 - z)).abs() < 1e-6 && (g[1].logprob as f64 - (0.5 - z)).abs() < 1e-6, "{g:?}");
     }
 
     #[test]

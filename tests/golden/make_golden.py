@@ -26,6 +26,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# The entries of FIXTURES this script makes, besides one folder per architecture (ARCHS).
+OWN_OUTPUTS = ["tokenizer.json", "tokenize.json", "fill_mask.json", "postln_bf16", "postln_f16", "postln_noprefix"]
 
 # ------------------------------------------------------------------------------------------------
 # Tokenizer
@@ -633,9 +635,15 @@ def deterministic_torch():
 
 def generate():
     deterministic_torch()
-    if FIXTURES.exists():
-        shutil.rmtree(FIXTURES)
-    FIXTURES.mkdir(parents=True)
+    # Clear only what this script writes: other generators (make_metric_golden.py,
+    # make_rouge_py_golden.py, sampler_reference.py, ...) keep their fixtures in the same folder.
+    for name in [*OWN_OUTPUTS, *ARCHS]:
+        p = FIXTURES / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    FIXTURES.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tok = build_tokenizer(Path(tmp))
     tok_path = FIXTURES / "tokenizer.json"

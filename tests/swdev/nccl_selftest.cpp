@@ -237,6 +237,30 @@ void gathers(Device& dev, ncclComm_t comm, int n, int me, int dt, size_t count, 
     }
 }
 
+// Sends and receives: a ring in one group (two buffers to the next rank, of two datatypes, so
+// that two sends to one peer are matched in order; with one rank, a copy to itself), then a lone
+// send from rank 0 to rank 1 outside any group.
+void point_to_point(Device& dev, ncclComm_t comm, int n, int me) {
+    const int next = (me + 1) % n, prev = (me + n - 1) % n;
+    const size_t na = 37, nb = 5;
+    auto a = input(ncclFloat32, ncclSum, me, na, 99), b = input(ncclBfloat16, ncclSum, me, nb, 98);
+    CUdeviceptr sa = dev.upload(a, a.size()), sb = dev.upload(b, b.size()), ra = dev.upload({}, a.size()), rb = dev.upload({}, b.size());
+    NC(ncclGroupStart());
+    NC(ncclSend((void*)sa, na, ncclFloat32, next, comm, dev.nccl_stream()));
+    NC(ncclRecv((void*)ra, na, ncclFloat32, prev, comm, dev.nccl_stream()));
+    NC(ncclSend((void*)sb, nb, ncclBfloat16, next, comm, dev.nccl_stream()));
+    NC(ncclRecv((void*)rb, nb, ncclBfloat16, prev, comm, dev.nccl_stream()));
+    NC(ncclGroupEnd());
+    expect_bytes(dev.download(ra, a.size()), input(ncclFloat32, ncclSum, prev, na, 99), ncclFloat32, "ncclSend/ncclRecv ring", -1, false);
+    expect_bytes(dev.download(rb, b.size()), input(ncclBfloat16, ncclSum, prev, nb, 98), ncclBfloat16, "ncclSend/ncclRecv ring", -1, false);
+    if (n >= 2 && me == 0) NC(ncclSend((void*)sa, na, ncclFloat32, 1, comm, dev.nccl_stream()));
+    if (n >= 2 && me == 1) {
+        NC(ncclRecv((void*)ra, na, ncclFloat32, 0, comm, dev.nccl_stream()));
+        expect_bytes(dev.download(ra, a.size()), input(ncclFloat32, ncclSum, 0, na, 99), ncclFloat32, "a lone ncclRecv", -1, false);
+    }
+    for (CUdeviceptr p : {sa, sb, ra, rb}) CU(cuMemFree(p));
+}
+
 int every_collective(int rank, int n) {
     Device dev(rank);
     ncclComm_t comm = join(n, rank);
@@ -253,6 +277,7 @@ int every_collective(int rank, int n) {
                 for (bool in_place : {false, true}) reductions(dev, comm, n, rank, dt, op, count, in_place);
             for (bool in_place : {false, true}) gathers(dev, comm, n, rank, dt, count, in_place);
         }
+    point_to_point(dev, comm, n, rank);
     ncclResult_t async;
     NC(ncclCommGetAsyncError(comm, &async));
     EXPECT(async == ncclSuccess, "async error %d after the collectives", (int)async);

@@ -261,6 +261,31 @@ void point_to_point(Device& dev, ncclComm_t comm, int n, int me) {
     for (CUdeviceptr p : {sa, sb, ra, rb}) CU(cuMemFree(p));
 }
 
+// A collective recorded in a CUDA graph runs again at every launch: an in-place sum of ones gives
+// n after one launch and n² after two.
+void captured(Device& dev, ncclComm_t comm, int n) {
+    const float one = 1.0f;
+    std::vector<unsigned char> host(4 * 8);
+    for (int i = 0; i < 8; ++i) memcpy(&host[4 * i], &one, 4);
+    CUdeviceptr p = dev.upload(host, host.size());
+    CUgraph g;
+    CUgraphExec e;
+    CU(cuStreamBeginCapture(dev.stream, CU_STREAM_CAPTURE_MODE_GLOBAL));
+    NC(ncclAllReduce((void*)p, (void*)p, 8, ncclFloat32, ncclSum, comm, dev.nccl_stream()));
+    CU(cuStreamEndCapture(dev.stream, &g));
+    CU(cuGraphInstantiateWithFlags(&e, g, 0));
+    for (int launch = 1; launch <= 2; ++launch) {
+        CU(cuGraphLaunch(e, dev.stream));
+        auto got = dev.download(p, host.size());
+        float v;
+        memcpy(&v, &got[4 * 7], 4);
+        EXPECT(v == float(launch == 1 ? n : n * n), "a captured all-reduce gave %g after launch %d", v, launch);
+    }
+    CU(cuGraphExecDestroy(e));
+    CU(cuGraphDestroy(g));
+    CU(cuMemFree(p));
+}
+
 int every_collective(int rank, int n) {
     Device dev(rank);
     ncclComm_t comm = join(n, rank);
@@ -271,6 +296,8 @@ int every_collective(int rank, int n) {
     NC(ncclCommCuDevice(comm, &got_dev));
     EXPECT(v == 23000 && got_n == n && got_rank == rank && got_dev == dev.ordinal, "version %d, count %d, rank %d, device %d (ordinal %d)", v, got_n,
            got_rank, got_dev, dev.ordinal);
+    CUdevice past;
+    EXPECT(cuDeviceGet(&past, n) == CUDA_ERROR_INVALID_DEVICE, "device %d of DLM_SWDEV_DEVICES=%d was not refused", n, n);
     for (size_t count : {size_t(37), size_t(1), size_t(0)})
         for (int dt : kTypes) {
             for (int op = 0; op < ncclNumOps; ++op)
@@ -278,6 +305,7 @@ int every_collective(int rank, int n) {
             for (bool in_place : {false, true}) gathers(dev, comm, n, rank, dt, count, in_place);
         }
     point_to_point(dev, comm, n, rank);
+    captured(dev, comm, n);
     ncclResult_t async;
     NC(ncclCommGetAsyncError(comm, &async));
     EXPECT(async == ncclSuccess, "async error %d after the collectives", (int)async);

@@ -21,6 +21,7 @@ CUdeviceptr floats(Device& dev, size_t n) { return dev.upload(std::vector<unsign
 
 // Rank 1 exits between the rendezvous and its first collective.
 int dead_rank(int rank, int n) {
+    setenv("DLM_SWNCCL_TIMEOUT", "30", 1);  // the exit is seen at once; the timeout is a backstop
     Device dev(rank);
     ncclComm_t comm = join(n, rank);
     if (rank == 1) _exit(3);
@@ -82,6 +83,7 @@ int idle_peer(int rank, int n, bool abort) {
 
 // Rank 0 all-reduces while rank 1 all-gathers.
 int mismatch(int rank, int n) {
+    setenv("DLM_SWNCCL_TIMEOUT", "30", 1);
     Device dev(rank);
     ncclComm_t comm = join(n, rank);
     CUdeviceptr p = floats(dev, 16);

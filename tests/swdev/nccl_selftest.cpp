@@ -309,7 +309,18 @@ int every_collective(int rank, int n) {
     ncclResult_t async;
     NC(ncclCommGetAsyncError(comm, &async));
     EXPECT(async == ncclSuccess, "async error %d after the collectives", (int)async);
+    // Destroying a communicator lets its queued collectives finish (as ncclCommFinalize would).
+    const float two = 2.0f;
+    std::vector<unsigned char> host(4);
+    memcpy(host.data(), &two, 4);
+    CUdeviceptr p = dev.upload(host, 4);
+    NC(ncclAllReduce((void*)p, (void*)p, 1, ncclFloat32, ncclSum, comm, dev.nccl_stream()));
     NC(ncclCommDestroy(comm));
+    auto got = dev.download(p, 4);
+    float sum;
+    memcpy(&sum, got.data(), 4);
+    EXPECT(sum == 2.0f * n, "an all-reduce queued before ncclCommDestroy gave %g", sum);
+    CU(cuMemFree(p));
     return 0;
 }
 

@@ -60,8 +60,9 @@ int death_mid_transfer(int rank, int n) {
 
 // Rank 2 of 3 never starts.
 int missing_rank(int rank, int n) {
-    setenv("DLM_SWNCCL_TIMEOUT", "1", 1);
+    setenv("DLM_SWNCCL_TIMEOUT", "2", 1);
     Device dev(rank);
+    barrier(2);  // both present ranks start waiting together, so only rank 2 can be missing
     ncclComm_t comm;
     ncclResult_t r = ncclCommInitRank(&comm, n, sh->id, rank);
     EXPECT(r == ncclSystemError, "ncclCommInitRank with a rank missing returned %d", (int)r);

@@ -72,8 +72,10 @@ std::shared_ptr<Comm> lookup(ncclComm_t h) {
     return it == reg().live.end() ? nullptr : it->second;
 }
 
-// A collective failed while its stream ran: the communicator is broken from now on.
+// A collective failed while its stream ran: the communicator is broken from now on, and its
+// peers must not wait for it.
 void break_comm(Comm& c, const Failure& f) {
+    c.mesh->shut();
     {
         std::lock_guard lock(c.mu);
         if (c.async == ncclSuccess) {
@@ -267,13 +269,6 @@ void run_p2p(Mesh& m, const std::vector<P2pOp>& ops) {
             l.in.push_back({op.buf, op.bytes});
         }
     }
-    if (self_sends.size() != self_recvs.size())
-        fail(ncclInvalidUsage, "%s: rank %d sends itself %zu buffers but receives %zu", name, m.rank, self_sends.size(), self_recvs.size());
-    for (size_t i = 0; i < self_sends.size(); ++i) {
-        if (self_sends[i]->bytes != self_recvs[i]->bytes)
-            fail(ncclInvalidUsage, "%s: rank %d sends itself %zu bytes but receives %zu", name, m.rank, self_sends[i]->bytes, self_recvs[i]->bytes);
-        memmove(self_recvs[i]->buf, self_sends[i]->buf, self_sends[i]->bytes);
-    }
     std::vector<Leg> used;
     for (Leg& l : legs) {
         l.sends = !l.out.empty();
@@ -281,6 +276,14 @@ void run_p2p(Mesh& m, const std::vector<P2pOp>& ops) {
         if (l.sends || l.receives) used.push_back(std::move(l));
     }
     m.exchange(used, name);
+    // After the exchange: a mistake in this rank's copies to itself concerns no peer.
+    if (self_sends.size() != self_recvs.size())
+        fail(ncclInvalidUsage, "%s: rank %d sends itself %zu buffers but receives %zu", name, m.rank, self_sends.size(), self_recvs.size());
+    for (size_t i = 0; i < self_sends.size(); ++i) {
+        if (self_sends[i]->bytes != self_recvs[i]->bytes)
+            fail(ncclInvalidUsage, "%s: rank %d sends itself %zu bytes but receives %zu", name, m.rank, self_sends[i]->bytes, self_recvs[i]->bytes);
+        memmove(self_recvs[i]->buf, self_sends[i]->buf, self_sends[i]->bytes);
+    }
 }
 
 ncclResult_t flush_p2p() {

@@ -281,12 +281,14 @@ void Mesh::exchange(std::vector<Leg>& legs, const char* what) {
     try {
         move(legs, what);
     } catch (...) {
-        // This rank is out of step with its peers for good: make every peer's wait on it end now
-        // (end of file) rather than at its timeout.
-        for (int fd : fds)
-            if (fd >= 0) shutdown(fd, SHUT_RDWR);
+        shut();
         throw;
     }
+}
+
+void Mesh::shut() {
+    for (int fd : fds)
+        if (fd >= 0) shutdown(fd, SHUT_RDWR);
 }
 
 void Mesh::move(std::vector<Leg>& legs, const char* what) {

@@ -97,6 +97,10 @@ struct Mesh {
     // Makes every present and future exchange fail at once ("ncclCommAbort"), from any thread.
     void abort();
 
+    // This rank is out of step with its peers for good (an exchange failed): ends every peer's
+    // wait on it now, with end of file, rather than at the peer's timeout.
+    void shut();
+
    private:
     void move(std::vector<Leg>& legs, const char* what);
 };

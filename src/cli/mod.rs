@@ -33,6 +33,10 @@ pub enum Command {
     FillMask(crate::cli::fill_mask::Args),
     /// Write a randomly initialised model (config.json, model.safetensors, tokenizer.json).
     Init(crate::cli::init::Args),
+    /// The memory plan: what sampling and training need per GPU (weights, master copy, moments,
+    /// gradients, activations, workspace) at each ZeRO stage, and whether it fits.
+    #[command(long_about = crate::cli::plan::LONG_ABOUT)]
+    Plan(crate::cli::plan::Args),
     /// Tokenizer tools (`tokenizer train`: a Unigram tokenizer in XLM-R layout from JSONL data).
     Tokenizer(crate::cli::tokenizer::Args),
     /// Diffusive adaptation: finetune a masked LM with the RDM objective on JSONL pairs.
@@ -49,6 +53,7 @@ pub mod eval;
 pub mod fill_mask;
 pub mod init;
 pub mod length_beam;
+pub mod plan;
 pub mod sample;
 mod show_steps;
 pub mod tokenizer;
@@ -63,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::FillMask(a) => fill_mask::run(a),
         Command::Init(a) => init::run(a),
+        Command::Plan(a) => plan::run(a),
         Command::Tokenizer(a) => tokenizer::run(a),
         Command::Train(a) => train::run(*a),
         Command::Sample(a) => sample::run(*a),

@@ -22,6 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Time the sampling or training step at a preset shape (`bench sample`, `bench train`).
     Bench(crate::cli::bench::Args),
+    /// Convert a PyTorch checkpoint (pytorch_model.bin) into a model directory with model.safetensors.
+    #[command(long_about = crate::cli::convert::LONG_ABOUT)]
+    Convert(crate::cli::convert::Args),
     /// The embedded default job: make a small task, train a tokenizer, a tiny model and its length
     /// predictor on the CPU, sample held-out examples with oracle and predicted lengths and report
     /// exact match (about a minute on 2 cores).
@@ -47,6 +50,7 @@ pub enum Command {
 
 pub mod args;
 pub mod bench;
+pub mod convert;
 pub mod demo;
 pub mod device;
 pub mod eval;
@@ -64,6 +68,7 @@ pub mod train_data;
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(a) => bench::run(a),
+        Command::Convert(a) => convert::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Eval(a) => eval::run(a),
         Command::FillMask(a) => fill_mask::run(a),

@@ -2,8 +2,8 @@
 //! tests/golden/make_pytorch_fixture.py: the golden post-LN model saved by torch.save converts to
 //! the same tensors, bit for bit, as the safetensors the golden script wrote, and answers
 //! `fill-mask` identically; f16/bf16 storages, strided views, offsets and shared storages read
-//! as PyTorch made them contiguous; a foreign global, a truncated or damaged archive and the
-//! legacy format are one-line errors naming the file.
+//! as PyTorch made them contiguous, from a plain zip or a zip64 one; a foreign global, a truncated
+//! or damaged archive and the legacy format are one-line errors naming the file.
 
 mod common;
 use common::fixtures;
@@ -105,6 +105,17 @@ fn half_bfloat16_strided_offset_and_shared_storages_read_as_pytorch_made_them_co
     let names: Vec<String> = tensors(&out.join("model.safetensors")).into_iter().map(|t| t.0).collect();
     assert!(names.contains(&"shared_a".to_string()) && !names.contains(&"shared_b".to_string()), "{names:?}");
     assert_eq!(names.len(), want.len() - 1);
+}
+
+/// A checkpoint over 4 GB locates its entries through zip64 records; the fixture has them all.
+#[test]
+fn zip64_archives_read_as_the_plain_ones() {
+    let mut plain = Checkpoint::open(&pytorch().join("mixed.bin")).unwrap();
+    let mut wide = Checkpoint::open(&pytorch().join("mixed_zip64.bin")).unwrap();
+    assert_eq!(wide.tensors, plain.tensors);
+    for i in 0..plain.tensors.len() {
+        assert!(wide.tensor_bytes(i).unwrap() == plain.tensor_bytes(i).unwrap(), "{}", plain.tensors[i].0);
+    }
 }
 
 #[test]

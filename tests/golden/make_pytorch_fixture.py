@@ -6,6 +6,9 @@
 - mixed.bin / mixed.safetensors: what the reader must handle beyond a plain state dict (f16 and
   bf16 storages, a transposed view, a view at a storage offset, two tensors sharing one storage),
   with the expected values as contiguous safetensors;
+- mixed_zip64.bin: mixed.bin's entries rewritten with every zip64 structure a checkpoint over
+  4 GB has (zip64 extra fields, the zip64 end-of-directory record and its locator), forced by
+  lowering zipfile's limits;
 - foreign_global.bin: a zip laid out as torch.save writes it whose data.pkl calls builtins.print,
   which the reader must refuse without running anything.
 
@@ -53,6 +56,26 @@ def save_mixed():
     save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(OUT / "mixed.safetensors"))
 
 
+def save_zip64():
+    src = zipfile.ZipFile(OUT / "mixed.bin")
+    limits = (zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT)
+    # Every size, offset and count then counts as overflowing.
+    zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT = 1, 1
+    try:
+        with zipfile.ZipFile(OUT / "mixed_zip64.bin", "w", zipfile.ZIP_STORED) as z:
+            for info in src.infolist():
+                with z.open(zipfile.ZipInfo(info.filename, (1980, 1, 1, 0, 0, 0)), "w", force_zip64=True) as f:
+                    f.write(src.read(info.filename))
+    finally:
+        zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT = limits
+    # zipfile still writes the true (small) numbers into the classic end record; a file over 4 GB
+    # has them all overflowed, which sends a reader to the zip64 record.
+    data = bytearray((OUT / "mixed_zip64.bin").read_bytes())
+    end = data.rindex(b"PK\x05\x06")
+    data[end + 8:end + 20] = b"\xff" * 12
+    (OUT / "mixed_zip64.bin").write_bytes(bytes(data))
+
+
 class Foreign:
     def __reduce__(self):
         return (print, ("a pickle ran code",))
@@ -69,6 +92,7 @@ if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)
     save_model()
     save_mixed()
+    save_zip64()
     save_foreign()
     for p in sorted(OUT.rglob("*")):
         if p.is_file():

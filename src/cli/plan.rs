@@ -128,19 +128,18 @@ pub fn run(a: Args) -> Result<()> {
         None => mp::CARDS.iter().map(|(n, b)| (n.to_string(), *b)).collect(),
     };
     if a.json {
-        let training: serde_json::Map<String, serde_json::Value> = stages
+        // A column: its rows in bytes, the total, and whether it fits each card.
+        let column = |b: &mp::Breakdown| -> Result<serde_json::Value> {
+            let mut v = serde_json::to_value(b)?;
+            v["total"] = b.total().into();
+            v["fits"] = cards.iter().map(|(n, bytes)| (n.clone(), serde_json::Value::Bool(b.total() <= *bytes))).collect();
+            Ok(v)
+        };
+        let training = stages
             .iter()
-            .map(|z| {
-                let b = plan.training(*z);
-                let mut v = serde_json::to_value(b).unwrap_or_default();
-                v["total"] = b.total().into();
-                v["fits"] = cards.iter().map(|(n, bytes)| (n.clone(), serde_json::Value::Bool(b.total() <= *bytes))).collect();
-                (format!("zero{}", z.level()), v)
-            })
-            .collect();
-        let mut sampling = serde_json::to_value(plan.sampling)?;
-        sampling["total"] = plan.sampling.total().into();
-        sampling["fits"] = cards.iter().map(|(n, bytes)| (n.clone(), serde_json::Value::Bool(plan.sampling.total() <= *bytes))).collect();
+            .map(|z| Ok((format!("zero{}", z.level()), column(plan.training(*z))?)))
+            .collect::<Result<serde_json::Map<_, _>>>()?;
+        let sampling = column(&plan.sampling)?;
         let out = serde_json::json!({
             "gpus": plan.gpus,
             "params": plan.params,

@@ -1,9 +1,10 @@
 //! Issue 16: a bounded fuzz of the readers of untrusted files (proptest, a fixed number of cases
-//! so it runs in a few seconds in the test command). The JSONL reader, config.json and the
-//! safetensors loader must return `Ok` or an error for any bytes, never panic, and an error
-//! names the file.
+//! so it runs in a few seconds in the test command). The JSONL reader, config.json, the
+//! safetensors loader and the PyTorch checkpoint reader (its zip layer and its unpickler) must
+//! return `Ok` or an error for any bytes, never panic, and an error names the file.
 
 use dlm_engine::data::jsonl::{read_jsonl, JsonlOptions};
+use dlm_engine::model::pytorch::{pickle, Checkpoint};
 use dlm_engine::model::weights::read_safetensors;
 use dlm_engine::model::ModelConfig;
 use proptest::prelude::*;
@@ -116,5 +117,42 @@ proptest! {
             }
             Ok(())
         })?;
+    }
+
+    #[test]
+    fn pytorch_reader_never_panics(cut in 0usize..4000, flips in prop::collection::vec((0usize..4000, 1u8..=255), 0..4)) {
+        let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/fixtures/pytorch/mixed.bin");
+        let mut bytes = std::fs::read(fixture).unwrap();
+        for (at, x) in flips {
+            let n = bytes.len();
+            bytes[at % n] ^= x;
+        }
+        bytes.truncate(cut.max(1).min(bytes.len()));
+        with_file("pytorch_model.bin", &bytes, |p| {
+            match Checkpoint::open(p) {
+                Err(e) => prop_assert!(format!("{e:#}").contains("pytorch_model.bin"), "{e:#}"),
+                Ok(mut ck) => {
+                    for i in 0..ck.tensors.len() {
+                        if let Err(e) = ck.tensor_bytes(i) {
+                            prop_assert!(format!("{e:#}").contains("pytorch_model.bin"), "{e:#}");
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+
+    #[test]
+    fn unpickler_never_panics(
+        ops in prop::collection::vec(prop_oneof![
+            any::<u8>().prop_map(|b| vec![b]),
+            prop::sample::select(vec![
+                &b"\x80\x02"[..], b"}", b"(", b"t", b"u", b"s", b"R", b"Q", b"b", b"q\x00", b"h\x00", b"K\x05", b"X\x01\x00\x00\x00a",
+                b"ctorch._utils\n_rebuild_tensor_v2\n", b"ctorch\nFloatStorage\n", b"ccollections\nOrderedDict\n", b")", b"\x85", b"\x86", b".",
+            ]).prop_map(|s| s.to_vec()),
+        ], 0..40),
+    ) {
+        let _ = pickle::load(&ops.concat());
     }
 }

@@ -22,6 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Time the sampling or training step at a preset shape (`bench sample`, `bench train`).
     Bench(crate::cli::bench::Args),
+    /// Convert a PyTorch checkpoint (pytorch_model.bin) into a model directory with model.safetensors.
+    #[command(long_about = crate::cli::convert::LONG_ABOUT)]
+    Convert(crate::cli::convert::Args),
     /// The embedded default job: make a small task, train a tokenizer, a tiny model and its length
     /// predictor on the CPU, sample held-out examples with oracle and predicted lengths and report
     /// exact match (about a minute on 2 cores).
@@ -33,6 +36,10 @@ pub enum Command {
     FillMask(crate::cli::fill_mask::Args),
     /// Write a randomly initialised model (config.json, model.safetensors, tokenizer.json).
     Init(crate::cli::init::Args),
+    /// The memory plan: what sampling and training need per GPU (weights, master copy, moments,
+    /// gradients, activations, workspace) at each ZeRO stage, and whether it fits.
+    #[command(long_about = crate::cli::plan::LONG_ABOUT)]
+    Plan(crate::cli::plan::Args),
     /// Tokenizer tools (`tokenizer train`: a Unigram tokenizer in XLM-R layout from JSONL data).
     Tokenizer(crate::cli::tokenizer::Args),
     /// Diffusive adaptation: finetune a masked LM with the RDM objective on JSONL pairs.
@@ -43,12 +50,14 @@ pub enum Command {
 
 pub mod args;
 pub mod bench;
+pub mod convert;
 pub mod demo;
 pub mod device;
 pub mod eval;
 pub mod fill_mask;
 pub mod init;
 pub mod length_beam;
+pub mod plan;
 pub mod sample;
 mod show_steps;
 pub mod tokenizer;
@@ -59,10 +68,12 @@ pub mod train_data;
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(a) => bench::run(a),
+        Command::Convert(a) => convert::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Eval(a) => eval::run(a),
         Command::FillMask(a) => fill_mask::run(a),
         Command::Init(a) => init::run(a),
+        Command::Plan(a) => plan::run(a),
         Command::Tokenizer(a) => tokenizer::run(a),
         Command::Train(a) => train::run(*a),
         Command::Sample(a) => sample::run(*a),

@@ -2,7 +2,7 @@
 //! (`--stage length`) the length predictor over the frozen model (`crate::train::length_stage`).
 
 use super::args::{DataArgs, DeviceArgs};
-use super::device::{dispatch, Job};
+use super::device::{dispatch, Device, Job};
 use super::sample::{decode, DecodeOptions, Output, Request};
 use super::train_data::{self, OverlongArg, TrainSpec};
 use crate::backend::Backend;
@@ -136,6 +136,10 @@ pub struct Args {
     /// No progress bar (log lines only).
     #[arg(long)]
     pub no_progress: bool,
+    /// On `--device cuda`: start even though the memory plan (`dlm-engine plan`) says the run does
+    /// not fit on the GPU (the plan counts the worst case; the estimate can be off).
+    #[arg(long)]
+    pub no_memory_check: bool,
 }
 
 struct TrainJob {
@@ -334,6 +338,9 @@ pub fn train(args: Args) -> Result<Summary> {
         out_dir: args.out.clone(),
         progress: !args.no_progress,
     };
+    if let (Device::Cuda(n), Stage::Main, false) = (&args.run.device, stage, args.no_memory_check) {
+        check_memory(*n, &model_dir, &model_cfg, budget, max_len, args.valid.is_some())?;
+    }
     // Everything is checked; only now is the run directory touched.
     let mode = match (&args.resume, args.overwrite) {
         (Some(_), _) => Mode::Resume,
@@ -387,6 +394,29 @@ pub fn train(args: Args) -> Result<Summary> {
     let files = specs.iter().map(|s| s.path.display().to_string()).collect();
     let job = TrainJob { args, run_dir, model_dir, resume_dir, tok, data, files, valid, cfg };
     dispatch(&run.device, run.threads, job)
+}
+
+/// Refuses, before anything is allocated, a masked-LM training run on CUDA device `ordinal` that
+/// its memory plan says cannot fit (one GPU, ZeRO stage 0).
+fn check_memory(
+    ordinal: usize,
+    model_dir: &std::path::Path,
+    cfg: &crate::model::ModelConfig,
+    budget: Budget,
+    max_len: usize,
+    validation: bool,
+) -> Result<()> {
+    use crate::train::memory_plan::{self as mp, PlanInputs, SampleShape, Zero};
+    let (device, bytes) = crate::backend::cuda::device_memory(ordinal)?;
+    let inputs = PlanInputs {
+        cfg: cfg.clone(),
+        untied: mp::model_untied(model_dir)?,
+        gpus: 1,
+        train_tokens: mp::train_tokens(budget, max_len),
+        sample: SampleShape { batch: 1, seq: max_len },
+        validation: validation.then_some(SampleShape { batch: mp::VALIDATION_BATCH, seq: max_len }),
+    };
+    mp::check_fits(&inputs, Zero::Stage0, &device, bytes)
 }
 
 pub fn run(args: Args) -> Result<()> {

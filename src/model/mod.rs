@@ -3,8 +3,10 @@
 //! - `config`: HF `config.json` and presets.
 //! - `weights`: safetensors loading/saving by HF tensor names (f32/f16/bf16, tied decoder).
 //! - `xlmr`: parameters, forward and backward; `xlmr/length.rs` the length predictor.
+//! - `pytorch`: PyTorch `pytorch_model.bin` checkpoints (zip + a strict unpickler), for `convert`.
 
 pub mod config;
+pub mod pytorch;
 pub mod weights;
 pub mod xlmr;
 

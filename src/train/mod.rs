@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod defaults;
 pub mod length_stage;
+pub mod memory_plan;
 pub mod optim;
 pub mod run_dir;
 pub mod schedule;

@@ -9,7 +9,7 @@
 // - graph capture records and replays; a synchronisation or a pageable copy during a capture
 //   invalidates it, as the driver does;
 // - a device memory size (DLM_SWDEV_MEMORY, bytes with an optional K/M/G suffix) for the
-//   out-of-memory paths;
+//   out-of-memory paths, and the peak in use reported at exit with DLM_SWDEV_PEAK=1;
 // - DLM_SWDEV_DEVICES devices (default 1), each with its own primary context, so that one process
 //   per ordinal can stand for one process per GPU (the devices of one process share its memory
 //   budget; the ranks of the NCCL stand-in, nccl.cpp, are separate processes);
@@ -105,7 +105,7 @@ struct State {
     std::recursive_mutex mu;
     std::map<uint64_t, size_t> allocs;  // base -> bytes
     std::set<uint64_t> pinned;          // host allocations made by cuMemHostAlloc
-    size_t used = 0, limit = 0;
+    size_t used = 0, limit = 0, peak = 0;
     Stream legacy;
     std::set<Stream*> streams;
     std::set<Graph*> graphs;
@@ -257,8 +257,16 @@ CUresult allocate(CUdeviceptr* dptr, size_t bytes, const char* call) {
     memset(p, 0xff, bytes);  // NaN bits in f32 and bf16, -1 in integers: fresh memory is not zero
     s.allocs[(uint64_t)p] = bytes;
     s.used += bytes;
+    if (s.used > s.peak) s.peak = s.used;
     *dptr = (CUdeviceptr)p;
     return CUDA_SUCCESS;
+}
+
+// DLM_SWDEV_PEAK=1: the most device memory in use at once, said at exit (the memory plan's test
+// compares it with the plan).
+__attribute__((destructor)) static void report_peak() {
+    const char* v = getenv("DLM_SWDEV_PEAK");
+    if (v && strcmp(v, "0") != 0) fprintf(stderr, "swdev: peak device memory %zu bytes\n", st().peak);
 }
 
 void release(uint64_t p) {

@@ -486,3 +486,21 @@ impl Backend for CudaBackend {
 pub fn open(ordinal: usize) -> Result<CudaBackend> {
     CudaBackend::new(ordinal)
 }
+
+/// GPU `ordinal`'s name and total memory in bytes, as the driver reports them, without opening a
+/// context (so nothing is allocated): what `train` checks its memory plan against.
+pub fn device_memory(ordinal: usize) -> Result<(String, u64)> {
+    use cudarc::driver::result::device;
+    if let Some(why) = unavailable_reason() {
+        bail!("the CUDA backend cannot start: {why}");
+    }
+    let count = CudaContext::device_count()? as usize;
+    if ordinal >= count {
+        bail!("CUDA device {ordinal} does not exist ({count} GPU(s) present)");
+    }
+    let dev = device::get(ordinal as i32).with_context(|| format!("CUDA device {ordinal}"))?;
+    let name = device::get_name(dev).unwrap_or_else(|_| "unknown GPU".into());
+    // SAFETY: `dev` is a valid device handle from `get`.
+    let bytes = unsafe { device::total_mem(dev) }.with_context(|| format!("CUDA device {ordinal}: total memory"))?;
+    Ok((format!("cuda:{ordinal} ({name})"), bytes as u64))
+}

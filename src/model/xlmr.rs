@@ -425,6 +425,13 @@ impl<B: Backend> XlmR<B> {
         &self.p.grads
     }
 
+    /// Calls `f` with the backend and the trainable part's gradients to change them in place
+    /// (data-parallel training sums them over the ranks).
+    pub fn with_grads_mut<R>(&mut self, f: impl FnOnce(&B, &mut [B::Buf]) -> Result<R>) -> Result<R> {
+        self.ensure_grads()?;
+        f(&self.p.backend, &mut self.p.grads)
+    }
+
     /// Replaces the value of parameter `i` (used when restoring checkpoints).
     pub fn set_value(&mut self, i: usize, data: &[f32]) -> Result<()> {
         self.forget_recording()?;

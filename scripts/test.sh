@@ -2,7 +2,7 @@
 # The test command (README, .ci/run): installs nvcc from PyPI into .venv-cuda so that build.rs
 # compiles every CUDA kernel (no GPU needed), builds the software CUDA device (tests/swdev) and
 # runs the format and clippy checks and every test, the CUDA ones on that device, then the CPU
-# emulation of the kernels and the cuBLASLt stand-in's self-test. Extra arguments go to
+# emulation of the kernels and the cuBLASLt and NCCL stand-ins' self-tests. Extra arguments go to
 # `cargo test` (e.g. a test name filter) and skip everything but the tests.
 #
 # Without g++ on x86-64 the software device cannot be built: the CUDA tests then print "skipped"
@@ -27,7 +27,9 @@ if [ $# -eq 0 ]; then
 fi
 DLM_REQUIRE_NVCC=1 cargo test --locked "$@"
 if [ $# -eq 0 ] && command -v g++ >/dev/null; then
-    # The kernels' logic on the CPU (scripts/emulate-kernels), and the cuBLASLt stand-in's own check.
+    # The kernels' logic on the CPU (scripts/emulate-kernels), the cuBLASLt stand-in's own check and
+    # the NCCL stand-in's (ranks as processes on the software device, which needs x86-64).
     bash scripts/emulate-kernels/run.sh
     bash tests/swdev/build_cublaslt_selftest.sh
+    if [ "$(uname -m)" = x86_64 ]; then bash tests/swdev/build_nccl_selftest.sh; fi
 fi

@@ -9,7 +9,13 @@
 // - graph capture records and replays; a synchronisation or a pageable copy during a capture
 //   invalidates it, as the driver does;
 // - a device memory size (DLM_SWDEV_MEMORY, bytes with an optional K/M/G suffix) for the
-//   out-of-memory paths.
+//   out-of-memory paths;
+// - DLM_SWDEV_DEVICES devices (default 1), each with its own primary context, so that one process
+//   per ordinal can stand for one process per GPU (the devices of one process share its memory
+//   budget; the ranks of the NCCL stand-in, nccl.cpp, are separate processes);
+// - an operation that fails while its stream runs (a collective whose peer died) makes the next
+//   cuStreamSynchronize/cuCtxSynchronize that runs or waits for it return CUDA_ERROR_LAUNCH_FAILED,
+//   once (not sticky, unlike a real device fault).
 // Entry points not written here are generated stubs that stop the process naming themselves.
 #include <cuda.h>
 #include <chrono>
@@ -70,6 +76,8 @@ struct Graph {
 struct Stream {
     unsigned flags = 0;
     std::deque<Op> queue;
+    // Set when one of its operations failed (swdev::fail_running_op), reported by the next sync.
+    CUresult error = CUDA_SUCCESS;
     // Capture state: the graph being recorded, and why it was invalidated (empty while valid).
     std::unique_ptr<Graph> capture;
     std::string invalid;
@@ -87,8 +95,11 @@ struct Function {
 };
 
 struct Context {
+    int device = 0;
     int retained = 0;
 };
+
+constexpr int kMaxDevices = 16;
 
 struct State {
     std::recursive_mutex mu;
@@ -101,7 +112,8 @@ struct State {
     std::set<Graph*> execs;
     std::set<Module*> modules;
     std::set<Function*> functions;
-    Context primary;
+    Context primary[kMaxDevices];
+    int devices = 1;
     bool initialised = false;
 };
 
@@ -111,6 +123,19 @@ State& st() {
 }
 
 thread_local Context* t_current = nullptr;
+// Set by swdev::fail_running_op while an operation runs; drain() moves it to the stream.
+thread_local bool t_op_failed = false;
+
+int device_count() {
+    const char* v = getenv("DLM_SWDEV_DEVICES");
+    if (!v || !*v) return 1;
+    char* end = nullptr;
+    long n = strtol(v, &end, 10);
+    if (*end || n < 1 || n > kMaxDevices) fatal("DLM_SWDEV_DEVICES=%s: expected a device count from 1 to %d", v, kMaxDevices);
+    return (int)n;
+}
+
+bool valid_device(CUdevice d) { return d >= 0 && d < st().devices; }
 
 size_t memory_limit() {
     const char* v = getenv("DLM_SWDEV_MEMORY");
@@ -144,14 +169,21 @@ void drain(Stream& s) {
     while (!s.queue.empty()) {
         Op op = std::move(s.queue.front());
         s.queue.pop_front();
-        if (!tracing()) {
-            op.run();
-            continue;
-        }
         auto t0 = std::chrono::steady_clock::now();
+        t_op_failed = false;
         op.run();
-        fprintf(stderr, "swdev: ran %s in %.3f ms\n", op.what.c_str(), std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+        if (t_op_failed && s.error == CUDA_SUCCESS) s.error = CUDA_ERROR_LAUNCH_FAILED;
+        t_op_failed = false;
+        if (tracing())
+            fprintf(stderr, "swdev: ran %s in %.3f ms\n", op.what.c_str(), std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     }
+}
+
+// The error an operation of `s` left for the synchronisation that waited for it, reported once.
+CUresult take_error(Stream& s) {
+    CUresult r = s.error;
+    s.error = CUDA_SUCCESS;
+    return r;
 }
 
 void drain_all() {
@@ -263,6 +295,10 @@ bool is_device_range(uint64_t ptr, size_t bytes) {
     return find_alloc(ptr, bytes) != st().allocs.end();
 }
 
+int current_device() { return t_current ? t_current->device : -1; }
+
+void fail_running_op() { t_op_failed = true; }
+
 }  // namespace swdev
 
 using namespace swdev;
@@ -276,6 +312,8 @@ EXPORT CUresult cuInit(unsigned flags) {
     if (flags != 0) return CUDA_ERROR_INVALID_VALUE;
     if (!st().initialised) {
         st().limit = memory_limit();
+        st().devices = device_count();
+        for (int d = 0; d < kMaxDevices; ++d) st().primary[d].device = d;
         st().initialised = true;
     }
     return CUDA_SUCCESS;
@@ -290,32 +328,32 @@ EXPORT CUresult cuDriverGetVersion(int* v) {
 EXPORT CUresult cuDeviceGetCount(int* n) {
     if (!st().initialised) return CUDA_ERROR_NOT_INITIALIZED;
     if (!n) return CUDA_ERROR_INVALID_VALUE;
-    *n = 1;
+    *n = st().devices;
     return CUDA_SUCCESS;
 }
 
 EXPORT CUresult cuDeviceGet(CUdevice* d, int ordinal) {
     if (!st().initialised) return CUDA_ERROR_NOT_INITIALIZED;
-    if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
-    *d = 0;
+    if (!valid_device(ordinal)) return CUDA_ERROR_INVALID_DEVICE;
+    *d = ordinal;
     return CUDA_SUCCESS;
 }
 
 EXPORT CUresult cuDeviceGetName(char* name, int len, CUdevice d) {
-    if (d != 0) return CUDA_ERROR_INVALID_DEVICE;
+    if (!valid_device(d)) return CUDA_ERROR_INVALID_DEVICE;
     if (!name || len <= 0) return CUDA_ERROR_INVALID_VALUE;
     snprintf(name, (size_t)len, "%s", kName);
     return CUDA_SUCCESS;
 }
 
 EXPORT CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice d) {
-    if (d != 0) return CUDA_ERROR_INVALID_DEVICE;
+    if (!valid_device(d)) return CUDA_ERROR_INVALID_DEVICE;
     *bytes = st().limit;
     return CUDA_SUCCESS;
 }
 
 EXPORT CUresult cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice d) {
-    if (d != 0) return CUDA_ERROR_INVALID_DEVICE;
+    if (!valid_device(d)) return CUDA_ERROR_INVALID_DEVICE;
     if (!v) return CUDA_ERROR_INVALID_VALUE;
     switch (a) {
         case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *v = 9; break;
@@ -338,22 +376,23 @@ EXPORT CUresult cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice d) {
 
 EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext* ctx, CUdevice d) {
     LOCK;
-    if (d != 0) return CUDA_ERROR_INVALID_DEVICE;
-    ++st().primary.retained;
-    *ctx = reinterpret_cast<CUcontext>(&st().primary);
+    if (!valid_device(d)) return CUDA_ERROR_INVALID_DEVICE;
+    ++st().primary[d].retained;
+    *ctx = reinterpret_cast<CUcontext>(&st().primary[d]);
     return CUDA_SUCCESS;
 }
 
 EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d) {
     LOCK;
-    if (d != 0) return CUDA_ERROR_INVALID_DEVICE;
-    if (st().primary.retained <= 0) return refuse(CUDA_ERROR_INVALID_CONTEXT, "cuDevicePrimaryCtxRelease: not retained");
-    --st().primary.retained;
+    if (!valid_device(d)) return CUDA_ERROR_INVALID_DEVICE;
+    if (st().primary[d].retained <= 0) return refuse(CUDA_ERROR_INVALID_CONTEXT, "cuDevicePrimaryCtxRelease: not retained");
+    --st().primary[d].retained;
     return CUDA_SUCCESS;
 }
 
 EXPORT CUresult cuCtxSetCurrent(CUcontext ctx) {
-    if (ctx && ctx != reinterpret_cast<CUcontext>(&st().primary)) return refuse(CUDA_ERROR_INVALID_CONTEXT, "cuCtxSetCurrent: unknown context");
+    auto* c = reinterpret_cast<Context*>(ctx);
+    if (c && (c < st().primary || c >= st().primary + st().devices)) return refuse(CUDA_ERROR_INVALID_CONTEXT, "cuCtxSetCurrent: unknown context");
     t_current = reinterpret_cast<Context*>(ctx);
     return CUDA_SUCCESS;
 }
@@ -366,7 +405,7 @@ EXPORT CUresult cuCtxGetCurrent(CUcontext* ctx) {
 EXPORT CUresult cuCtxGetDevice(CUdevice* d) {
     CUresult r;
     if (!need_context("cuCtxGetDevice", &r)) return r;
-    *d = 0;
+    *d = t_current->device;
     return CUDA_SUCCESS;
 }
 
@@ -376,7 +415,13 @@ EXPORT CUresult cuCtxSynchronize() {
     if (!need_context("cuCtxSynchronize", &r)) return r;
     if ((r = forbid_during_capture("cuCtxSynchronize"))) return r;
     drain_all();
-    return CUDA_SUCCESS;
+    // The first failure of any stream; every stream's is reported (and cleared) by this one wait.
+    r = take_error(st().legacy);
+    for (Stream* s : st().streams) {
+        CUresult e = take_error(*s);
+        if (r == CUDA_SUCCESS) r = e;
+    }
+    return r;
 }
 
 EXPORT CUresult cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
@@ -395,7 +440,7 @@ EXPORT CUresult cuGetErrorName(CUresult e, const char** s) {
         NAME(CUDA_ERROR_INVALID_DEVICE) NAME(CUDA_ERROR_INVALID_IMAGE) NAME(CUDA_ERROR_INVALID_CONTEXT) NAME(CUDA_ERROR_INVALID_HANDLE)
         NAME(CUDA_ERROR_NOT_FOUND) NAME(CUDA_ERROR_NOT_READY) NAME(CUDA_ERROR_ILLEGAL_STATE) NAME(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED)
         NAME(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED) NAME(CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD) NAME(CUDA_ERROR_NOT_SUPPORTED)
-        NAME(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES)
+        NAME(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES) NAME(CUDA_ERROR_LAUNCH_FAILED)
 #undef NAME
         default: *s = nullptr; return CUDA_ERROR_INVALID_VALUE;
     }
@@ -409,7 +454,7 @@ EXPORT CUresult cuGetErrorString(CUresult e, const char** s) {
 // ---- memory --------------------------------------------------------------------------------------
 
 EXPORT CUresult cuDeviceGetDefaultMemPool(CUmemoryPool* pool, CUdevice d) {
-    if (d != 0) return CUDA_ERROR_INVALID_DEVICE;
+    if (!valid_device(d)) return CUDA_ERROR_INVALID_DEVICE;
     static int the_pool;
     *pool = reinterpret_cast<CUmemoryPool>(&the_pool);
     return CUDA_SUCCESS;
@@ -610,7 +655,7 @@ EXPORT CUresult cuStreamSynchronize(CUstream h) {
     CUresult r;
     if ((r = forbid_during_capture("cuStreamSynchronize"))) return r;
     drain(*s);
-    return CUDA_SUCCESS;
+    return take_error(*s);
 }
 
 EXPORT CUresult cuStreamQuery(CUstream h) {

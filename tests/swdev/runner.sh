@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Cargo's test runner (scripts/test.sh sets CARGO_TARGET_<triple>_RUNNER to this): runs the test
 # binaries that need a GPU on the software device, and every other one as it is.
-# On the software device: the stand-in libcuda.so.1 and libcublasLt.so come first on the library
-# path, AddressSanitizer's runtime is preloaded (the stand-ins are built with it; leaks are not
+# On the software device: the stand-ins libcuda.so.1, libcublasLt.so and libnccl.so(.2) come
+# first on the library path (child processes, such as the ranks of a multi-process test, inherit
+# it), AddressSanitizer's runtime is preloaded (the stand-ins are built with it; leaks are not
 # checked, since Rust frees some statics never), and DLM_REQUIRE_GPU=1 turns a missing device into
 # a failure instead of a skip.
 set -euo pipefail

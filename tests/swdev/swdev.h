@@ -1,5 +1,5 @@
 // The software device's internal interface between its driver stand-in (libcuda.so.1) and its
-// cuBLASLt stand-in, which links against it.
+// cuBLASLt and NCCL stand-ins, which link against it.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -14,4 +14,9 @@ namespace swdev {
 SWDEV_API int enqueue(void* stream, const char* what, std::function<void()> op);
 // Whether [ptr, ptr + bytes) lies inside one live device allocation.
 SWDEV_API bool is_device_range(uint64_t ptr, size_t bytes);
+// The device of the context current on the calling thread, or -1 without one.
+SWDEV_API int current_device();
+// Called from inside a queued operation while it runs: it failed (e.g. a collective whose peer
+// died), so the synchronisation that ran it returns CUDA_ERROR_LAUNCH_FAILED.
+SWDEV_API void fail_running_op();
 }

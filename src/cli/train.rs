@@ -292,10 +292,11 @@ fn check_flags(a: &Args) -> Result<()> {
 pub fn train(mut args: Args) -> Result<Summary> {
     super::device::set_threads(args.run.threads);
     check_flags(&args)?;
+    // Every rank must run with the same settings: rank 0 compares them during the rendezvous.
+    let settings = format!("{args:?}");
     let place = train_dist::placement(&args.gpus, &args.run.device)?;
     args.run.device = place.device.clone();
-    // Every rank must run with the same settings: rank 0 compares them during the rendezvous.
-    let joined = train_dist::join(&place, &format!("{args:?}"))?;
+    let joined = train_dist::join(&place, &settings)?;
     let (control, nccl_id) = joined.map(|(c, id)| (Some(c), Some(id))).unwrap_or((None, None));
     let result = train_rank(args, &place, nccl_id);
     train_dist::leave(&place, control.as_ref(), result)

@@ -55,7 +55,7 @@ fn read_msg(reader: &mut impl BufRead) -> Option<Value> {
 
 /// Ends this process because another rank died: no collective can complete any more.
 fn stop(me: usize, dead: usize, why: &str) -> ! {
-    eprintln!("error: rank {me}: stopping because rank {dead} died ({why})");
+    let _ = std::io::stderr().write_all(format!("error: rank {me}: stopping because rank {dead} died ({why})\n").as_bytes());
     std::process::exit(EXIT_PEER_DIED)
 }
 

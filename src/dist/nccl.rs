@@ -37,8 +37,6 @@ pub struct Api {
     pub ncclCommGetAsyncError: unsafe extern "C" fn(RawComm, *mut NcclResult) -> NcclResult,
     pub ncclGetErrorString: unsafe extern "C" fn(NcclResult) -> *const c_char,
     pub ncclGetLastError: unsafe extern "C" fn(RawComm) -> *const c_char,
-    pub ncclGroupStart: unsafe extern "C" fn() -> NcclResult,
-    pub ncclGroupEnd: unsafe extern "C" fn() -> NcclResult,
     pub ncclAllReduce: unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, RawComm, Stream) -> NcclResult,
     pub ncclReduceScatter: unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, RawComm, Stream) -> NcclResult,
     pub ncclAllGather: unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, RawComm, Stream) -> NcclResult,
@@ -69,8 +67,6 @@ fn load() -> std::result::Result<Api, String> {
         ncclCommGetAsyncError: sym!(ncclCommGetAsyncError),
         ncclGetErrorString: sym!(ncclGetErrorString),
         ncclGetLastError: sym!(ncclGetLastError),
-        ncclGroupStart: sym!(ncclGroupStart),
-        ncclGroupEnd: sym!(ncclGroupEnd),
         ncclAllReduce: sym!(ncclAllReduce),
         ncclReduceScatter: sym!(ncclReduceScatter),
         ncclAllGather: sym!(ncclAllGather),
@@ -163,15 +159,6 @@ impl Comm {
             return Err(self.error(what, state));
         }
         Ok(())
-    }
-
-    /// Runs `f`'s calls as one NCCL group (one launch for many buffers).
-    pub fn group(&self, f: impl FnOnce() -> Result<()>) -> Result<()> {
-        // SAFETY: group calls have no arguments.
-        self.check("ncclGroupStart", unsafe { (self.api.ncclGroupStart)() })?;
-        let inner = f();
-        let end = self.check("ncclGroupEnd", unsafe { (self.api.ncclGroupEnd)() });
-        inner.and(end)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Data-parallel training end to end (docs/distributed.md): `train --gpus 0,1` on two software
 //! devices (`DLM_SWDEV_DEVICES=2`, the NCCL stand-in of tests/swdev) against one process on the
 //! whole batch, a resume at world size 1 of a run trained at world size 2, the same run started
-//! torchrun-style, and a killed rank stopping the whole run. Runs on a GPU machine with two GPUs
+//! torchrun-style, ZeRO-1 against plain data parallel (and its checkpoints resumed alone), and a
+//! killed rank stopping the whole run. Runs on a GPU machine with two GPUs
 //! and NCCL, or on the software device in CI; skipped elsewhere, like the other CUDA tests.
 //!
 //! Tolerances. Two ranks compute what one computes, in another order: each rank sums its share's
@@ -197,6 +198,39 @@ fn two_ranks_train_as_one_process_on_the_whole_batch_and_resume_at_one() {
     }
     assert_eq!(losses(&dir("torchrun")), losses(&dir("two")), "torchrun-style vs --gpus 0,1: the same losses");
     assert_eq!(tensors(&dir("torchrun/final")), tensors(&dir("two/final")), "torchrun-style vs --gpus 0,1: the same weights");
+}
+
+/// `args` with `flag`'s value replaced.
+fn with(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
+    let at = args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("{flag} is not among {args:?}"));
+    args[at + 1] = value.to_string();
+    args
+}
+
+#[test]
+fn zero1_trains_as_plain_data_parallel_and_its_checkpoints_resume_on_one_rank() {
+    let Some(g) = gpu("zero1_trains_as_plain_data_parallel_and_its_checkpoints_resume_on_one_rank") else { return };
+    drop(g);
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = setup(tmp.path());
+    let dir = |n: &str| tmp.path().join(n);
+    let two = ["--gpus", "0,1"];
+
+    // Plain data parallel and ZeRO-1 (with a checkpoint at step 5: the moments are gathered).
+    run(&[strs(&train_args(&model, &data, &dir("plain"), 10)), two.to_vec()].concat());
+    let zero = with(train_args(&model, &data, &dir("zero"), 10), "--save-every", "5");
+    run(&[strs(&zero), two.to_vec(), vec!["--zero", "1"]].concat());
+    compare_losses("ZeRO-1 vs plain", &losses(&dir("zero")), &losses(&dir("plain")));
+    compare_tensors("ZeRO-1 vs plain", &dir("zero/final"), &dir("plain/final"));
+    assert!(dir("zero/checkpoint-5/optimizer.safetensors").is_file(), "the step-5 checkpoint");
+
+    // 5 steps of ZeRO-1 on two ranks, 5 more alone: as 10 alone.
+    run(&strs(&train_args(&model, &data, &dir("one"), 10)));
+    run(&[strs(&train_args(&model, &data, &dir("zr"), 5)), two.to_vec(), vec!["--zero", "1"]].concat());
+    let zr = dir("zr").display().to_string();
+    run(&[strs(&train_args(&model, &data, &dir("zr"), 10)), vec!["--resume", &zr]].concat());
+    compare_losses("5 ZeRO-1 steps on 2 ranks + 5 on 1 vs 10 on 1", &losses(&dir("zr")), &losses(&dir("one")));
+    compare_tensors("5 ZeRO-1 steps on 2 ranks + 5 on 1 vs 10 on 1", &dir("zr/final"), &dir("one/final"));
 }
 
 #[test]

@@ -142,6 +142,12 @@ pub struct Args {
     /// MASTER_ADDR, MASTER_PORT) and --device cuda instead (docs/distributed.md).
     #[arg(long, value_name = "LIST")]
     pub gpus: Option<String>,
+    /// Optimizer state sharding over the ranks of a data-parallel run: 0 (every rank keeps the
+    /// whole AdamW state) or 1 (ZeRO-1: each rank keeps the f32 master weights and Adam moments
+    /// of 1/N of the parameters; the gradients are reduce-scattered and the updated parameters
+    /// all-gathered). Checkpoints are the same either way, so a run may resume with either.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub zero: u8,
     /// No progress bar (log lines only).
     #[arg(long)]
     pub no_progress: bool,
@@ -366,6 +372,7 @@ fn train_rank(args: Args, place: &train_dist::Placement, nccl_id: Option<crate::
         log_every: args.log_every,
         out_dir: args.out.clone(),
         progress: !args.no_progress,
+        zero: args.zero,
     };
     // Everything is checked; only now is the run directory touched.
     let mode = match (&args.resume, args.overwrite) {

@@ -4,8 +4,8 @@
 use super::nccl::{self, Comm, UniqueId};
 use crate::backend::cuda::{CudaBackend, CudaBuf};
 use crate::backend::Backend;
-use anyhow::{anyhow, Context, Result};
-use cudarc::driver::DevicePtrMut;
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
 use std::any::Any;
 use std::ffi::c_void;
 
@@ -17,6 +17,14 @@ pub trait Collective<B: Backend> {
     fn all_reduce_sum(&self, be: &B, bufs: &mut [B::Buf]) -> Result<()>;
     /// Sums host numbers over the ranks.
     fn sum_host(&self, be: &B, vals: &mut [f32]) -> Result<()>;
+    /// ZeRO-1: sums `parts` (flattened in order, padded to `world · shard.len()`) over the ranks
+    /// and leaves this rank's part of the sum in `shard` (f32).
+    fn reduce_scatter_sum(&self, be: &B, parts: &mut [B::Buf], shard: &mut B::Buf) -> Result<()>;
+    /// ZeRO-1: gathers every rank's `shard` of the flattened parameters and writes each
+    /// parameter of `params` (f32 master and the bf16 copy the forward reads).
+    fn all_gather_params(&self, be: &B, shard: &B::Buf, params: &mut [B::Buf]) -> Result<()>;
+    /// ZeRO-1: every rank's `shard`, concatenated, on the host (for checkpoints).
+    fn all_gather_host(&self, be: &B, shard: &B::Buf) -> Result<Vec<f32>>;
 }
 
 /// One process: every sum is already complete.
@@ -34,6 +42,15 @@ impl<B: Backend> Collective<B> for Solo {
     }
     fn sum_host(&self, _be: &B, _vals: &mut [f32]) -> Result<()> {
         Ok(())
+    }
+    fn reduce_scatter_sum(&self, _be: &B, _parts: &mut [B::Buf], _shard: &mut B::Buf) -> Result<()> {
+        bail!("internal: ZeRO shards the optimizer over several ranks, and this process is alone")
+    }
+    fn all_gather_params(&self, _be: &B, _shard: &B::Buf, _params: &mut [B::Buf]) -> Result<()> {
+        bail!("internal: ZeRO shards the optimizer over several ranks, and this process is alone")
+    }
+    fn all_gather_host(&self, _be: &B, _shard: &B::Buf) -> Result<Vec<f32>> {
+        bail!("internal: ZeRO shards the optimizer over several ranks, and this process is alone")
     }
 }
 
@@ -54,6 +71,14 @@ pub fn open<B: Backend>(be: &B, rank: usize, world: usize, id: Option<UniqueId>)
     Ok(Box::new(NcclCollective { comm: Comm::init(rank, world, id)? }))
 }
 
+fn cuda_buf<B: Backend>(b: &B::Buf) -> Result<&CudaBuf> {
+    (b as &dyn Any).downcast_ref::<CudaBuf>().ok_or_else(|| anyhow!("internal: not a CUDA buffer"))
+}
+
+fn cuda_buf_mut<B: Backend>(b: &mut B::Buf) -> Result<&mut CudaBuf> {
+    (b as &mut dyn Any).downcast_mut::<CudaBuf>().ok_or_else(|| anyhow!("internal: not a CUDA buffer"))
+}
+
 fn cuda_of<B: Backend>(be: &B) -> Result<&CudaBackend> {
     (be as &dyn Any)
         .downcast_ref::<CudaBackend>()
@@ -67,6 +92,38 @@ impl NcclCollective {
         // A dead peer shows as NCCL's asynchronous error, which names the cause better than CUDA.
         self.comm.async_error(what)?;
         synced.with_context(|| format!("rank {}: after NCCL {what}", self.comm.rank))
+    }
+}
+
+impl NcclCollective {
+    fn stream_ptr(be: &CudaBackend) -> *mut c_void {
+        be.stream().cu_stream() as *mut c_void
+    }
+
+    /// All-gathers `shard` (f32) into a new flat f32 buffer of `world · shard.len()`.
+    fn gather_flat(&self, cuda: &CudaBackend, shard: &CudaBuf) -> Result<cudarc::driver::CudaSlice<f32>> {
+        let stream = cuda.stream().clone();
+        let n = shard.len();
+        let src = cuda.as_f32(shard)?;
+        let mut flat = cuda.alloc_zeros::<f32>(n * self.comm.world)?;
+        {
+            let (s, _a) = src.get().device_ptr(&stream);
+            let (d, _b) = flat.device_ptr_mut(&stream);
+            // SAFETY: `s` holds n f32, `d` world·n, both on this rank's device.
+            let r = unsafe {
+                (self.comm.api().ncclAllGather)(
+                    s as *const c_void,
+                    d as *mut c_void,
+                    n,
+                    nccl::FLOAT32,
+                    self.comm.raw(),
+                    Self::stream_ptr(cuda),
+                )
+            };
+            self.comm.check("all-gather", r)?;
+        }
+        self.finish(cuda, "all-gather of the parameter shards")?;
+        Ok(flat)
     }
 }
 
@@ -85,7 +142,7 @@ impl<B: Backend> Collective<B> for NcclCollective {
         // Every buffer becomes f32 storage first .
         let mut slices = Vec::with_capacity(bufs.len());
         for b in bufs.iter_mut() {
-            let b = (b as &mut dyn Any).downcast_mut::<CudaBuf>().ok_or_else(|| anyhow!("internal: not a CUDA buffer"))?;
+            let b = cuda_buf_mut::<B>(b)?;
             let n = b.len();
             slices.push((cuda.acc_f32(b)?, n));
         }
@@ -98,6 +155,70 @@ impl<B: Backend> Collective<B> for NcclCollective {
             self.comm.check("all-reduce", r)?;
         }
         self.finish(cuda, "all-reduce of the gradients")
+    }
+
+    fn reduce_scatter_sum(&self, be: &B, parts: &mut [B::Buf], shard: &mut B::Buf) -> Result<()> {
+        let cuda = cuda_of(be)?;
+        let stream = cuda.stream().clone();
+        let shard = cuda_buf_mut::<B>(shard)?;
+        let n = shard.len();
+        let mut flat = cuda.alloc_zeros::<f32>(n * self.comm.world)?;
+        let mut at = 0;
+        for p in parts.iter_mut() {
+            let p = cuda_buf_mut::<B>(p)?;
+            let len = p.len();
+            if at + len > flat.len() {
+                bail!("internal: {} gradient elements do not fit {} shards of {n}", at + len, self.comm.world);
+            }
+            stream.memcpy_dtod(&cuda.acc_f32(p)?.slice(0..len), &mut flat.slice_mut(at..at + len))?;
+            at += len;
+        }
+        let dst = cuda.acc_f32(shard)?;
+        {
+            let (s, _a) = flat.device_ptr(&stream);
+            let (d, _b) = dst.device_ptr_mut(&stream);
+            // SAFETY: `s` holds world·n f32, `d` n, both on this rank's device.
+            let r = unsafe {
+                (self.comm.api().ncclReduceScatter)(
+                    s as *const c_void,
+                    d as *mut c_void,
+                    n,
+                    nccl::FLOAT32,
+                    nccl::SUM,
+                    self.comm.raw(),
+                    Self::stream_ptr(cuda),
+                )
+            };
+            self.comm.check("reduce-scatter", r)?;
+        }
+        self.finish(cuda, "reduce-scatter of the gradients")
+    }
+
+    fn all_gather_params(&self, be: &B, shard: &B::Buf, params: &mut [B::Buf]) -> Result<()> {
+        let cuda = cuda_of(be)?;
+        let stream = cuda.stream().clone();
+        let flat = self.gather_flat(cuda, cuda_buf::<B>(shard)?)?;
+        let mut at = 0;
+        for p in params.iter_mut() {
+            let p = cuda_buf_mut::<B>(p)?;
+            let len = p.len();
+            if at + len > flat.len() {
+                bail!("internal: {} parameter elements do not fit the gathered {}", at + len, flat.len());
+            }
+            let (master, shadow) = cuda.as_master(p)?;
+            stream.memcpy_dtod(&flat.slice(at..at + len), &mut master.slice_mut(0..len))?;
+            cuda.convert_to_bf16(master, shadow, len)?;
+            at += len;
+        }
+        Ok(())
+    }
+
+    fn all_gather_host(&self, be: &B, shard: &B::Buf) -> Result<Vec<f32>> {
+        let cuda = cuda_of(be)?;
+        let flat = self.gather_flat(cuda, cuda_buf::<B>(shard)?)?;
+        let mut host = vec![0.0f32; flat.len()];
+        cuda.to_host(&flat, &mut host)?;
+        Ok(host)
     }
 
     fn sum_host(&self, be: &B, vals: &mut [f32]) -> Result<()> {

@@ -32,6 +32,45 @@ pub fn share(tokens: &[usize], world: usize, rank: usize) -> Range<usize> {
     lo.min(hi)..hi
 }
 
+/// ZeRO-1's layout: the trainable parameters flattened in order (`offsets[i]` is parameter i's
+/// first element), padded with zeros to `world · shard` elements; rank r owns elements
+/// `r·shard .. (r+1)·shard` (its f32 masters and Adam moments).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardLayout {
+    pub offsets: Vec<usize>,
+    pub lens: Vec<usize>,
+    /// Elements of the flattened parameters, without the padding.
+    pub total: usize,
+    /// Elements per rank.
+    pub shard: usize,
+    pub world: usize,
+}
+
+impl ShardLayout {
+    pub fn new(lens: &[usize], world: usize) -> ShardLayout {
+        let offsets = lens.iter().scan(0, |at, &n| Some(std::mem::replace(at, *at + n))).collect();
+        let total = lens.iter().sum::<usize>();
+        ShardLayout { offsets, lens: lens.to_vec(), total, shard: total.div_ceil(world).max(1), world }
+    }
+
+    /// The elements rank `rank` owns, within the padded flat vector.
+    pub fn range(&self, rank: usize) -> Range<usize> {
+        rank * self.shard..(rank + 1) * self.shard
+    }
+
+    /// Rank `rank`'s shard of per-parameter values (the padding is zeros).
+    pub fn take_shard(&self, parts: &[Vec<f32>], rank: usize) -> Vec<f32> {
+        let mut flat: Vec<f32> = parts.iter().flatten().copied().collect();
+        flat.resize(self.world * self.shard, 0.0);
+        flat[self.range(rank)].to_vec()
+    }
+
+    /// The per-parameter values of the gathered flat vector.
+    pub fn split(&self, flat: &[f32]) -> Vec<Vec<f32>> {
+        self.offsets.iter().zip(&self.lens).map(|(&o, &n)| flat[o..o + n].to_vec()).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +107,16 @@ mod tests {
         assert_eq!((0..2).map(|r| share(&[30, 10, 10, 10], 2, r)).collect::<Vec<_>>(), vec![0..1, 1..4]);
         // Fewer rows than ranks.
         assert_eq!((0..3).map(|r| share(&[5], 3, r)).collect::<Vec<_>>(), vec![0..1, 1..1, 1..1]);
+    }
+
+    #[test]
+    fn shard_layout_covers_the_parameters_once() {
+        let parts = vec![vec![1.0, 2.0, 3.0], vec![4.0], vec![5.0, 6.0, 7.0, 8.0, 9.0]];
+        let layout = ShardLayout::new(&[3, 1, 5], 2);
+        assert_eq!((layout.offsets.clone(), layout.total, layout.shard), (vec![0, 3, 4], 9, 5));
+        let shards: Vec<Vec<f32>> = (0..2).map(|r| layout.take_shard(&parts, r)).collect();
+        assert_eq!(shards, vec![vec![1.0, 2.0, 3.0, 4.0, 5.0], vec![6.0, 7.0, 8.0, 9.0, 0.0]]);
+        assert_eq!(layout.split(&shards.concat()), parts);
+        assert_eq!(ShardLayout::new(&[], 3).shard, 1, "never an empty shard (NCCL counts are positive)");
     }
 }

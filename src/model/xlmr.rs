@@ -432,6 +432,14 @@ impl<B: Backend> XlmR<B> {
         f(&self.p.backend, &mut self.p.grads)
     }
 
+    /// Calls `f` with the backend and the trainable part's values to overwrite them (a sharded
+    /// optimizer gathers the updated parameters from the ranks).
+    pub fn with_trainable_values_mut<R>(&mut self, f: impl FnOnce(&B, &mut [B::Buf]) -> Result<R>) -> Result<R> {
+        self.forget_recording()?;
+        let range = self.p.trainable.clone();
+        f(&self.p.backend, &mut self.p.values[range])
+    }
+
     /// Replaces the value of parameter `i` (used when restoring checkpoints).
     pub fn set_value(&mut self, i: usize, data: &[f32]) -> Result<()> {
         self.forget_recording()?;

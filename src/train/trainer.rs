@@ -58,6 +58,10 @@ pub struct TrainConfig {
     pub log_every: u64,
     pub out_dir: PathBuf,
     pub progress: bool,
+    /// Optimizer sharding over the ranks of a data-parallel run: 0 (none) or 1 (ZeRO-1,
+    /// `super::zero`); alone it changes nothing.
+    #[serde(default)]
+    pub zero: u8,
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -139,7 +143,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
         if cfg.max_steps.is_none() && cfg.max_time.is_none() {
             bail!("give --max-steps or --max-time (or both): training needs a stopping point");
         }
-        let mut opt = Optimizer::new(&self.model, cfg.adamw.into())?;
+        let mut opt = if cfg.zero >= 1 && world > 1 {
+            Optimizer::sharded(&mut self.model, cfg.adamw.into(), self.dist)?
+        } else {
+            Optimizer::new(&self.model, cfg.adamw.into())?
+        };
         let mut state = TrainerState {
             step: 0,
             rng: Rng::new(cfg.seed, 0x7157),
@@ -229,8 +237,11 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 step_tokens += tokens;
             }
             if world > 1 {
-                // The gradients, the loss and the tokens of the whole batch, on every rank alike.
-                self.model.with_grads_mut(|be, grads| self.dist.all_reduce_sum(be, grads))?;
+                // The gradients (a sharded optimizer reduce-scatters them itself), the loss and
+                // the tokens of the whole batch, on every rank alike.
+                if !opt.is_sharded() {
+                    self.model.with_grads_mut(|be, grads| self.dist.all_reduce_sum(be, grads))?;
+                }
                 let mut sums = [step_loss as f32, step_tokens as f32];
                 self.dist.sum_host(self.model.backend(), &mut sums)?;
                 (step_loss, step_tokens) = (sums[0] as f64, sums[1] as u64);
@@ -291,6 +302,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
             if let Some(metrics) = metrics.as_mut().filter(|_| cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) {
                 self.validate(metrics, state.step, bar.as_ref())?;
             }
+            if cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every) && state.step < total && bad_streak == 0 {
+                // Every rank takes part in gathering sharded moments; rank 0 writes.
+                opt.gather(&self.model)?;
+            }
             if lead && cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every) && state.step < total && bad_streak == 0 {
                 state.data = self.data.state();
                 let dir = cfg.out_dir.join(format!("checkpoint-{}", state.step));
@@ -304,6 +319,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         state.data = self.data.state();
         state.elapsed_secs = base_elapsed + start.elapsed().as_secs_f64();
         let dir = cfg.out_dir.join("final");
+        opt.gather(&self.model)?;
         if lead {
             checkpoint::save(&dir, &self.model, &opt, &state, &self.tokenizer_path)?;
         }

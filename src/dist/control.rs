@@ -71,7 +71,9 @@ pub fn rendezvous(env: &RankEnv, settings: &str, make_id: impl FnOnce() -> Resul
 }
 
 fn lead(env: &RankEnv, addr: &str, settings: &str, make_id: impl FnOnce() -> Result<UniqueId>) -> Result<(Control, UniqueId)> {
-    let listener = TcpListener::bind(addr).with_context(|| format!("rank 0: cannot listen on MASTER_ADDR:MASTER_PORT = {addr}"))?;
+    let listener = TcpListener::bind(addr).with_context(|| {
+        format!("rank 0: cannot listen on MASTER_ADDR:MASTER_PORT = {addr} (is another program, such as torchrun's own store, listening there?)")
+    })?;
     listener.set_nonblocking(true)?;
     let deadline = Instant::now() + RENDEZVOUS_TIMEOUT;
     let mut peers: Vec<Option<(TcpStream, BufReader<TcpStream>)>> = (1..env.world).map(|_| None).collect();

@@ -2,7 +2,7 @@
 //! predictor alone), with global gradient-norm clipping and a skipped step when the gradients
 //! are not finite; whole on every rank, or sharded over the ranks (ZeRO-1, `super::zero`).
 
-use super::zero::ZeroShard;
+use super::zero::{WholeMoments, ZeroShard};
 use crate::backend::{AdamW, Backend};
 use crate::backend::{AdamWStep, Moments};
 use crate::dist::Collective;
@@ -21,7 +21,7 @@ pub struct Optimizer<'a, B: Backend> {
     /// ZeRO-1: this rank's shard of the masters and moments (`m` and `v` are then empty).
     zero: Option<ZeroShard<'a, B>>,
     /// ZeRO-1: the whole moments gathered for a checkpoint (`gather`).
-    gathered: Option<(Vec<Vec<f32>>, Vec<Vec<f32>>)>,
+    gathered: Option<WholeMoments>,
 }
 
 /// What one `update` did.
@@ -124,7 +124,7 @@ impl<'a, B: Backend> Optimizer<'a, B> {
             let (name, shape) = (&model.param_names()[i], model.param_shapes()[i].clone());
             let n: usize = shape.iter().product();
             let (m, v) = match &self.gathered {
-                Some((m, v)) => (m[j][..n].to_vec(), v[j][..n].to_vec()),
+                Some(w) => (w.m[j][..n].to_vec(), w.v[j][..n].to_vec()),
                 None => (model.download_param(i, &self.m[j])?, model.download_param(i, &self.v[j])?),
             };
             out.push((format!("exp_avg.{name}"), shape.clone(), m));
@@ -145,11 +145,11 @@ impl<'a, B: Backend> Optimizer<'a, B> {
         let file = path.display().to_string();
         self.check_part(model)?;
         let mut t = crate::model::weights::read_safetensors(path)?;
-        let (mut whole_m, mut whole_v) = (Vec::new(), Vec::new());
+        let mut whole = WholeMoments { m: Vec::new(), v: Vec::new() };
         for (j, i) in self.trainable.clone().enumerate() {
             let name = &model.param_names()[i];
             let n: usize = model.param_shapes()[i].iter().product();
-            for (prefix, whole) in [("exp_avg", &mut whole_m), ("exp_avg_sq", &mut whole_v)] {
+            for prefix in ["exp_avg", "exp_avg_sq"] {
                 let key = format!("{prefix}.{name}");
                 let Some(x) = t.remove(&key) else { bail!("{file}: missing tensor `{key}`") };
                 if x.data.len() != n {
@@ -162,12 +162,16 @@ impl<'a, B: Backend> Optimizer<'a, B> {
                 } else {
                     // The stored length (a padded vocabulary) with zeros, as the shard layout has it.
                     data.resize(model.param_len(i), 0.0);
-                    whole.push(data);
+                    if prefix == "exp_avg" {
+                        whole.m.push(data)
+                    } else {
+                        whole.v.push(data)
+                    }
                 }
             }
         }
         if let Some(z) = self.zero.as_mut() {
-            z.load_moments(model, &whole_m, &whole_v)?;
+            z.load_moments(model, &whole)?;
         }
         let bytes = std::fs::read(path)?;
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;

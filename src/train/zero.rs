@@ -12,6 +12,12 @@ use crate::dist::Collective;
 use crate::model::XlmR;
 use anyhow::Result;
 
+/// Adam's moments of every trainable parameter (stored lengths), whole.
+pub struct WholeMoments {
+    pub m: Vec<Vec<f32>>,
+    pub v: Vec<Vec<f32>>,
+}
+
 pub struct ZeroShard<'a, B: Backend> {
     dist: &'a dyn Collective<B>,
     pub layout: ShardLayout,
@@ -58,18 +64,18 @@ impl<'a, B: Backend> ZeroShard<'a, B> {
 
     /// The whole moments, per trainable parameter (stored lengths), gathered from every rank;
     /// every rank must call this together.
-    pub fn gather_moments(&self, model: &XlmR<B>) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    pub fn gather_moments(&self, model: &XlmR<B>) -> Result<WholeMoments> {
         let be = model.backend();
         let m = self.layout.split(&self.dist.all_gather_host(be, &self.m)?);
         let v = self.layout.split(&self.dist.all_gather_host(be, &self.v)?);
-        Ok((m, v))
+        Ok(WholeMoments { m, v })
     }
 
     /// Takes this rank's shard of whole moments (per trainable parameter, stored lengths).
-    pub fn load_moments(&mut self, model: &XlmR<B>, m: &[Vec<f32>], v: &[Vec<f32>]) -> Result<()> {
+    pub fn load_moments(&mut self, model: &XlmR<B>, whole: &WholeMoments) -> Result<()> {
         let be = model.backend();
-        self.m = be.upload_f32(&self.layout.take_shard(m, self.dist.rank()))?;
-        self.v = be.upload_f32(&self.layout.take_shard(v, self.dist.rank()))?;
+        self.m = be.upload_f32(&self.layout.take_shard(&whole.m, self.dist.rank()))?;
+        self.v = be.upload_f32(&self.layout.take_shard(&whole.v, self.dist.rank()))?;
         Ok(())
     }
 }

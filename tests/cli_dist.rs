@@ -23,8 +23,16 @@ fn bad_gpu_lists_and_rank_environments_are_named() {
     let cases: [(&[&str], &[(&str, &str)], &str); 5] = [
         (&["--gpus", "0,0"], &[], "error: --gpus 0,0: GPU 0 is listed twice"),
         (&["--gpus", "0,one"], &[], "`one` is not a GPU number"),
-        (&["--device", "cpu"], &[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")], "give --device cuda"),
-        (&[], &[("WORLD_SIZE", "2"), ("RANK", "5"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")], "RANK=5 is not below WORLD_SIZE=2"),
+        (
+            &["--device", "cpu"],
+            &[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")],
+            "give --device cuda",
+        ),
+        (
+            &[],
+            &[("WORLD_SIZE", "2"), ("RANK", "5"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")],
+            "RANK=5 is not below WORLD_SIZE=2",
+        ),
         (&[], &[("WORLD_SIZE", "2"), ("RANK", "1")], "needs MASTER_ADDR and MASTER_PORT"),
     ];
     for (args, env, want) in cases {

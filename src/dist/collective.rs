@@ -15,8 +15,8 @@ pub trait Collective<B: Backend> {
     fn world(&self) -> usize;
     /// Sums each buffer over the ranks, in place, as f32.
     fn all_reduce_sum(&self, be: &B, bufs: &mut [B::Buf]) -> Result<()>;
-    /// Sums host numbers over the ranks.
-    fn sum_host(&self, be: &B, vals: &mut [f32]) -> Result<()>;
+    /// Sums host numbers over the ranks (in f64: losses, token counts, squared norms).
+    fn sum_host(&self, be: &B, vals: &mut [f64]) -> Result<()>;
     /// ZeRO-1: sums `parts` (flattened in order, padded to `world · shard.len()`) over the ranks
     /// and leaves this rank's part of the sum in `shard` (f32).
     fn reduce_scatter_sum(&self, be: &B, parts: &mut [B::Buf], shard: &mut B::Buf) -> Result<()>;
@@ -40,7 +40,7 @@ impl<B: Backend> Collective<B> for Solo {
     fn all_reduce_sum(&self, _be: &B, _bufs: &mut [B::Buf]) -> Result<()> {
         Ok(())
     }
-    fn sum_host(&self, _be: &B, _vals: &mut [f32]) -> Result<()> {
+    fn sum_host(&self, _be: &B, _vals: &mut [f64]) -> Result<()> {
         Ok(())
     }
     fn reduce_scatter_sum(&self, _be: &B, _parts: &mut [B::Buf], _shard: &mut B::Buf) -> Result<()> {
@@ -221,11 +221,20 @@ impl<B: Backend> Collective<B> for NcclCollective {
         Ok(host)
     }
 
-    fn sum_host(&self, be: &B, vals: &mut [f32]) -> Result<()> {
+    fn sum_host(&self, be: &B, vals: &mut [f64]) -> Result<()> {
         let cuda = cuda_of(be)?;
-        let mut buf = cuda.upload_f32(vals)?;
-        self.all_reduce_sum(be, std::slice::from_mut((&mut buf as &mut dyn Any).downcast_mut::<B::Buf>().expect("CUDA buffer")))?;
-        vals.copy_from_slice(&cuda.download(&buf)?);
-        Ok(())
+        let stream = cuda.stream().clone();
+        let mut dev = stream.clone_htod(vals)?;
+        {
+            let (p, _sync) = dev.device_ptr_mut(&stream);
+            let p = p as *mut c_void;
+            // SAFETY: `p` holds vals.len() f64 on this rank's device; in place is allowed.
+            let r = unsafe {
+                (self.comm.api().ncclAllReduce)(p, p, vals.len(), nccl::FLOAT64, nccl::SUM, self.comm.raw(), Self::stream_ptr(cuda))
+            };
+            self.comm.check("all-reduce", r)?;
+        }
+        self.finish(cuda, "all-reduce of the step's loss and counts")?;
+        cuda.to_host(&dev, vals)
     }
 }

@@ -242,9 +242,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 if !opt.is_sharded() {
                     self.model.with_grads_mut(|be, grads| self.dist.all_reduce_sum(be, grads))?;
                 }
-                let mut sums = [step_loss as f32, step_tokens as f32];
+                let mut sums = [step_loss, step_tokens as f64];
                 self.dist.sum_host(self.model.backend(), &mut sums)?;
-                (step_loss, step_tokens) = (sums[0] as f64, sums[1] as u64);
+                (step_loss, step_tokens) = (sums[0], sums[1] as u64);
             }
             let info = opt.update(&mut self.model, lr, Some(cfg.clip_norm))?;
             state.step += 1;

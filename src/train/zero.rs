@@ -49,9 +49,9 @@ impl<'a, B: Backend> ZeroShard<'a, B> {
         let (dist, grad) = (self.dist, &mut self.grad);
         model.with_grads_mut(|be, grads| dist.reduce_scatter_sum(be, grads, grad))?;
         let be = model.backend();
-        let mut squares = [be.sum_squares(&self.grad)? as f32];
+        let mut squares = [be.sum_squares(&self.grad)?];
         dist.sum_host(be, &mut squares)?;
-        let norm = (squares[0] as f64).sqrt();
+        let norm = squares[0].sqrt();
         if !norm.is_finite() {
             return Ok(UpdateInfo { grad_norm: norm, skipped: true });
         }

@@ -28,6 +28,32 @@ use std::time::{Duration, Instant};
 const TOL_LOSS: f64 = 1e-4;
 const TOL_PARAM: f64 = 2e-3;
 
+/// Whether this machine can run a two-rank test: two CUDA devices (the software device is asked
+/// for two) and NCCL. The software device must always manage; a real machine without a second GPU
+/// or NCCL skips, saying why.
+fn two_gpus(test: &str) -> bool {
+    // Once, before this process opens a device (the software device counts its devices then).
+    static TWO: std::sync::Once = std::sync::Once::new();
+    TWO.call_once(|| std::env::set_var("DLM_SWDEV_DEVICES", "2"));
+    let Some(g) = gpu(test) else { return false };
+    let software = dlm_engine::backend::Backend::name(&g).contains(dlm_engine::backend::cuda::SOFTWARE_DEVICE_MARK);
+    drop(g);
+    let devices = cudarc::driver::CudaContext::device_count().unwrap_or(0);
+    let missing = if devices < 2 {
+        Some(format!("{devices} CUDA device(s), the test needs 2"))
+    } else {
+        dlm_engine::dist::nccl::api().err().map(|e| e.to_string())
+    };
+    match missing {
+        Some(why) if software => panic!("{test}: the software device must run it, but: {why}"),
+        Some(why) => {
+            eprintln!("skipped {test}: {why}");
+            false
+        }
+        None => true,
+    }
+}
+
 fn binary() -> PathBuf {
     let built = PathBuf::from(env!("CARGO_BIN_EXE_dlm-engine"));
     if built.is_file() {
@@ -159,8 +185,9 @@ fn compare_tensors(what: &str, a: &Path, b: &Path) {
 
 #[test]
 fn two_ranks_train_as_one_process_on_the_whole_batch_and_resume_at_one() {
-    let Some(g) = gpu("two_ranks_train_as_one_process_on_the_whole_batch_and_resume_at_one") else { return };
-    drop(g);
+    if !two_gpus("two_ranks_train_as_one_process_on_the_whole_batch_and_resume_at_one") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let (model, data) = setup(tmp.path());
     let dir = |n: &str| tmp.path().join(n);
@@ -209,8 +236,9 @@ fn with(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
 
 #[test]
 fn zero1_trains_as_plain_data_parallel_and_its_checkpoints_resume_on_one_rank() {
-    let Some(g) = gpu("zero1_trains_as_plain_data_parallel_and_its_checkpoints_resume_on_one_rank") else { return };
-    drop(g);
+    if !two_gpus("zero1_trains_as_plain_data_parallel_and_its_checkpoints_resume_on_one_rank") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let (model, data) = setup(tmp.path());
     let dir = |n: &str| tmp.path().join(n);
@@ -235,8 +263,9 @@ fn zero1_trains_as_plain_data_parallel_and_its_checkpoints_resume_on_one_rank() 
 
 #[test]
 fn a_killed_rank_stops_every_rank_with_an_error_naming_it() {
-    let Some(g) = gpu("a_killed_rank_stops_every_rank_with_an_error_naming_it") else { return };
-    drop(g);
+    if !two_gpus("a_killed_rank_stops_every_rank_with_an_error_naming_it") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let (model, data) = setup(tmp.path());
     let args = train_args(&model, &data, &tmp.path().join("run"), 100_000);

@@ -18,9 +18,12 @@ fn train(args: &[&str], env: &[(&str, &str)]) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Flags, environment, and the error expected.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn bad_gpu_lists_and_rank_environments_are_named() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 5] = [
+    let cases: [Case; 5] = [
         (&["--gpus", "0,0"], &[], "error: --gpus 0,0: GPU 0 is listed twice"),
         (&["--gpus", "0,one"], &[], "`one` is not a GPU number"),
         (

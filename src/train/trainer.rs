@@ -240,7 +240,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 // The gradients (a sharded optimizer reduce-scatters them itself), the loss and
                 // the tokens of the whole batch, on every rank alike.
                 if !opt.is_sharded() {
-                    self.model.with_grads_mut(|be, grads| self.dist.all_reduce_sum(be, grads))?;
+                    self.model.with_trainable_mut(|be, _, grads| self.dist.all_reduce_sum(be, grads))?;
                 }
                 let mut sums = [step_loss, step_tokens as f64];
                 self.dist.sum_host(self.model.backend(), &mut sums)?;

@@ -47,7 +47,7 @@ impl<'a, B: Backend> ZeroShard<'a, B> {
     /// One step: see the module's comment. `step` is the 1-based update number.
     pub fn update(&mut self, model: &mut XlmR<B>, hp: AdamW, lr: f32, step: u64, max_norm: Option<f32>) -> Result<UpdateInfo> {
         let (dist, grad) = (self.dist, &mut self.grad);
-        model.with_grads_mut(|be, grads| dist.reduce_scatter_sum(be, grads, grad))?;
+        model.with_trainable_mut(|be, _, grads| dist.reduce_scatter_sum(be, grads, grad))?;
         let be = model.backend();
         let mut squares = [be.sum_squares(&self.grad)?];
         dist.sum_host(be, &mut squares)?;
@@ -58,7 +58,7 @@ impl<'a, B: Backend> ZeroShard<'a, B> {
         let grad_scale = super::optim::clip_factor(norm, max_norm).unwrap_or(1.0);
         be.adamw(&mut self.master, &self.grad, Moments { m: &mut self.m, v: &mut self.v }, hp, AdamWStep { lr, step, grad_scale })?;
         let master = &self.master;
-        model.with_trainable_values_mut(|be, values| dist.all_gather_params(be, master, values))?;
+        model.with_trainable_mut(|be, values, _| dist.all_gather_params(be, master, values))?;
         Ok(UpdateInfo { grad_norm: norm, skipped: false })
     }
 

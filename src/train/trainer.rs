@@ -305,12 +305,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
             if cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every) && state.step < total && bad_streak == 0 {
                 // Every rank takes part in gathering sharded moments; rank 0 writes.
                 opt.gather(&self.model)?;
-            }
-            if lead && cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every) && state.step < total && bad_streak == 0 {
-                state.data = self.data.state();
-                let dir = cfg.out_dir.join(format!("checkpoint-{}", state.step));
-                checkpoint::save(&dir, &self.model, &opt, &state, &self.tokenizer_path)?;
-                checkpoint::prune(&cfg.out_dir, cfg.keep_checkpoints)?;
+                if lead {
+                    state.data = self.data.state();
+                    let dir = cfg.out_dir.join(format!("checkpoint-{}", state.step));
+                    checkpoint::save(&dir, &self.model, &opt, &state, &self.tokenizer_path)?;
+                    checkpoint::prune(&cfg.out_dir, cfg.keep_checkpoints)?;
+                }
             }
         }
         if let Some(b) = &bar {

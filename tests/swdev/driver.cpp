@@ -169,11 +169,10 @@ void drain(Stream& s) {
     while (!s.queue.empty()) {
         Op op = std::move(s.queue.front());
         s.queue.pop_front();
-        auto t0 = std::chrono::steady_clock::now();
+        const auto t0 = tracing() ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
         t_op_failed = false;
         op.run();
         if (t_op_failed && s.error == CUDA_SUCCESS) s.error = CUDA_ERROR_LAUNCH_FAILED;
-        t_op_failed = false;
         if (tracing())
             fprintf(stderr, "swdev: ran %s in %.3f ms\n", op.what.c_str(), std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     }

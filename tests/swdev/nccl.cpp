@@ -5,6 +5,8 @@
 // - Every collective is checked at the call (communicator, datatype, op, root; every buffer must
 //   lie in one live device allocation of the driver stand-in, or the process stops naming it) and
 //   queued on its CUDA stream; it runs when the stream does, moving the data between processes.
+// - ncclSend/ncclRecv work between any ranks (and a rank and itself); inside ncclGroupStart/End
+//   they are collected and queued as one exchange per communicator and stream at the group's end.
 // - Results are exact and identical on every rank: each element is a left fold in rank order in
 //   the datatype's precision (nccl_reduce.h), the same fold for all-reduce, reduce-scatter and
 //   reduce, so a 1-rank all-reduce is the identity and reduce-scatter + all-gather equals
@@ -14,6 +16,7 @@
 //   ncclGetLastError, and makes the synchronisation that ran it return CUDA_ERROR_LAUNCH_FAILED.
 //   Later collectives on that communicator fail at once.
 // Entry points not written here are generated stubs that stop the process naming themselves.
+#include <algorithm>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
@@ -69,8 +72,10 @@ std::shared_ptr<Comm> lookup(ncclComm_t h) {
     return it == reg().live.end() ? nullptr : it->second;
 }
 
-// A collective failed while its stream ran: the communicator is broken from now on.
+// A collective failed while its stream ran: the communicator is broken from now on, and its
+// peers must not wait for it.
 void break_comm(Comm& c, const Failure& f) {
+    c.mesh->shut();
     {
         std::lock_guard lock(c.mu);
         if (c.async == ncclSuccess) {
@@ -168,39 +173,139 @@ void execute(Mesh& m, const Coll& k, const char* name) {
     }
 }
 
-// Checks a collective at the call and queues it on `stream`.
-ncclResult_t submit(const char* name, ncclComm_t h, cudaStream_t stream, Coll k) {
-    std::shared_ptr<Comm> comm = lookup(h);
-    if (!comm) return refuse(ncclInvalidArgument, "%s: %p is not a live communicator", name, (void*)h);
-    const size_t es = type_size(k.dt);
-    if (!es) return refuse(ncclInvalidArgument, "%s: datatype %s (%d) is not modelled by the software NCCL", name, type_name(k.dt), (int)k.dt);
-    if ((k.call == kAllReduce || k.call == kReduceScatter || k.call == kReduce) && (k.op < 0 || k.op >= ncclNumOps))
-        return refuse(ncclInvalidArgument, "%s: reduction op %d is not one of sum, prod, max, min, avg", name, k.op);
-    const int N = comm->mesh->nranks, me = comm->mesh->rank;
-    if ((k.call == kBroadcast || k.call == kReduce) && (k.root < 0 || k.root >= N))
-        return refuse(ncclInvalidArgument, "%s: root %d is not a rank of this %d-rank communicator", name, k.root, N);
-    {
-        std::lock_guard lock(comm->mu);
-        if (comm->async != ncclSuccess) return refuse(comm->async, "%s: the communicator failed earlier: %s", name, comm->error);
-    }
-    if (k.count > (SIZE_MAX / es) / (size_t)N) return refuse(ncclInvalidArgument, "%s: count %zu overflows", name, k.count);
-    const size_t b = k.count * es;
-    const bool root = me == k.root;
-    require_device(name, "sendbuff", k.send, k.call == kReduceScatter ? b * N : k.call == kBroadcast && !root ? 0 : b);
-    require_device(name, "recvbuff", k.recv, k.call == kAllGather ? b * N : k.call == kReduce && !root ? 0 : b);
-    int rc = swdev::enqueue(stream, name, [comm, k, name] {
+// Queues `work` (an exchange on `comm`'s mesh) on `stream`: when the stream runs it, a failure
+// breaks the communicator, and a broken communicator fails it without touching the mesh.
+template <class F>
+ncclResult_t enqueue(const char* name, std::shared_ptr<Comm> comm, cudaStream_t stream, F work) {
+    int rc = swdev::enqueue(stream, name, [comm, work, name] {
         {
             std::lock_guard lock(comm->mu);
             if (comm->async != ncclSuccess) return swdev::fail_running_op();
         }
         try {
-            execute(*comm->mesh, k, name);
+            work(*comm->mesh);
         } catch (const Failure& f) {
             break_comm(*comm, f);
         }
     });
-    if (rc) return refuse(ncclUnhandledCudaError, "%s: the CUDA stream refused the collective (CUresult %d)", name, rc);
+    if (rc) return refuse(ncclUnhandledCudaError, "%s: the CUDA stream refused it (CUresult %d)", name, rc);
     return ncclSuccess;
+}
+
+// The checks every call on a communicator starts with; null (after refusing) when one fails.
+std::shared_ptr<Comm> usable(const char* name, ncclComm_t h, ncclDataType_t dt, ncclResult_t* r) {
+    std::shared_ptr<Comm> comm = lookup(h);
+    if (!comm) {
+        *r = refuse(ncclInvalidArgument, "%s: %p is not a live communicator", name, (void*)h);
+        return nullptr;
+    }
+    if (!type_size(dt)) {
+        *r = refuse(ncclInvalidArgument, "%s: datatype %s (%d) is not modelled by the software NCCL", name, type_name(dt), (int)dt);
+        return nullptr;
+    }
+    std::lock_guard lock(comm->mu);
+    if (comm->async != ncclSuccess) {
+        *r = refuse(comm->async, "%s: the communicator failed earlier: %s", name, comm->error);
+        return nullptr;
+    }
+    return comm;
+}
+
+// Checks a collective at the call and queues it on `stream`.
+ncclResult_t submit(const char* name, ncclComm_t h, cudaStream_t stream, Coll k) {
+    ncclResult_t r = ncclSuccess;
+    std::shared_ptr<Comm> comm = usable(name, h, k.dt, &r);
+    if (!comm) return r;
+    const size_t es = type_size(k.dt);
+    if ((k.call == kAllReduce || k.call == kReduceScatter || k.call == kReduce) && (k.op < 0 || k.op >= ncclNumOps))
+        return refuse(ncclInvalidArgument, "%s: reduction op %d is not one of sum, prod, max, min, avg", name, k.op);
+    const int N = comm->mesh->nranks, me = comm->mesh->rank;
+    if ((k.call == kBroadcast || k.call == kReduce) && (k.root < 0 || k.root >= N))
+        return refuse(ncclInvalidArgument, "%s: root %d is not a rank of this %d-rank communicator", name, k.root, N);
+    if (k.count > (SIZE_MAX / es) / (size_t)N) return refuse(ncclInvalidArgument, "%s: count %zu overflows", name, k.count);
+    const size_t b = k.count * es;
+    const bool root = me == k.root;
+    require_device(name, "sendbuff", k.send, k.call == kReduceScatter ? b * N : k.call == kBroadcast && !root ? 0 : b);
+    require_device(name, "recvbuff", k.recv, k.call == kAllGather ? b * N : k.call == kReduce && !root ? 0 : b);
+    return enqueue(name, comm, stream, [k, name](Mesh& m) { execute(m, k, name); });
+}
+
+// ---- point to point: sends and receives, batched by group --------------------------------------
+
+struct P2pOp {
+    bool send;
+    void* buf;
+    size_t bytes;
+    int peer;
+};
+
+// The sends and receives of one communicator on one stream, collected until the group ends.
+struct P2pBatch {
+    std::shared_ptr<Comm> comm;
+    cudaStream_t stream;
+    std::vector<P2pOp> ops;
+};
+
+thread_local int t_group_depth = 0;
+thread_local std::vector<P2pBatch> t_batches;
+
+// Runs a batch: every peer's sends in call order make one message, matched by the peer's
+// receives from this rank in its call order; sends to this rank itself are copies.
+void run_p2p(Mesh& m, const std::vector<P2pOp>& ops) {
+    const char* name = "ncclSend/ncclRecv";
+    std::vector<Leg> legs(m.nranks);
+    std::vector<const P2pOp*> self_sends, self_recvs;
+    for (int p = 0; p < m.nranks; ++p) legs[p] = {p, Header{0, kSendRecv, -1, -1, -1, 0, 0}, {}, {}};
+    for (const P2pOp& op : ops) {
+        if (op.peer == m.rank) {
+            (op.send ? self_sends : self_recvs).push_back(&op);
+            continue;
+        }
+        Leg& l = legs[op.peer];
+        if (op.send) {
+            l.out.push_back({op.buf, op.bytes});
+            ++l.header.count;
+        } else {
+            l.in.push_back({op.buf, op.bytes});
+        }
+    }
+    std::vector<Leg> used;
+    for (Leg& l : legs) {
+        l.sends = !l.out.empty();
+        l.receives = !l.in.empty();
+        if (l.sends || l.receives) used.push_back(std::move(l));
+    }
+    m.exchange(used, name);
+    // After the exchange: a mistake in this rank's copies to itself concerns no peer.
+    if (self_sends.size() != self_recvs.size())
+        fail(ncclInvalidUsage, "%s: rank %d sends itself %zu buffers but receives %zu", name, m.rank, self_sends.size(), self_recvs.size());
+    for (size_t i = 0; i < self_sends.size(); ++i) {
+        if (self_sends[i]->bytes != self_recvs[i]->bytes)
+            fail(ncclInvalidUsage, "%s: rank %d sends itself %zu bytes but receives %zu", name, m.rank, self_sends[i]->bytes, self_recvs[i]->bytes);
+        memmove(self_recvs[i]->buf, self_sends[i]->buf, self_sends[i]->bytes);
+    }
+}
+
+ncclResult_t flush_p2p() {
+    std::vector<P2pBatch> batches = std::move(t_batches);
+    t_batches.clear();
+    for (P2pBatch& b : batches)
+        if (ncclResult_t r = enqueue("ncclSend/ncclRecv", b.comm, b.stream, [ops = std::move(b.ops)](Mesh& m) { run_p2p(m, ops); })) return r;
+    return ncclSuccess;
+}
+
+ncclResult_t p2p(const char* name, bool send, void* buf, size_t count, ncclDataType_t dt, int peer, ncclComm_t h, cudaStream_t stream) {
+    ncclResult_t r = ncclSuccess;
+    std::shared_ptr<Comm> comm = usable(name, h, dt, &r);
+    if (!comm) return r;
+    if (peer < 0 || peer >= comm->mesh->nranks) return refuse(ncclInvalidArgument, "%s: peer %d is not a rank of this %d-rank communicator", name, peer, comm->mesh->nranks);
+    if (count > SIZE_MAX / type_size(dt)) return refuse(ncclInvalidArgument, "%s: count %zu overflows", name, count);
+    const size_t bytes = count * type_size(dt);
+    require_device(name, send ? "sendbuff" : "recvbuff", buf, bytes);
+    auto it = std::find_if(t_batches.begin(), t_batches.end(), [&](const P2pBatch& b) { return b.comm == comm && b.stream == stream; });
+    if (it == t_batches.end()) it = t_batches.insert(t_batches.end(), P2pBatch{comm, stream, {}});
+    it->ops.push_back({send, buf, bytes, peer});
+    return t_group_depth == 0 ? flush_p2p() : ncclSuccess;
 }
 
 }  // namespace
@@ -352,6 +457,25 @@ ncclResult_t ncclBcast(void* buff, size_t n, ncclDataType_t dt, int root, ncclCo
 
 ncclResult_t ncclReduce(const void* s, void* r, size_t n, ncclDataType_t dt, ncclRedOp_t op, int root, ncclComm_t c, cudaStream_t st) {
     return submit("ncclReduce", c, st, {kReduce, s, r, n, dt, op, root});
+}
+
+ncclResult_t ncclSend(const void* s, size_t n, ncclDataType_t dt, int peer, ncclComm_t c, cudaStream_t st) {
+    return p2p("ncclSend", true, const_cast<void*>(s), n, dt, peer, c, st);
+}
+
+ncclResult_t ncclRecv(void* r, size_t n, ncclDataType_t dt, int peer, ncclComm_t c, cudaStream_t st) { return p2p("ncclRecv", false, r, n, dt, peer, c, st); }
+
+// Collectives inside a group are queued at their call, in call order (each is complete on its
+// own); sends and receives wait for the outermost ncclGroupEnd, which queues each communicator's
+// and stream's as one exchange, so that a rank can send to and receive from a peer at once.
+ncclResult_t ncclGroupStart() {
+    ++t_group_depth;
+    return ncclSuccess;
+}
+
+ncclResult_t ncclGroupEnd() {
+    if (t_group_depth == 0) return refuse(ncclInvalidUsage, "ncclGroupEnd without ncclGroupStart");
+    return --t_group_depth == 0 ? flush_p2p() : ncclSuccess;
 }
 
 // The generated stubs' end for libnccl (gen_stubs.py): an entry point this stand-in does not model.

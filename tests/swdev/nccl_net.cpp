@@ -151,19 +151,21 @@ size_t total(const std::vector<Span>& spans) {
     fail(ncclRemoteError, "rank %d (pid %d) left the communicator (destroyed, aborted or failed) during %s", peer, (int)m.pids[peer], what);
 }
 
-// Sends or receives exactly `n` bytes of the handshake before `deadline`.
-static void handshake_io(int fd, void* buf, size_t n, bool out, Clock::time_point deadline, int rank) {
+// Sends or receives exactly `n` bytes of the handshake with `peer` (-1 while unknown) before
+// `deadline`.
+static void handshake_io(int fd, void* buf, size_t n, bool out, Clock::time_point deadline, int rank, int peer) {
+    const std::string who = peer >= 0 ? "rank " + std::to_string(peer) : std::string("a peer");
     char* p = (char*)buf;
     while (n > 0) {
         pollfd pfd{fd, short(out ? POLLOUT : POLLIN), 0};
         int ms = poll_ms(deadline, 1000);
-        if (ms == 0) fail(ncclSystemError, "ncclCommInitRank: rank %d: a peer stopped answering during the rendezvous (DLM_SWNCCL_TIMEOUT)", rank);
+        if (ms == 0) fail(ncclSystemError, "ncclCommInitRank: rank %d: %s stopped answering during the rendezvous (DLM_SWNCCL_TIMEOUT)", rank, who.c_str());
         if (poll(&pfd, 1, ms) < 0 && errno != EINTR) fail(ncclSystemError, "ncclCommInitRank: poll: %s", strerror(errno));
         ssize_t k = out ? send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT) : recv(fd, p, n, MSG_DONTWAIT);
-        if (k == 0 && !out) fail(ncclRemoteError, "ncclCommInitRank: rank %d: a peer closed its connection during the rendezvous", rank);
+        if (k == 0 && !out) fail(ncclRemoteError, "ncclCommInitRank: rank %d: %s closed its connection during the rendezvous", rank, who.c_str());
         if (k < 0) {
             if (errno == EAGAIN || errno == EINTR) continue;
-            fail(ncclRemoteError, "ncclCommInitRank: rank %d: a peer's connection failed during the rendezvous: %s", rank, strerror(errno));
+            fail(ncclRemoteError, "ncclCommInitRank: rank %d: the connection to %s failed during the rendezvous: %s", rank, who.c_str(), strerror(errno));
         }
         p += k;
         n -= (size_t)k;
@@ -198,8 +200,8 @@ Mesh::Mesh(const Token& token, int n, int r) : rank(r), nranks(n), fds(n, -1), p
         // Swaps hellos on a new connection and checks the peer's; returns its rank.
         auto handshake = [&](int fd, int expect) {
             Hello h{};
-            handshake_io(fd, &hello_out, sizeof hello_out, true, deadline, rank);
-            handshake_io(fd, &h, sizeof h, false, deadline, rank);
+            handshake_io(fd, &hello_out, sizeof hello_out, true, deadline, rank, expect);
+            handshake_io(fd, &h, sizeof h, false, deadline, rank, expect);
             if (h.magic != kHelloMagic || memcmp(h.hex, token.hex, sizeof h.hex) != 0)
                 fail(ncclInternalError, "ncclCommInitRank: rank %d: a connection that is not from this communicator's ranks", rank);
             if (h.nranks != nranks)
@@ -279,12 +281,14 @@ void Mesh::exchange(std::vector<Leg>& legs, const char* what) {
     try {
         move(legs, what);
     } catch (...) {
-        // This rank is out of step with its peers for good: make every peer's wait on it end now
-        // (end of file) rather than at its timeout.
-        for (int fd : fds)
-            if (fd >= 0) shutdown(fd, SHUT_RDWR);
+        shut();
         throw;
     }
+}
+
+void Mesh::shut() {
+    for (int fd : fds)
+        if (fd >= 0) shutdown(fd, SHUT_RDWR);
 }
 
 void Mesh::move(std::vector<Leg>& legs, const char* what) {
@@ -322,8 +326,9 @@ void Mesh::move(std::vector<Leg>& legs, const char* what) {
         state[k].header_done = true;
         state[k].in = Cursor(leg.in);
     };
+    // The timeout bounds a wait without progress: a long transfer that keeps moving is no hang.
     const double seconds = timeout_seconds();
-    const auto deadline = deadline_after(seconds);
+    auto deadline = deadline_after(seconds);
     std::vector<pollfd> pfds;
     std::vector<size_t> which;
     for (;;) {
@@ -362,13 +367,14 @@ void Mesh::move(std::vector<Leg>& legs, const char* what) {
             if ((re & POLLOUT) && !s.out.done()) {
                 ssize_t n = send(fd, s.out.ptr(), std::min(s.out.left(), kChunk), MSG_DONTWAIT | MSG_NOSIGNAL);
                 if (n < 0 && errno != EAGAIN && errno != EINTR) peer_gone(*this, peer, what);
-                if (n > 0) s.out.advance((size_t)n);
+                if (n > 0) s.out.advance((size_t)n), deadline = deadline_after(seconds);
             }
             if (re & POLLIN) {
                 ssize_t n = recv(fd, s.in.ptr(), std::min(s.in.left(), kChunk), MSG_DONTWAIT);
                 if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) peer_gone(*this, peer, what);
                 if (n > 0) {
                     s.in.advance((size_t)n);
+                    deadline = deadline_after(seconds);
                     if (s.in.done() && !s.header_done) check(k);
                 }
             } else if (re & (POLLHUP | POLLERR)) {

@@ -1,4 +1,4 @@
-// The NCCL stand-in's transport: N ranks are N processes (or threads) on this machine, connected
+// The NCCL stand-in's transport: N ranks are N processes on this machine, connected
 // pairwise by Unix stream sockets in the abstract namespace (nothing on the file system). The
 // unique id carries a random token; rank r listens on "dlm-swnccl/<token>/<r>", connects to every
 // lower rank and accepts every higher one, and each pair swaps a hello with its rank and pid.
@@ -8,9 +8,9 @@
 // Every message starts with a header describing the call; a peer whose header differs (another
 // collective, count, datatype, op or root) is a usage error naming both calls. A peer that closed
 // its end (its process died, or it destroyed its communicator) ends the wait at once with an error
-// naming its rank and pid; DLM_SWNCCL_TIMEOUT (seconds, default 120) bounds every wait; an abort
-// (Mesh::abort, from any thread) releases it. A rank whose exchange failed shuts all its sockets,
-// so its peers' waits end too instead of running into their timeouts.
+// naming its rank and pid; DLM_SWNCCL_TIMEOUT (seconds, default 120) bounds every wait without
+// progress; an abort (Mesh::abort, from any thread) releases it. A rank whose exchange failed
+// shuts all its sockets, so its peers' waits end too instead of running into their timeouts.
 #pragma once
 #include <sys/types.h>
 #include <atomic>
@@ -96,6 +96,10 @@ struct Mesh {
 
     // Makes every present and future exchange fail at once ("ncclCommAbort"), from any thread.
     void abort();
+
+    // This rank is out of step with its peers for good (an exchange failed): ends every peer's
+    // wait on it now, with end of file, rather than at the peer's timeout.
+    void shut();
 
    private:
     void move(std::vector<Leg>& legs, const char* what);

@@ -88,24 +88,51 @@ T apply(int op, T a, T b) {
     }
 }
 
+// acc[i] = f(acc[i], x[i]) for every element, with the op fixed at compile time.
+template <class T, class F>
+void combine_each(T* acc, const T* x, size_t n, F f) {
+    for (size_t i = 0; i < n; ++i) acc[i] = f(acc[i], x[i]);
+}
+
+// Calls f(std::integral_constant<int, op>) for the op's compile-time value (avg sums).
+template <class F>
+void with_op(int op, F f) {
+    switch (op) {
+        case ncclProd: return f(std::integral_constant<int, ncclProd>{});
+        case ncclMax: return f(std::integral_constant<int, ncclMax>{});
+        case ncclMin: return f(std::integral_constant<int, ncclMin>{});
+        default: return f(std::integral_constant<int, ncclSum>{});
+    }
+}
+
 template <class T>
 void fold_plain(int op, T* acc, const T* x, size_t n, bool first, double avg_scale) {
-    const bool prescale = op == ncclAvg && std::is_floating_point_v<T>;
-    const T s = T(avg_scale);
-    for (size_t i = 0; i < n; ++i) {
-        T v = prescale ? T(x[i] * s) : x[i];
-        acc[i] = first ? v : apply<T>(op, acc[i], v);
+    if constexpr (std::is_floating_point_v<T>) {
+        if (op == ncclAvg) {
+            const T s = T(avg_scale);
+            for (size_t i = 0; i < n; ++i) acc[i] = first ? T(x[i] * s) : T(acc[i] + T(x[i] * s));
+            return;
+        }
     }
+    if (first) return (void)memmove(acc, x, n * sizeof(T));
+    with_op(op, [&](auto o) { combine_each(acc, x, n, [](T a, T b) { return apply<T>(decltype(o)::value, a, b); }); });
 }
 
 // 16-bit floats: stored as bits, combined in f32 and rounded back after every step.
 template <float (*Load)(uint16_t), uint16_t (*Store)(float)>
 void fold_half(int op, uint16_t* acc, const uint16_t* x, size_t n, bool first, double avg_scale) {
-    const float s = Load(Store(float(avg_scale)));
-    for (size_t i = 0; i < n; ++i) {
-        uint16_t v = op == ncclAvg ? Store(Load(x[i]) * s) : x[i];
-        acc[i] = first ? v : Store(apply<float>(op, Load(acc[i]), Load(v)));
+    if (op == ncclAvg) {
+        const float s = Load(Store(float(avg_scale)));
+        for (size_t i = 0; i < n; ++i) {
+            const uint16_t v = Store(Load(x[i]) * s);
+            acc[i] = first ? v : Store(Load(acc[i]) + Load(v));
+        }
+        return;
     }
+    if (first) return (void)memmove(acc, x, n * sizeof(uint16_t));
+    with_op(op, [&](auto o) {
+        combine_each(acc, x, n, [](uint16_t a, uint16_t b) { return Store(apply<float>(decltype(o)::value, Load(a), Load(b))); });
+    });
 }
 
 // Folds contribution `x` (n elements) into `acc`: `first` starts the fold (acc = x, pre-scaled for

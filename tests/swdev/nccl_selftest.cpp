@@ -237,6 +237,55 @@ void gathers(Device& dev, ncclComm_t comm, int n, int me, int dt, size_t count, 
     }
 }
 
+// Sends and receives: a ring in one group (two buffers to the next rank, of two datatypes, so
+// that two sends to one peer are matched in order; with one rank, a copy to itself), then a lone
+// send from rank 0 to rank 1 outside any group.
+void point_to_point(Device& dev, ncclComm_t comm, int n, int me) {
+    const int next = (me + 1) % n, prev = (me + n - 1) % n;
+    const size_t na = 37, nb = 5;
+    auto a = input(ncclFloat32, ncclSum, me, na, 99), b = input(ncclBfloat16, ncclSum, me, nb, 98);
+    CUdeviceptr sa = dev.upload(a, a.size()), sb = dev.upload(b, b.size()), ra = dev.upload({}, a.size()), rb = dev.upload({}, b.size());
+    NC(ncclGroupStart());
+    NC(ncclSend((void*)sa, na, ncclFloat32, next, comm, dev.nccl_stream()));
+    NC(ncclRecv((void*)ra, na, ncclFloat32, prev, comm, dev.nccl_stream()));
+    NC(ncclSend((void*)sb, nb, ncclBfloat16, next, comm, dev.nccl_stream()));
+    NC(ncclRecv((void*)rb, nb, ncclBfloat16, prev, comm, dev.nccl_stream()));
+    NC(ncclGroupEnd());
+    expect_bytes(dev.download(ra, a.size()), input(ncclFloat32, ncclSum, prev, na, 99), ncclFloat32, "ncclSend/ncclRecv ring", -1, false);
+    expect_bytes(dev.download(rb, b.size()), input(ncclBfloat16, ncclSum, prev, nb, 98), ncclBfloat16, "ncclSend/ncclRecv ring", -1, false);
+    if (n >= 2 && me == 0) NC(ncclSend((void*)sa, na, ncclFloat32, 1, comm, dev.nccl_stream()));
+    if (n >= 2 && me == 1) {
+        NC(ncclRecv((void*)ra, na, ncclFloat32, 0, comm, dev.nccl_stream()));
+        expect_bytes(dev.download(ra, a.size()), input(ncclFloat32, ncclSum, 0, na, 99), ncclFloat32, "a lone ncclRecv", -1, false);
+    }
+    for (CUdeviceptr p : {sa, sb, ra, rb}) CU(cuMemFree(p));
+}
+
+// A collective recorded in a CUDA graph runs again at every launch: an in-place sum of ones gives
+// n after one launch and n² after two.
+void captured(Device& dev, ncclComm_t comm, int n) {
+    const float one = 1.0f;
+    std::vector<unsigned char> host(4 * 8);
+    for (int i = 0; i < 8; ++i) memcpy(&host[4 * i], &one, 4);
+    CUdeviceptr p = dev.upload(host, host.size());
+    CUgraph g;
+    CUgraphExec e;
+    CU(cuStreamBeginCapture(dev.stream, CU_STREAM_CAPTURE_MODE_GLOBAL));
+    NC(ncclAllReduce((void*)p, (void*)p, 8, ncclFloat32, ncclSum, comm, dev.nccl_stream()));
+    CU(cuStreamEndCapture(dev.stream, &g));
+    CU(cuGraphInstantiateWithFlags(&e, g, 0));
+    for (int launch = 1; launch <= 2; ++launch) {
+        CU(cuGraphLaunch(e, dev.stream));
+        auto got = dev.download(p, host.size());
+        float v;
+        memcpy(&v, &got[4 * 7], 4);
+        EXPECT(v == float(launch == 1 ? n : n * n), "a captured all-reduce gave %g after launch %d", v, launch);
+    }
+    CU(cuGraphExecDestroy(e));
+    CU(cuGraphDestroy(g));
+    CU(cuMemFree(p));
+}
+
 int every_collective(int rank, int n) {
     Device dev(rank);
     ncclComm_t comm = join(n, rank);
@@ -247,16 +296,31 @@ int every_collective(int rank, int n) {
     NC(ncclCommCuDevice(comm, &got_dev));
     EXPECT(v == 23000 && got_n == n && got_rank == rank && got_dev == dev.ordinal, "version %d, count %d, rank %d, device %d (ordinal %d)", v, got_n,
            got_rank, got_dev, dev.ordinal);
+    CUdevice past;
+    EXPECT(cuDeviceGet(&past, n) == CUDA_ERROR_INVALID_DEVICE, "device %d of DLM_SWDEV_DEVICES=%d was not refused", n, n);
     for (size_t count : {size_t(37), size_t(1), size_t(0)})
         for (int dt : kTypes) {
             for (int op = 0; op < ncclNumOps; ++op)
                 for (bool in_place : {false, true}) reductions(dev, comm, n, rank, dt, op, count, in_place);
             for (bool in_place : {false, true}) gathers(dev, comm, n, rank, dt, count, in_place);
         }
+    point_to_point(dev, comm, n, rank);
+    captured(dev, comm, n);
     ncclResult_t async;
     NC(ncclCommGetAsyncError(comm, &async));
     EXPECT(async == ncclSuccess, "async error %d after the collectives", (int)async);
+    // Destroying a communicator lets its queued collectives finish (as ncclCommFinalize would).
+    const float two = 2.0f;
+    std::vector<unsigned char> host(4);
+    memcpy(host.data(), &two, 4);
+    CUdeviceptr p = dev.upload(host, 4);
+    NC(ncclAllReduce((void*)p, (void*)p, 1, ncclFloat32, ncclSum, comm, dev.nccl_stream()));
     NC(ncclCommDestroy(comm));
+    auto got = dev.download(p, 4);
+    float sum;
+    memcpy(&sum, got.data(), 4);
+    EXPECT(sum == 2.0f * n, "an all-reduce queued before ncclCommDestroy gave %g", sum);
+    CU(cuMemFree(p));
     return 0;
 }
 

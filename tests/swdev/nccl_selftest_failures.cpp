@@ -21,6 +21,7 @@ CUdeviceptr floats(Device& dev, size_t n) { return dev.upload(std::vector<unsign
 
 // Rank 1 exits between the rendezvous and its first collective.
 int dead_rank(int rank, int n) {
+    setenv("DLM_SWNCCL_TIMEOUT", "30", 1);  // the exit is seen at once; the timeout is a backstop
     Device dev(rank);
     ncclComm_t comm = join(n, rank);
     if (rank == 1) _exit(3);
@@ -36,10 +37,32 @@ int dead_rank(int rank, int n) {
     return 0;
 }
 
+// Rank 1 dies while rank 0 is inside a 32 MB all-reduce (rank 1 never runs its own, so rank 0
+// fills the socket and waits to send more when the end closes).
+int death_mid_transfer(int rank, int n) {
+    setenv("DLM_SWNCCL_TIMEOUT", "30", 1);
+    Device dev(rank);
+    ncclComm_t comm = join(n, rank);
+    const size_t count = size_t(8) << 20;
+    CUdeviceptr p = floats(dev, count);
+    NC(ncclAllReduce((void*)p, (void*)p, count, ncclFloat32, ncclSum, comm, dev.nccl_stream()));
+    if (rank == 1) {
+        while (!sh->release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        _exit(3);
+    }
+    sh->release = 1;
+    expect_failed(dev, comm, ncclRemoteError, "rank 1 (pid " + std::to_string(sh->pid[1]) + ") exited during ncclAllReduce");
+    NC(ncclCommDestroy(comm));
+    CU(cuMemFree(p));
+    return 0;
+}
+
 // Rank 2 of 3 never starts.
 int missing_rank(int rank, int n) {
-    setenv("DLM_SWNCCL_TIMEOUT", "1", 1);
+    setenv("DLM_SWNCCL_TIMEOUT", "2", 1);
     Device dev(rank);
+    barrier(2);  // both present ranks start waiting together, so only rank 2 can be missing
     ncclComm_t comm;
     ncclResult_t r = ncclCommInitRank(&comm, n, sh->id, rank);
     EXPECT(r == ncclSystemError, "ncclCommInitRank with a rank missing returned %d", (int)r);
@@ -82,6 +105,7 @@ int idle_peer(int rank, int n, bool abort) {
 
 // Rank 0 all-reduces while rank 1 all-gathers.
 int mismatch(int rank, int n) {
+    setenv("DLM_SWNCCL_TIMEOUT", "30", 1);
     Device dev(rank);
     ncclComm_t comm = join(n, rank);
     CUdeviceptr p = floats(dev, 16);
@@ -134,6 +158,8 @@ long failures() {
     };
     all_ok("a rank exits", run_ranks(3, 3, dead_rank), 1);
     long n = total_checks();
+    all_ok("a rank exits during a transfer", run_ranks(2, 2, death_mid_transfer), 1);
+    n += total_checks();
     all_ok("a rank never comes", run_ranks(3, 2, missing_rank), -1);
     n += total_checks();
     all_ok("a peer never calls", run_ranks(2, 2, [](int r, int n) { return idle_peer(r, n, false); }), -1);
@@ -142,7 +168,7 @@ long failures() {
     n += total_checks();
     all_ok("mismatched calls", run_ranks(2, 2, mismatch), -1);
     n += total_checks();
-    printf("nccl_selftest: failures (exit, missing rank, timeout, abort, mismatch): %ld checks\n", n + parent_checks - before);
+    printf("nccl_selftest: failures (exits, missing rank, timeout, abort, mismatch): %ld checks\n", n + parent_checks - before);
 
     // Usage errors refused at the call.
     ncclUniqueId bad{};

@@ -1,8 +1,8 @@
 //! Data-parallel training end to end (docs/distributed.md): `train --gpus 0,1` on two software
 //! devices (`DLM_SWDEV_DEVICES=2`, the NCCL stand-in of tests/swdev) against one process on the
 //! whole batch, a resume at world size 1 of a run trained at world size 2, the same run started
-//! torchrun-style, ZeRO-1 against plain data parallel (and its checkpoints resumed alone), and a
-//! killed rank stopping the whole run. Runs on a GPU machine with two GPUs
+//! torchrun-style, ZeRO-1 against plain data parallel (and its checkpoints resumed alone), the
+//! length stage on two ranks, and a killed rank stopping the whole run. Runs on a GPU machine with two GPUs
 //! and NCCL, or on the software device in CI; skipped elsewhere, like the other CUDA tests.
 //!
 //! Tolerances. Two ranks compute what one computes, in another order: each rank sums its share's
@@ -259,6 +259,21 @@ fn zero1_trains_as_plain_data_parallel_and_its_checkpoints_resume_on_one_rank() 
     run(&[strs(&train_args(&model, &data, &dir("zr"), 10)), vec!["--resume", &zr]].concat());
     compare_losses("5 ZeRO-1 steps on 2 ranks + 5 on 1 vs 10 on 1", &losses(&dir("zr")), &losses(&dir("one")));
     compare_tensors("5 ZeRO-1 steps on 2 ranks + 5 on 1 vs 10 on 1", &dir("zr/final"), &dir("one/final"));
+}
+
+#[test]
+fn the_length_stage_trains_alike_on_two_ranks() {
+    if !two_gpus("the_length_stage_trains_alike_on_two_ranks") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = setup(tmp.path());
+    let dir = |n: &str| tmp.path().join(n);
+    for (name, extra) in [("one", vec![]), ("two", vec!["--gpus", "0,1"])] {
+        run(&[strs(&train_args(&model, &data, &dir(name), 5)), vec!["--stage", "length"], extra].concat());
+    }
+    compare_losses("length stage, 2 ranks vs 1", &losses(&dir("two")), &losses(&dir("one")));
+    compare_tensors("length stage, 2 ranks vs 1", &dir("two/final"), &dir("one/final"));
 }
 
 #[test]

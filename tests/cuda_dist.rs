@@ -2,8 +2,9 @@
 //! devices (`DLM_SWDEV_DEVICES=2`, the NCCL stand-in of tests/swdev) against one process on the
 //! whole batch, a resume at world size 1 of a run trained at world size 2, the same run started
 //! torchrun-style, ZeRO-1 against plain data parallel (and its checkpoints resumed alone), the
-//! length stage on two ranks, and a killed rank stopping the whole run. Runs on a GPU machine with two GPUs
-//! and NCCL, or on the software device in CI; skipped elsewhere, like the other CUDA tests.
+//! length stage on two ranks, and a killed rank stopping the whole run. Runs on a GPU machine
+//! with two GPUs and NCCL, or on the software device in CI; skipped elsewhere, like the other
+//! CUDA tests.
 //!
 //! Tolerances. Two ranks compute what one computes, in another order: each rank sums its share's
 //! gradients, NCCL sums the ranks' sums, and each share is padded to its own longest row, so the

@@ -210,19 +210,9 @@ fn two_ranks_train_as_one_process_on_the_whole_batch_and_resume_at_one() {
     compare_tensors("5 steps on 2 ranks + 5 on 1 vs 10 on 1", &dir("resumed/final"), &dir("one/final"));
 
     // The same two-rank run started as torchrun would: the same numbers, bit for bit.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
     let args = train_args(&model, &data, &dir("torchrun"), 10);
-    let ranks: Vec<_> = (0..2)
-        .map(|rank| {
-            let r = rank.to_string();
-            let mut c = command(&strs(&args));
-            c.envs([("RANK", r.as_str()), ("LOCAL_RANK", &r), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", &port)]);
-            c.stderr(Stdio::piped()).spawn().unwrap()
-        })
-        .collect();
-    for (rank, c) in ranks.into_iter().enumerate() {
-        let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "rank {rank} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    for (rank, (ok, err)) in start_ranks(&[args.clone(), args]).into_iter().enumerate() {
+        assert!(ok, "rank {rank} failed:\n{err}");
     }
     assert_eq!(losses(&dir("torchrun")), losses(&dir("two")), "torchrun-style vs --gpus 0,1: the same losses");
     assert_eq!(tensors(&dir("torchrun/final")), tensors(&dir("two/final")), "torchrun-style vs --gpus 0,1: the same weights");
@@ -275,6 +265,50 @@ fn the_length_stage_trains_alike_on_two_ranks() {
     }
     compare_losses("length stage, 2 ranks vs 1", &losses(&dir("two")), &losses(&dir("one")));
     compare_tensors("length stage, 2 ranks vs 1", &dir("two/final"), &dir("one/final"));
+}
+
+/// Starts ranks torchrun-style, rank r with `args[r]`, and waits for them: (success, stderr).
+fn start_ranks(args: &[Vec<String>]) -> Vec<(bool, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let world = args.len().to_string();
+    let ranks: Vec<_> = args
+        .iter()
+        .enumerate()
+        .map(|(rank, a)| {
+            let r = rank.to_string();
+            let mut c = command(&strs(a));
+            c.envs([
+                ("RANK", r.as_str()),
+                ("LOCAL_RANK", &r),
+                ("WORLD_SIZE", &world),
+                ("MASTER_ADDR", "127.0.0.1"),
+                ("MASTER_PORT", &port),
+            ]);
+            c.stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    ranks
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn ranks_started_with_other_settings_are_refused() {
+    if !two_gpus("ranks_started_with_other_settings_are_refused") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, data) = setup(tmp.path());
+    let args = train_args(&model, &data, &tmp.path().join("run"), 2);
+    let ended = start_ranks(&[args.clone(), with(args, "--seed", "8")]);
+    assert!(!ended[0].0 && !ended[1].0, "both ranks fail: {ended:?}");
+    assert!(ended[0].1.contains("rank 1 was started with other training settings than rank 0"), "rank 0:\n{}", ended[0].1);
+    assert!(ended[1].1.contains("error: rank 1: rank 0 refused this rank"), "rank 1:\n{}", ended[1].1);
+    assert!(!tmp.path().join("run").exists(), "nothing is written");
 }
 
 #[test]

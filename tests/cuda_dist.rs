@@ -242,6 +242,13 @@ fn zero1_trains_as_plain_data_parallel_and_its_checkpoints_resume_on_one_rank() 
     compare_losses("ZeRO-1 vs plain", &losses(&dir("zero")), &losses(&dir("plain")));
     compare_tensors("ZeRO-1 vs plain", &dir("zero/final"), &dir("plain/final"));
     assert!(dir("zero/checkpoint-5/optimizer.safetensors").is_file(), "the step-5 checkpoint");
+    // The ranks keep bf16 parameters between checkpoints: a checkpoint holds the f32 masters.
+    for ck in ["zero/checkpoint-5", "zero/final"] {
+        let t = tensors(&dir(ck));
+        let vals: Vec<f32> = t.iter().filter(|(n, _)| !n.starts_with("optimizer")).flat_map(|(_, v)| v.iter().copied()).collect();
+        let wide = vals.iter().filter(|&&v| half::bf16::from_f32(v).to_f32() != v).count();
+        assert!(wide * 2 > vals.len(), "{ck}: only {wide} of {} weights are not bf16 values: the f32 masters were lost", vals.len());
+    }
 
     // 5 steps of ZeRO-1 on two ranks, 5 more alone: as 10 alone.
     run(&strs(&train_args(&model, &data, &dir("one"), 10)));

@@ -5,9 +5,10 @@ use super::nccl::{self, Comm, UniqueId};
 use crate::backend::cuda::{CudaBackend, CudaBuf};
 use crate::backend::Backend;
 use anyhow::{anyhow, bail, Context, Result};
-use cudarc::driver::{DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
+use half::bf16;
 use std::any::Any;
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
 
 /// Sums over the ranks. Every rank ends with the same bits (NCCL reduces in one order for all).
 pub trait Collective<B: Backend> {
@@ -20,9 +21,11 @@ pub trait Collective<B: Backend> {
     /// ZeRO-1: sums `parts` (flattened in order, padded to `world · shard.len()`) over the ranks
     /// and leaves this rank's part of the sum in `shard` (f32).
     fn reduce_scatter_sum(&self, be: &B, parts: &mut [B::Buf], shard: &mut B::Buf) -> Result<()>;
-    /// ZeRO-1: gathers every rank's `shard` of the flattened parameters and writes each
-    /// parameter of `params` (f32 master and the bf16 copy the forward reads).
-    fn all_gather_params(&self, be: &B, shard: &B::Buf, params: &mut [B::Buf]) -> Result<()>;
+    /// ZeRO-1: gathers every rank's `shard` (f32) of the flattened parameters and writes each
+    /// parameter of `params`: with `masters`, as f32 masters with their bf16 copies (for a
+    /// checkpoint); else as the bf16 values alone that the forward reads (gathered as bf16, and
+    /// the parameters' own f32 masters are dropped).
+    fn all_gather_params(&self, be: &B, shard: &B::Buf, params: &mut [B::Buf], masters: bool) -> Result<()>;
     /// ZeRO-1: every rank's `shard`, concatenated, on the host (for checkpoints).
     fn all_gather_host(&self, be: &B, shard: &B::Buf) -> Result<Vec<f32>>;
 }
@@ -46,7 +49,7 @@ impl<B: Backend> Collective<B> for Solo {
     fn reduce_scatter_sum(&self, _be: &B, _parts: &mut [B::Buf], _shard: &mut B::Buf) -> Result<()> {
         bail!("internal: ZeRO shards the optimizer over several ranks, and this process is alone")
     }
-    fn all_gather_params(&self, _be: &B, _shard: &B::Buf, _params: &mut [B::Buf]) -> Result<()> {
+    fn all_gather_params(&self, _be: &B, _shard: &B::Buf, _params: &mut [B::Buf], _masters: bool) -> Result<()> {
         bail!("internal: ZeRO shards the optimizer over several ranks, and this process is alone")
     }
     fn all_gather_host(&self, _be: &B, _shard: &B::Buf) -> Result<Vec<f32>> {
@@ -100,30 +103,33 @@ impl NcclCollective {
         be.stream().cu_stream() as *mut c_void
     }
 
-    /// All-gathers `shard` (f32) into a new flat f32 buffer of `world · shard.len()`.
-    fn gather_flat(&self, cuda: &CudaBackend, shard: &CudaBuf) -> Result<cudarc::driver::CudaSlice<f32>> {
+    /// All-gathers the first `n` elements of `src` (NCCL type `dtype`) into a new flat buffer of
+    /// `world · n`.
+    fn gather_slice<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        cuda: &CudaBackend,
+        src: &CudaSlice<T>,
+        n: usize,
+        dtype: c_int,
+    ) -> Result<CudaSlice<T>> {
         let stream = cuda.stream().clone();
-        let n = shard.len();
-        let src = cuda.as_f32(shard)?;
-        let mut flat = cuda.alloc_zeros::<f32>(n * self.comm.world)?;
+        let mut flat = cuda.alloc_zeros::<T>(n * self.comm.world)?;
         {
-            let (s, _a) = src.get().device_ptr(&stream);
+            let (s, _a) = src.device_ptr(&stream);
             let (d, _b) = flat.device_ptr_mut(&stream);
-            // SAFETY: `s` holds n f32, `d` world·n, both on this rank's device.
+            // SAFETY: `s` holds n elements, `d` world·n, both on this rank's device.
             let r = unsafe {
-                (self.comm.api().ncclAllGather)(
-                    s as *const c_void,
-                    d as *mut c_void,
-                    n,
-                    nccl::FLOAT32,
-                    self.comm.raw(),
-                    Self::stream_ptr(cuda),
-                )
+                (self.comm.api().ncclAllGather)(s as *const c_void, d as *mut c_void, n, dtype, self.comm.raw(), Self::stream_ptr(cuda))
             };
             self.comm.check("all-gather", r)?;
         }
-        self.finish(cuda, "all-gather of the parameter shards")?;
+        self.finish(cuda, "all-gather of the shards")?;
         Ok(flat)
+    }
+
+    /// All-gathers `shard` as f32.
+    fn gather_flat(&self, cuda: &CudaBackend, shard: &CudaBuf) -> Result<CudaSlice<f32>> {
+        self.gather_slice(cuda, cuda.as_f32(shard)?.get(), shard.len(), nccl::FLOAT32)
     }
 }
 
@@ -194,22 +200,36 @@ impl<B: Backend> Collective<B> for NcclCollective {
         self.finish(cuda, "reduce-scatter of the gradients")
     }
 
-    fn all_gather_params(&self, be: &B, shard: &B::Buf, params: &mut [B::Buf]) -> Result<()> {
+    fn all_gather_params(&self, be: &B, shard: &B::Buf, params: &mut [B::Buf], masters: bool) -> Result<()> {
         let cuda = cuda_of(be)?;
         let stream = cuda.stream().clone();
-        let flat = self.gather_flat(cuda, cuda_buf::<B>(shard)?)?;
+        let shard = cuda_buf::<B>(shard)?;
+        let total: usize = shard.len() * self.comm.world;
+        let (flat32, flat16) = if masters {
+            (Some(self.gather_flat(cuda, shard)?), None)
+        } else {
+            // The same rounding as the AdamW kernel's bf16 copy, so the forward reads the same bits.
+            let mut half = cuda.alloc_zeros::<bf16>(shard.len())?;
+            cuda.convert_to_bf16(cuda.as_f32(shard)?.get(), &mut half, shard.len())?;
+            (None, Some(self.gather_slice(cuda, &half, shard.len(), nccl::BFLOAT16)?))
+        };
         let mut at = 0;
         for p in params.iter_mut() {
             let p = cuda_buf_mut::<B>(p)?;
             let len = p.len();
-            if at + len > flat.len() {
-                bail!("internal: {} parameter elements do not fit the gathered {}", at + len, flat.len());
+            if at + len > total {
+                bail!("internal: {} parameter elements do not fit the gathered {total}", at + len);
             }
-            let (master, shadow) = cuda.as_master(p)?;
-            stream.memcpy_dtod(&flat.slice(at..at + len), &mut master.slice_mut(0..len))?;
-            cuda.convert_to_bf16(master, shadow, len)?;
+            if let Some(flat) = &flat32 {
+                let (master, shadow) = cuda.as_master(p)?;
+                stream.memcpy_dtod(&flat.slice(at..at + len), &mut master.slice_mut(0..len))?;
+                cuda.convert_to_bf16(master, shadow, len)?;
+            } else if let Some(flat) = &flat16 {
+                stream.memcpy_dtod(&flat.slice(at..at + len), &mut cuda.out_bf16(p)?.slice_mut(0..len))?;
+            }
             at += len;
         }
+        // The gathered buffers are freed in stream order, after the copies.
         Ok(())
     }
 

@@ -16,9 +16,10 @@ type Stream = *mut c_void;
 type NcclResult = c_int;
 const SUCCESS: NcclResult = 0;
 const IN_PROGRESS: NcclResult = 7;
-/// `ncclFloat32`, `ncclFloat64` and `ncclSum`.
+/// `ncclFloat32`, `ncclFloat64`, `ncclBfloat16` and `ncclSum`.
 pub const FLOAT32: c_int = 7;
 pub const FLOAT64: c_int = 8;
+pub const BFLOAT16: c_int = 9;
 pub const SUM: c_int = 0;
 
 /// `ncclUniqueId`: 128 opaque bytes rank 0 makes and hands to the others.

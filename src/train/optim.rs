@@ -56,11 +56,12 @@ impl<'a, B: Backend> Optimizer<'a, B> {
         self.zero.is_some()
     }
 
-    /// ZeRO-1: collects the whole moments from every rank for `state_tensors`/`save`; every rank
-    /// calls it together. Nothing to do for an unsharded optimizer.
-    pub fn gather(&mut self, model: &XlmR<B>) -> Result<()> {
+    /// ZeRO-1: before a checkpoint, puts the f32 masters back into the model and collects the
+    /// whole moments for `state_tensors`/`save`; every rank calls it together. Nothing to do for
+    /// an unsharded optimizer.
+    pub fn gather(&mut self, model: &mut XlmR<B>) -> Result<()> {
         if let Some(z) = &self.zero {
-            self.gathered = Some(z.gather_moments(model)?);
+            self.gathered = Some(z.gather_for_checkpoint(model)?);
         }
         Ok(())
     }

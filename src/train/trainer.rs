@@ -304,7 +304,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
             }
             if cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every) && state.step < total && bad_streak == 0 {
                 // Every rank takes part in gathering sharded moments; rank 0 writes.
-                opt.gather(&self.model)?;
+                opt.gather(&mut self.model)?;
                 if lead {
                     state.data = self.data.state();
                     let dir = cfg.out_dir.join(format!("checkpoint-{}", state.step));
@@ -319,7 +319,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
         state.data = self.data.state();
         state.elapsed_secs = base_elapsed + start.elapsed().as_secs_f64();
         let dir = cfg.out_dir.join("final");
-        opt.gather(&self.model)?;
+        opt.gather(&mut self.model)?;
         if lead {
             checkpoint::save(&dir, &self.model, &opt, &state, &self.tokenizer_path)?;
         }

@@ -2,8 +2,9 @@
 //! shard of the flattened trainable parameters only (`dist::split::ShardLayout`). A step
 //! reduce-scatters the gradients (each rank receives the sum of its shard), clips with the global
 //! norm (the shards' sums of squares summed over the ranks), updates its shard and all-gathers the
-//! updated parameters into every rank's model. The same elementwise AdamW runs on the same
-//! numbers as without sharding, so only the norm's summation order differs.
+//! updated parameters into every rank's model as bf16 (the model keeps no f32 masters; a
+//! checkpoint gathers them back first). The same elementwise AdamW runs on the same numbers as
+//! without sharding, so only the norm's summation order differs.
 
 use super::optim::UpdateInfo;
 use crate::backend::{AdamW, AdamWStep, Backend, Moments};
@@ -58,13 +59,17 @@ impl<'a, B: Backend> ZeroShard<'a, B> {
         let grad_scale = super::optim::clip_factor(norm, max_norm).unwrap_or(1.0);
         be.adamw(&mut self.master, &self.grad, Moments { m: &mut self.m, v: &mut self.v }, hp, AdamWStep { lr, step, grad_scale })?;
         let master = &self.master;
-        model.with_trainable_mut(|be, values, _| dist.all_gather_params(be, master, values))?;
+        // The model keeps the bf16 values alone; the f32 masters live in the shards.
+        model.with_trainable_mut(|be, values, _| dist.all_gather_params(be, master, values, false))?;
         Ok(UpdateInfo { grad_norm: norm, skipped: false })
     }
 
-    /// The whole moments, per trainable parameter (stored lengths), gathered from every rank;
-    /// every rank must call this together.
-    pub fn gather_moments(&self, model: &XlmR<B>) -> Result<WholeMoments> {
+    /// For a checkpoint: puts the whole f32 masters back into the model's parameters and
+    /// returns the whole moments, per trainable parameter (stored lengths), gathered from every
+    /// rank; every rank must call this together.
+    pub fn gather_for_checkpoint(&self, model: &mut XlmR<B>) -> Result<WholeMoments> {
+        let (dist, master) = (self.dist, &self.master);
+        model.with_trainable_mut(|be, values, _| dist.all_gather_params(be, master, values, true))?;
         let be = model.backend();
         let m = self.layout.split(&self.dist.all_gather_host(be, &self.m)?);
         let v = self.layout.split(&self.dist.all_gather_host(be, &self.v)?);

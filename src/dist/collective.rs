@@ -145,21 +145,24 @@ impl<B: Backend> Collective<B> for NcclCollective {
         let cuda = cuda_of(be)?;
         let stream = cuda.stream().clone();
         let api = self.comm.api();
-        // Every buffer becomes f32 storage first .
+        // Every buffer becomes f32 storage first (outside the group: a conversion launches a kernel).
         let mut slices = Vec::with_capacity(bufs.len());
         for b in bufs.iter_mut() {
             let b = cuda_buf_mut::<B>(b)?;
             let n = b.len();
             slices.push((cuda.acc_f32(b)?, n));
         }
-        // One collective per buffer, queued on the backend's stream in the same order on every rank.
-        for (s, n) in slices.iter_mut() {
-            let (ptr, _sync) = s.device_ptr_mut(&stream);
-            let p = ptr as *mut c_void;
-            // SAFETY: `p` holds `n` f32 on this rank's device; in place is allowed.
-            let r = unsafe { (api.ncclAllReduce)(p, p, *n, nccl::FLOAT32, nccl::SUM, self.comm.raw(), stream.cu_stream() as *mut c_void) };
-            self.comm.check("all-reduce", r)?;
-        }
+        // One collective per buffer, in the same order on every rank, launched as one NCCL group.
+        self.comm.group(|| {
+            for (s, n) in slices.iter_mut() {
+                let (ptr, _sync) = s.device_ptr_mut(&stream);
+                let p = ptr as *mut c_void;
+                // SAFETY: `p` holds `n` f32 on this rank's device; in place is allowed.
+                let r = unsafe { (api.ncclAllReduce)(p, p, *n, nccl::FLOAT32, nccl::SUM, self.comm.raw(), Self::stream_ptr(cuda)) };
+                self.comm.check("all-reduce", r)?;
+            }
+            Ok(())
+        })?;
         self.finish(cuda, "all-reduce of the gradients")
     }
 

@@ -39,6 +39,8 @@ pub struct Api {
     pub ncclCommGetAsyncError: unsafe extern "C" fn(RawComm, *mut NcclResult) -> NcclResult,
     pub ncclGetErrorString: unsafe extern "C" fn(NcclResult) -> *const c_char,
     pub ncclGetLastError: unsafe extern "C" fn(RawComm) -> *const c_char,
+    pub ncclGroupStart: unsafe extern "C" fn() -> NcclResult,
+    pub ncclGroupEnd: unsafe extern "C" fn() -> NcclResult,
     pub ncclAllReduce: unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, RawComm, Stream) -> NcclResult,
     pub ncclReduceScatter: unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, RawComm, Stream) -> NcclResult,
     pub ncclAllGather: unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, RawComm, Stream) -> NcclResult,
@@ -69,6 +71,8 @@ fn load() -> std::result::Result<Api, String> {
         ncclCommGetAsyncError: sym!(ncclCommGetAsyncError),
         ncclGetErrorString: sym!(ncclGetErrorString),
         ncclGetLastError: sym!(ncclGetLastError),
+        ncclGroupStart: sym!(ncclGroupStart),
+        ncclGroupEnd: sym!(ncclGroupEnd),
         ncclAllReduce: sym!(ncclAllReduce),
         ncclReduceScatter: sym!(ncclReduceScatter),
         ncclAllGather: sym!(ncclAllGather),
@@ -161,6 +165,16 @@ impl Comm {
             return Err(self.error(what, state));
         }
         Ok(())
+    }
+
+    /// Runs `calls` as one NCCL group (`ncclGroupStart`/`ncclGroupEnd`: one launch for many
+    /// buffers); the group is closed even when a call fails.
+    pub fn group(&self, calls: impl FnOnce() -> Result<()>) -> Result<()> {
+        // SAFETY: the group calls take no arguments.
+        self.check("ncclGroupStart", unsafe { (self.api.ncclGroupStart)() })?;
+        let inner = calls();
+        let end = self.check("ncclGroupEnd", unsafe { (self.api.ncclGroupEnd)() });
+        inner.and(end)
     }
 }
 

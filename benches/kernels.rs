@@ -172,7 +172,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, be: &B, sync: &dyn Fn(), sz: &Si
     let mut noisy = be.upload_i32(&clean).unwrap();
     let (mut lr, mut lt, mut lw) =
         (be.upload_i32(&vec![0; rows]).unwrap(), be.upload_i32(&vec![0; rows]).unwrap(), be.zeros(rows).unwrap());
-    let spec = NoiseSpec { key: 5, steps: 50, pad: 1, mask_id: 3, reweighting: Reweighting::Linear, scale: 1.0 };
+    let spec = NoiseSpec { key: 5, steps: 50, pad: 1, mask_id: 3, reweighting: Reweighting::Linear, scale: 1.0, first_example: 0 };
     timed(&mut group, "noise/q_sample/b64", 4 * 4 * rows as u64, &mut || {
         be.q_sample(&mut noisy, SEQ, &vec![64; examples], &spec, LossSlots { rows: &mut lr, targets: &mut lt, weights: &mut lw }).unwrap();
     });

@@ -28,11 +28,14 @@ __device__ __forceinline__ float reweight(int rw, u32 t, u32 steps) {
                                            : (float)steps;
 }
 
+// `first_ex` is the batch's first example in the global batch of a data-parallel step: Philox
+// stream `first_ex + ex` draws example ex's noise, so a rank's share equals its rows of the whole.
 extern "C" __global__ void q_sample_mask(const int* ids, const int* src_len, int n_ex, int seq, int pad, u32 steps, u64 key,
-                                         int rw, float scale, int* flags, int* counts, float* row_w) {
+                                         u64 first_ex, int rw, float scale, int* flags, int* counts, float* row_w) {
     const int ex = blockIdx.x;
     if (ex >= n_ex) return;  // uniform per block
-    const u32 t1 = draw_t(key, ex, 0, steps), t2 = draw_t(key, ex, 1, steps);
+    const u64 stream = first_ex + (u64)ex;
+    const u32 t1 = draw_t(key, stream, 0, steps), t2 = draw_t(key, stream, 1, steps);
     const u32 ta = t1 > t2 ? t1 : t2, tb = t1 > t2 ? t2 : t1;
     const int src = src_len[ex];
     const int* row = ids + (u64)ex * seq;
@@ -44,7 +47,7 @@ extern "C" __global__ void q_sample_mask(const int* ids, const int* src_len, int
         if (j >= src && row[j] != pad) {
             // Numbers 2+2j and 3+2j: lanes 0,1 or 2,3 of Philox block (2+2j)/4.
             const u64 idx = 2 + 2 * (u64)j;
-            const uint4 r = philox_block(key, ex, idx >> 2);
+            const uint4 r = philox_block(key, stream, idx >> 2);
             const u32 ua = uint4_lane(r, (u32)(idx & 3)), ub = uint4_lane(r, (u32)(idx & 3) + 1);
             a = below(ua, ta, steps);
             b = ta != tb ? a && below(ub, tb, ta) : below(ub, ta, steps);

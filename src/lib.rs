@@ -5,6 +5,7 @@ pub mod backend;
 pub mod cli;
 pub mod data;
 pub mod diffusion;
+pub mod dist;
 pub mod metrics;
 pub mod model;
 pub mod rdm;

@@ -256,7 +256,16 @@ fn train_losses<B: Backend>(model: XlmR<B>, out: &Path, steps: u64) -> Vec<f64> 
     std::fs::write(&tokenizer, "{}").unwrap(); // copied verbatim into the checkpoint, never read
     let cfg = small_train_config(out, steps, 1e-3, 0.0);
     let mut data = copy_task();
-    let mut t = Trainer { cfg, model, tokenizer_path: tokenizer, data: &mut data, validator: None, pad: 1, mask: 301 };
+    let mut t = Trainer {
+        cfg,
+        model,
+        tokenizer_path: tokenizer,
+        data: &mut data,
+        validator: None,
+        pad: 1,
+        mask: 301,
+        dist: &dlm_engine::dist::Solo,
+    };
     t.run(None).unwrap().losses
 }
 

@@ -63,7 +63,7 @@ fn device_noise_path_gives_the_host_objective() {
     let mut device = XlmR::load(CpuBackend::new(), &dir).unwrap();
     let (batch, src_len) = doubled_batch(&rows, 1);
     for key in [1u64, 0xdead_beef, u64::MAX] {
-        let spec = NoiseSpec { key, steps: 50, pad: 1, mask_id: 301, reweighting: Reweighting::Reciprocal, scale: 0.5 };
+        let spec = NoiseSpec { key, steps: 50, pad: 1, mask_id: 301, reweighting: Reweighting::Reciprocal, scale: 0.5, first_example: 0 };
         let drop = Dropout { p: 0.1, seed: key ^ 5 };
         host.zero_grads().unwrap();
         device.zero_grads().unwrap();
@@ -82,7 +82,7 @@ fn device_noise_path_gives_the_host_objective() {
             .noised_loss_and_grad(
                 &batch,
                 &src_len[..1],
-                &NoiseSpec { key: 0, steps: 50, pad: 1, mask_id: 301, reweighting: Reweighting::Linear, scale: 1.0 },
+                &NoiseSpec { key: 0, steps: 50, pad: 1, mask_id: 301, reweighting: Reweighting::Linear, scale: 1.0, first_example: 0 },
                 Dropout::off(),
                 0.0
             )

@@ -79,6 +79,7 @@ fn straight_first_resumed_with<D: BatchSource>(backend: CpuBackend, data: impl F
             validator: None,
             pad: 1,
             mask: 31,
+            dist: &dlm_engine::dist::Solo,
         };
         t.run(resume).unwrap().losses
     };
@@ -154,6 +155,7 @@ fn tiny_model_loss_falls() {
         validator: None,
         pad: 1,
         mask: 31,
+        dist: &dlm_engine::dist::Solo,
     };
     let losses = t.run(None).unwrap().losses;
     let head: f64 = losses[..10].iter().sum::<f64>() / 10.0;
@@ -175,7 +177,16 @@ fn a_loss_that_stays_nan_stops_training_and_keeps_the_last_good_checkpoint() {
         let mut cfg = config(&out, steps, 3e-3);
         cfg.save_every = 2;
         cfg.keep_checkpoints = 10;
-        let mut t = Trainer { cfg, model, tokenizer_path: tok.clone(), data: &mut data, validator: None, pad: 1, mask: 31 };
+        let mut t = Trainer {
+            cfg,
+            model,
+            tokenizer_path: tok.clone(),
+            data: &mut data,
+            validator: None,
+            pad: 1,
+            mask: 31,
+            dist: &dlm_engine::dist::Solo,
+        };
         t.run(resume)
     };
     run(tiny_model(), 4, None).unwrap();

@@ -281,9 +281,11 @@ pub fn unpack_seed(seeds: &[i32], r: usize) -> u64 {
     ((seeds[2 * r] as u32 as u64) << 32) | seeds[2 * r + 1] as u32 as u64
 }
 
-pub trait Backend {
+/// `'static` (no borrowed backends or buffers): the data-parallel layer recognises the CUDA
+/// backend and its buffers by type (`crate::dist::collective`).
+pub trait Backend: 'static {
     /// Float storage (activations, parameters, gradients).
-    type Buf;
+    type Buf: 'static;
     /// Integer storage (token ids, positions, masks, row indices).
     type IBuf;
 

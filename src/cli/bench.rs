@@ -181,7 +181,15 @@ fn time_train<B: Backend>(model: &mut XlmR<B>, prompts: &[Vec<i32>], s: &Shape, 
     let (pad, mut total) = (model.config().pad_id, 0.0);
     for i in 0..s.warmup + s.steps.max(1) {
         let t = Instant::now();
-        let spec = NoiseSpec { key: rng.next_u64(), steps: 50, pad, mask_id: mask, reweighting: Reweighting::Linear, scale: 1.0 };
+        let spec = NoiseSpec {
+            key: rng.next_u64(),
+            steps: 50,
+            pad,
+            mask_id: mask,
+            reweighting: Reweighting::Linear,
+            scale: 1.0,
+            first_example: 0,
+        };
         let (batch, src_len) = doubled_batch(&rows, pad);
         model.zero_grads()?;
         model.noised_loss_and_grad(&batch, &src_len, &spec, Dropout { p: 0.1, seed: i as u64 }, 0.0)?;

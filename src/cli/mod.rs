@@ -63,6 +63,7 @@ mod show_steps;
 pub mod tokenizer;
 pub mod train;
 pub mod train_data;
+mod train_dist;
 
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {

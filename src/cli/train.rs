@@ -5,6 +5,7 @@ use super::args::{DataArgs, DeviceArgs};
 use super::device::{dispatch, Device, Job};
 use super::sample::{decode, DecodeOptions, Output, Request};
 use super::train_data::{self, OverlongArg, TrainSpec};
+use super::train_dist;
 use crate::backend::Backend;
 use crate::data::batch::Budget;
 use crate::data::jsonl::read_jsonl;
@@ -133,6 +134,20 @@ pub struct Args {
     pub data: DataArgs,
     #[command(flatten)]
     pub run: DeviceArgs,
+    /// Train data-parallel on these GPUs of this machine, one process each (e.g. 0,1,2,3; implies
+    /// --device cuda): every micro-batch is shared among the GPUs by tokens and the gradients are
+    /// summed over NCCL, so N GPUs train as one would on the whole batch. Only rank 0 (the first
+    /// GPU) logs and writes checkpoints, which any number of GPUs can resume. Across machines,
+    /// start one process per GPU with torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK,
+    /// MASTER_ADDR, MASTER_PORT) and --device cuda instead (docs/distributed.md).
+    #[arg(long, value_name = "LIST")]
+    pub gpus: Option<String>,
+    /// Optimizer state sharding over the ranks of a data-parallel run: 0 (every rank keeps the
+    /// whole AdamW state) or 1 (ZeRO-1: each rank keeps the f32 master weights and Adam moments
+    /// of 1/N of the parameters; the gradients are reduce-scattered and the updated parameters
+    /// all-gathered). Checkpoints are the same either way, so a run may resume with either.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub zero: u8,
     /// No progress bar (log lines only).
     #[arg(long)]
     pub no_progress: bool,
@@ -144,8 +159,13 @@ pub struct Args {
 
 struct TrainJob {
     args: Args,
-    /// Held for the whole run: the lock keeps a second process out.
-    run_dir: RunDir,
+    /// Held for the whole run by rank 0 (the lock keeps a second process out); other ranks of a
+    /// data-parallel run never write it.
+    run_dir: Option<RunDir>,
+    /// Rank, world size and the NCCL id of a data-parallel run.
+    rank: usize,
+    world: usize,
+    nccl_id: Option<crate::dist::nccl::UniqueId>,
     model_dir: PathBuf,
     resume_dir: Option<PathBuf>,
     tok: Tok,
@@ -159,6 +179,8 @@ struct TrainJob {
 impl Job for TrainJob {
     type Out = Summary;
     fn run<B: Backend>(mut self, backend: B) -> Result<Summary> {
+        let comm = crate::dist::collective::open(&backend, self.rank, self.world, self.nccl_id)?;
+        let lead = self.rank == 0;
         let mut model = XlmR::load_for_training(backend, &self.model_dir)?;
         // `--dropout` (or the training defaults' rate) is the rate of every dropout site; the
         // saved config.json records it, as Hugging Face's training does. The length stage leaves
@@ -166,10 +188,13 @@ impl Job for TrainJob {
         if self.cfg.stage == Stage::Main {
             model.set_dropout(self.cfg.dropout);
         }
-        if length_stage::prepare(&mut model, self.cfg.stage, self.cfg.seed)? {
+        if length_stage::prepare(&mut model, self.cfg.stage, self.cfg.seed)? && lead {
             eprintln!("the model has no length predictor: starting a new one (seed {})", self.cfg.seed);
         }
-        eprintln!("model {} ({} parameters) on {}", self.model_dir.display(), model.param_count(), model.backend().name());
+        if lead {
+            let ranks = if self.world > 1 { format!(" × {} ranks", self.world) } else { String::new() };
+            eprintln!("model {} ({} parameters) on {}{ranks}", self.model_dir.display(), model.param_count(), model.backend().name());
+        }
         let (tok, valid, eval_steps, stage) = (&self.tok, &self.valid, self.args.eval_steps, self.cfg.stage);
         let validator = (!valid.is_empty()).then(|| {
             Box::new(move |m: &mut XlmR<B>| match stage {
@@ -180,15 +205,16 @@ impl Job for TrainJob {
         let mut trainer = Trainer {
             cfg: self.cfg.clone(),
             model,
-            tokenizer_path: self.run_dir.path.join("tokenizer.json"),
+            tokenizer_path: self.run_dir.as_ref().map_or_else(|| self.model_dir.join("tokenizer.json"), |r| r.path.join("tokenizer.json")),
             data: self.data.as_mut(),
             validator,
             pad: self.tok.pad(),
             mask: self.tok.mask(),
+            dist: comm.as_ref(),
         };
         let summary = trainer.run(self.resume_dir.as_deref())?;
         drop(trainer);
-        if let Some(used) = self.data.examples_per_file() {
+        if let Some(used) = self.data.examples_per_file().filter(|_| lead) {
             let total = used.iter().sum::<u64>().max(1) as f64;
             let per: Vec<String> =
                 self.files.iter().zip(&used).map(|(f, n)| format!("{f} {n} ({:.1}%)", 100.0 * *n as f64 / total)).collect();
@@ -273,14 +299,27 @@ fn check_flags(a: &Args) -> Result<()> {
     Ok(())
 }
 
-pub fn train(args: Args) -> Result<Summary> {
+pub fn train(mut args: Args) -> Result<Summary> {
     super::device::set_threads(args.run.threads);
     check_flags(&args)?;
+    // Every rank must run with the same settings: rank 0 compares them during the rendezvous.
+    let settings = format!("{args:?}");
+    let place = train_dist::placement(&args.gpus, &args.run.device)?;
+    args.run.device = place.device.clone();
+    let joined = train_dist::join(&place, &settings)?;
+    let (control, nccl_id) = joined.map(|(c, id)| (Some(c), Some(id))).unwrap_or((None, None));
+    let result = train_rank(args, &place, nccl_id);
+    train_dist::leave(&place, control.as_ref(), result)
+}
+
+/// `train` as one rank (or alone): rank 0 locks, checks and writes the run directory.
+fn train_rank(args: Args, place: &train_dist::Placement, nccl_id: Option<crate::dist::nccl::UniqueId>) -> Result<Summary> {
+    let lead = place.lead();
     let specs = train_data::parse_specs(&args.train)?;
     let stage: Stage = args.stage.parse()?;
     // The run directory is locked before anything of it is read (a resume) and checked to be a
     // run of this tool, or empty, before anything is written.
-    let lock = run_dir::lock(&args.out)?;
+    let lock = if lead { Some(run_dir::lock(&args.out)?) } else { None };
     let resume_dir = args.resume.as_deref().map(checkpoint::resolve_resume).transpose()?;
     let model_dir: PathBuf = match (&resume_dir, &args.model) {
         (Some(r), _) => r.clone(),
@@ -337,6 +376,7 @@ pub fn train(args: Args) -> Result<Summary> {
         log_every: args.log_every,
         out_dir: args.out.clone(),
         progress: !args.no_progress,
+        zero: args.zero,
     };
     if let (Device::Cuda(n), Stage::Main, false) = (&args.run.device, stage, args.no_memory_check) {
         check_memory(*n, &model_dir, &model_cfg, budget, max_len, args.valid.is_some())?;
@@ -366,9 +406,28 @@ pub fn train(args: Args) -> Result<Summary> {
                     changes.join(", ")
                 );
             }
-            eprintln!("warning: resuming with changed settings: {}", changes.join(", "));
+            if lead {
+                eprintln!("warning: resuming with changed settings: {}", changes.join(", "));
+            }
         }
     }
+    let Some(lock) = lock else {
+        let job = TrainJob {
+            args,
+            run_dir: None,
+            rank: place.rank,
+            world: place.world,
+            nccl_id,
+            model_dir,
+            resume_dir,
+            tok,
+            data,
+            files: Vec::new(),
+            valid,
+            cfg,
+        };
+        return dispatch(&place.device, job.args.run.threads, job);
+    };
     let run_dir = lock.open(mode, &record)?;
     // The run keeps its own copies of what every checkpoint carries besides the weights, so it
     // never reads from a checkpoint that pruning may delete.
@@ -392,7 +451,20 @@ pub fn train(args: Args) -> Result<Summary> {
     );
     let run = args.run.clone();
     let files = specs.iter().map(|s| s.path.display().to_string()).collect();
-    let job = TrainJob { args, run_dir, model_dir, resume_dir, tok, data, files, valid, cfg };
+    let job = TrainJob {
+        args,
+        run_dir: Some(run_dir),
+        rank: place.rank,
+        world: place.world,
+        nccl_id,
+        model_dir,
+        resume_dir,
+        tok,
+        data,
+        files,
+        valid,
+        cfg,
+    };
     dispatch(&run.device, run.threads, job)
 }
 
@@ -420,8 +492,14 @@ fn check_memory(
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(gpus) = train_dist::needs_launch(&args.gpus)? {
+        return crate::dist::launch::run(&gpus);
+    }
+    let quiet = std::env::var("RANK").is_ok_and(|r| r.trim() != "0");
     let s = train(args)?;
-    print_summary(&s);
+    if !quiet {
+        print_summary(&s);
+    }
     Ok(())
 }
 

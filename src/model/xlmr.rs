@@ -425,6 +425,16 @@ impl<B: Backend> XlmR<B> {
         &self.p.grads
     }
 
+    /// Calls `f` with the backend and the trainable part's values and gradients, to change them
+    /// in place (data-parallel training sums the gradients over the ranks; a sharded optimizer
+    /// writes the values it gathers).
+    pub fn with_trainable_mut<R>(&mut self, f: impl FnOnce(&B, &mut [B::Buf], &mut [B::Buf]) -> Result<R>) -> Result<R> {
+        self.ensure_grads()?;
+        self.forget_recording()?;
+        let range = self.p.trainable.clone();
+        f(&self.p.backend, &mut self.p.values[range], &mut self.p.grads)
+    }
+
     /// Replaces the value of parameter `i` (used when restoring checkpoints).
     pub fn set_value(&mut self, i: usize, data: &[f32]) -> Result<()> {
         self.forget_recording()?;

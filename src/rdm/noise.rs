@@ -64,6 +64,10 @@ pub struct NoiseSpec {
     pub reweighting: Reweighting,
     /// Multiplies every weight (e.g. 1/accumulation steps).
     pub scale: f32,
+    /// Place of the batch's first example in the global batch of a data-parallel step (0 on one
+    /// rank): example `ex` draws from Philox stream `first_example + ex`, so each rank's share
+    /// gets the noise its rows would get in the whole batch.
+    pub first_example: u64,
 }
 
 /// The coupled timesteps (ta ≥ tb) of example `ex`: t1, t2 ~ U{1..T} (Philox numbers 0 and 1 of
@@ -108,10 +112,18 @@ pub fn draw_masks(ids: &[i32], seq: usize, src_len: &[i32], spec: &NoiseSpec) ->
     let mut masks = vec![Vec::new(); 2 * b];
     for ex in 0..b {
         let row = &ids[ex * seq..][..seq];
-        let (ta, tb) = coupled_t(spec.key, ex, spec.steps);
-        let (ma, mb): (Vec<bool>, Vec<bool>) = (0..seq)
-            .map(|j| if maskable(row, src_len[ex], spec.pad, j) { slot_masks(spec.key, ex, j, ta, tb, spec.steps) } else { (false, false) })
-            .unzip();
+        let stream = spec.first_example as usize + ex;
+        let (ta, tb) = coupled_t(spec.key, stream, spec.steps);
+        let (ma, mb): (Vec<bool>, Vec<bool>) =
+            (0..seq)
+                .map(|j| {
+                    if maskable(row, src_len[ex], spec.pad, j) {
+                        slot_masks(spec.key, stream, j, ta, tb, spec.steps)
+                    } else {
+                        (false, false)
+                    }
+                })
+                .unzip();
         (t[ex], t[b + ex]) = (ta, tb);
         (masks[ex], masks[b + ex]) = (ma, mb);
     }
@@ -163,7 +175,7 @@ pub fn build_noised(
     scale: f32,
 ) -> Noised {
     let (mut batch, src_len) = doubled_batch(rows, pad);
-    let spec = NoiseSpec { key: 0, steps, pad, mask_id, reweighting: rw, scale };
+    let spec = NoiseSpec { key: 0, steps, pad, mask_id, reweighting: rw, scale, first_example: 0 };
     let padded: Vec<Vec<bool>> = masks.iter().map(|m| (0..batch.seq).map(|j| m.get(j).copied().unwrap_or(false)).collect()).collect();
     let loss = apply_masks(&mut batch.ids, batch.seq, &src_len, t, &padded, &spec);
     Noised { batch, loss, t: t.to_vec() }
@@ -186,7 +198,7 @@ mod tests {
     }
 
     fn spec(key: u64) -> NoiseSpec {
-        NoiseSpec { key, steps: 50, pad: 1, mask_id: 99, reweighting: Reweighting::Linear, scale: 1.0 }
+        NoiseSpec { key, steps: 50, pad: 1, mask_id: 99, reweighting: Reweighting::Linear, scale: 1.0, first_example: 0 }
     }
 
     #[test]
@@ -285,5 +297,22 @@ mod tests {
         assert!((n.loss.weights[2] - 50.0 / 5.0 / 4.0).abs() < 1e-7);
         assert_eq!(n.batch.ids[n.loss.rows[0] as usize], 99);
         assert_eq!(n.loss.targets[0], 2);
+    }
+
+    #[test]
+    fn a_share_with_its_first_example_draws_what_the_whole_batch_draws_for_it() {
+        let whole = rows();
+        for key in 0..50 {
+            let (batch, src_len) = doubled_batch(&whole, 1);
+            let (t, m) = draw_masks(&batch.ids, batch.seq, &src_len, &spec(key));
+            // The second example alone, as rank 1 of two would hold it (its own padded length).
+            let share = &whole[1..];
+            let (b1, s1) = doubled_batch(share, 1);
+            let (t1, m1) = draw_masks(&b1.ids, b1.seq, &s1, &NoiseSpec { first_example: 1, ..spec(key) });
+            assert_eq!((t1[0], t1[1]), (t[1], t[3]), "key {key}: timesteps");
+            assert_eq!(m1[0][..], m[1][..b1.seq], "key {key}: t_a mask");
+            assert_eq!(m1[1][..], m[3][..b1.seq], "key {key}: t_b mask");
+            assert!(m[1][b1.seq..].iter().all(|&x| !x), "padding is never masked");
+        }
     }
 }

@@ -8,5 +8,6 @@ pub mod optim;
 pub mod run_dir;
 pub mod schedule;
 pub mod trainer;
+pub mod zero;
 
 pub use trainer::{AdamWSettings, BatchSource, Summary, TrainConfig, Trainer};

@@ -8,6 +8,7 @@ use super::length_stage::{self, Stage};
 use super::optim::Optimizer;
 use super::schedule::Schedule;
 use crate::backend::{AdamW, Backend, Dropout};
+use crate::dist::{self, Collective};
 use crate::model::XlmR;
 use crate::rdm::noise::{self, Example, NoiseSpec, Reweighting};
 use crate::rng::{philox_u32, Rng};
@@ -57,6 +58,10 @@ pub struct TrainConfig {
     pub log_every: u64,
     pub out_dir: PathBuf,
     pub progress: bool,
+    /// Optimizer sharding over the ranks of a data-parallel run: 0 (none) or 1 (ZeRO-1,
+    /// `super::zero`); alone it changes nothing.
+    #[serde(default)]
+    pub zero: u8,
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -114,10 +119,18 @@ pub struct Trainer<'a, B: Backend> {
     pub validator: Option<Box<Validator<'a, B>>>,
     pub pad: i32,
     pub mask: i32,
+    /// The other ranks of a data-parallel run (`&dist::Solo` alone): each rank trains on its share
+    /// of every micro-batch, gradients and losses are summed over the ranks, and only rank 0
+    /// writes the run directory.
+    pub dist: &'a dyn Collective<B>,
 }
 
-fn dropout_seed(seed: u64, step: u64, micro: usize) -> u64 {
-    ((philox_u32(seed, 0xD0, step * 1024 + micro as u64) as u64) << 32) | philox_u32(seed, 0xD1, step * 1024 + micro as u64) as u64
+/// The dropout seed of a micro-batch on a rank. Rank 0's is the single-process one; every other
+/// rank draws its own masks (the masks are per position in the rank's share, so equal seeds would
+/// give every rank the same masks).
+fn dropout_seed(seed: u64, step: u64, micro: usize, rank: usize) -> u64 {
+    let (s0, s1) = (0xD0 + ((rank as u64) << 16), 0xD1 + ((rank as u64) << 16));
+    ((philox_u32(seed, s0, step * 1024 + micro as u64) as u64) << 32) | philox_u32(seed, s1, step * 1024 + micro as u64) as u64
 }
 
 impl<'a, B: Backend> Trainer<'a, B> {
@@ -125,10 +138,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
     /// given (a checkpoint directory written by an earlier run).
     pub fn run(&mut self, resume: Option<&Path>) -> Result<Summary> {
         let cfg = self.cfg.clone();
+        let (rank, world) = (self.dist.rank(), self.dist.world());
+        let lead = rank == 0;
         if cfg.max_steps.is_none() && cfg.max_time.is_none() {
             bail!("give --max-steps or --max-time (or both): training needs a stopping point");
         }
-        let mut opt = Optimizer::new(&self.model, cfg.adamw.into())?;
+        let mut opt = if cfg.zero >= 1 && world > 1 {
+            Optimizer::sharded(&mut self.model, cfg.adamw.into(), self.dist)?
+        } else {
+            Optimizer::new(&self.model, cfg.adamw.into())?
+        };
         let mut state = TrainerState {
             step: 0,
             rng: Rng::new(cfg.seed, 0x7157),
@@ -148,21 +167,9 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 bail!("{}: optimizer step {} disagrees with trainer step {}", dir.display(), opt.step, state.step);
             }
         }
-        std::fs::create_dir_all(&cfg.out_dir).with_context(|| format!("{}: cannot create the run directory", cfg.out_dir.display()))?;
-        // Lines a previous attempt logged after the step we start from would be logged again.
-        super::run_dir::truncate_metrics(&cfg.out_dir, state.step)?;
-        let abandoned = checkpoint::remove_after(&cfg.out_dir, state.step)?;
-        if !abandoned.is_empty() {
-            eprintln!("removed {} (past step {}, which this run continues from)", abandoned.join(", "), state.step);
-        }
-        let metrics_path = cfg.out_dir.join(super::run_dir::METRICS_FILE);
-        let mut metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .with_context(|| format!("{}: cannot open for appending", metrics_path.display()))?;
+        let mut metrics = if lead { Some(open_run_dir(&cfg.out_dir, state.step)?) } else { None };
         let total = cfg.max_steps.unwrap_or(u64::MAX);
-        let bar = self.progress_bar(&cfg, state.step);
+        let bar = if lead { self.progress_bar(&cfg, state.step) } else { None };
         let start = Instant::now();
         let base_elapsed = state.elapsed_secs;
         let mut losses = Vec::new();
@@ -175,7 +182,12 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 break;
             }
             if let Some(t) = cfg.max_time {
-                if start.elapsed() >= t {
+                // Rank 0's clock decides for all ranks, so that they stop at the same step.
+                let mut up = [if lead && start.elapsed() >= t { 1.0 } else { 0.0 }];
+                if world > 1 {
+                    self.dist.sum_host(self.model.backend(), &mut up)?;
+                }
+                if up[0] > 0.0 {
                     stopped_by = "max-time".to_string();
                     break;
                 }
@@ -185,33 +197,54 @@ impl<'a, B: Backend> Trainer<'a, B> {
             let mut step_loss = 0.0f64;
             let mut step_tokens = 0u64;
             for micro in 0..cfg.accumulate {
-                let rows = self.data.next_batch()?;
+                let global = self.data.next_batch()?;
+                // Every rank reads the same global batch and trains on its share of the rows.
+                let lens: Vec<usize> = global.iter().map(|r| r.ids.len()).collect();
+                let mine = dist::split::share(&lens, world, rank);
+                let rows = &global[mine.clone()];
                 let drop = if cfg.dropout > 0.0 {
-                    Dropout { p: cfg.dropout, seed: dropout_seed(cfg.seed, state.step, micro) }
+                    Dropout { p: cfg.dropout, seed: dropout_seed(cfg.seed, state.step, micro, rank) }
                 } else {
                     Dropout::off()
                 };
-                let scale = 1.0 / cfg.accumulate as f32;
+                // The objectives average over the rows they are given: a share's average, scaled
+                // by its part of the batch, sums over the ranks to the whole batch's.
+                let scale = 1.0 / cfg.accumulate as f32 * (rows.len() as f32 / global.len().max(1) as f32);
+                // Drawn on every rank, with or without rows, so the run's RNG stays in step.
+                let key = if cfg.stage == Stage::Main { state.rng.next_u64() } else { 0 };
                 let (loss, tokens) = match cfg.stage {
+                    _ if rows.is_empty() => (0.0, 0),
                     Stage::Main => {
                         // Each micro-batch's noise is a pure function of one key from the run's
-                        // RNG, so the device draws it and a resumed run draws the same one.
+                        // RNG, so the device draws it and a resumed run draws the same one; a
+                        // row's noise depends on its place in the global batch, not the share.
                         let spec = NoiseSpec {
-                            key: state.rng.next_u64(),
+                            key,
                             steps: cfg.timesteps,
                             pad: self.pad,
                             mask_id: self.mask,
                             reweighting: cfg.reweighting,
                             scale,
+                            first_example: mine.start as u64,
                         };
-                        let (batch, src_len) = noise::doubled_batch(&rows, self.pad);
+                        let (batch, src_len) = noise::doubled_batch(rows, self.pad);
                         let loss = self.model.noised_loss_and_grad(&batch, &src_len, &spec, drop, cfg.label_smoothing)?.0;
                         (loss, rows.iter().map(|r| r.ids.len() as u64).sum::<u64>())
                     }
-                    Stage::Length => length_stage::micro_step(&mut self.model, &rows, drop, scale)?,
+                    Stage::Length => length_stage::micro_step(&mut self.model, rows, drop, scale)?,
                 };
                 step_loss += loss as f64;
                 step_tokens += tokens;
+            }
+            if world > 1 {
+                // The gradients (a sharded optimizer reduce-scatters them itself), the loss and
+                // the tokens of the whole batch, on every rank alike.
+                if !opt.is_sharded() {
+                    self.model.with_trainable_mut(|be, _, grads| self.dist.all_reduce_sum(be, grads))?;
+                }
+                let mut sums = [step_loss, step_tokens as f64];
+                self.dist.sum_host(self.model.backend(), &mut sums)?;
+                (step_loss, step_tokens) = (sums[0], sums[1] as u64);
             }
             let info = opt.update(&mut self.model, lr, Some(cfg.clip_norm))?;
             state.step += 1;
@@ -243,7 +276,7 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 let tps = window.2 as f64 / window.3.elapsed().as_secs_f64().max(1e-9);
                 b.set_message(format!("loss {step_loss:.4}  {tps:.0} tok/s  lr {lr:.2e}"));
             }
-            if state.step.is_multiple_of(cfg.log_every) || state.step == total {
+            if let Some(metrics) = metrics.as_mut().filter(|_| state.step.is_multiple_of(cfg.log_every) || state.step == total) {
                 let secs = window.3.elapsed().as_secs_f64().max(1e-9);
                 let log = StepLog {
                     step: state.step,
@@ -266,14 +299,18 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 }
                 window = (0.0, 0, 0, Instant::now());
             }
-            if cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every) {
-                self.validate(&mut metrics, state.step, bar.as_ref())?;
+            if let Some(metrics) = metrics.as_mut().filter(|_| cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) {
+                self.validate(metrics, state.step, bar.as_ref())?;
             }
             if cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every) && state.step < total && bad_streak == 0 {
-                state.data = self.data.state();
-                let dir = cfg.out_dir.join(format!("checkpoint-{}", state.step));
-                checkpoint::save(&dir, &self.model, &opt, &state, &self.tokenizer_path)?;
-                checkpoint::prune(&cfg.out_dir, cfg.keep_checkpoints)?;
+                // Every rank takes part in gathering sharded moments; rank 0 writes.
+                opt.gather(&mut self.model)?;
+                if lead {
+                    state.data = self.data.state();
+                    let dir = cfg.out_dir.join(format!("checkpoint-{}", state.step));
+                    checkpoint::save(&dir, &self.model, &opt, &state, &self.tokenizer_path)?;
+                    checkpoint::prune(&cfg.out_dir, cfg.keep_checkpoints)?;
+                }
             }
         }
         if let Some(b) = &bar {
@@ -282,7 +319,10 @@ impl<'a, B: Backend> Trainer<'a, B> {
         state.data = self.data.state();
         state.elapsed_secs = base_elapsed + start.elapsed().as_secs_f64();
         let dir = cfg.out_dir.join("final");
-        checkpoint::save(&dir, &self.model, &opt, &state, &self.tokenizer_path)?;
+        opt.gather(&mut self.model)?;
+        if lead {
+            checkpoint::save(&dir, &self.model, &opt, &state, &self.tokenizer_path)?;
+        }
         let final_loss =
             losses.iter().rev().take(cfg.log_every as usize).sum::<f64>() / losses.len().clamp(1, cfg.log_every as usize) as f64;
         Ok(Summary { steps: state.step, final_loss, elapsed_s: state.elapsed_secs, checkpoint: dir, stopped_by, losses })
@@ -317,6 +357,23 @@ impl<'a, B: Backend> Trainer<'a, B> {
         b.set_position(at);
         Some(b)
     }
+}
+
+/// Prepares the run directory of rank 0 for continuing at `step` and opens its metrics file.
+fn open_run_dir(out_dir: &Path, step: u64) -> Result<std::fs::File> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("{}: cannot create the run directory", out_dir.display()))?;
+    // Lines a previous attempt logged after the step we start from would be logged again.
+    super::run_dir::truncate_metrics(out_dir, step)?;
+    let abandoned = checkpoint::remove_after(out_dir, step)?;
+    if !abandoned.is_empty() {
+        eprintln!("removed {} (past step {step}, which this run continues from)", abandoned.join(", "));
+    }
+    let metrics_path = out_dir.join(super::run_dir::METRICS_FILE);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("{}: cannot open for appending", metrics_path.display()))
 }
 
 impl BatchSource for crate::data::batch::ExampleBatches {

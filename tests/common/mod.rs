@@ -94,6 +94,7 @@ pub fn small_train_config(out: &std::path::Path, steps: u64, lr: f32, dropout: f
         log_every: 1,
         out_dir: out.to_path_buf(),
         progress: false,
+        zero: 0,
     }
 }
 

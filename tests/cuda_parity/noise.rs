@@ -31,7 +31,15 @@ fn check_q_sample<B: Backend>(g: &B) {
                 Example { ids: (0..len).map(|_| 4 + rng.int_in(0, 5000) as i32).collect(), src_len }
             })
             .collect();
-        let spec = NoiseSpec { key: rng.next_u64(), steps: [50, 1, 2, 1000][trial % 4], pad, mask_id, reweighting: rw, scale: 0.5 };
+        let spec = NoiseSpec {
+            key: rng.next_u64(),
+            steps: [50, 1, 2, 1000][trial % 4],
+            pad,
+            mask_id,
+            reweighting: rw,
+            scale: 0.5,
+            first_example: [0, 3, 0, 1 << 40][trial % 4],
+        };
         let (batch, src_len) = doubled_batch(&rows, pad);
         let n = batch.ids.len();
         let cpu_be = CpuBackend::new();
@@ -52,7 +60,7 @@ fn check_q_sample<B: Backend>(g: &B) {
         assert_eq!(&g.read_i32(&g_tgt).unwrap()[..nc], &c_tgt[..nc], "{tag}: targets");
         assert_exact(&format!("{tag}: weights"), &g.download(&g_w).unwrap()[..nc], &c_w[..nc]);
         for (ex, r) in rows.iter().enumerate() {
-            let (ta, tb) = coupled_t(spec.key, ex, spec.steps);
+            let (ta, tb) = coupled_t(spec.key, spec.first_example as usize + ex, spec.steps);
             let maskable = (r.src_len..r.ids.len()).count() as f64;
             for (copy, t) in [(ex, ta), (b + ex, tb)] {
                 let row = &c_ids[copy * batch.seq..][..batch.seq];
@@ -66,7 +74,7 @@ fn check_q_sample<B: Backend>(g: &B) {
     assert!(rate.abs() < 0.01, "device masks deviate from t/T by {rate} per maskable slot");
     // Bad shapes are errors, not launches.
     let mut short = g.upload_i32(&[5; 10]).unwrap();
-    let spec = NoiseSpec { key: 1, steps: 50, pad, mask_id, reweighting: Reweighting::Linear, scale: 1.0 };
+    let spec = NoiseSpec { key: 1, steps: 50, pad, mask_id, reweighting: Reweighting::Linear, scale: 1.0, first_example: 0 };
     let (mut r, mut t, mut w) = (g.upload_i32(&[0; 10]).unwrap(), g.upload_i32(&[0; 10]).unwrap(), g.zeros(10).unwrap());
     assert!(
         g.q_sample(&mut short, 3, &[1, 1], &spec, LossSlots { rows: &mut r, targets: &mut t, weights: &mut w }).is_err(),

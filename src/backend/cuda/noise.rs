@@ -51,7 +51,21 @@ impl CudaBackend {
             self,
             "q_sample_mask",
             cfg_rows(b, THREADS, 0)?,
-            [&ids.dev, &src.dev, &ex, &seq32, &spec.pad, &spec.steps, &spec.key, &rw, &spec.scale, &mut flags, &mut counts, &mut row_w]
+            [
+                &ids.dev,
+                &src.dev,
+                &ex,
+                &seq32,
+                &spec.pad,
+                &spec.steps,
+                &spec.key,
+                &spec.first_example,
+                &rw,
+                &spec.scale,
+                &mut flags,
+                &mut counts,
+                &mut row_w
+            ]
         )?;
         let w = self.out_f32(weights)?;
         launch!(

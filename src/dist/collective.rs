@@ -1,0 +1,263 @@
+//! The collectives data-parallel training needs, over any backend: nothing to do for one process
+//! (`Solo`), NCCL on the CUDA backend's stream for several (`NcclCollective`).
+
+use super::nccl::{self, Comm, UniqueId};
+use crate::backend::cuda::{CudaBackend, CudaBuf};
+use crate::backend::Backend;
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
+use half::bf16;
+use std::any::Any;
+use std::ffi::{c_int, c_void};
+
+/// Sums over the ranks. Every rank ends with the same bits (NCCL reduces in one order for all).
+pub trait Collective<B: Backend> {
+    fn rank(&self) -> usize;
+    fn world(&self) -> usize;
+    /// Sums each buffer over the ranks, in place, as f32.
+    fn all_reduce_sum(&self, be: &B, bufs: &mut [B::Buf]) -> Result<()>;
+    /// Sums host numbers over the ranks (in f64: losses, token counts, squared norms).
+    fn sum_host(&self, be: &B, vals: &mut [f64]) -> Result<()>;
+    /// ZeRO-1: sums `parts` (flattened in order, padded to `world · shard.len()`) over the ranks
+    /// and leaves this rank's part of the sum in `shard` (f32).
+    fn reduce_scatter_sum(&self, be: &B, parts: &mut [B::Buf], shard: &mut B::Buf) -> Result<()>;
+    /// ZeRO-1: gathers every rank's `shard` (f32) of the flattened parameters and writes each
+    /// parameter of `params`: with `masters`, as f32 masters with their bf16 copies (for a
+    /// checkpoint); else as the bf16 values alone that the forward reads (gathered as bf16, and
+    /// the parameters' own f32 masters are dropped).
+    fn all_gather_params(&self, be: &B, shard: &B::Buf, params: &mut [B::Buf], masters: bool) -> Result<()>;
+    /// ZeRO-1: every rank's `shard`, concatenated, on the host (for checkpoints).
+    fn all_gather_host(&self, be: &B, shard: &B::Buf) -> Result<Vec<f32>>;
+}
+
+/// One process: every sum is already complete.
+pub struct Solo;
+
+impl<B: Backend> Collective<B> for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _be: &B, _bufs: &mut [B::Buf]) -> Result<()> {
+        Ok(())
+    }
+    fn sum_host(&self, _be: &B, _vals: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+    fn reduce_scatter_sum(&self, _be: &B, _parts: &mut [B::Buf], _shard: &mut B::Buf) -> Result<()> {
+        bail!("internal: ZeRO shards the optimizer over several ranks, and this process is alone")
+    }
+    fn all_gather_params(&self, _be: &B, _shard: &B::Buf, _params: &mut [B::Buf], _masters: bool) -> Result<()> {
+        bail!("internal: ZeRO shards the optimizer over several ranks, and this process is alone")
+    }
+    fn all_gather_host(&self, _be: &B, _shard: &B::Buf) -> Result<Vec<f32>> {
+        bail!("internal: ZeRO shards the optimizer over several ranks, and this process is alone")
+    }
+}
+
+/// NCCL on the CUDA backend's stream.
+pub struct NcclCollective {
+    comm: Comm,
+}
+
+/// The communicator of rank `rank` of `world` on backend `be`, which must be the CUDA backend
+/// when `world > 1`.
+pub fn open<B: Backend>(be: &B, rank: usize, world: usize, id: Option<UniqueId>) -> Result<Box<dyn Collective<B>>> {
+    if world == 1 {
+        return Ok(Box::new(Solo));
+    }
+    let cuda = cuda_of(be)?;
+    let id = id.ok_or_else(|| anyhow!("internal: rank {rank} of {world} has no NCCL id"))?;
+    cuda.stream().context().bind_to_thread().context("making the CUDA device current for NCCL")?;
+    Ok(Box::new(NcclCollective { comm: Comm::init(rank, world, id)? }))
+}
+
+fn cuda_buf<B: Backend>(b: &B::Buf) -> Result<&CudaBuf> {
+    (b as &dyn Any).downcast_ref::<CudaBuf>().ok_or_else(|| anyhow!("internal: not a CUDA buffer"))
+}
+
+fn cuda_buf_mut<B: Backend>(b: &mut B::Buf) -> Result<&mut CudaBuf> {
+    (b as &mut dyn Any).downcast_mut::<CudaBuf>().ok_or_else(|| anyhow!("internal: not a CUDA buffer"))
+}
+
+fn cuda_of<B: Backend>(be: &B) -> Result<&CudaBackend> {
+    (be as &dyn Any)
+        .downcast_ref::<CudaBackend>()
+        .ok_or_else(|| anyhow!("training on several processes needs the CUDA backend (NCCL); {} cannot take part", be.name()))
+}
+
+impl NcclCollective {
+    /// Waits for the collectives queued on the stream and reports any NCCL failure.
+    fn finish(&self, be: &CudaBackend, what: &str) -> Result<()> {
+        let synced = be.synchronize();
+        // A dead peer shows as NCCL's asynchronous error, which names the cause better than CUDA.
+        self.comm.async_error(what)?;
+        synced.with_context(|| format!("rank {}: after NCCL {what}", self.comm.rank))
+    }
+}
+
+impl NcclCollective {
+    fn stream_ptr(be: &CudaBackend) -> *mut c_void {
+        be.stream().cu_stream() as *mut c_void
+    }
+
+    /// All-gathers the first `n` elements of `src` (NCCL type `dtype`) into a new flat buffer of
+    /// `world · n`.
+    fn gather_slice<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        cuda: &CudaBackend,
+        src: &CudaSlice<T>,
+        n: usize,
+        dtype: c_int,
+    ) -> Result<CudaSlice<T>> {
+        let stream = cuda.stream().clone();
+        let mut flat = cuda.alloc_zeros::<T>(n * self.comm.world)?;
+        {
+            let (s, _a) = src.device_ptr(&stream);
+            let (d, _b) = flat.device_ptr_mut(&stream);
+            // SAFETY: `s` holds n elements, `d` world·n, both on this rank's device.
+            let r = unsafe {
+                (self.comm.api().ncclAllGather)(s as *const c_void, d as *mut c_void, n, dtype, self.comm.raw(), Self::stream_ptr(cuda))
+            };
+            self.comm.check("all-gather", r)?;
+        }
+        self.finish(cuda, "all-gather of the shards")?;
+        Ok(flat)
+    }
+
+    /// All-gathers `shard` as f32.
+    fn gather_flat(&self, cuda: &CudaBackend, shard: &CudaBuf) -> Result<CudaSlice<f32>> {
+        self.gather_slice(cuda, cuda.as_f32(shard)?.get(), shard.len(), nccl::FLOAT32)
+    }
+}
+
+impl<B: Backend> Collective<B> for NcclCollective {
+    fn rank(&self) -> usize {
+        self.comm.rank
+    }
+    fn world(&self) -> usize {
+        self.comm.world
+    }
+
+    fn all_reduce_sum(&self, be: &B, bufs: &mut [B::Buf]) -> Result<()> {
+        let cuda = cuda_of(be)?;
+        let stream = cuda.stream().clone();
+        let api = self.comm.api();
+        // Every buffer becomes f32 storage first (outside the group: a conversion launches a kernel).
+        let mut slices = Vec::with_capacity(bufs.len());
+        for b in bufs.iter_mut() {
+            let b = cuda_buf_mut::<B>(b)?;
+            let n = b.len();
+            slices.push((cuda.acc_f32(b)?, n));
+        }
+        // One collective per buffer, in the same order on every rank, launched as one NCCL group.
+        self.comm.group(|| {
+            for (s, n) in slices.iter_mut() {
+                let (ptr, _sync) = s.device_ptr_mut(&stream);
+                let p = ptr as *mut c_void;
+                // SAFETY: `p` holds `n` f32 on this rank's device; in place is allowed.
+                let r = unsafe { (api.ncclAllReduce)(p, p, *n, nccl::FLOAT32, nccl::SUM, self.comm.raw(), Self::stream_ptr(cuda)) };
+                self.comm.check("all-reduce", r)?;
+            }
+            Ok(())
+        })?;
+        self.finish(cuda, "all-reduce of the gradients")
+    }
+
+    fn reduce_scatter_sum(&self, be: &B, parts: &mut [B::Buf], shard: &mut B::Buf) -> Result<()> {
+        let cuda = cuda_of(be)?;
+        let stream = cuda.stream().clone();
+        let shard = cuda_buf_mut::<B>(shard)?;
+        let n = shard.len();
+        let mut flat = cuda.alloc_zeros::<f32>(n * self.comm.world)?;
+        let mut at = 0;
+        for p in parts.iter_mut() {
+            let p = cuda_buf_mut::<B>(p)?;
+            let len = p.len();
+            if at + len > flat.len() {
+                bail!("internal: {} gradient elements do not fit {} shards of {n}", at + len, self.comm.world);
+            }
+            stream.memcpy_dtod(&cuda.acc_f32(p)?.slice(0..len), &mut flat.slice_mut(at..at + len))?;
+            at += len;
+        }
+        let dst = cuda.acc_f32(shard)?;
+        {
+            let (s, _a) = flat.device_ptr(&stream);
+            let (d, _b) = dst.device_ptr_mut(&stream);
+            // SAFETY: `s` holds world·n f32, `d` n, both on this rank's device.
+            let r = unsafe {
+                (self.comm.api().ncclReduceScatter)(
+                    s as *const c_void,
+                    d as *mut c_void,
+                    n,
+                    nccl::FLOAT32,
+                    nccl::SUM,
+                    self.comm.raw(),
+                    Self::stream_ptr(cuda),
+                )
+            };
+            self.comm.check("reduce-scatter", r)?;
+        }
+        self.finish(cuda, "reduce-scatter of the gradients")
+    }
+
+    fn all_gather_params(&self, be: &B, shard: &B::Buf, params: &mut [B::Buf], masters: bool) -> Result<()> {
+        let cuda = cuda_of(be)?;
+        let stream = cuda.stream().clone();
+        let shard = cuda_buf::<B>(shard)?;
+        let total: usize = shard.len() * self.comm.world;
+        let (flat32, flat16) = if masters {
+            (Some(self.gather_flat(cuda, shard)?), None)
+        } else {
+            // The same rounding as the AdamW kernel's bf16 copy, so the forward reads the same bits.
+            let mut half = cuda.alloc_zeros::<bf16>(shard.len())?;
+            cuda.convert_to_bf16(cuda.as_f32(shard)?.get(), &mut half, shard.len())?;
+            (None, Some(self.gather_slice(cuda, &half, shard.len(), nccl::BFLOAT16)?))
+        };
+        let mut at = 0;
+        for p in params.iter_mut() {
+            let p = cuda_buf_mut::<B>(p)?;
+            let len = p.len();
+            if at + len > total {
+                bail!("internal: {} parameter elements do not fit the gathered {total}", at + len);
+            }
+            if let Some(flat) = &flat32 {
+                let (master, shadow) = cuda.as_master(p)?;
+                stream.memcpy_dtod(&flat.slice(at..at + len), &mut master.slice_mut(0..len))?;
+                cuda.convert_to_bf16(master, shadow, len)?;
+            } else if let Some(flat) = &flat16 {
+                stream.memcpy_dtod(&flat.slice(at..at + len), &mut cuda.out_bf16(p)?.slice_mut(0..len))?;
+            }
+            at += len;
+        }
+        // The gathered buffers are freed in stream order, after the copies.
+        Ok(())
+    }
+
+    fn all_gather_host(&self, be: &B, shard: &B::Buf) -> Result<Vec<f32>> {
+        let cuda = cuda_of(be)?;
+        let flat = self.gather_flat(cuda, cuda_buf::<B>(shard)?)?;
+        let mut host = vec![0.0f32; flat.len()];
+        cuda.to_host(&flat, &mut host)?;
+        Ok(host)
+    }
+
+    fn sum_host(&self, be: &B, vals: &mut [f64]) -> Result<()> {
+        let cuda = cuda_of(be)?;
+        let stream = cuda.stream().clone();
+        let mut dev = stream.clone_htod(vals)?;
+        {
+            let (p, _sync) = dev.device_ptr_mut(&stream);
+            let p = p as *mut c_void;
+            // SAFETY: `p` holds vals.len() f64 on this rank's device; in place is allowed.
+            let r = unsafe {
+                (self.comm.api().ncclAllReduce)(p, p, vals.len(), nccl::FLOAT64, nccl::SUM, self.comm.raw(), Self::stream_ptr(cuda))
+            };
+            self.comm.check("all-reduce", r)?;
+        }
+        self.finish(cuda, "all-reduce of the step's loss and counts")?;
+        cuda.to_host(&dev, vals)
+    }
+}

@@ -379,7 +379,9 @@ fn train_rank(args: Args, place: &train_dist::Placement, nccl_id: Option<crate::
         zero: args.zero,
     };
     if let (Device::Cuda(n), Stage::Main, false) = (&args.run.device, stage, args.no_memory_check) {
-        check_memory(*n, &model_dir, &model_cfg, budget, max_len, args.valid.is_some())?;
+        let zero = crate::train::memory_plan::Zero::from_level(args.zero)?;
+        let run = PlannedRun { ordinal: *n, world: place.world, zero, budget, max_len, validation: args.valid.is_some() };
+        check_memory(&run, &model_dir, &model_cfg)?;
     }
     // Everything is checked; only now is the run directory touched.
     let mode = match (&args.resume, args.overwrite) {
@@ -468,27 +470,34 @@ fn train_rank(args: Args, place: &train_dist::Placement, nccl_id: Option<crate::
     dispatch(&run.device, run.threads, job)
 }
 
-/// Refuses, before anything is allocated, a masked-LM training run on CUDA device `ordinal` that
-/// its memory plan says cannot fit (one GPU, ZeRO stage 0).
-fn check_memory(
+/// What the memory check needs to know of a run on one of its GPUs.
+struct PlannedRun {
     ordinal: usize,
-    model_dir: &std::path::Path,
-    cfg: &crate::model::ModelConfig,
+    world: usize,
+    zero: crate::train::memory_plan::Zero,
     budget: Budget,
     max_len: usize,
     validation: bool,
-) -> Result<()> {
-    use crate::train::memory_plan::{self as mp, PlanInputs, SampleShape, Zero};
-    let (device, bytes) = crate::backend::cuda::device_memory(ordinal)?;
+}
+
+/// Refuses, before anything is allocated, a masked-LM training run whose memory plan says it
+/// cannot fit on CUDA device `run.ordinal` (one rank of `run.world`, at its ZeRO stage).
+fn check_memory(run: &PlannedRun, model_dir: &std::path::Path, cfg: &crate::model::ModelConfig) -> Result<()> {
+    use crate::train::memory_plan::{self as mp, PlanInputs, SampleShape};
+    let (device, bytes) = crate::backend::cuda::device_memory(run.ordinal)?;
+    let whole = mp::train_tokens(run.budget, run.max_len);
+    // A rank takes a contiguous share of each micro-batch's rows by tokens: at most its even
+    // share plus one sequence (`dist::split`).
+    let share = if run.world > 1 { (whole.div_ceil(run.world) + run.max_len).min(whole) } else { whole };
     let inputs = PlanInputs {
         cfg: cfg.clone(),
         untied: mp::model_untied(model_dir)?,
-        gpus: 1,
-        train_tokens: mp::train_tokens(budget, max_len),
-        sample: SampleShape { batch: 1, seq: max_len },
-        validation: validation.then_some(SampleShape { batch: mp::VALIDATION_BATCH, seq: max_len }),
+        gpus: run.world,
+        train_tokens: share,
+        sample: SampleShape { batch: 1, seq: run.max_len },
+        validation: run.validation.then_some(SampleShape { batch: mp::VALIDATION_BATCH, seq: run.max_len }),
     };
-    mp::check_fits(&inputs, Zero::Stage0, &device, bytes)
+    mp::check_fits(&inputs, run.zero, &device, bytes)
 }
 
 pub fn run(args: Args) -> Result<()> {

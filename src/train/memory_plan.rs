@@ -290,7 +290,9 @@ pub fn plan(inputs: &PlanInputs) -> Result<Plan> {
             gradients: if zero == Zero::Stage2 && inputs.gpus > 1 { shard(full_grads) + largest * F32 } else { full_grads },
             activations: training_activations(cfg, n, r) + validation,
             // One tensor at a time goes from bf16 zeros to f32 on the first step (both alive).
-            workspace: fixed + largest * BF16,
+            // ZeRO-1 on several GPUs also packs every gradient into one flat f32 buffer for the
+            // reduce-scatter (`train::zero`).
+            workspace: fixed + largest * BF16 + if zero == Zero::Stage1 && inputs.gpus > 1 { full_grads } else { 0 },
         }
     };
     Ok(Plan {

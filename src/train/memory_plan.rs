@@ -200,10 +200,12 @@ const BF16: u64 = 2;
 const F32: u64 = 4;
 const I32: u64 = 4;
 
-/// What `Params::alloc_encoder` keeps for `n` tokens with every layer's activations (as a training
-/// pass and a sampling step's plan do), in the storage each buffer ends in.
-pub fn encoder_bytes(cfg: &ModelConfig, n: u64) -> u64 {
+/// What `Params::alloc_encoder` keeps for `n` tokens, in the storage each buffer ends in: with
+/// `keep` every layer's activations (a training pass), without it one layer's set and two hidden
+/// states taken in turn (a sampling step's plan).
+pub fn encoder_bytes(cfg: &ModelConfig, n: u64, keep: bool) -> u64 {
     let (h, f, l, heads) = (cfg.hidden as u64, cfg.intermediate as u64, cfg.layers as u64, cfg.heads as u64);
+    let (sets, states) = if keep { (l, l + 1) } else { (1, 2) };
     let pre = cfg.arch == Arch::PreLn;
     // q, k, v, ctx, attn, s1, h1, f2 and (post-LN) s2 or (pre-LN) a_in: nine [n, h] in bf16; f1 and
     // the GELU output: two [n, f]; the attention's log-sum-exp per (row, head, position) and four
@@ -214,9 +216,9 @@ pub fn encoder_bytes(cfg: &ModelConfig, n: u64) -> u64 {
     // LayerNorm output and statistics.
     let inputs = 3 * n * I32;
     let emb = n * h * BF16 + 2 * n * if pre { BF16 } else { F32 };
-    let hidden = (l + 1) * n * h * BF16;
+    let hidden = states * n * h * BF16;
     let final_ln = if pre { n * h * BF16 + 2 * n * F32 } else { 0 };
-    l * per_layer + inputs + emb + hidden + final_ln
+    sets * per_layer + inputs + emb + hidden + final_ln
 }
 
 /// The head's workspace on `r` gathered rows (`alloc_head_on`): four [r, h] in bf16, the
@@ -234,7 +236,7 @@ pub fn sampling_activations(cfg: &ModelConfig, shape: SampleShape) -> u64 {
     let n = (shape.batch * shape.seq) as u64;
     // seeds (2), streams, token, logprob, confidence; the canvases' tokens, scores, masked.
     let per_row = 2 * I32 + I32 + I32 + F32 + F32 + 3 * F32;
-    encoder_bytes(cfg, n) + head_bytes(cfg, n) + n * per_row
+    encoder_bytes(cfg, n, false) + head_bytes(cfg, n) + n * per_row
 }
 
 /// A training micro-batch of `n` encoder tokens with the head on `r` rows, at the peak (the
@@ -251,7 +253,7 @@ pub fn training_activations(cfg: &ModelConfig, n: u64, r: u64) -> u64 {
     // Encoder backward: d(encoder output), six [n, h] and two [n, f] scratch buffers, and the
     // attention backward's f32 sum per (row, head, position).
     let enc_bwd = n * h * BF16 + 6 * n * h * BF16 + 2 * n * f * BF16 + n * heads * F32;
-    encoder_bytes(cfg, n) + noise + head_bytes(cfg, r) + ce_scratch + head_bwd.max(enc_bwd)
+    encoder_bytes(cfg, n, true) + noise + head_bytes(cfg, r) + ce_scratch + head_bwd.max(enc_bwd)
 }
 
 /// The memory plan for `inputs`.
@@ -432,7 +434,9 @@ mod tests {
         let (n, h, f) = (10u64, 32u64, 64u64);
         let layer = 9 * n * h * 2 + 2 * n * f * 2 + n * 4 * 4 + 4 * n * 4;
         let encoder = 2 * layer + 3 * n * 4 + n * h * 2 + 2 * n * 4 + 3 * n * h * 2;
-        assert_eq!(encoder_bytes(&cfg, n), encoder);
+        assert_eq!(encoder_bytes(&cfg, n, true), encoder);
+        // Sampling keeps one layer's set and two hidden states.
+        assert_eq!(encoder_bytes(&cfg, n, false), layer + 3 * n * 4 + n * h * 2 + 2 * n * 4 + 2 * n * h * 2);
         let head = 4 * n * h * 2 + 2 * n * 4 + n * 4 + n * 320 * 2;
         let enc_bwd = 7 * n * h * 2 + 2 * n * f * 2 + n * 4 * 4;
         let want = encoder + 3 * n * 4 + head + 2 * 16 * 4 + enc_bwd;

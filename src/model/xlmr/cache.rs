@@ -126,7 +126,7 @@ impl<B: Backend> XlmR<B> {
                 if c.kv.rows != rows {
                     c.kv.rows = rows;
                     c.kv.idx = be.upload_i32(&vec![0; rows.max(1)])?;
-                    c.act = p.alloc_encoder(&one_row(rows), true)?;
+                    c.act = p.alloc_encoder(&one_row(rows), false)?;
                 }
             }
             _ => {
@@ -143,7 +143,7 @@ impl<B: Backend> XlmR<B> {
                     ctx: be.zeros(n * h)?,
                     lse: be.zeros(shape.batch * shape.heads * shape.seq)?,
                 };
-                self.work.cache = Some(PrefixCache { kv, act: p.alloc_encoder(&one_row(rows), true)? });
+                self.work.cache = Some(PrefixCache { kv, act: p.alloc_encoder(&one_row(rows), false)? });
             }
         }
         Ok(())

@@ -199,7 +199,8 @@ impl<B: Backend> XlmR<B> {
         let noise_rows = if key.sampling { rows } else { 0 };
         let batch = Batch { ids: Vec::new(), batch: key.batch, seq: key.seq };
         self.work.step = Some(StepPlan {
-            enc: self.p.alloc_encoder(&batch, true)?,
+            // A step has no backward pass: one layer's activations, reused by every layer.
+            enc: self.p.alloc_encoder(&batch, false)?,
             head: self.p.alloc_head(key.head_rows())?,
             forbid: be.upload_i32(&key.forbid)?,
             seeds: be.upload_i32(&vec![0; 2 * noise_rows])?,

@@ -1,10 +1,15 @@
 //! The XLM-R masked LM (both LayerNorm placements), written once against `Backend`.
 //!
 //! - `config`: HF `config.json` and presets.
-//! - `weights`: safetensors loading/saving by HF tensor names (f32/f16/bf16, tied decoder).
+//! - `weights`: the parameter list by HF tensor names (tied decoder), matched to a file's tensors.
+//! - `shards`: the weights on disk, one `model.safetensors` or transformers' shards with an index,
+//!   read (f32/f16/bf16) and written one tensor at a time.
+//! - `random_init`: HF's initialisation, tensor by tensor (so `init` streams to disk).
 //! - `xlmr`: parameters, forward and backward; `xlmr/length.rs` the length predictor.
 
 pub mod config;
+pub mod random_init;
+pub mod shards;
 pub mod weights;
 pub mod xlmr;
 

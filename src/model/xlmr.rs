@@ -156,6 +156,8 @@ struct Params<B: Backend> {
     /// The parameters training updates: the backbone's or the length predictor's (`Part`). Only
     /// they have gradients: `grads[j]` is parameter `trainable.start + j`'s.
     trainable: std::ops::Range<usize>,
+    /// How `save` writes the weights (the shard size).
+    save_opts: SaveOpts,
 }
 
 /// Buffers a pass keeps for the next one of the same shape.

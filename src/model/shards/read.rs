@@ -102,7 +102,7 @@ impl WeightFiles {
             for e in w.tensors.values().filter(|e| e.file == i) {
                 match weight_map.get(&e.name) {
                     Some(f) if f == name => {}
-                    Some(f) => bail!("{shard}: tensor `{}` is also here, but {} puts it in `{f}`", e.name, w.what),
+                    Some(f) => bail!("{shard}: holds tensor `{}`, which {} puts in `{f}`", e.name, w.what),
                     None => bail!("{shard}: tensor `{}` is not in {}'s weight_map", e.name, w.what),
                 }
             }

@@ -135,6 +135,7 @@ impl<B: Backend> XlmR<B> {
                 layers,
                 length: (n_params > n_backbone).then_some(n_backbone),
                 trainable: 0..n_backbone,
+                save_opts: SaveOpts::default(),
             },
             work: Workspace { enc: None, step: None, cache: None, length: None },
         };
@@ -152,9 +153,15 @@ impl<B: Backend> XlmR<B> {
     }
 
     /// Writes `config.json` and the weights (f32, HF names; a tied decoder is omitted, as
-    /// `save_pretrained` does) with the default shard size: one `model.safetensors` up to 5 GB.
+    /// `save_pretrained` does) with the model's save options (`set_save_opts`; by default one
+    /// `model.safetensors` up to 5 GB, shards past it).
     pub fn save(&self, dir: &Path) -> Result<()> {
-        self.save_with(dir, SaveOpts::default())
+        self.save_with(dir, self.p.save_opts)
+    }
+
+    /// The options every later `save` uses (a training run's checkpoints are saved this way).
+    pub fn set_save_opts(&mut self, opts: SaveOpts) {
+        self.p.save_opts = opts;
     }
 
     /// `save`, sharding past `opts.max_shard_size`. Each tensor is downloaded, written and

@@ -31,7 +31,7 @@ pub enum Command {
     Eval(crate::cli::eval::Args),
     /// Predict the tokens at each <mask> of a text (the Hugging Face fill-mask pipeline).
     FillMask(crate::cli::fill_mask::Args),
-    /// Write a randomly initialised model (config.json, model.safetensors, tokenizer.json).
+    /// Write a randomly initialised model (config.json, model.safetensors or shards, tokenizer.json).
     Init(crate::cli::init::Args),
     /// Tokenizer tools (`tokenizer train`: a Unigram tokenizer in XLM-R layout from JSONL data).
     Tokenizer(crate::cli::tokenizer::Args),

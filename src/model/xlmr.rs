@@ -23,7 +23,7 @@ mod length;
 mod pick;
 
 pub use decode::{CanvasSlots, CanvasStep, DecodeSpec};
-pub use files::SaveOpts;
+pub use files::{LoadPlan, SaveOpts};
 pub use length::{length_class, Part, LENGTH_CLASSES};
 
 #[derive(Clone, Copy)]

@@ -34,36 +34,16 @@ impl<B: Backend> XlmR<B> {
     }
 
     fn load_with(backend: B, dir: &Path, storage: ParamStorage) -> Result<Self> {
-        if !dir.is_dir() {
-            bail!("{}: model directory not found", dir.display());
-        }
-        let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
-        cfg.check_fits_memory(&dir.join("config.json").display().to_string())?;
-        let files = WeightFiles::open(dir)?;
-        let mut catalog = files.catalog();
-        let length_src = length::take_tensors(&cfg, &mut catalog, &files)?;
-        let (backbone, untied) = weights::resolve(&cfg, catalog, &files)?;
-        let n_backbone = backbone.len();
-        let mut specs: Vec<(String, Vec<usize>)> = backbone.iter().map(|p| (p.name.clone(), p.shape.clone())).collect();
-        if !length_src.is_empty() {
-            specs.extend(length::internal_specs(&cfg));
-        }
-        let mut length_feed = length::Feed::new(&cfg, length_src);
-        Self::from_specs(Build { backend, cfg, specs, n_backbone, untied, storage }, |i, capacity| {
-            let (data, source) = match backbone.get(i) {
-                Some(p) => (files.read_f32(&p.source, capacity)?, p.source.clone()),
-                None => length_feed.next(&files)?,
-            };
-            // A diverged or damaged model would sample to empty text and NaN scores.
-            if let Some(j) = data.iter().position(|x| !x.is_finite()) {
-                bail!(
-                    "{}: tensor `{source}` holds a non-finite value ({} at index {j}); the model is damaged (a diverged training?)",
-                    files.file_of(&source),
-                    data[j]
-                );
-            }
-            Ok(data)
-        })
+        let mut plan = LoadPlan::open(dir)?;
+        let build = Build {
+            backend,
+            cfg: plan.cfg.clone(),
+            specs: plan.specs.clone(),
+            n_backbone: plan.backbone.len(),
+            untied: plan.untied,
+            storage,
+        };
+        Self::from_specs(build, |i, capacity| plan.read(i, capacity))
     }
 
     /// A randomly initialised model with HF's init (`random_init`: normal(0, 0.02) weights and
@@ -182,6 +162,60 @@ impl<B: Backend> XlmR<B> {
             Some(j) => length::official_tensor(j, |m| get(n_backbone + m)),
         })?;
         Ok(())
+    }
+}
+
+/// A model directory's weights matched to the parameter list (config.json, the backbone, the
+/// length predictor if any), to be read one tensor at a time in parameter order: what `load`
+/// does, without a backend.
+pub struct LoadPlan {
+    pub cfg: ModelConfig,
+    /// Every parameter's name and shape, in the model's order.
+    pub specs: Vec<(String, Vec<usize>)>,
+    /// Whether the file holds a decoder of its own.
+    pub untied: bool,
+    files: WeightFiles,
+    backbone: Vec<weights::Planned>,
+    length: length::Feed,
+}
+
+impl LoadPlan {
+    /// Reads config.json, maps the weights and checks every tensor's name and shape (no values
+    /// are read but the two compared for a tied decoder).
+    pub fn open(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            bail!("{}: model directory not found", dir.display());
+        }
+        let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+        cfg.check_fits_memory(&dir.join("config.json").display().to_string())?;
+        let files = WeightFiles::open(dir)?;
+        let mut catalog = files.catalog();
+        let length_src = length::take_tensors(&cfg, &mut catalog, &files)?;
+        let (backbone, untied) = weights::resolve(&cfg, catalog, &files)?;
+        let mut specs: Vec<(String, Vec<usize>)> = backbone.iter().map(|p| (p.name.clone(), p.shape.clone())).collect();
+        if !length_src.is_empty() {
+            specs.extend(length::internal_specs(&cfg));
+        }
+        let length = length::Feed::new(&cfg, length_src);
+        Ok(LoadPlan { cfg, specs, untied, files, backbone, length })
+    }
+
+    /// Parameter `i`'s values (call for i = 0, 1, ... in turn), in a vector with room for
+    /// `capacity` values; a non-finite value is an error naming the file and tensor.
+    pub fn read(&mut self, i: usize, capacity: usize) -> Result<Vec<f32>> {
+        let (data, source) = match self.backbone.get(i) {
+            Some(p) => (self.files.read_f32(&p.source, capacity)?, p.source.clone()),
+            None => self.length.next(&self.files)?,
+        };
+        // A diverged or damaged model would sample to empty text and NaN scores.
+        if let Some(j) = data.iter().position(|x| !x.is_finite()) {
+            bail!(
+                "{}: tensor `{source}` holds a non-finite value ({} at index {j}); the model is damaged (a diverged training?)",
+                self.files.file_of(&source),
+                data[j]
+            );
+        }
+        Ok(data)
     }
 }
 

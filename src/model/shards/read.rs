@@ -5,7 +5,7 @@
 use super::{dtype_size, INDEX_FILE, SINGLE_FILE};
 use crate::model::weights::canonical_name;
 use anyhow::{bail, Context, Result};
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -108,7 +108,7 @@ impl WeightFiles {
             }
         }
         for (tensor, file) in &weight_map {
-            if !w.tensors.get(&canonical_name(tensor)).is_some_and(|e| &e.name == tensor) {
+            if w.tensors.get(&canonical_name(tensor)).is_none_or(|e| &e.name != tensor) {
                 bail!("{}: tensor `{tensor}` is not in its shard, {}", w.what, index.with_file_name(file).display());
             }
         }
@@ -185,7 +185,13 @@ impl WeightFiles {
         let e = self.entry(name)?;
         let raw = &self.files[e.file].map[e.bytes.clone()];
         let mut out = Vec::with_capacity(capacity.max(raw.len() / dtype_size(e.dtype).unwrap_or(4)));
-        for_each_f32(raw, e.dtype, |chunk| out.extend_from_slice(chunk));
+        // A block at a time, each block's pages released once converted, so the file's bytes and
+        // the f32 values are not both resident whole.
+        const BLOCK: usize = 1 << 24;
+        for (k, block) in raw.chunks(BLOCK).enumerate() {
+            for_each_f32(block, e.dtype, |chunk| out.extend_from_slice(chunk));
+            self.release(e.file, e.bytes.start + k * BLOCK, block.len());
+        }
         Ok(out)
     }
 
@@ -207,7 +213,18 @@ impl WeightFiles {
                 return Ok(false);
             }
         }
+        self.release(ea.file, ea.bytes.start, ea.bytes.len());
+        self.release(eb.file, eb.bytes.start, eb.bytes.len());
         Ok(true)
+    }
+
+    /// Drops `len` bytes from `start` of file `file` from this process's memory once read (the
+    /// OS would evict them under pressure anyway, but until then they count as the process's
+    /// resident memory). A later read faults them in again from the page cache or the file.
+    fn release(&self, file: usize, start: usize, len: usize) {
+        // SAFETY: the map is a read-only view of the file and no slice of it outlives the read
+        // that called this; dropping the pages changes no byte a later access sees.
+        unsafe { self.files[file].map.unchecked_advise_range(UncheckedAdvice::DontNeed, start, len) }.ok();
     }
 
     /// The entry of `name`, whose dtype must be one the model reads.

@@ -233,3 +233,28 @@ fn training_a_sharded_model_checkpoints_in_shards_and_resumes_exactly() {
     assert_eq!(losses(&run1).len(), 4);
     assert_eq!(weights(&run1.join("final")), weights(&run2.join("final")));
 }
+
+#[test]
+fn sample_out_refuses_a_shard_or_the_index_of_its_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    init(&model, "20KB");
+    let input = tmp.path().join("in.jsonl");
+    std::fs::write(&input, "{\"src\": \"the cat\", \"tgt\": \"the cat\"}\n").unwrap();
+    for target in [shards(&model)[1].clone(), model.join(INDEX_FILE)] {
+        let before = std::fs::read(&target).unwrap();
+        let out = bin()
+            .args(["sample", "--steps", "2", "--model"])
+            .arg(&model)
+            .arg("--input")
+            .arg(&input)
+            .arg("--out")
+            .arg(&target)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("is an input") && stderr.contains(&*target.file_name().unwrap().to_string_lossy()), "{stderr}");
+        assert_eq!(std::fs::read(&target).unwrap(), before);
+    }
+}

@@ -26,8 +26,8 @@ pub struct Args {
     /// Largest shard of weights, as transformers' `max_shard_size`: a byte count or 200KB, 500MB,
     /// 5GB (powers of 1000), 1GiB (powers of 1024). A bigger model is written as
     /// model-00001-of-0000N.safetensors ... with model.safetensors.index.json.
-    #[arg(long, default_value = "5GB", value_parser = parse_shard_size)]
-    pub max_shard_size: u64,
+    #[arg(long, default_value = "5GB")]
+    pub max_shard_size: String,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Replace an existing non-empty output directory.
@@ -36,6 +36,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let max_shard_size = shards::parse_size(&a.max_shard_size).context("--max-shard-size")?;
     let tok = Tok::load(&a.tokenizer)?;
     let cfg = match (&a.config, &a.preset) {
         (Some(path), _) => {
@@ -63,7 +64,7 @@ pub fn run(a: Args) -> Result<()> {
     let tmp = parent.join(format!(".init-tmp-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
     // Tensor by tensor from the seed straight to disk: the model is never whole in memory.
-    let written = match random_init::write_random(&tmp, &cfg, a.seed, a.max_shard_size) {
+    let written = match random_init::write_random(&tmp, &cfg, a.seed, max_shard_size) {
         Ok(w) => w,
         Err(e) => {
             std::fs::remove_dir_all(&tmp).ok();
@@ -83,9 +84,4 @@ pub fn run(a: Args) -> Result<()> {
         if written.len() > 1 { format!("{} shards", written.len() - 1) } else { shards::SINGLE_FILE.to_string() }
     );
     Ok(())
-}
-
-/// clap's parser for `--max-shard-size`.
-pub fn parse_shard_size(s: &str) -> std::result::Result<u64, String> {
-    shards::parse_size(s).map_err(|e| e.to_string())
 }

@@ -10,6 +10,7 @@ use crate::data::batch::Budget;
 use crate::data::jsonl::read_jsonl;
 use crate::diffusion::sampler::SamplerConfig;
 use crate::metrics::{self, Metric, Tokenize};
+use crate::model::shards::parse_size;
 use crate::model::{SaveOpts, XlmR};
 use crate::rdm::noise::Reweighting;
 use crate::tokenizer::Tok;
@@ -112,8 +113,8 @@ pub struct Args {
     /// Largest shard of a checkpoint's weights, as transformers' `max_shard_size` (5GB, 200KB,
     /// 1GiB or a byte count): a bigger model is saved as model-0000i-of-0000N.safetensors shards
     /// with model.safetensors.index.json. May change on `--resume`.
-    #[arg(long, default_value = "5GB", value_parser = super::init::parse_shard_size)]
-    pub max_shard_size: u64,
+    #[arg(long, default_value = "5GB")]
+    pub max_shard_size: String,
     /// Validate every N updates (0: never).
     #[arg(long, default_value_t = 500)]
     pub eval_every: u64,
@@ -161,7 +162,7 @@ impl Job for TrainJob {
     type Out = Summary;
     fn run<B: Backend>(mut self, backend: B) -> Result<Summary> {
         let mut model = XlmR::load_for_training(backend, &self.model_dir)?;
-        model.set_save_opts(SaveOpts { max_shard_size: self.args.max_shard_size });
+        model.set_save_opts(SaveOpts { max_shard_size: parse_size(&self.args.max_shard_size).context("--max-shard-size")? });
         // `--dropout` (or the training defaults' rate) is the rate of every dropout site; the
         // saved config.json records it, as Hugging Face's training does. The length stage leaves
         // the backbone's configuration as it is (its dropout is the predictor's only).
@@ -255,6 +256,7 @@ fn check_flags(a: &Args) -> Result<()> {
     range::at_least("--timesteps", a.timesteps as u64, 1)?;
     range::at_least("--accumulate", a.accumulate as u64, 1)?;
     range::at_least("--keep-checkpoints", a.keep_checkpoints as u64, 1)?;
+    parse_size(&a.max_shard_size).context("--max-shard-size")?;
     range::at_least("--log-every", a.log_every, 1)?;
     range::at_least("--eval-steps", a.eval_steps as u64, 1)?;
     if let Some(v) = a.max_steps {

@@ -121,7 +121,7 @@ pub fn run(a: Args) -> Result<()> {
         out: out.join("model"),
         seed: a.seed,
         force: true,
-        max_shard_size: crate::model::shards::DEFAULT_MAX_SHARD_SIZE,
+        max_shard_size: "5GB".into(),
     })?;
 
     eprintln!("== 4/6 train: RDM objective with the model's default settings");

@@ -1,7 +1,7 @@
 //! Issue 16: a bounded fuzz of the readers of untrusted files (proptest, a fixed number of cases
-//! so it runs in a few seconds in the test command). The JSONL reader, config.json and the
-//! safetensors loader (and the shard index) must return `Ok` or an error for any bytes, never panic, and an error
-//! names the file.
+//! so it runs in a few seconds in the test command). The JSONL reader, config.json, the
+//! safetensors loader and the shard index must return `Ok` or an error for any bytes, never
+//! panic, and an error names the file.
 
 use dlm_engine::data::jsonl::{read_jsonl, JsonlOptions};
 use dlm_engine::model::weights::read_safetensors;

@@ -138,11 +138,11 @@ impl WeightFiles {
         for (name, info) in names {
             let canon = canonical_name(&name);
             if let Some(prev) = self.tensors.get(&canon) {
-                let other = &self.files.get(prev.file).map_or(shown.as_str(), |f| f.path.as_str());
-                if prev.file == i {
-                    bail!("{shown}: tensor `{name}` appears twice (with and without a prefix)");
+                // The file being added is not in `files` yet: a hit there is an earlier file.
+                match self.files.get(prev.file) {
+                    Some(other) => bail!("{shown}: tensor `{name}` is also in {}; a tensor must be in one file", other.path),
+                    None => bail!("{shown}: tensor `{name}` appears twice (with and without a prefix)"),
                 }
-                bail!("{shown}: tensor `{name}` is also in {other}; a tensor must be in one file");
             }
             let (a, b) = info.data_offsets;
             let entry = Entry { file: i, name: name.clone(), dtype: info.dtype, shape: info.shape.clone(), bytes: start + a..start + b };

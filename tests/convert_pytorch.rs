@@ -81,6 +81,22 @@ fn the_bin_converts_to_the_safetensors_model_bit_for_bit_and_fills_masks_alike()
     assert!(e.contains("not empty") && e.contains("--force"), "{e}");
     ok(dlm(&["convert", "--force"], &[("--in", &input.join("pytorch_model.bin")), ("--out", &out)]));
     assert_eq!(tensors(&out.join("model.safetensors")), got);
+    // Past --max-shard-size the same tensors go into shards with an index (and no single file),
+    // which load to the same answers.
+    let sharded = tmp.path().join("sharded");
+    ok(dlm(&["convert", "--max-shard-size", "40KB"], &[("--in", &input), ("--out", &sharded)]));
+    assert!(sharded.join("model.safetensors.index.json").is_file() && !sharded.join("model.safetensors").exists());
+    let shards: Vec<PathBuf> = std::fs::read_dir(&sharded)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("model-"))
+        .collect();
+    assert!(shards.len() >= 3, "{shards:?}");
+    let mut all: Vec<_> = shards.iter().flat_map(|p| tensors(p)).collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(all, got);
+    let fill = |m: &Path| ok(dlm(&["fill-mask", "--json", "--top-k", "10", "hello <mask> world"], &[("--model", m)]));
+    assert_eq!(fill(&sharded), fill(&out));
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Issue 16: a bounded fuzz of the readers of untrusted files (proptest, a fixed number of cases
 //! so it runs in a few seconds in the test command). The JSONL reader, config.json, the
-//! safetensors loader and the PyTorch checkpoint reader (its zip layer and its unpickler) must
-//! return `Ok` or an error for any bytes, never panic, and an error names the file.
+//! safetensors loader, the shard index and the PyTorch checkpoint reader (its zip layer and its
+//! unpickler) must return `Ok` or an error for any bytes, never panic, and an error names the file.
 
 use dlm_engine::data::jsonl::{read_jsonl, JsonlOptions};
 use dlm_engine::model::pytorch::{pickle, Checkpoint};
@@ -154,5 +154,32 @@ proptest! {
         ], 0..40),
     ) {
         let _ = pickle::load(&ops.concat());
+    }
+
+    #[test]
+    fn shard_index_loader_never_panics(
+        pieces in prop::collection::vec(prop_oneof![
+            Just("{".to_string()),
+            Just("}".to_string()),
+            Just("\"weight_map\"".to_string()),
+            Just("\"metadata\"".to_string()),
+            Just("\"a\"".to_string()),
+            Just("\"model-00001-of-00001.safetensors\"".to_string()),
+            Just("\"../x\"".to_string()),
+            Just(":".to_string()),
+            Just(",".to_string()),
+            Just("null".to_string()),
+            Just("7".to_string()),
+            ".{0,6}",
+        ], 0..12),
+        shard in prop::collection::vec(any::<u8>(), 0..48),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.safetensors.index.json"), pieces.concat()).unwrap();
+        std::fs::write(dir.path().join("model-00001-of-00001.safetensors"), &shard).unwrap();
+        if let Err(e) = dlm_engine::model::shards::WeightFiles::open(dir.path()) {
+            let e = format!("{e:#}");
+            prop_assert!(e.contains("model.safetensors") || e.contains("model-00001-of-00001"), "{e}");
+        }
     }
 }

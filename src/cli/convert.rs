@@ -3,16 +3,16 @@
 //! read, so memory holds one storage whatever the model's size.
 
 use crate::model::pytorch::{Checkpoint, Dtype, TensorView};
+use crate::model::shards::{ShardWriter, TensorSpec};
 use crate::model::weights::canonical_name;
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
-use std::collections::HashMap;
-use std::io::Write;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 pub const LONG_ABOUT: &str = "Convert a PyTorch checkpoint (pytorch_model.bin, the zip format torch.save writes since \
 PyTorch 1.6) into a model directory this tool and transformers load: model.safetensors with the same tensors in their \
-own dtype (f32, f16, bf16), named as the loader names them (`roberta.` added where missing, a `model.` prefix dropped), \
+own dtype (f32, f16, bf16; in shards with an index past --max-shard-size), named as the loader names them (`roberta.` added where missing, a `model.` prefix dropped), \
 plus config.json and the tokenizer files copied when the input directory has them. A tensor that is another's exact \
 view of the same storage (the tied decoder) is written once, as save_pretrained does. The pickle inside the checkpoint \
 is read by a strict reader that runs nothing and refuses anything but tensors; the legacy format of PyTorch < 1.6 is \
@@ -39,6 +39,11 @@ pub struct Args {
     /// Replace an existing non-empty output directory.
     #[arg(long)]
     pub force: bool,
+    /// Past this many bytes of tensor data the weights go into shards with an index
+    /// (`model-00001-of-0000N.safetensors`, `model.safetensors.index.json`), as transformers'
+    /// save_pretrained writes them: a number of bytes or with a unit (KB, MB, GB, KiB, MiB, GiB).
+    #[arg(long, default_value = "5GB", value_parser = crate::model::shards::parse_size)]
+    pub max_shard_size: u64,
 }
 
 /// A tensor to write: its name, dtype and shape, and which of the checkpoint's tensors holds it.
@@ -49,12 +54,12 @@ struct Planned {
     index: usize,
 }
 
-fn st_dtype(d: Dtype) -> &'static str {
+fn st_dtype(d: Dtype) -> safetensors::Dtype {
     match d {
-        Dtype::F32 => "F32",
-        Dtype::F16 => "F16",
-        Dtype::BF16 => "BF16",
-        Dtype::I64 => "I64",
+        Dtype::F32 => safetensors::Dtype::F32,
+        Dtype::F16 => safetensors::Dtype::F16,
+        Dtype::BF16 => safetensors::Dtype::BF16,
+        Dtype::I64 => safetensors::Dtype::I64,
     }
 }
 
@@ -81,6 +86,11 @@ fn plan_tensors(ck: &Checkpoint) -> Result<Vec<Planned>> {
             eprintln!("`{name}` is the same storage as `{}`: written once (the loader ties them)", ck.tensors[kept].0);
             continue;
         }
+        if t.storage.dtype == Dtype::I64 {
+            // Old checkpoints keep `position_ids` as an integer buffer; it is not a weight.
+            eprintln!("`{name}` holds integers, not weights: left out");
+            continue;
+        }
         let canon = canonical_name(name);
         if let Some(other) = names.insert(canon.clone(), name) {
             bail!("{}: tensors `{other}` and `{name}` both name `{canon}`", ck.file());
@@ -90,35 +100,18 @@ fn plan_tensors(ck: &Checkpoint) -> Result<Vec<Planned>> {
     Ok(out)
 }
 
-/// Writes the checkpoint's tensors as `dir/model.safetensors`: the header first (every shape is
-/// known from the pickle), then each tensor as it is read, through a temporary file and a rename.
-/// The one place that decides the output layout (a single file now).
-fn write_model(dir: &Path, ck: &mut Checkpoint) -> Result<usize> {
+/// Writes the checkpoint's tensors into `dir` with the shard writer (`model.safetensors`, or
+/// shards and an index past `max_shard_size`): every header first (every shape is known from the
+/// pickle), then each tensor as it is read. The one place that decides the output layout.
+fn write_model(dir: &Path, ck: &mut Checkpoint, max_shard_size: u64) -> Result<usize> {
     let tensors = plan_tensors(ck)?;
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
-    let mut at = 0usize;
+    let specs = tensors.iter().map(|t| TensorSpec { name: t.name.clone(), shape: t.shape.clone(), dtype: st_dtype(t.dtype) }).collect();
+    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    let mut w = ShardWriter::new(dir, specs, max_shard_size, metadata)?;
     for t in &tensors {
-        let bytes = t.shape.iter().product::<usize>() * t.dtype.size();
-        header.insert(t.name.clone(), serde_json::json!({"dtype": st_dtype(t.dtype), "shape": t.shape, "data_offsets": [at, at + bytes]}));
-        at += bytes;
+        w.write_bytes(&t.name, &ck.tensor_bytes(t.index)?)?;
     }
-    let mut text = serde_json::to_vec(&serde_json::Value::Object(header))?;
-    // The data starts 8-byte aligned, as the safetensors writer pads its header.
-    text.resize(text.len().next_multiple_of(8), b' ');
-    let path = dir.join("model.safetensors");
-    let tmp = dir.join(".model.safetensors.tmp");
-    let file = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
-    let mut w = std::io::BufWriter::new(file);
-    let fail = |e: std::io::Error| anyhow::anyhow!("{}: write failed: {e}", tmp.display());
-    w.write_all(&(text.len() as u64).to_le_bytes()).map_err(fail)?;
-    w.write_all(&text).map_err(fail)?;
-    for t in &tensors {
-        let bytes = ck.tensor_bytes(t.index)?;
-        w.write_all(&bytes).map_err(fail)?;
-    }
-    w.into_inner().map_err(|e| fail(e.into_error()))?.sync_all().ok();
-    std::fs::rename(&tmp, &path).with_context(|| format!("{}: cannot move into place", path.display()))?;
+    w.finish()?;
     Ok(tensors.len())
 }
 
@@ -152,7 +145,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     std::fs::create_dir(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?;
     let written = (|| -> Result<(usize, Vec<&str>)> {
-        let n = write_model(&tmp, &mut ck)?;
+        let n = write_model(&tmp, &mut ck, a.max_shard_size)?;
         let mut copied = Vec::new();
         for f in COPIED.iter().filter(|f| src_dir.as_ref().is_some_and(|d| d.join(f).is_file())) {
             let from = src_dir.as_ref().map(|d| d.join(f)).unwrap_or_default();

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Model directory (config.json, model.safetensors, tokenizer.json), e.g. an HF XLM-R checkpoint.
+    /// Model directory (config.json, model.safetensors or its shards and index, tokenizer.json), e.g. an HF XLM-R checkpoint.
     #[arg(long)]
     pub model: PathBuf,
     /// How many candidates to show per <mask>.

@@ -1,7 +1,6 @@
 //! `dlm-engine init`: a randomly initialised model in the Hugging Face layout.
 
-use crate::backend::cpu::CpuBackend;
-use crate::model::{ModelConfig, XlmR};
+use crate::model::{random_init, shards, ModelConfig};
 use crate::tokenizer::Tok;
 use crate::train::defaults::TrainingDefaults;
 use anyhow::{bail, Context, Result};
@@ -24,6 +23,11 @@ pub struct Args {
     /// Output directory (config.json, model.safetensors, tokenizer.json, training_defaults.json).
     #[arg(long)]
     pub out: PathBuf,
+    /// Largest shard of weights, as transformers' `max_shard_size`: a byte count or 200KB, 500MB,
+    /// 5GB (powers of 1000), 1GiB (powers of 1024). A bigger model is written as
+    /// model-00001-of-0000N.safetensors ... with model.safetensors.index.json.
+    #[arg(long, default_value = "5GB")]
+    pub max_shard_size: String,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Replace an existing non-empty output directory.
@@ -32,6 +36,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let max_shard_size = shards::parse_size(&a.max_shard_size).context("--max-shard-size")?;
     let tok = Tok::load(&a.tokenizer)?;
     let cfg = match (&a.config, &a.preset) {
         (Some(path), _) => {
@@ -54,22 +59,29 @@ pub fn run(a: Args) -> Result<()> {
     if a.out.exists() && a.out.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) && !a.force {
         bail!("{}: already exists and is not empty (use --force to replace it)", a.out.display());
     }
-    let model = XlmR::random(CpuBackend::new(), cfg.clone(), a.seed)?;
     let parent = a.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(parent)?;
     let tmp = parent.join(format!(".init-tmp-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
-    model.save(&tmp)?;
+    // Tensor by tensor from the seed straight to disk: the model is never whole in memory.
+    let written = match random_init::write_random(&tmp, &cfg, a.seed, max_shard_size) {
+        Ok(w) => w,
+        Err(e) => {
+            std::fs::remove_dir_all(&tmp).ok();
+            return Err(e);
+        }
+    };
     tok.save(tmp.join("tokenizer.json"))?;
     TrainingDefaults::from_scratch().save(&tmp)?;
     crate::util::replace_dir(&tmp, &a.out).with_context(|| format!("{}: cannot write the model", a.out.display()))?;
     eprintln!(
-        "wrote {} ({} parameters, {} layers, hidden {}, vocab {})",
+        "wrote {} ({} parameters, {} layers, hidden {}, vocab {}; {})",
         a.out.display(),
-        model.param_count(),
+        crate::model::weights::param_specs(&cfg, false).iter().map(|(_, s)| s.iter().product::<usize>()).sum::<usize>(),
         cfg.layers,
         cfg.hidden,
-        cfg.vocab_size
+        cfg.vocab_size,
+        if written.len() > 1 { format!("{} shards", written.len() - 1) } else { shards::SINGLE_FILE.to_string() }
     );
     Ok(())
 }

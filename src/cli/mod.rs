@@ -34,7 +34,7 @@ pub enum Command {
     Eval(crate::cli::eval::Args),
     /// Predict the tokens at each <mask> of a text (the Hugging Face fill-mask pipeline).
     FillMask(crate::cli::fill_mask::Args),
-    /// Write a randomly initialised model (config.json, model.safetensors, tokenizer.json).
+    /// Write a randomly initialised model (config.json, model.safetensors or shards, tokenizer.json).
     Init(crate::cli::init::Args),
     /// The memory plan: what sampling and training need per GPU (weights, master copy, moments,
     /// gradients, activations, workspace) at each ZeRO stage, and whether it fits.

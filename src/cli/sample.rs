@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 #[derive(ClapArgs, Debug, Clone)]
 pub struct Args {
-    /// Model directory (config.json, model.safetensors, tokenizer.json), e.g. `RUN/final`.
+    /// Model directory (config.json, model.safetensors or its shards and index, tokenizer.json), e.g. `RUN/final`.
     #[arg(long)]
     pub model: PathBuf,
     /// JSONL inputs: {"src": ..., "tgt": ...} or {"inputs": ..., "targets": ...}; the target is
@@ -361,7 +361,8 @@ pub fn run(args: Args) -> Result<()> {
     };
     super::length_beam::check_flags(&args.length, args.length_beam, beam_flag)?;
     // Every file this command reads; `--out` must not replace one of them.
-    let mut inputs: Vec<PathBuf> = ["config.json", "model.safetensors", "tokenizer.json"].iter().map(|f| args.model.join(f)).collect();
+    let mut inputs: Vec<PathBuf> = ["config.json", "tokenizer.json"].iter().map(|f| args.model.join(f)).collect();
+    inputs.extend(crate::model::shards::existing_weight_paths(&args.model));
     inputs.extend(args.input.clone());
     if let Some(p) = &args.out {
         crate::util::check_output(p, &inputs, args.force, "--force")?;

@@ -11,7 +11,8 @@ use crate::data::batch::Budget;
 use crate::data::jsonl::read_jsonl;
 use crate::diffusion::sampler::SamplerConfig;
 use crate::metrics::{self, Metric, Tokenize};
-use crate::model::XlmR;
+use crate::model::shards::parse_size;
+use crate::model::{SaveOpts, XlmR};
 use crate::rdm::noise::Reweighting;
 use crate::tokenizer::Tok;
 use crate::train::checkpoint;
@@ -110,6 +111,11 @@ pub struct Args {
     pub save_every: u64,
     #[arg(long, default_value_t = 2)]
     pub keep_checkpoints: usize,
+    /// Largest shard of a checkpoint's weights, as transformers' `max_shard_size` (5GB, 200KB,
+    /// 1GiB or a byte count): a bigger model is saved as model-0000i-of-0000N.safetensors shards
+    /// with model.safetensors.index.json. May change on `--resume`.
+    #[arg(long, default_value = "5GB")]
+    pub max_shard_size: String,
     /// Validate every N updates (0: never).
     #[arg(long, default_value_t = 500)]
     pub eval_every: u64,
@@ -182,6 +188,7 @@ impl Job for TrainJob {
         let comm = crate::dist::collective::open(&backend, self.rank, self.world, self.nccl_id)?;
         let lead = self.rank == 0;
         let mut model = XlmR::load_for_training(backend, &self.model_dir)?;
+        model.set_save_opts(SaveOpts { max_shard_size: parse_size(&self.args.max_shard_size).context("--max-shard-size")? });
         // `--dropout` (or the training defaults' rate) is the rate of every dropout site; the
         // saved config.json records it, as Hugging Face's training does. The length stage leaves
         // the backbone's configuration as it is (its dropout is the predictor's only).
@@ -279,6 +286,7 @@ fn check_flags(a: &Args) -> Result<()> {
     range::at_least("--timesteps", a.timesteps as u64, 1)?;
     range::at_least("--accumulate", a.accumulate as u64, 1)?;
     range::at_least("--keep-checkpoints", a.keep_checkpoints as u64, 1)?;
+    parse_size(&a.max_shard_size).context("--max-shard-size")?;
     range::at_least("--log-every", a.log_every, 1)?;
     range::at_least("--eval-steps", a.eval_steps as u64, 1)?;
     if let Some(v) = a.max_steps {

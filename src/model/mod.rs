@@ -1,17 +1,22 @@
 //! The XLM-R masked LM (both LayerNorm placements), written once against `Backend`.
 //!
 //! - `config`: HF `config.json` and presets.
-//! - `weights`: safetensors loading/saving by HF tensor names (f32/f16/bf16, tied decoder).
+//! - `weights`: the parameter list by HF tensor names (tied decoder), matched to a file's tensors.
+//! - `shards`: the weights on disk, one `model.safetensors` or transformers' shards with an index,
+//!   read (f32/f16/bf16) and written one tensor at a time.
+//! - `random_init`: HF's initialisation, tensor by tensor (so `init` streams to disk).
 //! - `xlmr`: parameters, forward and backward; `xlmr/length.rs` the length predictor.
 //! - `pytorch`: PyTorch `pytorch_model.bin` checkpoints (zip + a strict unpickler), for `convert`.
 
 pub mod config;
 pub mod pytorch;
+pub mod random_init;
+pub mod shards;
 pub mod weights;
 pub mod xlmr;
 
 pub use config::{Arch, ModelConfig};
-pub use xlmr::{length_class, CanvasSlots, CanvasStep, DecodeSpec, LengthGuess, ParamStorage, Part, XlmR, LENGTH_CLASSES};
+pub use xlmr::{length_class, CanvasSlots, CanvasStep, DecodeSpec, LengthGuess, LoadPlan, ParamStorage, Part, SaveOpts, XlmR, LENGTH_CLASSES};
 // The model takes its inputs in the data layer's types.
 use crate::backend::ConfidenceKind;
 pub use crate::data::{Batch, LossRows};

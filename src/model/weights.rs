@@ -6,8 +6,9 @@
 //! embeddings unless the file holds a different `lm_head.decoder.weight`.
 
 use super::config::{Arch, ModelConfig};
+use super::shards::WeightFiles;
 use anyhow::{bail, Context, Result};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -85,31 +86,18 @@ pub struct Loaded {
     pub data: Vec<f32>,
 }
 
-/// Reads every tensor of a safetensors file as f32 (from f32, f16 or bf16), keyed by canonical name.
+/// Reads every tensor of one safetensors file as f32 (from f32, f16 or bf16), keyed by canonical
+/// name. For small files (the optimizer's moments are read this way); models load through
+/// `WeightFiles` a tensor at a time.
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Loaded>> {
-    let file = path.display().to_string();
-    let bytes = std::fs::read(path).with_context(|| format!("{file}: cannot read the weights file"))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow::anyhow!("{file}: not a valid safetensors file (truncated or corrupt?): {e}"))?;
+    let files = WeightFiles::open_file(path)?;
     let mut out = HashMap::new();
-    for (name, view) in st.tensors() {
-        let raw = view.data();
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::BF16 => raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            d => {
-                if ignorable(&canonical_name(&name)) {
-                    continue;
-                }
-                bail!("{file}: tensor `{name}` has dtype {d:?}; only F32, F16 and BF16 are supported")
-            }
-        };
-        let canon = canonical_name(&name);
-        if out.contains_key(&canon) {
-            bail!("{file}: tensor `{name}` appears twice (with and without a prefix)");
+    for (name, shape) in files.catalog() {
+        if ignorable(&name) && !files.readable(&name) {
+            continue;
         }
-        out.insert(canon, Loaded { shape: view.shape().to_vec(), data });
+        let data = files.read_f32(&name, 0)?;
+        out.insert(name, Loaded { shape, data });
     }
     Ok(out)
 }
@@ -117,38 +105,53 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Loaded>> {
 /// A parameter by its HF name: shape and f32 values.
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
-/// Matches a file's tensors to the parameter list of `cfg`. Returns the parameters in
-/// `param_specs` order and whether the decoder is untied.
-pub fn resolve(cfg: &ModelConfig, mut tensors: HashMap<String, Loaded>, file: &str) -> Result<(Vec<NamedTensor>, bool)> {
+/// A parameter to be read: its HF name and shape, and the (canonical) name of the file tensor
+/// that holds it.
+#[derive(Clone, Debug)]
+pub struct Planned {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub source: String,
+}
+
+/// Matches the tensors of `files` (`catalog`: canonical name → shape, the length predictor's
+/// already taken out) to the parameter list of `cfg`. Returns the parameters in `param_specs`
+/// order with the tensor each is read from, and whether the decoder is untied.
+pub fn resolve(cfg: &ModelConfig, mut catalog: HashMap<String, Vec<usize>>, files: &WeightFiles) -> Result<(Vec<Planned>, bool)> {
+    let mut source: HashMap<String, String> = catalog.keys().map(|k| (k.clone(), k.clone())).collect();
     // The decoder bias is the same parameter as `lm_head.bias` in HF.
-    if let Some(db) = tensors.remove("lm_head.decoder.bias") {
-        tensors.entry("lm_head.bias".into()).or_insert(db);
+    if let Some(shape) = catalog.remove("lm_head.decoder.bias") {
+        if !catalog.contains_key("lm_head.bias") {
+            catalog.insert("lm_head.bias".into(), shape);
+            source.insert("lm_head.bias".into(), "lm_head.decoder.bias".into());
+        }
     }
-    let untied = match tensors.get("lm_head.decoder.weight") {
-        None => false,
-        Some(dec) => match tensors.get("roberta.embeddings.word_embeddings.weight") {
-            Some(word) if word.shape == dec.shape && word.data == dec.data => {
-                tensors.remove("lm_head.decoder.weight");
-                false
-            }
-            _ => true,
-        },
+    let (word, dec) = ("roberta.embeddings.word_embeddings.weight", "lm_head.decoder.weight");
+    let untied = match catalog.contains_key(dec) {
+        false => false,
+        true if catalog.contains_key(word) && files.same_values(word, dec)? => {
+            catalog.remove(dec);
+            false
+        }
+        true => true,
     };
     let specs = param_specs(cfg, untied);
     let mut params = Vec::with_capacity(specs.len());
-    for (name, shape) in &specs {
-        let t = tensors.remove(name).with_context(|| format!("{file}: missing tensor `{name}` (expected shape {shape:?})"))?;
-        if &t.shape != shape {
-            bail!("{file}: tensor `{name}` has shape {:?}, expected {shape:?} from config.json", t.shape);
+    for (name, shape) in specs {
+        let t = catalog.remove(&name).with_context(|| format!("{}: missing tensor `{name}` (expected shape {shape:?})", files.what()))?;
+        let src = source.remove(&name).unwrap_or_else(|| name.clone());
+        if t != shape {
+            bail!("{}: tensor `{name}` has shape {t:?}, expected {shape:?} from config.json", files.file_of(&src));
         }
-        params.push((name.clone(), shape.clone(), t.data));
+        params.push(Planned { name, shape, source: src });
     }
-    let mut unexpected: Vec<&String> = tensors.keys().filter(|n| !ignorable(n)).collect();
+    let mut unexpected: Vec<&String> = catalog.keys().filter(|n| !ignorable(n)).collect();
     unexpected.sort();
     if let Some(first) = unexpected.first() {
         bail!(
-            "{file}: unexpected tensor `{first}` (shape {:?}){}",
-            tensors[*first].shape,
+            "{}: unexpected tensor `{first}` (shape {:?}){}",
+            files.file_of(first),
+            catalog[*first],
             if unexpected.len() > 1 { format!(" and {} more", unexpected.len() - 1) } else { String::new() }
         );
     }
@@ -166,4 +169,13 @@ pub fn write_safetensors(path: &Path, tensors: &[(&str, &[usize], &[f32])], meta
     }
     let bytes = safetensors::serialize(&views, metadata).context("serialising safetensors")?;
     crate::util::write_atomic(path, &bytes)
+}
+
+/// Writes `config.json` for `cfg`, recording whether the decoder is tied to the word embeddings
+/// (as `save_pretrained` does, the tied decoder is then absent from the weights).
+pub fn write_config(dir: &Path, cfg: &ModelConfig, tied: bool) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let mut json = cfg.to_json();
+    json["tie_word_embeddings"] = serde_json::Value::Bool(tied);
+    crate::util::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&json)?.as_bytes())
 }

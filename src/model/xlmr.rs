@@ -18,10 +18,12 @@ mod backward;
 mod cache;
 use backward::in_and_out;
 mod decode;
+mod files;
 mod length;
 mod pick;
 
 pub use decode::{CanvasSlots, CanvasStep, DecodeSpec};
+pub use files::{LoadPlan, SaveOpts};
 pub use length::{length_class, LengthGuess, Part, LENGTH_CLASSES};
 
 #[derive(Clone, Copy)]
@@ -154,6 +156,8 @@ struct Params<B: Backend> {
     /// The parameters training updates: the backbone's or the length predictor's (`Part`). Only
     /// they have gradients: `grads[j]` is parameter `trainable.start + j`'s.
     trainable: std::ops::Range<usize>,
+    /// How `save` writes the weights (the shard size).
+    save_opts: SaveOpts,
 }
 
 /// Buffers a pass keeps for the next one of the same shape.
@@ -204,148 +208,6 @@ impl<B: Backend> XlmR<B> {
         self.p.head_vocab()
     }
 
-    /// Loads `config.json` and `model.safetensors` from an HF checkpoint directory.
-    pub fn load(backend: B, dir: &Path) -> Result<Self> {
-        Self::load_with(backend, dir, false)
-    }
-
-    /// `load` for training: the weights keep full f32 precision on every backend (the master
-    /// copy the optimizer updates), so training, and an exact resume, start from the file's
-    /// values rather than from a bf16 rounding of them.
-    pub fn load_for_training(backend: B, dir: &Path) -> Result<Self> {
-        Self::load_with(backend, dir, true)
-    }
-
-    fn load_with(backend: B, dir: &Path, f32_master: bool) -> Result<Self> {
-        if !dir.is_dir() {
-            bail!("{}: model directory not found", dir.display());
-        }
-        let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
-        cfg.check_fits_memory(&dir.join("config.json").display().to_string())?;
-        let wpath = dir.join("model.safetensors");
-        if !wpath.is_file() {
-            bail!("{}: missing (expected the model weights in safetensors format)", wpath.display());
-        }
-        let mut tensors = weights::read_safetensors(&wpath)?;
-        let length = length::take_tensors(&cfg, &mut tensors, &wpath.display().to_string())?;
-        let (mut params, untied) = weights::resolve(&cfg, tensors, &wpath.display().to_string())?;
-        let n_backbone = params.len();
-        params.extend(length);
-        // A diverged or damaged model would sample to empty text and NaN scores.
-        for (name, _, data) in &params {
-            if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-                bail!(
-                    "{}: tensor `{name}` holds a non-finite value ({} at index {i}); the model is damaged (a diverged training?)",
-                    wpath.display(),
-                    data[i]
-                );
-            }
-        }
-        Self::from_params(backend, cfg, params, n_backbone, untied, f32_master)
-    }
-
-    /// A randomly initialised model with HF's init: normal(0, 0.02) weights and embeddings (the
-    /// padding rows zero), zero biases, unit LayerNorms.
-    pub fn random(backend: B, cfg: ModelConfig, seed: u64) -> Result<Self> {
-        cfg.validate("the model configuration")?;
-        cfg.check_fits_memory("the model configuration")?;
-        let mut rng = crate::rng::Rng::new(seed, 0x1417);
-        let params = weights::param_specs(&cfg, false)
-            .into_iter()
-            .map(|(name, shape)| {
-                let n: usize = shape.iter().product();
-                let data = if name.ends_with("LayerNorm.weight") || name.ends_with("layer_norm.weight") {
-                    vec![1.0; n]
-                } else if shape.len() == 1 {
-                    vec![0.0; n]
-                } else {
-                    let mut d: Vec<f32> = (0..n).map(|_| 0.02 * rng.normal()).collect();
-                    if name.ends_with("word_embeddings.weight") || name.ends_with("position_embeddings.weight") {
-                        let h = shape[1];
-                        d[cfg.pad_id as usize * h..][..h].fill(0.0);
-                    }
-                    d
-                };
-                (name, shape, data)
-            })
-            .collect::<Vec<_>>();
-        let n = params.len();
-        Self::from_params(backend, cfg, params, n, false, true)
-    }
-
-    /// `params`: the backbone's `n_backbone` tensors, then the length predictor's (in its own
-    /// order, `length::internal_specs`), if any.
-    fn from_params(
-        backend: B,
-        cfg: ModelConfig,
-        params: Vec<super::weights::NamedTensor>,
-        n_backbone: usize,
-        untied: bool,
-        f32_master: bool,
-    ) -> Result<Self> {
-        let pos: HashMap<&str, usize> = params.iter().enumerate().map(|(i, p)| (p.0.as_str(), i)).collect();
-        let at = |n: &str| -> Result<usize> { pos.get(n).copied().with_context(|| format!("internal: parameter `{n}` missing")) };
-        let lin = |p: &str| -> Result<Linear> { Ok(Linear { w: at(&format!("{p}.weight"))?, b: at(&format!("{p}.bias"))? }) };
-        let norm = |p: &str| -> Result<Norm> { Ok(Norm { g: at(&format!("{p}.weight"))?, b: at(&format!("{p}.bias"))? }) };
-        let mut layers = Vec::with_capacity(cfg.layers);
-        for i in 0..cfg.layers {
-            let l = format!("roberta.encoder.layer.{i}");
-            let (attn_ln, ffn_ln) = match cfg.arch {
-                Arch::PostLn => (norm(&format!("{l}.attention.output.LayerNorm"))?, norm(&format!("{l}.output.LayerNorm"))?),
-                Arch::PreLn => (norm(&format!("{l}.attention.self_attn_layer_norm"))?, norm(&format!("{l}.LayerNorm"))?),
-            };
-            layers.push(Layer {
-                q: lin(&format!("{l}.attention.self.query"))?,
-                k: lin(&format!("{l}.attention.self.key"))?,
-                v: lin(&format!("{l}.attention.self.value"))?,
-                o: lin(&format!("{l}.attention.output.dense"))?,
-                ffn_in: lin(&format!("{l}.intermediate.dense"))?,
-                ffn_out: lin(&format!("{l}.output.dense"))?,
-                attn_ln,
-                ffn_ln,
-            });
-        }
-        let ix = Index {
-            word: at("roberta.embeddings.word_embeddings.weight")?,
-            pos: at("roberta.embeddings.position_embeddings.weight")?,
-            typ: at("roberta.embeddings.token_type_embeddings.weight")?,
-            emb_ln: if cfg.arch == Arch::PostLn { Some(norm("roberta.embeddings.LayerNorm")?) } else { None },
-            final_ln: if cfg.arch == Arch::PreLn { Some(norm("roberta.encoder.LayerNorm")?) } else { None },
-            head_dense: lin("lm_head.dense")?,
-            head_ln: norm("lm_head.layer_norm")?,
-            head_bias: at("lm_head.bias")?,
-            decoder: if untied { Some(at("lm_head.decoder.weight")?) } else { None },
-        };
-        let head_vocab = cfg.vocab_size.next_multiple_of(backend.vocab_align().max(1));
-        let decoder = ix.decoder.unwrap_or(ix.word);
-        let mut model = XlmR {
-            p: Params {
-                backend,
-                cfg,
-                names: Vec::new(),
-                shapes: Vec::new(),
-                values: Vec::new(),
-                grads: Vec::new(),
-                stored: Vec::new(),
-                ix,
-                layers,
-                length: (params.len() > n_backbone).then_some(n_backbone),
-                trainable: 0..n_backbone,
-            },
-            work: Workspace { enc: None, step: None, cache: None, length: None },
-        };
-        for (i, (n, s, d)) in params.into_iter().enumerate() {
-            let len = d.len();
-            let padded = if i == decoder || i == ix.head_bias { len / model.p.cfg.vocab_size * head_vocab } else { len };
-            model.p.stored.push(padded);
-            model.p.names.push(n);
-            model.p.shapes.push(s);
-            let buf = model.upload_param(i, &d, if f32_master { ParamStorage::Master } else { ParamStorage::Compact })?;
-            model.p.values.push(buf);
-        }
-        Ok(model)
-    }
-
     /// Stored length of parameter `i` (its gradient and optimizer moments have the same).
     pub fn param_len(&self, i: usize) -> usize {
         self.p.stored[i]
@@ -356,25 +218,6 @@ impl<B: Backend> XlmR<B> {
         let mut d = self.p.backend.download(buf)?;
         d.truncate(self.p.shapes[i].iter().product());
         Ok(d)
-    }
-
-    /// Writes `config.json` and `model.safetensors` (f32, HF names; a tied decoder is omitted,
-    /// as `save_pretrained` does).
-    pub fn save(&self, dir: &Path) -> Result<()> {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-        let mut cfg = self.p.cfg.to_json();
-        cfg["tie_word_embeddings"] = serde_json::Value::Bool(self.p.ix.decoder.is_none());
-        crate::util::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&cfg)?.as_bytes())?;
-        let data = self.p.values.iter().enumerate().map(|(i, v)| self.download_param(i, v)).collect::<Result<Vec<_>>>()?;
-        let n_backbone = self.p.length.unwrap_or(data.len());
-        let mut tensors: Vec<(&str, &[usize], &[f32])> =
-            (0..n_backbone).map(|i| (self.p.names[i].as_str(), self.p.shapes[i].as_slice(), data[i].as_slice())).collect();
-        // The length predictor under its official names (its attention's input projection whole).
-        let official = length::merge(&self.p.names[n_backbone..], &data[n_backbone..], &self.p.cfg)?;
-        tensors.extend(official.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), d.as_slice())));
-        let mut meta = HashMap::new();
-        meta.insert("format".to_string(), "pt".to_string());
-        weights::write_safetensors(&dir.join("model.safetensors"), &tensors, Some(meta))
     }
 
     pub fn config(&self) -> &ModelConfig {

@@ -29,7 +29,8 @@ pub struct TrainerState {
     pub settings: serde_json::Value,
 }
 
-/// Writes `dir` (replacing any previous one) with config.json, model.safetensors, tokenizer.json
+/// Writes `dir` (replacing any previous one) with config.json, the weights (`model.safetensors`,
+/// or shards past `max_shard_size`: `XlmR::save_with`), tokenizer.json
 /// (copied from `tokenizer`), optimizer.safetensors and trainer_state.json.
 pub fn save<B: Backend>(dir: &Path, model: &XlmR<B>, opt: &Optimizer<B>, state: &TrainerState, tokenizer: &Path) -> Result<()> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -57,12 +58,16 @@ pub fn load_state(dir: &Path) -> Result<TrainerState> {
     serde_json::from_str(&text).with_context(|| format!("{}: not a valid trainer state", p.display()))
 }
 
-/// The files a checkpoint must hold to be resumed from.
-pub const CHECKPOINT_FILES: [&str; 5] = ["config.json", "model.safetensors", "tokenizer.json", OPTIMIZER_FILE, STATE_FILE];
+/// The files a checkpoint must hold to be resumed from, besides its weights (`model.safetensors`
+/// or a shard index and every shard it names).
+pub const CHECKPOINT_FILES: [&str; 4] = ["config.json", "tokenizer.json", OPTIMIZER_FILE, STATE_FILE];
 
 /// The first file a checkpoint directory lacks, if any.
 pub fn missing_file(dir: &Path) -> Option<&'static str> {
-    CHECKPOINT_FILES.iter().copied().find(|f| !dir.join(f).is_file())
+    if let Some(f) = CHECKPOINT_FILES.iter().copied().find(|f| !dir.join(f).is_file()) {
+        return Some(f);
+    }
+    crate::model::shards::weight_files(dir).is_err().then_some("weights (model.safetensors, or an index with all its shards)")
 }
 
 /// The step of a checkpoint directory's name: `checkpoint-N`, or `final` (its step is in its state).
@@ -98,7 +103,11 @@ pub fn resolve_resume(path: &Path) -> Result<PathBuf> {
     }
     match best {
         Some((_, p)) => Ok(p),
-        None => bail!("{}: no complete checkpoint found (expected a directory with {})", path.display(), CHECKPOINT_FILES.join(", ")),
+        None => bail!(
+            "{}: no complete checkpoint found (expected a directory with {} and the weights)",
+            path.display(),
+            CHECKPOINT_FILES.join(", ")
+        ),
     }
 }
 

@@ -27,7 +27,7 @@
 use crate::data::batch::Budget;
 use crate::model::weights::param_specs;
 use crate::model::{Arch, ModelConfig};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::Path;
 
@@ -105,25 +105,16 @@ pub fn train_tokens(budget: Budget, max_len: usize) -> usize {
     }
 }
 
-/// Whether the model in `dir` keeps a decoder of its own: its `model.safetensors` holds an
-/// `lm_head.decoder.weight` (read from the header alone; a copy equal to the word embeddings,
+/// Whether the model in `dir` keeps a decoder of its own: its weights (one file or shards) hold an
+/// `lm_head.decoder.weight` (read from the headers alone; a copy equal to the word embeddings,
 /// which loading ties, is counted as untied: the plan's upper bound). No weights file: tied.
 pub fn model_untied(dir: &Path) -> Result<bool> {
-    use std::io::Read;
-    let path = dir.join("model.safetensors");
-    let Ok(mut f) = std::fs::File::open(&path) else { return Ok(false) };
-    let name = path.display().to_string();
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).with_context(|| format!("{name}: too short for a safetensors header"))?;
-    let len = u64::from_le_bytes(len);
-    if len > 100 << 20 {
-        bail!("{name}: a safetensors header of {len} bytes is not plausible (corrupt file?)");
+    use crate::model::shards::{existing_weight_paths, WeightFiles};
+    if !existing_weight_paths(dir).iter().any(|p| p.is_file()) {
+        return Ok(false);
     }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header).with_context(|| format!("{name}: truncated safetensors header"))?;
-    let v: serde_json::Value = serde_json::from_slice(&header).with_context(|| format!("{name}: the safetensors header is not JSON"))?;
-    let keys = v.as_object().with_context(|| format!("{name}: the safetensors header is not a JSON object"))?;
-    Ok(keys.keys().any(|k| crate::model::weights::canonical_name(k) == "lm_head.decoder.weight"))
+    // Maps the file(s) and reads their headers only, in either layout.
+    Ok(WeightFiles::open(dir)?.catalog().contains_key("lm_head.decoder.weight"))
 }
 
 /// Bytes per GPU by what they hold.

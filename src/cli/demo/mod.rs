@@ -121,6 +121,7 @@ pub fn run(a: Args) -> Result<()> {
         out: out.join("model"),
         seed: a.seed,
         force: true,
+        max_shard_size: "5GB".into(),
     })?;
 
     eprintln!("== 4/6 train: RDM objective with the model's default settings");

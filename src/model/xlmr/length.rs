@@ -13,7 +13,8 @@
 use super::backward::{AttnScratch, BlockInput, ParamGrads};
 use super::*;
 use crate::backend::{Activation, PoolShape, VocabShape};
-use crate::model::weights::{Loaded, NamedTensor};
+use crate::model::shards::WeightFiles;
+use crate::model::weights::{NamedTensor, Planned};
 
 /// Classes of the length predictor (the official module's fixed output size).
 pub const LENGTH_CLASSES: usize = 514;
@@ -84,67 +85,121 @@ fn internal_names(official: &[(String, Vec<usize>)]) -> Vec<String> {
     names
 }
 
+/// The in-memory tensors' names and shapes, in the order of `LAYER`, `MLP_IN` and `MLP_OUT`.
+pub fn internal_specs(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let official = official_specs(cfg);
+    let h = cfg.hidden;
+    let shapes = [vec![h, h], vec![h]].into_iter().cycle().take(6).chain(official[2..].iter().map(|(_, s)| s.clone()));
+    internal_names(&official).into_iter().zip(shapes).collect()
+}
+
 /// Official tensors (in `official_specs` order) to the in-memory ones.
 fn split(cfg: &ModelConfig, official: Vec<Vec<f32>>) -> Vec<NamedTensor> {
-    let specs = official_specs(cfg);
-    let names = internal_names(&specs);
-    let h = cfg.hidden;
-    let mut out = Vec::with_capacity(names.len());
-    let mut names = names.into_iter();
+    let mut splitter = Splitter::new(cfg);
     let mut it = official.into_iter();
-    let (w, b) = (it.next().unwrap_or_default(), it.next().unwrap_or_default());
-    for p in 0..3 {
-        out.push((names.next().unwrap_or_default(), vec![h, h], w[p * h * h..(p + 1) * h * h].to_vec()));
-        out.push((names.next().unwrap_or_default(), vec![h], b[p * h..(p + 1) * h].to_vec()));
-    }
-    for ((name, (_, shape)), data) in names.zip(specs.into_iter().skip(2)).zip(it) {
-        out.push((name, shape, data));
+    let mut out = Vec::new();
+    for (name, shape) in internal_specs(cfg) {
+        match splitter.next(|| it.next().context("internal: too few length predictor tensors")) {
+            Ok(data) => out.push((name, shape, data)),
+            Err(_) => break,
+        }
     }
     out
 }
 
-/// The in-memory tensors (`names`, `data`; none when the model has no length predictor) under
-/// their official names, the projections packed again.
-pub fn merge(names: &[String], data: &[Vec<f32>], cfg: &ModelConfig) -> Result<Vec<NamedTensor>> {
-    if names.is_empty() {
-        return Ok(Vec::new());
-    }
-    let specs = official_specs(cfg);
-    if names != internal_names(&specs).as_slice() || data.len() != names.len() {
-        bail!("internal: the length predictor's tensors are not in their expected order");
-    }
-    let mut out = Vec::with_capacity(specs.len());
-    let packed_w = [&data[0][..], &data[2], &data[4]].concat();
-    let packed_b = [&data[1][..], &data[3], &data[5]].concat();
-    for ((name, shape), d) in specs.into_iter().zip([packed_w, packed_b].into_iter().chain(data[6..].iter().cloned())) {
-        out.push((name, shape, d));
-    }
-    Ok(out)
+/// Turns the official tensors, taken one at a time, into the in-memory ones: the packed input
+/// projection and its bias are split when the first of their parts is asked for, and their other
+/// parts kept until asked for; the other tensors pass through.
+struct Splitter {
+    hidden: usize,
+    /// The parts of the packed projection not yet handed out (weights and biases interleaved).
+    pending: std::collections::VecDeque<Vec<f32>>,
+    /// In-memory tensors handed out so far.
+    taken: usize,
 }
 
-/// Takes the length predictor's tensors out of a file's `tensors` (every one of them, checked
-/// against `cfg`, or none) and returns them in memory order (empty when the file has none).
-pub fn take_tensors(cfg: &ModelConfig, tensors: &mut HashMap<String, Loaded>, file: &str) -> Result<Vec<NamedTensor>> {
+impl Splitter {
+    fn new(cfg: &ModelConfig) -> Self {
+        Splitter { hidden: cfg.hidden, pending: Default::default(), taken: 0 }
+    }
+
+    /// The next in-memory tensor; `official` gives the next official tensor when one is needed.
+    fn next(&mut self, mut official: impl FnMut() -> Result<Vec<f32>>) -> Result<Vec<f32>> {
+        let h = self.hidden;
+        if self.taken == 0 {
+            let (w, b) = (official()?, official()?);
+            for p in 0..3 {
+                self.pending.push_back(w[p * h * h..(p + 1) * h * h].to_vec());
+                self.pending.push_back(b[p * h..(p + 1) * h].to_vec());
+            }
+        }
+        self.taken += 1;
+        match self.pending.pop_front() {
+            Some(d) => Ok(d),
+            None => official(),
+        }
+    }
+}
+
+/// Reads the length predictor's in-memory tensors one at a time, in order, from the official
+/// tensors `take_tensors` planned.
+pub struct Feed {
+    sources: std::vec::IntoIter<Planned>,
+    splitter: Splitter,
+}
+
+impl Feed {
+    pub fn new(cfg: &ModelConfig, sources: Vec<Planned>) -> Self {
+        Feed { sources: sources.into_iter(), splitter: Splitter::new(cfg) }
+    }
+
+    /// The next in-memory tensor, and the file tensor it came from (for error messages).
+    pub fn next(&mut self, files: &WeightFiles) -> Result<(Vec<f32>, String)> {
+        let sources = &mut self.sources;
+        let mut last = String::new();
+        let data = self.splitter.next(|| {
+            let p = sources.next().context("internal: the length predictor has no more tensors")?;
+            last = p.source.clone();
+            files.read_f32(&p.source, 0)
+        })?;
+        Ok((data, last))
+    }
+}
+
+/// The official tensor `k` (in `official_specs` order) from the in-memory ones, which `get`
+/// downloads one at a time (by index into `internal_specs`): the packed projection and its bias
+/// are concatenated from their three parts.
+pub fn official_tensor(k: usize, mut get: impl FnMut(usize) -> Result<Vec<f32>>) -> Result<Vec<f32>> {
+    match k {
+        0 | 1 => Ok([get(k)?, get(k + 2)?, get(k + 4)?].concat()),
+        _ => get(k + 4),
+    }
+}
+
+/// Takes the length predictor's tensors out of a file's `catalog` (every one of them, checked
+/// against `cfg`, or none) and returns them in `official_specs` order (empty when the file has
+/// none); `Feed` reads them.
+pub fn take_tensors(cfg: &ModelConfig, catalog: &mut HashMap<String, Vec<usize>>, files: &WeightFiles) -> Result<Vec<Planned>> {
     let ours = |n: &str| n.starts_with(TRM.trim_end_matches("layers.0.")) || n.starts_with(MLP);
-    if !tensors.keys().any(|n| ours(n)) {
+    if !catalog.keys().any(|n| ours(n)) {
         return Ok(Vec::new());
     }
-    let mut data = Vec::new();
+    let mut planned = Vec::new();
     for (name, shape) in official_specs(cfg) {
-        let t = tensors
-            .remove(&name)
-            .with_context(|| format!("{file}: the length predictor is incomplete: missing tensor `{name}` (expected shape {shape:?})"))?;
-        if t.shape != shape {
-            bail!("{file}: tensor `{name}` has shape {:?}, expected {shape:?} from config.json", t.shape);
+        let t = catalog.remove(&name).with_context(|| {
+            format!("{}: the length predictor is incomplete: missing tensor `{name}` (expected shape {shape:?})", files.what())
+        })?;
+        if t != shape {
+            bail!("{}: tensor `{name}` has shape {t:?}, expected {shape:?} from config.json", files.file_of(&name));
         }
-        data.push(t.data);
+        planned.push(Planned { source: name.clone(), name, shape });
     }
-    let mut extra: Vec<&String> = tensors.keys().filter(|n| ours(n)).collect();
+    let mut extra: Vec<&String> = catalog.keys().filter(|n| ours(n)).collect();
     extra.sort();
     if let Some(n) = extra.first() {
-        bail!("{file}: unexpected tensor `{n}` (the length predictor has one layer, `{TRM}*`, and `{MLP}{{0,2}}.*`)");
+        bail!("{}: unexpected tensor `{n}` (the length predictor has one layer, `{TRM}*`, and `{MLP}{{0,2}}.*`)", files.file_of(n));
     }
-    Ok(split(cfg, data))
+    Ok(planned)
 }
 
 /// A new module with PyTorch's default initialisation: Xavier-uniform packed projection with
@@ -512,11 +567,10 @@ mod tests {
         assert_eq!(inner[2].0, "length_trm.layers.0.self_attn.in_proj_weight.k");
         let h = cfg.hidden;
         assert_eq!(inner[2].2, data[0][h * h..2 * h * h]);
-        let names: Vec<String> = inner.iter().map(|t| t.0.clone()).collect();
-        let values: Vec<Vec<f32>> = inner.into_iter().map(|t| t.2).collect();
-        let back = merge(&names, &values, &cfg).unwrap();
-        for ((n, s, d), ((sn, ss), sd)) in back.iter().zip(specs.iter().zip(&data)) {
-            assert_eq!((n, s, d), (sn, ss, sd));
+        let names: Vec<(String, Vec<usize>)> = inner.iter().map(|t| (t.0.clone(), t.1.clone())).collect();
+        assert_eq!(names, internal_specs(&cfg));
+        for (k, d) in data.iter().enumerate() {
+            assert_eq!(&official_tensor(k, |m| Ok(inner[m].2.clone())).unwrap(), d, "{}", specs[k].0);
         }
     }
 }

@@ -65,6 +65,14 @@ impl ShardLayout {
         flat[self.range(rank)].to_vec()
     }
 
+    /// Where parameter `i` meets rank `rank`'s shard: the range of its own elements inside the
+    /// shard, and where in the shard they go; `None` when it lies wholly in other shards.
+    pub fn overlap(&self, i: usize, rank: usize) -> Option<(Range<usize>, usize)> {
+        let (own, shard) = (self.offsets[i]..self.offsets[i] + self.lens[i], self.range(rank));
+        let (start, end) = (own.start.max(shard.start), own.end.min(shard.end));
+        (start < end).then(|| (start - own.start..end - own.start, start - shard.start))
+    }
+
     /// The per-parameter values of the gathered flat vector.
     pub fn split(&self, flat: &[f32]) -> Vec<Vec<f32>> {
         self.offsets.iter().zip(&self.lens).map(|(&o, &n)| flat[o..o + n].to_vec()).collect()
@@ -74,6 +82,24 @@ impl ShardLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overlaps_cut_the_flat_vector_as_take_shard_does() {
+        let lens = [5, 1, 7, 3];
+        let parts: Vec<Vec<f32>> = lens.iter().enumerate().map(|(i, &n)| (0..n).map(|j| (i * 100 + j) as f32).collect()).collect();
+        for world in 1..6 {
+            let layout = ShardLayout::new(&lens, world);
+            for rank in 0..world {
+                let mut shard = vec![0.0; layout.shard];
+                for (i, p) in parts.iter().enumerate() {
+                    if let Some((src, at)) = layout.overlap(i, rank) {
+                        shard[at..at + src.len()].copy_from_slice(&p[src]);
+                    }
+                }
+                assert_eq!(shard, layout.take_shard(&parts, rank), "world {world}, rank {rank}");
+            }
+        }
+    }
 
     #[test]
     fn shares_cover_the_batch_in_order_and_balance_tokens() {

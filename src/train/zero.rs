@@ -34,13 +34,18 @@ impl<'a, B: Backend> ZeroShard<'a, B> {
     pub fn new(model: &mut XlmR<B>, dist: &'a dyn Collective<B>) -> Result<Self> {
         let lens: Vec<usize> = model.trainable().map(|i| model.param_len(i)).collect();
         let layout = ShardLayout::new(&lens, dist.world());
-        let mut values = Vec::with_capacity(lens.len());
+        // Only the parameters that meet this rank's shard come to the host, one at a time: never
+        // a host copy of the whole model (an XXL one is 40 GB in f32).
+        let (mut shard, mut i) = (vec![0.0; layout.shard], 0);
         model.for_each_param_mut(|be, _, value, _| {
-            values.push(be.download(value)?);
+            if let Some((src, at)) = layout.overlap(i, dist.rank()) {
+                shard[at..at + src.len()].copy_from_slice(&be.download(value)?[src]);
+            }
+            i += 1;
             Ok(())
         })?;
         let be = model.backend();
-        let master = be.upload_master(&layout.take_shard(&values, dist.rank()))?;
+        let master = be.upload_master(&shard)?;
         let zeros = vec![0.0; layout.shard];
         Ok(ZeroShard { dist, master, grad: be.upload_f32(&zeros)?, m: be.upload_f32(&zeros)?, v: be.upload_f32(&zeros)?, layout })
     }

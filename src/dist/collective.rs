@@ -9,6 +9,46 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZero
 use half::bf16;
 use std::any::Any;
 use std::ffi::{c_int, c_void};
+use std::ops::Range;
+
+/// Elements of each rank's shard that one ZeRO-1 reduce-scatter or all-gather moves: the flat
+/// gradient and parameter vectors go through a staging buffer of `world` times this many elements
+/// instead of being laid out whole (an XXL model's flat f32 gradient alone is 43 GB).
+/// `DLM_ZERO_CHUNK` (elements) overrides it; the result does not depend on it.
+pub const ZERO_CHUNK: usize = 1 << 22;
+
+fn zero_chunk() -> Result<usize> {
+    match std::env::var("DLM_ZERO_CHUNK") {
+        Err(_) => Ok(ZERO_CHUNK),
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&c| c > 0)
+            .ok_or_else(|| anyhow!("DLM_ZERO_CHUNK={v}: expected a number of elements, at least 1")),
+    }
+}
+
+/// Where the pieces of chunk `[k0, k0 + cnt)` of every rank's shard (of `n` elements) come from:
+/// rank r's part is the flat range `[r·n + k0, r·n + k0 + cnt)` and sits at `r·cnt` in the
+/// staging buffer, as NCCL lays out a reduce-scatter's input and an all-gather's output. Each
+/// piece is (part, its range inside that part, its offset in the staging buffer); `lens` are the
+/// parts' lengths, laid end to end (the padding after them has no part).
+fn chunk_pieces(lens: &[usize], n: usize, world: usize, k0: usize, cnt: usize) -> Vec<(usize, Range<usize>, usize)> {
+    let mut out = Vec::new();
+    for r in 0..world {
+        let (a, b) = (r * n + k0, r * n + k0 + cnt);
+        let mut off = 0;
+        for (i, &len) in lens.iter().enumerate() {
+            let (s, e) = (a.max(off), b.min(off + len));
+            if s < e {
+                out.push((i, s - off..e - off, r * cnt + s - a));
+            }
+            off += len;
+        }
+    }
+    out
+}
 
 /// Sums over the ranks. Every rank ends with the same bits (NCCL reduces in one order for all).
 pub trait Collective<B: Backend> {
@@ -60,6 +100,8 @@ impl<B: Backend> Collective<B> for Solo {
 /// NCCL on the CUDA backend's stream.
 pub struct NcclCollective {
     comm: Comm,
+    /// Elements per rank moved by one ZeRO-1 collective (`ZERO_CHUNK`).
+    chunk: usize,
 }
 
 /// The communicator of rank `rank` of `world` on backend `be`, which must be the CUDA backend
@@ -71,7 +113,7 @@ pub fn open<B: Backend>(be: &B, rank: usize, world: usize, id: Option<UniqueId>)
     let cuda = cuda_of(be)?;
     let id = id.ok_or_else(|| anyhow!("internal: rank {rank} of {world} has no NCCL id"))?;
     cuda.stream().context().bind_to_thread().context("making the CUDA device current for NCCL")?;
-    Ok(Box::new(NcclCollective { comm: Comm::init(rank, world, id)? }))
+    Ok(Box::new(NcclCollective { comm: Comm::init(rank, world, id)?, chunk: zero_chunk()? }))
 }
 
 fn cuda_buf<B: Backend>(b: &B::Buf) -> Result<&CudaBuf> {
@@ -127,6 +169,26 @@ impl NcclCollective {
         Ok(flat)
     }
 
+    /// All-gathers `cnt` elements of every rank's `src` into the first `world · cnt` of
+    /// `staging` (queued; the caller synchronises).
+    fn gather_chunk<T: DeviceRepr, S: DevicePtr<T>>(
+        &self,
+        cuda: &CudaBackend,
+        src: &S,
+        staging: &mut CudaSlice<T>,
+        cnt: usize,
+        dtype: c_int,
+    ) -> Result<()> {
+        let stream = cuda.stream().clone();
+        let (s, _a) = src.device_ptr(&stream);
+        let (d, _b) = staging.device_ptr_mut(&stream);
+        // SAFETY: `s` holds cnt elements, `d` at least world·cnt, both on this rank's device.
+        let r = unsafe {
+            (self.comm.api().ncclAllGather)(s as *const c_void, d as *mut c_void, cnt, dtype, self.comm.raw(), Self::stream_ptr(cuda))
+        };
+        self.comm.check("all-gather", r)
+    }
+
     /// All-gathers `shard` as f32.
     fn gather_flat(&self, cuda: &CudaBackend, shard: &CudaBuf) -> Result<CudaSlice<f32>> {
         self.gather_slice(cuda, cuda.as_f32(shard)?.get(), shard.len(), nccl::FLOAT32)
@@ -169,29 +231,37 @@ impl<B: Backend> Collective<B> for NcclCollective {
     fn reduce_scatter_sum(&self, be: &B, parts: &mut [B::Buf], shard: &mut B::Buf) -> Result<()> {
         let cuda = cuda_of(be)?;
         let stream = cuda.stream().clone();
+        let world = self.comm.world;
         let shard = cuda_buf_mut::<B>(shard)?;
         let n = shard.len();
-        let mut flat = cuda.alloc_zeros::<f32>(n * self.comm.world)?;
-        let mut at = 0;
+        let mut srcs = Vec::with_capacity(parts.len());
         for p in parts.iter_mut() {
-            let p = cuda_buf_mut::<B>(p)?;
-            let len = p.len();
-            if at + len > flat.len() {
-                bail!("internal: {} gradient elements do not fit {} shards of {n}", at + len, self.comm.world);
-            }
-            stream.memcpy_dtod(&cuda.acc_f32(p)?.slice(0..len), &mut flat.slice_mut(at..at + len))?;
-            at += len;
+            srcs.push(cuda.acc_f32(cuda_buf_mut::<B>(p)?)?);
+        }
+        let lens: Vec<usize> = srcs.iter().map(|s| s.len()).collect();
+        if lens.iter().sum::<usize>() > n * world {
+            bail!("internal: {} gradient elements do not fit {world} shards of {n}", lens.iter().sum::<usize>());
         }
         let dst = cuda.acc_f32(shard)?;
-        {
-            let (s, _a) = flat.device_ptr(&stream);
-            let (d, _b) = dst.device_ptr_mut(&stream);
-            // SAFETY: `s` holds world·n f32, `d` n, both on this rank's device.
+        let c = self.chunk.min(n).max(1);
+        let mut staging = cuda.alloc_zeros::<f32>(c * world)?;
+        for k0 in (0..n).step_by(c) {
+            let cnt = c.min(n - k0);
+            // Zeros where the flat vector is padding.
+            stream.memset_zeros(&mut staging)?;
+            for (i, range, at) in chunk_pieces(&lens, n, world, k0, cnt) {
+                let len = range.len();
+                stream.memcpy_dtod(&srcs[i].slice(range), &mut staging.slice_mut(at..at + len))?;
+            }
+            let (s, _a) = staging.device_ptr(&stream);
+            let mut out = dst.slice_mut(k0..k0 + cnt);
+            let (d, _b) = out.device_ptr_mut(&stream);
+            // SAFETY: `s` holds world·cnt f32, `d` cnt, both on this rank's device.
             let r = unsafe {
                 (self.comm.api().ncclReduceScatter)(
                     s as *const c_void,
                     d as *mut c_void,
-                    n,
+                    cnt,
                     nccl::FLOAT32,
                     nccl::SUM,
                     self.comm.raw(),
@@ -206,34 +276,56 @@ impl<B: Backend> Collective<B> for NcclCollective {
     fn all_gather_params(&self, be: &B, shard: &B::Buf, params: &mut [B::Buf], masters: bool) -> Result<()> {
         let cuda = cuda_of(be)?;
         let stream = cuda.stream().clone();
+        let world = self.comm.world;
         let shard = cuda_buf::<B>(shard)?;
-        let total: usize = shard.len() * self.comm.world;
-        let (flat32, flat16) = if masters {
-            (Some(self.gather_flat(cuda, shard)?), None)
+        let n = shard.len();
+        let mut bufs = Vec::with_capacity(params.len());
+        for p in params.iter_mut() {
+            bufs.push(cuda_buf_mut::<B>(p)?);
+        }
+        let lens: Vec<usize> = bufs.iter().map(|b| b.len()).collect();
+        if lens.iter().sum::<usize>() > n * world {
+            bail!("internal: {} parameter elements do not fit the gathered {}", lens.iter().sum::<usize>(), n * world);
+        }
+        let c = self.chunk.min(n).max(1);
+        if masters {
+            // For a checkpoint: the f32 masters, then their bf16 copies.
+            let mut outs = Vec::with_capacity(bufs.len());
+            for b in bufs {
+                outs.push(cuda.as_master(b)?);
+            }
+            let src = cuda.as_f32(shard)?;
+            let mut staging = cuda.alloc_zeros::<f32>(c * world)?;
+            for k0 in (0..n).step_by(c) {
+                let cnt = c.min(n - k0);
+                self.gather_chunk(cuda, &src.get().slice(k0..k0 + cnt), &mut staging, cnt, nccl::FLOAT32)?;
+                for (i, range, at) in chunk_pieces(&lens, n, world, k0, cnt) {
+                    let len = range.len();
+                    stream.memcpy_dtod(&staging.slice(at..at + len), &mut outs[i].0.slice_mut(range))?;
+                }
+            }
+            for ((master, shadow), &len) in outs.iter_mut().zip(&lens) {
+                cuda.convert_to_bf16(master, shadow, len)?;
+            }
         } else {
             // The same rounding as the AdamW kernel's bf16 copy, so the forward reads the same bits.
-            let mut half = cuda.alloc_zeros::<bf16>(shard.len())?;
-            cuda.convert_to_bf16(cuda.as_f32(shard)?.get(), &mut half, shard.len())?;
-            (None, Some(self.gather_slice(cuda, &half, shard.len(), nccl::BFLOAT16)?))
-        };
-        let mut at = 0;
-        for p in params.iter_mut() {
-            let p = cuda_buf_mut::<B>(p)?;
-            let len = p.len();
-            if at + len > total {
-                bail!("internal: {} parameter elements do not fit the gathered {total}", at + len);
+            let mut half = cuda.alloc_zeros::<bf16>(n)?;
+            cuda.convert_to_bf16(cuda.as_f32(shard)?.get(), &mut half, n)?;
+            let mut outs = Vec::with_capacity(bufs.len());
+            for b in bufs {
+                outs.push(cuda.out_bf16(b)?);
             }
-            if let Some(flat) = &flat32 {
-                let (master, shadow) = cuda.as_master(p)?;
-                stream.memcpy_dtod(&flat.slice(at..at + len), &mut master.slice_mut(0..len))?;
-                cuda.convert_to_bf16(master, shadow, len)?;
-            } else if let Some(flat) = &flat16 {
-                stream.memcpy_dtod(&flat.slice(at..at + len), &mut cuda.out_bf16(p)?.slice_mut(0..len))?;
+            let mut staging = cuda.alloc_zeros::<bf16>(c * world)?;
+            for k0 in (0..n).step_by(c) {
+                let cnt = c.min(n - k0);
+                self.gather_chunk(cuda, &half.slice(k0..k0 + cnt), &mut staging, cnt, nccl::BFLOAT16)?;
+                for (i, range, at) in chunk_pieces(&lens, n, world, k0, cnt) {
+                    let len = range.len();
+                    stream.memcpy_dtod(&staging.slice(at..at + len), &mut outs[i].slice_mut(range))?;
+                }
             }
-            at += len;
         }
-        // The gathered buffers are freed in stream order, after the copies.
-        Ok(())
+        self.finish(cuda, "all-gather of the shards")
     }
 
     fn all_gather_host(&self, be: &B, shard: &B::Buf) -> Result<Vec<f32>> {
@@ -259,5 +351,40 @@ impl<B: Backend> Collective<B> for NcclCollective {
         }
         self.finish(cuda, "all-reduce of the step's loss and counts")?;
         cuda.to_host(&dev, vals)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The staging pieces of every chunk, laid side by side, are NCCL's flat layout: rank r's
+    /// part of chunk k is flat[r·n + k0 ..], whatever the chunk size.
+    #[test]
+    fn chunk_pieces_cover_the_flat_vector_as_laid_out_whole() {
+        let lens = [5usize, 1, 7, 3];
+        let total: usize = lens.iter().sum();
+        for world in 1..5 {
+            let n = total.div_ceil(world);
+            for c in 1..=n + 1 {
+                for k0 in (0..n).step_by(c) {
+                    let cnt = c.min(n - k0);
+                    let mut staging = vec![usize::MAX; world * cnt];
+                    for (i, range, at) in chunk_pieces(&lens, n, world, k0, cnt) {
+                        let start: usize = lens[..i].iter().sum();
+                        for (j, e) in range.enumerate() {
+                            staging[at + j] = start + e;
+                        }
+                    }
+                    for r in 0..world {
+                        for j in 0..cnt {
+                            let flat = r * n + k0 + j;
+                            let want = if flat < total { flat } else { usize::MAX };
+                            assert_eq!(staging[r * cnt + j], want, "world {world}, chunk {c}, k0 {k0}, rank {r}");
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -247,6 +247,18 @@ pub fn training_activations(cfg: &ModelConfig, n: u64, r: u64) -> u64 {
     encoder_bytes(cfg, n, true) + noise + head_bytes(cfg, r) + ce_scratch + head_bwd.max(enc_bwd)
 }
 
+/// ZeRO-1's staging on `gpus` GPUs for `params` stored parameters: the reduce-scatter's f32
+/// chunk of every rank, or the all-gather's bf16 copy of this rank's shard beside its bf16 chunk
+/// of every rank, whichever is larger (they are not alive together).
+fn zero1_staging(params: u64, gpus: u64) -> u64 {
+    if gpus < 2 {
+        return 0;
+    }
+    let shard = params.div_ceil(gpus);
+    let chunk = shard.min(crate::dist::collective::ZERO_CHUNK as u64);
+    (gpus * chunk * F32).max(shard * BF16 + gpus * chunk * BF16)
+}
+
 /// The memory plan for `inputs`.
 pub fn plan(inputs: &PlanInputs) -> Result<Plan> {
     let cfg = &inputs.cfg;
@@ -283,9 +295,8 @@ pub fn plan(inputs: &PlanInputs) -> Result<Plan> {
             gradients: if zero == Zero::Stage2 && inputs.gpus > 1 { shard(full_grads) + largest * F32 } else { full_grads },
             activations: training_activations(cfg, n, r) + validation,
             // One tensor at a time goes from bf16 zeros to f32 on the first step (both alive).
-            // ZeRO-1 on several GPUs also packs every gradient into one flat f32 buffer for the
-            // reduce-scatter (`train::zero`).
-            workspace: fixed + largest * BF16 + if zero == Zero::Stage1 && inputs.gpus > 1 { full_grads } else { 0 },
+            // ZeRO-1 on several GPUs also stages its collectives (`dist::collective`).
+            workspace: fixed + largest * BF16 + if zero == Zero::Stage1 { zero1_staging(params, inputs.gpus as u64) } else { 0 },
         }
     };
     Ok(Plan {

@@ -421,61 +421,39 @@ fn train_rank(args: Args, place: &train_dist::Placement, nccl_id: Option<crate::
             }
         }
     }
-    let Some(lock) = lock else {
-        let job = TrainJob {
-            args,
-            run_dir: None,
-            rank: place.rank,
-            world: place.world,
-            nccl_id,
-            model_dir,
-            resume_dir,
-            tok,
-            data,
-            files: Vec::new(),
-            valid,
-            cfg,
-        };
-        return dispatch(&place.device, job.args.run.threads, job);
+    // Only rank 0 (or a process alone) holds the lock: it opens the run directory and logs.
+    let run_dir = match lock {
+        None => None,
+        Some(lock) => {
+            let run_dir = lock.open(mode, &record)?;
+            // The run keeps its own copies of what every checkpoint carries besides the weights, so it
+            // never reads from a checkpoint that pruning may delete.
+            if run_dir::adopt_file(&run_dir.path, &model_dir, "tokenizer.json")?.is_none() {
+                bail!("{}: missing (the model directory needs its tokenizer)", model_dir.join("tokenizer.json").display());
+            }
+            let defaults_copy = run_dir.path.join("training_defaults.json");
+            if run_dir::adopt_file(&run_dir.path, &model_dir, "training_defaults.json")?.is_none() && defaults_copy.is_file() {
+                std::fs::remove_file(&defaults_copy).with_context(|| format!("{}: cannot delete", defaults_copy.display()))?;
+            }
+            for line in &data_log {
+                eprintln!("{line}");
+            }
+            let per_batch = match budget {
+                Budget::Tokens(n) => format!("max {n} tokens/batch"),
+                Budget::Sequences(n) => format!("{n} sequences/batch"),
+            };
+            eprintln!(
+                "training on {n_examples} examples ({data_note}): lr {:.1e} ({:?}, warmup {}), {per_batch}, T={}, dropout {}, label smoothing {} [{}]",
+                cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.timesteps, cfg.dropout, cfg.label_smoothing, defaults.note
+            );
+            Some(run_dir)
+        }
     };
-    let run_dir = lock.open(mode, &record)?;
-    // The run keeps its own copies of what every checkpoint carries besides the weights, so it
-    // never reads from a checkpoint that pruning may delete.
-    if run_dir::adopt_file(&run_dir.path, &model_dir, "tokenizer.json")?.is_none() {
-        bail!("{}: missing (the model directory needs its tokenizer)", model_dir.join("tokenizer.json").display());
-    }
-    let defaults_copy = run_dir.path.join("training_defaults.json");
-    if run_dir::adopt_file(&run_dir.path, &model_dir, "training_defaults.json")?.is_none() && defaults_copy.is_file() {
-        std::fs::remove_file(&defaults_copy).with_context(|| format!("{}: cannot delete", defaults_copy.display()))?;
-    }
-    for line in &data_log {
-        eprintln!("{line}");
-    }
-    let per_batch = match budget {
-        Budget::Tokens(n) => format!("max {n} tokens/batch"),
-        Budget::Sequences(n) => format!("{n} sequences/batch"),
-    };
-    eprintln!(
-        "training on {n_examples} examples ({data_note}): lr {:.1e} ({:?}, warmup {}), {per_batch}, T={}, dropout {}, label smoothing {} [{}]",
-        cfg.lr, cfg.schedule, cfg.warmup_steps, cfg.timesteps, cfg.dropout, cfg.label_smoothing, defaults.note
-    );
-    let run = args.run.clone();
-    let files = specs.iter().map(|s| s.path.display().to_string()).collect();
-    let job = TrainJob {
-        args,
-        run_dir: Some(run_dir),
-        rank: place.rank,
-        world: place.world,
-        nccl_id,
-        model_dir,
-        resume_dir,
-        tok,
-        data,
-        files,
-        valid,
-        cfg,
-    };
-    dispatch(&run.device, run.threads, job)
+    let files = if run_dir.is_some() { specs.iter().map(|s| s.path.display().to_string()).collect() } else { Vec::new() };
+    let (device, threads) = (place.device.clone(), args.run.threads);
+    let job =
+        TrainJob { args, run_dir, rank: place.rank, world: place.world, nccl_id, model_dir, resume_dir, tok, data, files, valid, cfg };
+    dispatch(&device, threads, job)
 }
 
 /// What the memory check needs to know of a run on one of its GPUs.

@@ -8,6 +8,9 @@
 // - streams are queues that run only at a synchronisation, so a read-back without one is stale;
 // - graph capture records and replays; a synchronisation or a pageable copy during a capture
 //   invalidates it, as the driver does;
+// - events order streams: a stream that waits on an event first runs the recorded stream up to
+//   the event when it runs itself, and never more, so a reader that forgot to wait on another
+//   stream sees that stream's work undone (events during a capture are refused: not modelled);
 // - a device memory size (DLM_SWDEV_MEMORY, bytes with an optional K/M/G suffix) for the
 //   out-of-memory paths, and the peak in use reported at exit with DLM_SWDEV_PEAK=1;
 // - DLM_SWDEV_DEVICES devices (default 1), each with its own primary context, so that one process
@@ -18,6 +21,7 @@
 //   once (not sticky, unlike a real device fault).
 // Entry points not written here are generated stubs that stop the process naming themselves.
 #include <cuda.h>
+#include <algorithm>
 #include <chrono>
 #include <cstdarg>
 #include <deque>
@@ -75,7 +79,14 @@ struct Graph {
 
 struct Stream {
     unsigned flags = 0;
+    // Creation order (the legacy stream is 0): cuCtxSynchronize runs streams in this order, and
+    // an event names its stream by it (a destroyed stream's address may come back).
+    uint64_t id = 0;
     std::deque<Op> queue;
+    // Operations queued and run so far: an event is a position in this count.
+    uint64_t enqueued = 0, done = 0;
+    // An operation of this stream is running (a cross-stream wait may run other streams inside).
+    bool running = false;
     // Set when one of its operations failed (swdev::fail_running_op), reported by the next sync.
     CUresult error = CUDA_SUCCESS;
     // Capture state: the graph being recorded, and why it was invalidated (empty while valid).
@@ -83,6 +94,12 @@ struct Stream {
     std::string invalid;
     CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
     std::thread::id capture_thread;
+};
+
+// A recorded event: the work queued on stream `stream` up to operation number `seq`
+// (stream 0 with seq 0: never recorded, complete).
+struct Event {
+    uint64_t stream = 0, seq = 0;
 };
 
 struct Module {
@@ -108,6 +125,8 @@ struct State {
     size_t used = 0, limit = 0, peak = 0;
     Stream legacy;
     std::set<Stream*> streams;
+    uint64_t next_stream_id = 1;
+    std::set<Event*> events;
     std::set<Graph*> graphs;
     std::set<Graph*> execs;
     std::set<Module*> modules;
@@ -164,17 +183,40 @@ bool tracing() {
     return on;
 }
 
+// Runs the next queued operation of `s`.
+void run_next(Stream& s) {
+    Op op = std::move(s.queue.front());
+    s.queue.pop_front();
+    const auto t0 = tracing() ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
+    s.running = true;
+    t_op_failed = false;
+    op.run();
+    if (t_op_failed && s.error == CUDA_SUCCESS) s.error = CUDA_ERROR_LAUNCH_FAILED;
+    s.running = false;
+    ++s.done;
+    if (tracing())
+        fprintf(stderr, "swdev: ran %s in %.3f ms\n", op.what.c_str(), std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+}
+
 // Runs a stream's queued work in order.
 void drain(Stream& s) {
-    while (!s.queue.empty()) {
-        Op op = std::move(s.queue.front());
-        s.queue.pop_front();
-        const auto t0 = tracing() ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
-        t_op_failed = false;
-        op.run();
-        if (t_op_failed && s.error == CUDA_SUCCESS) s.error = CUDA_ERROR_LAUNCH_FAILED;
-        if (tracing())
-            fprintf(stderr, "swdev: ran %s in %.3f ms\n", op.what.c_str(), std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    while (!s.queue.empty()) run_next(s);
+}
+
+// The live stream with this id, or null (destroyed: its work ran when it was destroyed).
+Stream* stream_by_id(uint64_t id) {
+    if (id == 0) return &st().legacy;
+    for (Stream* s : st().streams)
+        if (s->id == id) return s;
+    return nullptr;
+}
+
+// Runs `s` until its first `seq` operations have run: what waiting on an event recorded there
+// needs. A stream in the middle of an operation cannot run further: the waits form a cycle.
+void run_until(Stream& s, uint64_t seq, const char* why) {
+    while (s.done < seq) {
+        if (s.running) fatal("%s: streams wait on each other's events in a cycle (a deadlock on a GPU)", why);
+        run_next(s);
     }
 }
 
@@ -185,9 +227,13 @@ CUresult take_error(Stream& s) {
     return r;
 }
 
+// In creation order, so that a stream created later (a communication stream) runs after the
+// compute stream unless an event says otherwise: a missing wait then shows as stale data.
 void drain_all() {
     drain(st().legacy);
-    for (Stream* s : st().streams) drain(*s);
+    std::vector<Stream*> order(st().streams.begin(), st().streams.end());
+    std::sort(order.begin(), order.end(), [](Stream* a, Stream* b) { return a->id < b->id; });
+    for (Stream* s : order) drain(*s);
 }
 
 // A capture that the calling thread could break with a synchronising call, if any.
@@ -216,6 +262,7 @@ CUresult push(Stream* s, std::string what, std::function<void()> run) {
         else return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
     } else {
         s->queue.push_back({std::move(what), std::move(run)});
+        ++s->enqueued;
     }
     return CUDA_SUCCESS;
 }
@@ -635,6 +682,7 @@ EXPORT CUresult cuStreamCreate(CUstream* h, unsigned flags) {
     if (!need_context("cuStreamCreate", &r)) return r;
     auto* s = new Stream;
     s->flags = flags;
+    s->id = st().next_stream_id++;
     st().streams.insert(s);
     *h = reinterpret_cast<CUstream>(s);
     return CUDA_SUCCESS;
@@ -675,6 +723,94 @@ EXPORT CUresult cuStreamQuery(CUstream h) {
 EXPORT CUresult cuLaunchHostFunc(CUstream h, CUhostFn fn, void* data) {
     LOCK;
     return push(stream_of(h), "cuLaunchHostFunc", [fn, data] { fn(data); });
+}
+
+EXPORT CUresult cuEventCreate(CUevent* e, unsigned) {
+    LOCK;
+    CUresult r;
+    if (!need_context("cuEventCreate", &r)) return r;
+    if (!e) return CUDA_ERROR_INVALID_VALUE;
+    auto* ev = new Event;
+    st().events.insert(ev);
+    *e = reinterpret_cast<CUevent>(ev);
+    return CUDA_SUCCESS;
+}
+
+EXPORT CUresult cuEventDestroy_v2(CUevent e) {
+    LOCK;
+    auto* ev = reinterpret_cast<Event*>(e);
+    if (!st().events.erase(ev)) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuEventDestroy: unknown event");
+    delete ev;  // waits already queued keep their own copy of the position
+    return CUDA_SUCCESS;
+}
+
+static Event* event_of(CUevent e, const char* call) {
+    auto* ev = reinterpret_cast<Event*>(e);
+    if (st().events.count(ev)) return ev;
+    refuse(CUDA_ERROR_INVALID_HANDLE, "%s: unknown event", call);
+    return nullptr;
+}
+
+// Cross-stream dependencies inside a graph are not modelled: refused, and the capture fails,
+// rather than recording a graph that silently lacks (or includes) another stream's work.
+static CUresult refuse_in_capture(Stream* s, const char* call) {
+    if (s->invalid.empty()) s->invalid = call;
+    return refuse(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "%s on a capturing stream: events inside a capture are not modelled; the capture is invalidated", call);
+}
+
+// The event becomes the work queued on the stream so far (a marker at the queue's current end).
+EXPORT CUresult cuEventRecord(CUevent e, CUstream h) {
+    LOCK;
+    Event* ev = event_of(e, "cuEventRecord");
+    if (!ev) return CUDA_ERROR_INVALID_HANDLE;
+    Stream* s = stream_of(h);
+    if (!s) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuEventRecord on an unknown stream");
+    if (s->capture) return refuse_in_capture(s, "cuEventRecord");
+    *ev = Event{s->id, s->enqueued};
+    return CUDA_SUCCESS;
+}
+
+// Queues, on `h`, a wait for the event's work as recorded now: when `h` reaches it, it first runs
+// the recorded stream up to the event (and no further).
+EXPORT CUresult cuStreamWaitEvent(CUstream h, CUevent e, unsigned) {
+    LOCK;
+    Event* ev = event_of(e, "cuStreamWaitEvent");
+    if (!ev) return CUDA_ERROR_INVALID_HANDLE;
+    Stream* s = stream_of(h);
+    if (!s) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuStreamWaitEvent on an unknown stream");
+    if (s->capture) return refuse_in_capture(s, "cuStreamWaitEvent");
+    const Event at = *ev;
+    if (at.seq == 0 || at.stream == s->id) return CUDA_SUCCESS;  // nothing recorded, or stream order already
+    char what[96];
+    snprintf(what, sizeof what, "wait for stream %llu up to its operation %llu", (unsigned long long)at.stream, (unsigned long long)at.seq);
+    return push(s, what, [at] {
+        Stream* src = stream_by_id(at.stream);
+        if (!src) return;
+        run_until(*src, at.seq, "cuStreamWaitEvent");
+        // A failure on the awaited stream fails the waiting one too: its synchronisation reports it.
+        t_op_failed = src->error != CUDA_SUCCESS;
+    });
+}
+
+EXPORT CUresult cuEventQuery(CUevent e) {
+    LOCK;
+    Event* ev = event_of(e, "cuEventQuery");
+    if (!ev) return CUDA_ERROR_INVALID_HANDLE;
+    Stream* src = stream_by_id(ev->stream);
+    return !src || src->done >= ev->seq ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
+}
+
+EXPORT CUresult cuEventSynchronize(CUevent e) {
+    LOCK;
+    Event* ev = event_of(e, "cuEventSynchronize");
+    if (!ev) return CUDA_ERROR_INVALID_HANDLE;
+    CUresult r;
+    if ((r = forbid_during_capture("cuEventSynchronize"))) return r;
+    Stream* src = stream_by_id(ev->stream);
+    if (!src) return CUDA_SUCCESS;
+    if (src->capture) return refuse(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuEventSynchronize on an event of a capturing stream");
+    run_until(*src, ev->seq, "cuEventSynchronize");
+    return take_error(*src);
 }
 
 // ---- modules and launches ----------------------------------------------------------------------

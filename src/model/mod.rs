@@ -16,7 +16,10 @@ pub mod weights;
 pub mod xlmr;
 
 pub use config::{Arch, ModelConfig};
-pub use xlmr::{length_class, CanvasSlots, CanvasStep, DecodeSpec, LengthGuess, LoadPlan, ParamStorage, Part, SaveOpts, XlmR, LENGTH_CLASSES};
+pub use xlmr::{
+    length_class, CanvasSlots, CanvasStep, DecodeSpec, GradsReady, LengthGuess, LoadPlan, ParamStorage, Part, SaveOpts, XlmR,
+    LENGTH_CLASSES,
+};
 // The model takes its inputs in the data layer's types.
 use crate::backend::ConfidenceKind;
 pub use crate::data::{Batch, LossRows};

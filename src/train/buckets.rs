@@ -74,14 +74,16 @@ mod tests {
         assert_eq!(b.ready(&[3, 2]).unwrap(), vec![vec![4, 3], vec![2]], "6 + 2 reaches 8; then 8 alone does");
         assert_eq!(b.ready(&[]).unwrap(), Vec::<Vec<usize>>::new());
         assert_eq!(b.rest(), Some(vec![0, 1]), "never reported: sent at the end, in index order");
-        assert_eq!(b.rest(), None, "and the buckets start over");
+        // The next step starts over: a step whose pass reports nothing sends everything at the end.
+        assert_eq!(b.rest(), Some(vec![0, 1, 2, 3, 4]));
+        assert_eq!(b.ready(&[4, 3]).unwrap(), vec![vec![4, 3]], "gradients are reported afresh each step");
     }
 
     #[test]
     fn exact_fits_close_at_once_and_a_huge_cap_makes_one_bucket() {
         let mut b = Buckets::new(8, vec![8, 4, 4]);
         assert_eq!(b.ready(&[0, 1, 2]).unwrap(), vec![vec![0], vec![1, 2]]);
-        assert_eq!(b.rest(), None);
+        assert_eq!(b.rest(), None, "nothing left");
         let mut one = Buckets::new(Buckets::cap_bytes(25.0), vec![8, 4, 4]);
         assert!(one.ready(&[2, 1, 0]).unwrap().is_empty());
         assert_eq!(one.rest(), Some(vec![2, 1, 0]), "the open bucket keeps the order of the pass");

@@ -20,20 +20,11 @@
 //   cuStreamSynchronize/cuCtxSynchronize that runs or waits for it return CUDA_ERROR_LAUNCH_FAILED,
 //   once (not sticky, unlike a real device fault).
 // Entry points not written here are generated stubs that stop the process naming themselves.
-#include <cuda.h>
 #include <algorithm>
 #include <chrono>
 #include <cstdarg>
-#include <deque>
-#include <map>
-#include <memory>
-#include <set>
-#include <string>
-#include <thread>
-#include "kernel_table.h"
-#include "swdev.h"
-
-#define EXPORT extern "C" __attribute__((visibility("default")))
+#include <cstring>
+#include "driver_state.h"
 
 namespace swdev {
 
@@ -48,7 +39,7 @@ void fatal(const char* fmt, ...) {
     abort();
 }
 
-namespace {
+namespace drv {
 
 // Why a call failed, on stderr: the caller only sees a CUresult, and the point of this device is
 // to say what a GPU would not.
@@ -61,80 +52,6 @@ CUresult refuse(CUresult code, const char* fmt, ...) {
     va_end(ap);
     return code;
 }
-
-// The limits of an H100/H200 (compute capability 9.0).
-constexpr int kMaxThreads = 1024, kMaxBlockZ = 64, kMaxGridYZ = 65535;
-constexpr unsigned kMaxGridX = 0x7fffffffu;
-constexpr int kSmemDefault = 48 << 10, kSmemOptin = 232448;
-constexpr const char* kName = "dlm software device (CPU emulation: timings mean nothing)";
-
-struct Op {
-    std::string what;
-    std::function<void()> run;
-};
-
-struct Graph {
-    std::vector<Op> ops;
-};
-
-struct Stream {
-    unsigned flags = 0;
-    // Creation order (the legacy stream is 0): cuCtxSynchronize runs streams in this order, and
-    // an event names its stream by it (a destroyed stream's address may come back).
-    uint64_t id = 0;
-    std::deque<Op> queue;
-    // Operations queued and run so far: an event is a position in this count.
-    uint64_t enqueued = 0, done = 0;
-    // An operation of this stream is running (a cross-stream wait may run other streams inside).
-    bool running = false;
-    // Set when one of its operations failed (swdev::fail_running_op), reported by the next sync.
-    CUresult error = CUDA_SUCCESS;
-    // Capture state: the graph being recorded, and why it was invalidated (empty while valid).
-    std::unique_ptr<Graph> capture;
-    std::string invalid;
-    CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
-    std::thread::id capture_thread;
-};
-
-// A recorded event: the work queued on stream `stream` up to operation number `seq`
-// (stream 0 with seq 0: never recorded, complete).
-struct Event {
-    uint64_t stream = 0, seq = 0;
-};
-
-struct Module {
-    std::string image;
-};
-
-struct Function {
-    const KernelInfo* info;
-    int max_dynamic_smem = kSmemDefault;
-};
-
-struct Context {
-    int device = 0;
-    int retained = 0;
-};
-
-constexpr int kMaxDevices = 16;
-
-struct State {
-    std::recursive_mutex mu;
-    std::map<uint64_t, size_t> allocs;  // base -> bytes
-    std::set<uint64_t> pinned;          // host allocations made by cuMemHostAlloc
-    size_t used = 0, limit = 0, peak = 0;
-    Stream legacy;
-    std::set<Stream*> streams;
-    uint64_t next_stream_id = 1;
-    std::set<Event*> events;
-    std::set<Graph*> graphs;
-    std::set<Graph*> execs;
-    std::set<Module*> modules;
-    std::set<Function*> functions;
-    Context primary[kMaxDevices];
-    int devices = 1;
-    bool initialised = false;
-};
 
 State& st() {
     static State* s = new State;  // never destroyed: drops after main may still call in
@@ -337,7 +254,9 @@ const KernelInfo* kernel_named(const char* name) {
     return nullptr;
 }
 
-}  // namespace
+}  // namespace drv
+
+using namespace drv;
 
 int enqueue(void* stream, const char* what, std::function<void()> op) {
     std::lock_guard lock(st().mu);
@@ -356,8 +275,7 @@ void fail_running_op() { t_op_failed = true; }
 }  // namespace swdev
 
 using namespace swdev;
-
-#define LOCK std::lock_guard lock_(st().mu)
+using namespace swdev::drv;
 
 // ---- initialisation, device, context -----------------------------------------------------------
 
@@ -674,145 +592,6 @@ EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
     return CUDA_SUCCESS;
 }
 
-// ---- streams and events ------------------------------------------------------------------------
-
-EXPORT CUresult cuStreamCreate(CUstream* h, unsigned flags) {
-    LOCK;
-    CUresult r;
-    if (!need_context("cuStreamCreate", &r)) return r;
-    auto* s = new Stream;
-    s->flags = flags;
-    s->id = st().next_stream_id++;
-    st().streams.insert(s);
-    *h = reinterpret_cast<CUstream>(s);
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuStreamDestroy_v2(CUstream h) {
-    LOCK;
-    auto* s = reinterpret_cast<Stream*>(h);
-    if (!st().streams.count(s)) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuStreamDestroy: unknown stream");
-    if (s->capture) return refuse(CUDA_ERROR_ILLEGAL_STATE, "cuStreamDestroy: the stream is capturing");
-    drain(*s);  // the driver lets queued work finish
-    st().streams.erase(s);
-    delete s;
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuStreamSynchronize(CUstream h) {
-    LOCK;
-    Stream* s = stream_of(h);
-    if (!s) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuStreamSynchronize: unknown stream");
-    if (s->capture) {
-        if (s->invalid.empty()) s->invalid = "cuStreamSynchronize";
-        return refuse(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamSynchronize on a capturing stream: the capture is invalidated");
-    }
-    CUresult r;
-    if ((r = forbid_during_capture("cuStreamSynchronize"))) return r;
-    drain(*s);
-    return take_error(*s);
-}
-
-EXPORT CUresult cuStreamQuery(CUstream h) {
-    LOCK;
-    Stream* s = stream_of(h);
-    if (!s) return CUDA_ERROR_INVALID_HANDLE;
-    return s->queue.empty() ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
-}
-
-EXPORT CUresult cuLaunchHostFunc(CUstream h, CUhostFn fn, void* data) {
-    LOCK;
-    return push(stream_of(h), "cuLaunchHostFunc", [fn, data] { fn(data); });
-}
-
-EXPORT CUresult cuEventCreate(CUevent* e, unsigned) {
-    LOCK;
-    CUresult r;
-    if (!need_context("cuEventCreate", &r)) return r;
-    if (!e) return CUDA_ERROR_INVALID_VALUE;
-    auto* ev = new Event;
-    st().events.insert(ev);
-    *e = reinterpret_cast<CUevent>(ev);
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuEventDestroy_v2(CUevent e) {
-    LOCK;
-    auto* ev = reinterpret_cast<Event*>(e);
-    if (!st().events.erase(ev)) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuEventDestroy: unknown event");
-    delete ev;  // waits already queued keep their own copy of the position
-    return CUDA_SUCCESS;
-}
-
-static Event* event_of(CUevent e, const char* call) {
-    auto* ev = reinterpret_cast<Event*>(e);
-    if (st().events.count(ev)) return ev;
-    refuse(CUDA_ERROR_INVALID_HANDLE, "%s: unknown event", call);
-    return nullptr;
-}
-
-// Cross-stream dependencies inside a graph are not modelled: refused, and the capture fails,
-// rather than recording a graph that silently lacks (or includes) another stream's work.
-static CUresult refuse_in_capture(Stream* s, const char* call) {
-    if (s->invalid.empty()) s->invalid = call;
-    return refuse(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "%s on a capturing stream: events inside a capture are not modelled; the capture is invalidated", call);
-}
-
-// The event becomes the work queued on the stream so far (a marker at the queue's current end).
-EXPORT CUresult cuEventRecord(CUevent e, CUstream h) {
-    LOCK;
-    Event* ev = event_of(e, "cuEventRecord");
-    if (!ev) return CUDA_ERROR_INVALID_HANDLE;
-    Stream* s = stream_of(h);
-    if (!s) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuEventRecord on an unknown stream");
-    if (s->capture) return refuse_in_capture(s, "cuEventRecord");
-    *ev = Event{s->id, s->enqueued};
-    return CUDA_SUCCESS;
-}
-
-// Queues, on `h`, a wait for the event's work as recorded now: when `h` reaches it, it first runs
-// the recorded stream up to the event (and no further).
-EXPORT CUresult cuStreamWaitEvent(CUstream h, CUevent e, unsigned) {
-    LOCK;
-    Event* ev = event_of(e, "cuStreamWaitEvent");
-    if (!ev) return CUDA_ERROR_INVALID_HANDLE;
-    Stream* s = stream_of(h);
-    if (!s) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuStreamWaitEvent on an unknown stream");
-    if (s->capture) return refuse_in_capture(s, "cuStreamWaitEvent");
-    const Event at = *ev;
-    if (at.seq == 0 || at.stream == s->id) return CUDA_SUCCESS;  // nothing recorded, or stream order already
-    char what[96];
-    snprintf(what, sizeof what, "wait for stream %llu up to its operation %llu", (unsigned long long)at.stream, (unsigned long long)at.seq);
-    return push(s, what, [at] {
-        Stream* src = stream_by_id(at.stream);
-        if (!src) return;
-        run_until(*src, at.seq, "cuStreamWaitEvent");
-        // A failure on the awaited stream fails the waiting one too: its synchronisation reports it.
-        t_op_failed = src->error != CUDA_SUCCESS;
-    });
-}
-
-EXPORT CUresult cuEventQuery(CUevent e) {
-    LOCK;
-    Event* ev = event_of(e, "cuEventQuery");
-    if (!ev) return CUDA_ERROR_INVALID_HANDLE;
-    Stream* src = stream_by_id(ev->stream);
-    return !src || src->done >= ev->seq ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
-}
-
-EXPORT CUresult cuEventSynchronize(CUevent e) {
-    LOCK;
-    Event* ev = event_of(e, "cuEventSynchronize");
-    if (!ev) return CUDA_ERROR_INVALID_HANDLE;
-    CUresult r;
-    if ((r = forbid_during_capture("cuEventSynchronize"))) return r;
-    Stream* src = stream_by_id(ev->stream);
-    if (!src) return CUDA_SUCCESS;
-    if (src->capture) return refuse(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuEventSynchronize on an event of a capturing stream");
-    run_until(*src, ev->seq, "cuEventSynchronize");
-    return take_error(*src);
-}
-
 // ---- modules and launches ----------------------------------------------------------------------
 
 EXPORT CUresult cuModuleLoadData(CUmodule* m, const void* image) {
@@ -919,90 +698,6 @@ EXPORT CUresult cuLaunchKernel(CUfunction h, unsigned gx, unsigned gy, unsigned 
         Launch l{k.name, k.body, args.data(), {gx, gy, gz}, {bx, by, bz}, smem};
         run_grid(l);
     });
-}
-
-// ---- graphs --------------------------------------------------------------------------------------
-
-EXPORT CUresult cuStreamBeginCapture_v2(CUstream h, CUstreamCaptureMode mode) {
-    LOCK;
-    Stream* s = stream_of(h);
-    if (!s) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuStreamBeginCapture: unknown stream");
-    if (s == &st().legacy) return refuse(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamBeginCapture on the legacy stream");
-    if (s->capture) return refuse(CUDA_ERROR_ILLEGAL_STATE, "cuStreamBeginCapture: already capturing");
-    s->capture = std::make_unique<Graph>();
-    s->invalid.clear();
-    s->mode = mode;
-    s->capture_thread = std::this_thread::get_id();
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuStreamEndCapture(CUstream h, CUgraph* g) {
-    LOCK;
-    Stream* s = stream_of(h);
-    if (!s) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuStreamEndCapture: unknown stream");
-    if (!s->capture) return refuse(CUDA_ERROR_ILLEGAL_STATE, "cuStreamEndCapture: the stream is not capturing");
-    if (s->mode != CU_STREAM_CAPTURE_MODE_RELAXED && s->capture_thread != std::this_thread::get_id())
-        return refuse(CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD, "cuStreamEndCapture from another thread than the one that began it");
-    std::unique_ptr<Graph> graph = std::move(s->capture);
-    *g = nullptr;
-    if (!s->invalid.empty()) {
-        s->invalid.clear();
-        return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
-    }
-    st().graphs.insert(graph.get());
-    *g = reinterpret_cast<CUgraph>(graph.release());
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuStreamIsCapturing(CUstream h, CUstreamCaptureStatus* status) {
-    LOCK;
-    Stream* s = stream_of(h);
-    if (!s) return CUDA_ERROR_INVALID_HANDLE;
-    *status = !s->capture ? CU_STREAM_CAPTURE_STATUS_NONE : s->invalid.empty() ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_INVALIDATED;
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec* e, CUgraph h, unsigned long long) {
-    LOCK;
-    auto* g = reinterpret_cast<Graph*>(h);
-    if (!st().graphs.count(g)) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuGraphInstantiate: unknown graph");
-    auto* exec = new Graph(*g);
-    st().execs.insert(exec);
-    *e = reinterpret_cast<CUgraphExec>(exec);
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuGraphUpload(CUgraphExec e, CUstream h) {
-    LOCK;
-    if (!st().execs.count(reinterpret_cast<Graph*>(e))) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuGraphUpload: unknown graph");
-    return stream_of(h) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
-}
-
-EXPORT CUresult cuGraphLaunch(CUgraphExec e, CUstream h) {
-    LOCK;
-    auto* exec = reinterpret_cast<Graph*>(e);
-    if (!st().execs.count(exec)) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuGraphLaunch: unknown graph");
-    Stream* s = stream_of(h);
-    CUresult r = CUDA_SUCCESS;
-    for (const Op& op : exec->ops)
-        if ((r = push(s, "graph: " + op.what, op.run))) return r;
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuGraphDestroy(CUgraph h) {
-    LOCK;
-    auto* g = reinterpret_cast<Graph*>(h);
-    if (!st().graphs.erase(g)) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuGraphDestroy: unknown graph");
-    delete g;
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuGraphExecDestroy(CUgraphExec e) {
-    LOCK;
-    auto* g = reinterpret_cast<Graph*>(e);
-    if (!st().execs.erase(g)) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuGraphExecDestroy: unknown graph");
-    delete g;
-    return CUDA_SUCCESS;
 }
 
 // The generated stubs' end (gen_stubs.py): an entry point the software device does not model.

@@ -50,3 +50,11 @@ fn zero_takes_0_or_1() {
     let err = train(&["--zero", "2"], &[]);
     assert!(err.contains("--zero"), "{err}");
 }
+
+#[test]
+fn bucket_mb_takes_a_positive_number() {
+    for bad in ["--bucket-mb=0", "--bucket-mb=-1", "--bucket-mb=inf", "--bucket-mb=lots"] {
+        let err = train(&[bad], &[]);
+        assert!(err.contains("--bucket-mb") && err.contains("expected a positive number of MiB"), "{bad}: {err}");
+    }
+}

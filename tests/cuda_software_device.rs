@@ -253,6 +253,46 @@ fn a_synchronisation_during_capture_invalidates_it() {
     assert!(ended.is_err(), "and the capture must end invalidated");
 }
 
+/// Stream `side` converts `src` (written on `main`) into `dst`, as a communication stream works
+/// on the compute stream's buffers; `main` then reads `dst`, after waiting for `side` or not.
+fn read_across_streams(wait: bool) -> Option<Vec<f32>> {
+    let (ctx, main) = software_device("two_streams_are_ordered_by_events_alone")?;
+    let side = ctx.new_stream().unwrap();
+    let f = kernel(&ctx, "elementwise", "convert_bf16_to_f32");
+    let n = 64usize;
+    let src: CudaSlice<bf16> = main.clone_htod(&vec![bf16::from_f32(7.0); n]).unwrap();
+    let mut dst: CudaSlice<f32> = main.alloc_zeros(n).unwrap();
+    side.join(&main).unwrap();
+    let count = n as u64;
+    let mut b = side.launch_builder(&f);
+    b.arg(&src).arg(&mut dst).arg(&count);
+    unsafe { b.launch(LaunchConfig::for_num_elems(n as u32)) }.unwrap();
+    if wait {
+        main.join(&side).unwrap();
+    }
+    let out = read(&main, &dst);
+    ctx.synchronize().unwrap();
+    Some(out)
+}
+
+#[test]
+fn two_streams_are_ordered_by_events_alone() {
+    let Some(waited) = read_across_streams(true) else { return };
+    assert_eq!(waited, vec![7.0; 64], "a stream that waits on the other's event sees its work");
+    let unwaited = read_across_streams(false).unwrap();
+    assert_eq!(unwaited, vec![0.0; 64], "without the wait the other stream's work must not have run");
+}
+
+#[test]
+fn an_event_inside_a_capture_is_refused() {
+    let Some((ctx, stream)) = software_device("an_event_inside_a_capture_is_refused") else { return };
+    let side = ctx.new_stream().unwrap();
+    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).unwrap();
+    assert!(stream.join(&side).is_err(), "a capture must not silently take in another stream's work");
+    assert!(stream.end_capture(CUgraphInstantiate_flags(0)).is_err(), "and the capture must end invalidated");
+    let _ = ctx.check_err();
+}
+
 #[test]
 fn a_small_device_runs_out_of_memory_cleanly() {
     const TEST: &str = "a_small_device_runs_out_of_memory_cleanly";

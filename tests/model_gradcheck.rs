@@ -75,3 +75,47 @@ fn gradients_with_dropout_match_finite_differences() {
     check("micro", Dropout { p: 0.1, seed: 77 });
     check("micro-xl", Dropout { p: 0.1, seed: 78 });
 }
+
+/// The backward pass tells its `GradsReady` each trainable gradient once, in the order of
+/// `grad_ready_groups`, and only when it is final: what was reported is what the pass ends with
+/// (a gradient reported early, such as a tied decoder's word embeddings before the embeddings'
+/// backward, would differ). Data-parallel training starts summing a gradient when it is reported.
+fn reports_final_gradients(preset: &str) {
+    use dlm_engine::rdm::noise::{doubled_batch, Example, NoiseSpec, Reweighting};
+    let mut cfg = ModelConfig::preset(preset).unwrap();
+    cfg.vocab_size = 40;
+    cfg.hidden = 16;
+    cfg.intermediate = 24;
+    cfg.heads = 2;
+    let mut model = XlmR::random(CpuBackend::new(), cfg, 3).unwrap();
+    let rows = vec![Example { ids: vec![0, 5, 9, 13, 7, 2], src_len: 2 }, Example { ids: vec![0, 22, 31, 2], src_len: 1 }];
+    let (batch, src_len) = doubled_batch(&rows, 1);
+    let spec = NoiseSpec { key: 9, steps: 50, pad: 1, mask_id: 3, reweighting: Reweighting::Linear, scale: 1.0, first_example: 0 };
+    let mut seen: Vec<(Vec<usize>, Vec<Vec<f32>>)> = Vec::new();
+    let mut hook = |_: &CpuBackend, grads: &mut [Vec<f32>], ready: &[usize]| -> anyhow::Result<()> {
+        seen.push((ready.to_vec(), ready.iter().map(|&i| grads[i].clone()).collect()));
+        Ok(())
+    };
+    // A first micro-batch without a hook, as with --accumulate: the reporting pass adds to it.
+    model.noised_loss_and_grad(&batch, &src_len, &spec, Dropout::off(), 0.0).unwrap();
+    let drop = Dropout { p: 0.1, seed: 5 };
+    let (_, masked) = model.noised_loss_and_grad_reporting(&batch, &src_len, &spec, drop, 0.0, Some(&mut hook)).unwrap();
+    assert!(masked > 0, "the noise masked nothing");
+    let groups: Vec<Vec<usize>> = seen.iter().map(|(g, _)| g.clone()).collect();
+    assert_eq!(groups, model.grad_ready_groups(), "{preset}: the order grad_ready_groups promises");
+    let mut all = groups.concat();
+    all.sort_unstable();
+    assert_eq!(all, (0..model.grads().len()).collect::<Vec<_>>(), "{preset}: every trainable gradient exactly once");
+    for (group, values) in &seen {
+        for (&i, v) in group.iter().zip(values) {
+            assert!(model.grads()[i] == *v, "{preset}: {} was reported before its last addition", model.param_names()[i]);
+            assert!(v.iter().any(|x| *x != 0.0), "{preset}: {} is all zeros", model.param_names()[i]);
+        }
+    }
+}
+
+#[test]
+fn the_backward_pass_reports_each_gradient_once_when_final() {
+    reports_final_gradients("micro");
+    reports_final_gradients("micro-xl");
+}

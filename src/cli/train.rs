@@ -154,6 +154,13 @@ pub struct Args {
     /// all-gathered). Checkpoints are the same either way, so a run may resume with either.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub zero: u8,
+    /// Data parallel without ZeRO: the gradients of a step's last micro-batch are summed over the
+    /// GPUs in buckets of at least this many MiB (f32), each started as soon as the backward pass
+    /// has finished its gradients, so the sums overlap the rest of the pass (as PyTorch DDP's
+    /// bucket_cap_mb). The result is the same for any size; with --zero 1 the gradients are
+    /// reduce-scattered after the pass instead.
+    #[arg(long, value_name = "MIB", default_value_t = crate::train::buckets::DEFAULT_BUCKET_MB, value_parser = positive_mib)]
+    pub bucket_mb: f64,
     /// No progress bar (log lines only).
     #[arg(long)]
     pub no_progress: bool,
@@ -385,6 +392,7 @@ fn train_rank(args: Args, place: &train_dist::Placement, nccl_id: Option<crate::
         out_dir: args.out.clone(),
         progress: !args.no_progress,
         zero: args.zero,
+        bucket_mb: args.bucket_mb,
     };
     if let (Device::Cuda(n), Stage::Main, false) = (&args.run.device, stage, args.no_memory_check) {
         let zero = crate::train::memory_plan::Zero::from_level(args.zero)?;
@@ -589,5 +597,13 @@ fn same_setting(a: &serde_json::Value, b: &serde_json::Value) -> bool {
         (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_setting(x, y)),
         (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same_setting(v, w))),
         _ => a == b,
+    }
+}
+
+/// `--bucket-mb`: a positive number of MiB.
+fn positive_mib(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("expected a positive number of MiB, not `{s}`")),
     }
 }

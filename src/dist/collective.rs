@@ -1,15 +1,17 @@
 //! The collectives data-parallel training needs, over any backend: nothing to do for one process
-//! (`Solo`), NCCL on the CUDA backend's stream for several (`NcclCollective`).
+//! (`Solo`), NCCL on the CUDA backend's stream for several (`NcclCollective`), and on a stream of
+//! its own for the gradient buckets summed while the backward pass goes on.
 
 use super::nccl::{self, Comm, UniqueId};
 use crate::backend::cuda::{CudaBackend, CudaBuf};
 use crate::backend::Backend;
 use anyhow::{anyhow, bail, Context, Result};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 use std::any::Any;
 use std::ffi::{c_int, c_void};
 use std::ops::Range;
+use std::sync::Arc;
 
 /// Elements of each rank's shard that one ZeRO-1 reduce-scatter or all-gather moves: the flat
 /// gradient and parameter vectors go through a staging buffer of `world` times this many elements
@@ -56,6 +58,13 @@ pub trait Collective<B: Backend> {
     fn world(&self) -> usize;
     /// Sums each buffer over the ranks, in place, as f32.
     fn all_reduce_sum(&self, be: &B, bufs: &mut [B::Buf]) -> Result<()>;
+    /// Starts summing `bufs[i]` for each i of `bucket` over the ranks (in place, as f32) after the
+    /// work queued so far, without waiting for it: the backward pass goes on meanwhile. The
+    /// buffers must not be touched again before `finish_buckets`. Every rank must start the same
+    /// buckets in the same order.
+    fn all_reduce_bucket(&self, be: &B, bufs: &mut [B::Buf], bucket: &[usize]) -> Result<()>;
+    /// Makes the work queued after it wait for every bucket started, and reports their failures.
+    fn finish_buckets(&self, be: &B) -> Result<()>;
     /// Sums host numbers over the ranks (in f64: losses, token counts, squared norms).
     fn sum_host(&self, be: &B, vals: &mut [f64]) -> Result<()>;
     /// ZeRO-1: sums `parts` (flattened in order, padded to `world · shard.len()`) over the ranks
@@ -83,6 +92,12 @@ impl<B: Backend> Collective<B> for Solo {
     fn all_reduce_sum(&self, _be: &B, _bufs: &mut [B::Buf]) -> Result<()> {
         Ok(())
     }
+    fn all_reduce_bucket(&self, _be: &B, _bufs: &mut [B::Buf], _bucket: &[usize]) -> Result<()> {
+        Ok(())
+    }
+    fn finish_buckets(&self, _be: &B) -> Result<()> {
+        Ok(())
+    }
     fn sum_host(&self, _be: &B, _vals: &mut [f64]) -> Result<()> {
         Ok(())
     }
@@ -97,8 +112,11 @@ impl<B: Backend> Collective<B> for Solo {
     }
 }
 
-/// NCCL on the CUDA backend's stream.
+/// NCCL on the CUDA backend's stream, and the gradient buckets on a stream of their own.
 pub struct NcclCollective {
+    /// Declared first, so dropped first: destroying the stream lets its queued collectives finish
+    /// while the communicator is still there.
+    buckets: Arc<CudaStream>,
     comm: Comm,
     /// Elements per rank moved by one ZeRO-1 collective (`ZERO_CHUNK`).
     chunk: usize,
@@ -113,7 +131,8 @@ pub fn open<B: Backend>(be: &B, rank: usize, world: usize, id: Option<UniqueId>)
     let cuda = cuda_of(be)?;
     let id = id.ok_or_else(|| anyhow!("internal: rank {rank} of {world} has no NCCL id"))?;
     cuda.stream().context().bind_to_thread().context("making the CUDA device current for NCCL")?;
-    Ok(Box::new(NcclCollective { comm: Comm::init(rank, world, id)?, chunk: zero_chunk()? }))
+    let buckets = cuda.stream().context().new_stream().context("creating the CUDA stream for the gradient sums")?;
+    Ok(Box::new(NcclCollective { buckets, comm: Comm::init(rank, world, id)?, chunk: zero_chunk()? }))
 }
 
 fn cuda_buf<B: Backend>(b: &B::Buf) -> Result<&CudaBuf> {
@@ -143,6 +162,41 @@ impl NcclCollective {
 impl NcclCollective {
     fn stream_ptr(be: &CudaBackend) -> *mut c_void {
         be.stream().cu_stream() as *mut c_void
+    }
+
+    /// Launches, on `on`, one NCCL group of in-place f32 sums of the buffers `bufs[i]` with
+    /// `keep(i)`, in index order (the same on every rank). Each buffer becomes f32 storage first,
+    /// on the backend's stream and outside the group (a conversion launches a kernel); another
+    /// stream first waits for everything queued on the backend's so far.
+    fn launch_all_reduce<B: Backend>(
+        &self,
+        cuda: &CudaBackend,
+        bufs: &mut [B::Buf],
+        keep: impl Fn(usize) -> bool,
+        on: &Arc<CudaStream>,
+    ) -> Result<()> {
+        let mut slices = Vec::with_capacity(bufs.len());
+        for (_, b) in bufs.iter_mut().enumerate().filter(|(i, _)| keep(*i)) {
+            let b = cuda_buf_mut::<B>(b)?;
+            let n = b.len();
+            slices.push((cuda.acc_f32(b)?, n));
+        }
+        if !Arc::ptr_eq(on, cuda.stream()) {
+            on.join(cuda.stream())
+                .with_context(|| format!("rank {}: ordering the gradient sums after the backward pass", self.comm.rank))?;
+        }
+        let api = self.comm.api();
+        let raw = on.cu_stream() as *mut c_void;
+        self.comm.group(|| {
+            for (s, n) in slices.iter_mut() {
+                let (ptr, _sync) = s.device_ptr_mut(on);
+                let p = ptr as *mut c_void;
+                // SAFETY: `p` holds `n` f32 on this rank's device; in place is allowed.
+                let r = unsafe { (api.ncclAllReduce)(p, p, *n, nccl::FLOAT32, nccl::SUM, self.comm.raw(), raw) };
+                self.comm.check("all-reduce", r)?;
+            }
+            Ok(())
+        })
     }
 
     /// All-gathers the first `n` elements of `src` (NCCL type `dtype`) into a new flat buffer of
@@ -205,27 +259,26 @@ impl<B: Backend> Collective<B> for NcclCollective {
 
     fn all_reduce_sum(&self, be: &B, bufs: &mut [B::Buf]) -> Result<()> {
         let cuda = cuda_of(be)?;
-        let stream = cuda.stream().clone();
-        let api = self.comm.api();
-        // Every buffer becomes f32 storage first (outside the group: a conversion launches a kernel).
-        let mut slices = Vec::with_capacity(bufs.len());
-        for b in bufs.iter_mut() {
-            let b = cuda_buf_mut::<B>(b)?;
-            let n = b.len();
-            slices.push((cuda.acc_f32(b)?, n));
-        }
-        // One collective per buffer, in the same order on every rank, launched as one NCCL group.
-        self.comm.group(|| {
-            for (s, n) in slices.iter_mut() {
-                let (ptr, _sync) = s.device_ptr_mut(&stream);
-                let p = ptr as *mut c_void;
-                // SAFETY: `p` holds `n` f32 on this rank's device; in place is allowed.
-                let r = unsafe { (api.ncclAllReduce)(p, p, *n, nccl::FLOAT32, nccl::SUM, self.comm.raw(), Self::stream_ptr(cuda)) };
-                self.comm.check("all-reduce", r)?;
-            }
-            Ok(())
-        })?;
+        self.launch_all_reduce::<B>(cuda, bufs, |_| true, cuda.stream())?;
         self.finish(cuda, "all-reduce of the gradients")
+    }
+
+    fn all_reduce_bucket(&self, be: &B, bufs: &mut [B::Buf], bucket: &[usize]) -> Result<()> {
+        let cuda = cuda_of(be)?;
+        if let Some(&bad) = bucket.iter().find(|&&i| i >= bufs.len()) {
+            bail!("internal: bucket names buffer {bad} of {}", bufs.len());
+        }
+        let mut members = vec![false; bufs.len()];
+        bucket.iter().for_each(|&i| members[i] = true);
+        self.launch_all_reduce::<B>(cuda, bufs, |i| members[i], &self.buckets)
+    }
+
+    fn finish_buckets(&self, be: &B) -> Result<()> {
+        let cuda = cuda_of(be)?;
+        // Everything queued on the backend's stream from now on (clipping, the optimizer, the next
+        // step's zeroing) runs after the sums.
+        cuda.stream().join(&self.buckets).with_context(|| format!("rank {}: waiting for the gradient buckets", self.comm.rank))?;
+        self.finish(cuda, "all-reduce of the gradient buckets")
     }
 
     fn reduce_scatter_sum(&self, be: &B, parts: &mut [B::Buf], shard: &mut B::Buf) -> Result<()> {

@@ -17,7 +17,8 @@ pub mod xlmr;
 
 pub use config::{Arch, ModelConfig};
 pub use xlmr::{
-    length_class, CanvasSlots, CanvasStep, DecodeSpec, LengthGuess, LoadPlan, ParamStorage, Part, SaveOpts, XlmR, LENGTH_CLASSES,
+    length_class, CanvasSlots, CanvasStep, DecodeSpec, GradsReady, LengthGuess, LoadPlan, ParamStorage, Part, SaveOpts, XlmR,
+    LENGTH_CLASSES,
 };
 // The model takes its inputs in the data layer's types.
 use crate::backend::ConfidenceKind;

@@ -21,10 +21,12 @@ mod decode;
 mod files;
 mod length;
 mod pick;
+mod ready;
 
 pub use decode::{CanvasSlots, CanvasStep, DecodeSpec};
 pub use files::{LoadPlan, SaveOpts};
 pub use length::{length_class, LengthGuess, Part, LENGTH_CLASSES};
+pub use ready::GradsReady;
 
 #[derive(Clone, Copy)]
 struct Linear {

@@ -1,5 +1,6 @@
 //! Diffusive adaptation: the training loop and what it needs.
 
+pub mod buckets;
 pub mod checkpoint;
 pub mod defaults;
 pub mod length_stage;

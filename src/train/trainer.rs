@@ -3,13 +3,14 @@
 //! (`Stage::Length`, `super::length_stage`), with accumulation, schedules, stop by steps or time,
 //! progress, metrics JSONL, checkpoints and exact resume.
 
+use super::buckets::Buckets;
 use super::checkpoint::{self, TrainerState};
 use super::length_stage::{self, Stage};
 use super::optim::Optimizer;
 use super::schedule::Schedule;
 use crate::backend::{AdamW, Backend, Dropout};
 use crate::dist::{self, Collective};
-use crate::model::XlmR;
+use crate::model::{GradsReady, XlmR};
 use crate::rdm::noise::{self, Example, NoiseSpec, Reweighting};
 use crate::rng::{philox_u32, Rng};
 use anyhow::{bail, Context, Result};
@@ -62,6 +63,9 @@ pub struct TrainConfig {
     /// `super::zero`); alone it changes nothing.
     #[serde(default)]
     pub zero: u8,
+    /// Data parallel without ZeRO: the gradient sums start, in buckets of at least this many MiB,
+    /// while the backward pass of a step's last micro-batch goes on (`super::buckets`).
+    pub bucket_mb: f64,
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -167,6 +171,15 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 bail!("{}: optimizer step {} disagrees with trainer step {}", dir.display(), opt.step, state.step);
             }
         }
+        // Plain data parallel sums the gradients in buckets during the last backward pass of each
+        // step; ZeRO-1 reduce-scatters them after it, in the optimizer.
+        let mut buckets = if world > 1 && !opt.is_sharded() {
+            let bytes = self.model.with_trainable_mut(|be, _, grads| Ok(grads.iter().map(|g| be.len(g) * 4).collect()))?;
+            Some(Buckets::new(Buckets::cap_bytes(cfg.bucket_mb), bytes))
+        } else {
+            None
+        };
+        let dist = self.dist;
         let mut metrics = if lead { Some(open_run_dir(&cfg.out_dir, state.step)?) } else { None };
         let total = cfg.max_steps.unwrap_or(u64::MAX);
         let bar = if lead { self.progress_bar(&cfg, state.step) } else { None };
@@ -212,8 +225,23 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 let scale = 1.0 / cfg.accumulate as f32 * (rows.len() as f32 / global.len().max(1) as f32);
                 // Drawn on every rank, with or without rows, so the run's RNG stays in step.
                 let key = if cfg.stage == Stage::Main { state.rng.next_u64() } else { 0 };
+                // Gradients are final only in the last micro-batch's backward pass: only it starts buckets.
+                let hooked = micro + 1 == cfg.accumulate && buckets.is_some();
+                let mut launch = |be: &B, grads: &mut [B::Buf], ready: &[usize]| -> Result<()> {
+                    for bucket in buckets.as_mut().map(|b| b.ready(ready)).transpose()?.unwrap_or_default() {
+                        dist.all_reduce_bucket(be, grads, &bucket)?;
+                    }
+                    Ok(())
+                };
                 let (loss, tokens) = match cfg.stage {
-                    _ if rows.is_empty() => (0.0, 0),
+                    _ if rows.is_empty() => {
+                        // No backward pass here: start the buckets the other ranks' passes start.
+                        if hooked && cfg.stage == Stage::Main {
+                            let groups = self.model.grad_ready_groups();
+                            self.model.with_trainable_mut(|be, _, grads| groups.iter().try_for_each(|g| launch(be, grads, g)))?;
+                        }
+                        (0.0, 0)
+                    }
                     Stage::Main => {
                         // Each micro-batch's noise is a pure function of one key from the run's
                         // RNG, so the device draws it and a resumed run draws the same one; a
@@ -228,7 +256,8 @@ impl<'a, B: Backend> Trainer<'a, B> {
                             first_example: mine.start as u64,
                         };
                         let (batch, src_len) = noise::doubled_batch(rows, self.pad);
-                        let loss = self.model.noised_loss_and_grad(&batch, &src_len, &spec, drop, cfg.label_smoothing)?.0;
+                        let hook: Option<GradsReady<'_, B>> = if hooked { Some(&mut launch) } else { None };
+                        let loss = self.model.noised_loss_and_grad_reporting(&batch, &src_len, &spec, drop, cfg.label_smoothing, hook)?.0;
                         (loss, rows.iter().map(|r| r.ids.len() as u64).sum::<u64>())
                     }
                     Stage::Length => length_stage::micro_step(&mut self.model, rows, drop, scale)?,
@@ -237,10 +266,16 @@ impl<'a, B: Backend> Trainer<'a, B> {
                 step_tokens += tokens;
             }
             if world > 1 {
-                // The gradients (a sharded optimizer reduce-scatters them itself), the loss and
-                // the tokens of the whole batch, on every rank alike.
-                if !opt.is_sharded() {
-                    self.model.with_trainable_mut(|be, _, grads| self.dist.all_reduce_sum(be, grads))?;
+                // The gradients (the last buckets; a sharded optimizer reduce-scatters them
+                // itself), the loss and the tokens of the whole batch, on every rank alike.
+                if let Some(b) = buckets.as_mut() {
+                    let rest = b.rest();
+                    self.model.with_trainable_mut(|be, _, grads| {
+                        if let Some(rest) = rest {
+                            dist.all_reduce_bucket(be, grads, &rest)?;
+                        }
+                        dist.finish_buckets(be)
+                    })?;
                 }
                 let mut sums = [step_loss, step_tokens as f64];
                 self.dist.sum_host(self.model.backend(), &mut sums)?;

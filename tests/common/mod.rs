@@ -95,6 +95,7 @@ pub fn small_train_config(out: &std::path::Path, steps: u64, lr: f32, dropout: f
         out_dir: out.to_path_buf(),
         progress: false,
         zero: 0,
+        bucket_mb: 25.0,
     }
 }
 

@@ -38,11 +38,12 @@ INCS=(-I "$ROOT/scripts/emulate-kernels" -I "$HERE" -I "$GEN" -I "$INC")
 echo "swdev: compiling the software device (kernels, driver, cuBLASLt, NCCL)"
 g++ "${FLAGS[@]}" "${INCS[@]}" -w -c "$GEN/kernels_host.cpp" -o "$GEN/kernels_host.o" &
 g++ "${FLAGS[@]}" "${INCS[@]}" -Wall -c "$HERE/driver.cpp" -o "$GEN/driver.o"
+g++ "${FLAGS[@]}" "${INCS[@]}" -Wall -c "$HERE/streams.cpp" -o "$GEN/streams.o"
 # The scheduler itself is not checked: ASan there would only slow every barrier.
 g++ "${BASE[@]}" -O3 "${INCS[@]}" -Wall -c "$HERE/exec.cpp" -o "$GEN/exec.o"
 g++ "${FLAGS[@]}" -c "$GEN/stubs.cpp" -o "$GEN/stubs.o"
 wait
-g++ "${FLAGS[@]}" -shared -Wl,-soname,libcuda.so.1 -o "$LIB/libcuda.so.1" "$GEN"/{driver,exec,kernels_host,stubs}.o
+g++ "${FLAGS[@]}" -shared -Wl,-soname,libcuda.so.1 -o "$LIB/libcuda.so.1" "$GEN"/{driver,streams,exec,kernels_host,stubs}.o
 ln -sf libcuda.so.1 "$LIB/libcuda.so"
 g++ "${FLAGS[@]}" -Wall -Wextra -shared -o "$LIB/libcublasLt.so" "$HERE/cublaslt.cpp" \
     -L"$LIB" -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN' -Wl,--no-undefined \

@@ -8,6 +8,9 @@
 // - streams are queues that run only at a synchronisation, so a read-back without one is stale;
 // - graph capture records and replays; a synchronisation or a pageable copy during a capture
 //   invalidates it, as the driver does;
+// - events order streams: a stream that waits on an event first runs the recorded stream up to
+//   the event when it runs itself, and never more, so a reader that forgot to wait on another
+//   stream sees that stream's work undone (events during a capture are refused: not modelled);
 // - a device memory size (DLM_SWDEV_MEMORY, bytes with an optional K/M/G suffix) for the
 //   out-of-memory paths, and the peak in use reported at exit with DLM_SWDEV_PEAK=1;
 // - DLM_SWDEV_DEVICES devices (default 1), each with its own primary context, so that one process
@@ -17,19 +20,11 @@
 //   cuStreamSynchronize/cuCtxSynchronize that runs or waits for it return CUDA_ERROR_LAUNCH_FAILED,
 //   once (not sticky, unlike a real device fault).
 // Entry points not written here are generated stubs that stop the process naming themselves.
-#include <cuda.h>
+#include <algorithm>
 #include <chrono>
 #include <cstdarg>
-#include <deque>
-#include <map>
-#include <memory>
-#include <set>
-#include <string>
-#include <thread>
-#include "kernel_table.h"
-#include "swdev.h"
-
-#define EXPORT extern "C" __attribute__((visibility("default")))
+#include <cstring>
+#include "driver_state.h"
 
 namespace swdev {
 
@@ -44,7 +39,7 @@ void fatal(const char* fmt, ...) {
     abort();
 }
 
-namespace {
+namespace drv {
 
 // Why a call failed, on stderr: the caller only sees a CUresult, and the point of this device is
 // to say what a GPU would not.
@@ -57,65 +52,6 @@ CUresult refuse(CUresult code, const char* fmt, ...) {
     va_end(ap);
     return code;
 }
-
-// The limits of an H100/H200 (compute capability 9.0).
-constexpr int kMaxThreads = 1024, kMaxBlockZ = 64, kMaxGridYZ = 65535;
-constexpr unsigned kMaxGridX = 0x7fffffffu;
-constexpr int kSmemDefault = 48 << 10, kSmemOptin = 232448;
-constexpr const char* kName = "dlm software device (CPU emulation: timings mean nothing)";
-
-struct Op {
-    std::string what;
-    std::function<void()> run;
-};
-
-struct Graph {
-    std::vector<Op> ops;
-};
-
-struct Stream {
-    unsigned flags = 0;
-    std::deque<Op> queue;
-    // Set when one of its operations failed (swdev::fail_running_op), reported by the next sync.
-    CUresult error = CUDA_SUCCESS;
-    // Capture state: the graph being recorded, and why it was invalidated (empty while valid).
-    std::unique_ptr<Graph> capture;
-    std::string invalid;
-    CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
-    std::thread::id capture_thread;
-};
-
-struct Module {
-    std::string image;
-};
-
-struct Function {
-    const KernelInfo* info;
-    int max_dynamic_smem = kSmemDefault;
-};
-
-struct Context {
-    int device = 0;
-    int retained = 0;
-};
-
-constexpr int kMaxDevices = 16;
-
-struct State {
-    std::recursive_mutex mu;
-    std::map<uint64_t, size_t> allocs;  // base -> bytes
-    std::set<uint64_t> pinned;          // host allocations made by cuMemHostAlloc
-    size_t used = 0, limit = 0, peak = 0;
-    Stream legacy;
-    std::set<Stream*> streams;
-    std::set<Graph*> graphs;
-    std::set<Graph*> execs;
-    std::set<Module*> modules;
-    std::set<Function*> functions;
-    Context primary[kMaxDevices];
-    int devices = 1;
-    bool initialised = false;
-};
 
 State& st() {
     static State* s = new State;  // never destroyed: drops after main may still call in
@@ -164,17 +100,40 @@ bool tracing() {
     return on;
 }
 
+// Runs the next queued operation of `s`.
+void run_next(Stream& s) {
+    Op op = std::move(s.queue.front());
+    s.queue.pop_front();
+    const auto t0 = tracing() ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
+    s.running = true;
+    t_op_failed = false;
+    op.run();
+    if (t_op_failed && s.error == CUDA_SUCCESS) s.error = CUDA_ERROR_LAUNCH_FAILED;
+    s.running = false;
+    ++s.done;
+    if (tracing())
+        fprintf(stderr, "swdev: ran %s in %.3f ms\n", op.what.c_str(), std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+}
+
 // Runs a stream's queued work in order.
 void drain(Stream& s) {
-    while (!s.queue.empty()) {
-        Op op = std::move(s.queue.front());
-        s.queue.pop_front();
-        const auto t0 = tracing() ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
-        t_op_failed = false;
-        op.run();
-        if (t_op_failed && s.error == CUDA_SUCCESS) s.error = CUDA_ERROR_LAUNCH_FAILED;
-        if (tracing())
-            fprintf(stderr, "swdev: ran %s in %.3f ms\n", op.what.c_str(), std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    while (!s.queue.empty()) run_next(s);
+}
+
+// The live stream with this id, or null (destroyed: its work ran when it was destroyed).
+Stream* stream_by_id(uint64_t id) {
+    if (id == 0) return &st().legacy;
+    for (Stream* s : st().streams)
+        if (s->id == id) return s;
+    return nullptr;
+}
+
+// Runs `s` until its first `seq` operations have run: what waiting on an event recorded there
+// needs. A stream in the middle of an operation cannot run further: the waits form a cycle.
+void run_until(Stream& s, uint64_t seq, const char* why) {
+    while (s.done < seq) {
+        if (s.running) fatal("%s: streams wait on each other's events in a cycle (a deadlock on a GPU)", why);
+        run_next(s);
     }
 }
 
@@ -185,9 +144,13 @@ CUresult take_error(Stream& s) {
     return r;
 }
 
+// In creation order, so that a stream created later (a communication stream) runs after the
+// compute stream unless an event says otherwise: a missing wait then shows as stale data.
 void drain_all() {
     drain(st().legacy);
-    for (Stream* s : st().streams) drain(*s);
+    std::vector<Stream*> order(st().streams.begin(), st().streams.end());
+    std::sort(order.begin(), order.end(), [](Stream* a, Stream* b) { return a->id < b->id; });
+    for (Stream* s : order) drain(*s);
 }
 
 // A capture that the calling thread could break with a synchronising call, if any.
@@ -216,6 +179,7 @@ CUresult push(Stream* s, std::string what, std::function<void()> run) {
         else return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
     } else {
         s->queue.push_back({std::move(what), std::move(run)});
+        ++s->enqueued;
     }
     return CUDA_SUCCESS;
 }
@@ -290,7 +254,9 @@ const KernelInfo* kernel_named(const char* name) {
     return nullptr;
 }
 
-}  // namespace
+}  // namespace drv
+
+using namespace drv;
 
 int enqueue(void* stream, const char* what, std::function<void()> op) {
     std::lock_guard lock(st().mu);
@@ -309,8 +275,7 @@ void fail_running_op() { t_op_failed = true; }
 }  // namespace swdev
 
 using namespace swdev;
-
-#define LOCK std::lock_guard lock_(st().mu)
+using namespace swdev::drv;
 
 // ---- initialisation, device, context -----------------------------------------------------------
 
@@ -627,56 +592,6 @@ EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
     return CUDA_SUCCESS;
 }
 
-// ---- streams and events ------------------------------------------------------------------------
-
-EXPORT CUresult cuStreamCreate(CUstream* h, unsigned flags) {
-    LOCK;
-    CUresult r;
-    if (!need_context("cuStreamCreate", &r)) return r;
-    auto* s = new Stream;
-    s->flags = flags;
-    st().streams.insert(s);
-    *h = reinterpret_cast<CUstream>(s);
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuStreamDestroy_v2(CUstream h) {
-    LOCK;
-    auto* s = reinterpret_cast<Stream*>(h);
-    if (!st().streams.count(s)) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuStreamDestroy: unknown stream");
-    if (s->capture) return refuse(CUDA_ERROR_ILLEGAL_STATE, "cuStreamDestroy: the stream is capturing");
-    drain(*s);  // the driver lets queued work finish
-    st().streams.erase(s);
-    delete s;
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuStreamSynchronize(CUstream h) {
-    LOCK;
-    Stream* s = stream_of(h);
-    if (!s) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuStreamSynchronize: unknown stream");
-    if (s->capture) {
-        if (s->invalid.empty()) s->invalid = "cuStreamSynchronize";
-        return refuse(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamSynchronize on a capturing stream: the capture is invalidated");
-    }
-    CUresult r;
-    if ((r = forbid_during_capture("cuStreamSynchronize"))) return r;
-    drain(*s);
-    return take_error(*s);
-}
-
-EXPORT CUresult cuStreamQuery(CUstream h) {
-    LOCK;
-    Stream* s = stream_of(h);
-    if (!s) return CUDA_ERROR_INVALID_HANDLE;
-    return s->queue.empty() ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
-}
-
-EXPORT CUresult cuLaunchHostFunc(CUstream h, CUhostFn fn, void* data) {
-    LOCK;
-    return push(stream_of(h), "cuLaunchHostFunc", [fn, data] { fn(data); });
-}
-
 // ---- modules and launches ----------------------------------------------------------------------
 
 EXPORT CUresult cuModuleLoadData(CUmodule* m, const void* image) {
@@ -783,90 +698,6 @@ EXPORT CUresult cuLaunchKernel(CUfunction h, unsigned gx, unsigned gy, unsigned 
         Launch l{k.name, k.body, args.data(), {gx, gy, gz}, {bx, by, bz}, smem};
         run_grid(l);
     });
-}
-
-// ---- graphs --------------------------------------------------------------------------------------
-
-EXPORT CUresult cuStreamBeginCapture_v2(CUstream h, CUstreamCaptureMode mode) {
-    LOCK;
-    Stream* s = stream_of(h);
-    if (!s) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuStreamBeginCapture: unknown stream");
-    if (s == &st().legacy) return refuse(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamBeginCapture on the legacy stream");
-    if (s->capture) return refuse(CUDA_ERROR_ILLEGAL_STATE, "cuStreamBeginCapture: already capturing");
-    s->capture = std::make_unique<Graph>();
-    s->invalid.clear();
-    s->mode = mode;
-    s->capture_thread = std::this_thread::get_id();
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuStreamEndCapture(CUstream h, CUgraph* g) {
-    LOCK;
-    Stream* s = stream_of(h);
-    if (!s) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuStreamEndCapture: unknown stream");
-    if (!s->capture) return refuse(CUDA_ERROR_ILLEGAL_STATE, "cuStreamEndCapture: the stream is not capturing");
-    if (s->mode != CU_STREAM_CAPTURE_MODE_RELAXED && s->capture_thread != std::this_thread::get_id())
-        return refuse(CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD, "cuStreamEndCapture from another thread than the one that began it");
-    std::unique_ptr<Graph> graph = std::move(s->capture);
-    *g = nullptr;
-    if (!s->invalid.empty()) {
-        s->invalid.clear();
-        return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
-    }
-    st().graphs.insert(graph.get());
-    *g = reinterpret_cast<CUgraph>(graph.release());
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuStreamIsCapturing(CUstream h, CUstreamCaptureStatus* status) {
-    LOCK;
-    Stream* s = stream_of(h);
-    if (!s) return CUDA_ERROR_INVALID_HANDLE;
-    *status = !s->capture ? CU_STREAM_CAPTURE_STATUS_NONE : s->invalid.empty() ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_INVALIDATED;
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec* e, CUgraph h, unsigned long long) {
-    LOCK;
-    auto* g = reinterpret_cast<Graph*>(h);
-    if (!st().graphs.count(g)) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuGraphInstantiate: unknown graph");
-    auto* exec = new Graph(*g);
-    st().execs.insert(exec);
-    *e = reinterpret_cast<CUgraphExec>(exec);
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuGraphUpload(CUgraphExec e, CUstream h) {
-    LOCK;
-    if (!st().execs.count(reinterpret_cast<Graph*>(e))) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuGraphUpload: unknown graph");
-    return stream_of(h) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
-}
-
-EXPORT CUresult cuGraphLaunch(CUgraphExec e, CUstream h) {
-    LOCK;
-    auto* exec = reinterpret_cast<Graph*>(e);
-    if (!st().execs.count(exec)) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuGraphLaunch: unknown graph");
-    Stream* s = stream_of(h);
-    CUresult r = CUDA_SUCCESS;
-    for (const Op& op : exec->ops)
-        if ((r = push(s, "graph: " + op.what, op.run))) return r;
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuGraphDestroy(CUgraph h) {
-    LOCK;
-    auto* g = reinterpret_cast<Graph*>(h);
-    if (!st().graphs.erase(g)) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuGraphDestroy: unknown graph");
-    delete g;
-    return CUDA_SUCCESS;
-}
-
-EXPORT CUresult cuGraphExecDestroy(CUgraphExec e) {
-    LOCK;
-    auto* g = reinterpret_cast<Graph*>(e);
-    if (!st().execs.erase(g)) return refuse(CUDA_ERROR_INVALID_HANDLE, "cuGraphExecDestroy: unknown graph");
-    delete g;
-    return CUDA_SUCCESS;
 }
 
 // The generated stubs' end (gen_stubs.py): an entry point the software device does not model.

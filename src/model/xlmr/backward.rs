@@ -1,6 +1,7 @@
 //! The backward pass: the loss on the gathered rows, the LM head's backward and the encoder's,
 //! layer by layer from the saved activations (dropout masks regenerated from their Philox streams).
 
+use super::ready::{Done, GradsReady, Reporter};
 use super::*;
 use crate::backend::{AttnCall, AttnSaved, Qkv, QkvGrads};
 use crate::backend::{EmbedGrads, EmbedShape, Gemm, LinearGrads, LnGrads, LnSaved, RowsShape};
@@ -22,7 +23,7 @@ impl<B: Backend> XlmR<B> {
         let be = &self.p.backend;
         let rows = be.upload_i32(&loss.rows)?;
         let targets = be.upload_i32(&loss.targets)?;
-        self.head_loss_and_grad(rows, &targets, &loss.weights, drop, label_smoothing)
+        self.head_loss_and_grad(rows, &targets, &loss.weights, drop, label_smoothing, None)
     }
 
     /// The RDM objective of one micro-batch with the noise drawn on the device: `batch` is the
@@ -36,6 +37,20 @@ impl<B: Backend> XlmR<B> {
         spec: &NoiseSpec,
         drop: Dropout,
         label_smoothing: f32,
+    ) -> Result<(f32, usize)> {
+        self.noised_loss_and_grad_reporting(batch, src_len, spec, drop, label_smoothing, None)
+    }
+
+    /// `noised_loss_and_grad`, telling `ready` which gradients are final as the backward pass
+    /// finishes them (`GradsReady`).
+    pub fn noised_loss_and_grad_reporting(
+        &mut self,
+        batch: &Batch,
+        src_len: &[i32],
+        spec: &NoiseSpec,
+        drop: Dropout,
+        label_smoothing: f32,
+        ready: Option<GradsReady<'_, B>>,
     ) -> Result<(f32, usize)> {
         self.p.check_batch(batch)?;
         let half = src_len.len() * batch.seq;
@@ -64,7 +79,7 @@ impl<B: Backend> XlmR<B> {
         self.p.run_encoder(enc, drop)?;
         let mut w = be.download(&weights)?;
         w.truncate(n);
-        let loss = self.head_loss_and_grad(rows, &targets, &w, drop, label_smoothing)?;
+        let loss = self.head_loss_and_grad(rows, &targets, &w, drop, label_smoothing, ready)?;
         Ok((loss, n))
     }
 
@@ -77,7 +92,9 @@ impl<B: Backend> XlmR<B> {
         weights: &[f32],
         drop: Dropout,
         label_smoothing: f32,
+        ready: Option<GradsReady<'_, B>>,
     ) -> Result<f32> {
+        let mut ready = Reporter::new(ready, &self.p);
         let r = weights.len();
         let enc = self.work.enc.as_ref().context("the head's backward needs an encoder pass first")?;
         let mut hd = self.p.alloc_head_on(rows, r)?;
@@ -93,8 +110,9 @@ impl<B: Backend> XlmR<B> {
         )?;
         let total: f64 = per_row.iter().zip(weights).map(|(l, w)| (*l as f64) * (*w as f64)).sum();
         let mut dhidden = self.p.head_backward(enc, &hd)?;
+        ready.report(&self.p.backend, &mut self.p.grads, Done::Head)?;
         let _range = nvtx::range!("encoder backward");
-        self.p.encoder_backward(enc, &mut dhidden, drop)?;
+        self.p.encoder_backward(enc, &mut dhidden, drop, &mut ready)?;
         Ok(total as f32)
     }
 }
@@ -246,7 +264,7 @@ impl<B: Backend> Params<B> {
         Ok(dout)
     }
 
-    fn encoder_backward(&mut self, enc: &Encoder<B>, dcur: &mut B::Buf, drop: Dropout) -> Result<()> {
+    fn encoder_backward(&mut self, enc: &Encoder<B>, dcur: &mut B::Buf, drop: Dropout, ready: &mut Reporter<'_, B>) -> Result<()> {
         if !enc.keep {
             bail!("internal: the encoder pass kept no activations for a backward pass");
         }
@@ -324,6 +342,7 @@ impl<B: Backend> Params<B> {
                     pg.layernorm(layer.attn_ln, x, &t_h1, (&a.a_mean, &a.a_rstd), dcur, true)?;
                 }
             }
+            ready.report(be, pg.g, Done::Layer(li))?;
         }
 
         // Embeddings.
@@ -344,6 +363,6 @@ impl<B: Backend> Params<B> {
             EmbedShape { tokens: n, hidden: h },
             cfg.pad_id,
         )?;
-        Ok(())
+        ready.report(be, pg.g, Done::Embeddings)
     }
 }

@@ -4,7 +4,7 @@
 //! the file and tensor; training on a sharded model checkpoints in shards and resumes exactly.
 
 mod common;
-use common::{bin, fixtures};
+use common::{bin, fixtures, logged_losses as losses};
 use dlm_engine::backend::cpu::CpuBackend;
 use dlm_engine::model::shards::{INDEX_FILE, SINGLE_FILE};
 use dlm_engine::model::{Batch, XlmR};
@@ -190,15 +190,6 @@ fn write_data(p: &Path) {
         text.push('\n');
     }
     std::fs::write(p, text).unwrap();
-}
-
-fn losses(run: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("loss").is_some())
-        .map(|v| format!("{} {}", v["step"], v["loss"]))
-        .collect()
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! and `sample --length predict --length-beam N` (candidates, the chosen length, batching).
 
 mod common;
-use common::{bin, init_micro};
+use common::{bin, init_micro, logged_losses as losses};
 use dlm_engine::model::weights::read_safetensors;
 use std::path::Path;
 
@@ -38,15 +38,6 @@ fn ok(out: &std::process::Output) -> String {
 }
 
 const LENGTH_ARGS: &[&str] = &["train", "--stage", "length", "--no-progress", "--log-every", "1", "--max-tokens", "256", "--lr", "3e-3"];
-
-fn losses(run: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("loss").is_some())
-        .map(|v| format!("{} {}", v["step"], v["loss"]))
-        .collect()
-}
 
 #[test]
 fn length_stage_trains_only_the_predictor_and_resumes_exactly() {

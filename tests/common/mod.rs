@@ -209,6 +209,17 @@ pub fn bin() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_dlm-engine"))
 }
 
+/// The "step loss" of every loss line of a run's `metrics.jsonl`, as text (for exact comparisons
+/// of a resumed run with a straight one).
+pub fn logged_losses(run: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| format!("{} {}", v["step"], v["loss"]))
+        .collect()
+}
+
 /// `init --preset micro` with the fixture tokenizer into `dir`.
 pub fn init_micro(dir: &std::path::Path) {
     let st = bin()

@@ -359,7 +359,7 @@ void test_philox_kat() {
 // The training noise against noise::q_sample_flat's rules written out again, serially: coupled
 // timesteps from Philox numbers 0 and 1 of stream b, slot j's draws from numbers 2+2j and 3+2j,
 // integer comparisons of the 24-bit uniforms, weights w(t)/N/(2B)*scale, row-major loss rows.
-void test_q_sample(int B, int seq, unsigned steps, int rw, unsigned long long key) {
+void test_q_sample(int B, int seq, unsigned steps, int rw, unsigned long long key, u64 first_ex) {
     const int pad = 1, mask_id = 3;
     const float scale = 0.25f;
     std::vector<int> src_len(B), ids(2 * B * seq, pad);
@@ -371,13 +371,14 @@ void test_q_sample(int B, int seq, unsigned steps, int rw, unsigned long long ke
     std::vector<std::vector<char>> m(2 * B, std::vector<char>(seq, 0));
     std::vector<float> row_w(2 * B);
     for (int b = 0; b < B; ++b) {
-        auto t_of = [&](u64 idx) { return 1u + (u32)(((u64)philox_u32(key, b, idx) * steps) >> 32); };
+        const u64 stream = first_ex + (u64)b; // a data-parallel rank's share starts at first_ex
+        auto t_of = [&](u64 idx) { return 1u + (u32)(((u64)philox_u32(key, stream, idx) * steps) >> 32); };
         const u32 t1 = t_of(0), t2 = t_of(1), ta = std::max(t1, t2), tb = std::min(t1, t2);
         int n = 0;
         for (int j = 0; j < seq; ++j) {
             if (j < src_len[b] || ids[b * seq + j] == pad) continue;
             ++n;
-            const u64 ua = philox_u32(key, b, 2 + 2 * (u64)j) >> 8, ub = philox_u32(key, b, 3 + 2 * (u64)j) >> 8;
+            const u64 ua = philox_u32(key, stream, 2 + 2 * (u64)j) >> 8, ub = philox_u32(key, stream, 3 + 2 * (u64)j) >> 8;
             const bool a = ua * steps < ((u64)ta << 24);
             m[b][j] = a;
             m[B + b][j] = ta != tb ? a && ub * ta < ((u64)tb << 24) : ub * steps < ((u64)ta << 24);
@@ -396,7 +397,7 @@ void test_q_sample(int B, int seq, unsigned steps, int rw, unsigned long long ke
     std::vector<int> flags(n, -1), counts(2 * B, -1), rows(n, -1), tgt(n, -1), total(1, -1);
     std::vector<float> rwv(2 * B, NAN), w(n, NAN);
     launch({(unsigned)B, 1, 1}, {256, 1, 1}, [&] {
-        q_sample_mask(ids.data(), src_len.data(), B, seq, pad, steps, key, rw, scale, flags.data(), counts.data(), rwv.data());
+        q_sample_mask(ids.data(), src_len.data(), B, seq, pad, steps, key, first_ex, rw, scale, flags.data(), counts.data(), rwv.data());
     });
     launch({(unsigned)(2 * B), 1, 1}, {256, 1, 1}, [&] {
         q_sample_compact(ids.data(), flags.data(), counts.data(), rwv.data(), 2 * B, seq, mask_id, rows.data(), tgt.data(), w.data(), total.data());
@@ -407,7 +408,7 @@ void test_q_sample(int B, int seq, unsigned steps, int rw, unsigned long long ke
     CHECK(std::equal(want_rows.begin(), want_rows.end(), rows.begin()), "q_sample B=%d seq=%d: positions differ", B, seq);
     CHECK(std::equal(want_tgt.begin(), want_tgt.end(), tgt.begin()), "q_sample B=%d seq=%d: targets differ", B, seq);
     CHECK(std::equal(want_w.begin(), want_w.end(), w.begin()), "q_sample B=%d seq=%d: weights differ", B, seq);
-    printf("q_sample B=%d seq=%d T=%u rw=%d: %zu masked, exact\n", B, seq, steps, rw, k);
+    printf("q_sample B=%d seq=%d T=%u rw=%d first_ex=%llu: %zu masked, exact\n", B, seq, steps, rw, (unsigned long long)first_ex, k);
 }
 
 // The same pinned draw as noise.rs's `draws_match_the_pinned_known_answer`: the kernel and the
@@ -418,7 +419,7 @@ void test_q_sample_pinned() {
     std::vector<int> ids(2 * B * seq, 7), src_len(B, 0), flags(2 * B * seq), counts(2 * B);
     std::vector<float> rwv(2 * B);
     launch({(unsigned)B, 1, 1}, {256, 1, 1}, [&] {
-        q_sample_mask(ids.data(), src_len.data(), B, seq, 1, 50, key, 0, 1.0f, flags.data(), counts.data(), rwv.data());
+        q_sample_mask(ids.data(), src_len.data(), B, seq, 1, 50, key, 0, 0, 1.0f, flags.data(), counts.data(), rwv.data());
     });
     const char* want[2] = {"BBB.BBaBBBBaBB...BBBBBBB", "a.B.....B...B.....B....."};
     const int ex[2] = {0, 3};
@@ -576,10 +577,11 @@ int main() {
     test_embed_rows(45, 70); test_embed_rows(9, 33);
     test_philox_kat();
     test_q_sample_pinned();
-    test_q_sample(3, 37, 50, 0, 7);
-    test_q_sample(5, 300, 1000, 1, 0xfeedface12345ull);
-    test_q_sample(2, 700, 2, 2, ~0ull);
-    test_q_sample(4, 64, 1, 0, 99);
+    test_q_sample(3, 37, 50, 0, 7, 0);
+    test_q_sample(5, 300, 1000, 1, 0xfeedface12345ull, 0);
+    test_q_sample(2, 700, 2, 2, ~0ull, 0);
+    test_q_sample(4, 64, 1, 0, 99, 0);
+    test_q_sample(3, 37, 50, 0, 7, 5);
     printf(failures ? "FAILURES: %d\n" : "all emulated kernel checks passed\n", failures);
     return failures != 0;
 }

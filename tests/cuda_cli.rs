@@ -8,22 +8,11 @@
 //! clear, with mean log-probabilities within 0.05.
 
 mod common;
-use common::{fixtures, gpu};
-use std::path::{Path, PathBuf};
+use common::{fixtures, gpu, staged_binary as binary, write_reversal_pairs};
+use std::path::Path;
 use std::process::Command;
 
 const TOL_TRAIN: f64 = 5e-3;
-
-/// The binary cargo built beside this test, or, staged for the GPU machine (scripts/stage-gpu.sh:
-/// `.gpu-stage/tests/<test>` and `.gpu-stage/dlm-engine`), the one staged with it.
-fn binary() -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_BIN_EXE_dlm-engine"));
-    if built.is_file() {
-        return built;
-    }
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).map(|stage| stage.join("dlm-engine")).filter(|p| p.is_file()).unwrap_or(built)
-}
 
 fn run(args: &[&str], paths: &[(&str, &Path)]) -> String {
     let mut c = Command::new(binary());
@@ -76,16 +65,9 @@ fn train_and_sample_on_cuda_match_the_cpu() {
     let model = tmp.path().join("m");
     run(&["init", "--preset", "micro"], &[("--tokenizer", &fixtures().join("tokenizer.json")), ("--out", &model)]);
     round_weights_to_bf16(&model.join("model.safetensors"));
-    let words = ["the", "cat", "dog", "sat", "on", "a", "mat", "big", "small", "house", "runs", "home"];
-    let rows: Vec<String> = (0..48)
-        .map(|i| {
-            let src: Vec<&str> = (0..2 + i % 2).map(|j| words[(i * 7 + j * 5) % words.len()]).collect();
-            let tgt: Vec<&str> = src.iter().rev().copied().collect();
-            serde_json::json!({"src": src.join(" "), "tgt": tgt.join(" ")}).to_string()
-        })
-        .collect();
     let data = tmp.path().join("train.jsonl");
-    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    let examples = 48;
+    write_reversal_pairs(&data, examples, 2);
 
     let train = ["train", "--max-steps", "20", "--seed", "7", "--no-progress", "--save-every", "20", "--log-every", "1"];
     let mut per_device = Vec::new();
@@ -112,7 +94,7 @@ fn train_and_sample_on_cuda_match_the_cpu() {
         &["--strategy", "threshold", "--threshold", "0.5", "--cfg-scale", "0.5"],
     ];
     for flags in decoders {
-        compare_samples(tmp.path(), &trained, &data, rows.len(), flags);
+        compare_samples(tmp.path(), &trained, &data, examples, flags);
     }
 }
 

@@ -20,7 +20,7 @@
 //! normalisation moves the losses by percents.
 
 mod common;
-use common::{fixtures, gpu};
+use common::{fixtures, gpu, staged_binary as binary, write_reversal_pairs};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -56,15 +56,6 @@ fn two_gpus(test: &str) -> bool {
     }
 }
 
-fn binary() -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_BIN_EXE_dlm-engine"));
-    if built.is_file() {
-        return built;
-    }
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).map(|stage| stage.join("dlm-engine")).filter(|p| p.is_file()).unwrap_or(built)
-}
-
 fn command(args: &[&str]) -> Command {
     let mut c = Command::new(binary());
     c.args(args).env("DLM_SWDEV_DEVICES", "2");
@@ -83,16 +74,8 @@ fn setup(tmp: &Path) -> (PathBuf, PathBuf) {
     let model = tmp.join("m");
     let (tok, m) = (fixtures().join("tokenizer.json"), model.display().to_string());
     run(&["init", "--preset", "micro", "--tokenizer", tok.to_str().unwrap(), "--out", &m]);
-    let words = ["the", "cat", "dog", "sat", "on", "a", "mat", "big", "small", "house", "runs", "home"];
-    let rows: Vec<String> = (0..48)
-        .map(|i| {
-            let src: Vec<&str> = (0..2 + i % 3).map(|j| words[(i * 7 + j * 5) % words.len()]).collect();
-            let tgt: Vec<&str> = src.iter().rev().copied().collect();
-            serde_json::json!({"src": src.join(" "), "tgt": tgt.join(" ")}).to_string()
-        })
-        .collect();
     let data = tmp.join("train.jsonl");
-    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    write_reversal_pairs(&data, 48, 3);
     (model, data)
 }
 

@@ -209,6 +209,31 @@ pub fn bin() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_dlm-engine"))
 }
 
+/// The binary cargo built beside this test, or, staged for the GPU machine (scripts/stage-gpu.sh:
+/// `.gpu-stage/tests/<test>` and `.gpu-stage/dlm-engine`), the one staged with it.
+pub fn staged_binary() -> std::path::PathBuf {
+    let built = std::path::PathBuf::from(env!("CARGO_BIN_EXE_dlm-engine"));
+    if built.is_file() {
+        return built;
+    }
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(std::path::Path::parent).map(|stage| stage.join("dlm-engine")).filter(|p| p.is_file()).unwrap_or(built)
+}
+
+/// Writes `n` word-reversal pairs to `path`: example i reverses 2 + i % `spread` words of a fixed
+/// twelve-word list (the CUDA CLI tests' training data).
+pub fn write_reversal_pairs(path: &std::path::Path, n: usize, spread: usize) {
+    let words = ["the", "cat", "dog", "sat", "on", "a", "mat", "big", "small", "house", "runs", "home"];
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            let src: Vec<&str> = (0..2 + i % spread).map(|j| words[(i * 7 + j * 5) % words.len()]).collect();
+            let tgt: Vec<&str> = src.iter().rev().copied().collect();
+            serde_json::json!({"src": src.join(" "), "tgt": tgt.join(" ")}).to_string()
+        })
+        .collect();
+    std::fs::write(path, rows.join("\n") + "\n").unwrap();
+}
+
 /// The "step loss" of every loss line of a run's `metrics.jsonl`, as text (for exact comparisons
 /// of a resumed run with a straight one).
 pub fn logged_losses(run: &std::path::Path) -> Vec<String> {
